@@ -1,0 +1,117 @@
+"""Pure-PyTorch edge attention (SPEC §3): the oracle for every fast backend.
+
+Vectorised over edges in the caller's order with gathers and scatters;
+autograd comes from PyTorch. The softmax subtracts a per-(node, head) segment
+max, so no finite logit overflows, and a node without incoming edges (and
+without an EBT slot) gets exactly 0. Half-precision inputs are computed in
+float32 and the outputs rounded back to the input dtype.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+from .graph import Graph
+from .stats import RawStats, reduce_rows
+
+
+def _segment_softmax_parts(logits, dst, num_nodes, slot_logits):
+    """Per-(node, head) max and denominator of the softmax over incoming edges (+ slot)."""
+    heads = logits.shape[1] if logits.dim() == 2 else slot_logits.shape[1]
+    seg_max = torch.full((num_nodes, heads), -math.inf, dtype=logits.dtype, device=logits.device)
+    seg_max = seg_max.scatter_reduce(0, dst.unsqueeze(-1).expand_as(logits), logits, "amax", include_self=True)
+    if slot_logits is not None:
+        seg_max = torch.maximum(seg_max, slot_logits)
+    # softmax is shift invariant: the max carries no gradient; empty rows shift by 0
+    seg_max = torch.where(torch.isinf(seg_max), torch.zeros_like(seg_max), seg_max).detach()
+    exp_edges = torch.exp(logits - seg_max[dst])
+    denom = torch.zeros_like(seg_max).index_add(0, dst, exp_edges)
+    exp_slot = None
+    if slot_logits is not None:
+        exp_slot = torch.exp(slot_logits - seg_max)
+        denom = denom + exp_slot
+    return exp_edges, exp_slot, denom
+
+
+def edge_attention_reference(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    e: torch.Tensor,
+    graph: Graph,
+    *,
+    mode: str = "gt",
+    clamp: Optional[float] = None,
+    bias: Optional[torch.Tensor] = None,
+    ebt: Optional[str] = None,
+    ebt_params=None,
+):
+    """Returns (node_out [N, H, D], edge_out [E, H, D]) in the input dtype."""
+    out_dtype = q.dtype
+    work = torch.float64 if out_dtype == torch.float64 else torch.float32
+    q, k, v, e = (t.to(work) for t in (q, k, v, e))
+    num_nodes, heads, head_dim = q.shape
+    scale = 1.0 / math.sqrt(head_dim)
+    src, dst = graph.src, graph.dst
+
+    if ebt is not None:
+        k_bias, e_bias, v_bias = (p.to(work) for p in ebt_params)
+    edge_shift = None  # b_e,i = beta_i * e' for ebt="edge", [N, H, D]
+    if ebt == "edge":
+        beta = (q * k_bias).sum(-1, keepdim=True) * scale
+        edge_shift = beta * e_bias
+
+    q_dst, k_src, v_src = q[dst], k[src], v[src]
+    if mode == "gt":
+        score = q_dst * k_src * e * scale
+        if edge_shift is not None:
+            score = score + edge_shift[dst]
+            v_src = v_src + v_bias
+        logits = score.sum(-1)
+        message = v_src
+    else:  # additive
+        if edge_shift is not None:
+            e = e + edge_shift[dst]
+            v_src = v_src + v_bias
+        logits = (q_dst * (k_src + e)).sum(-1) * scale
+        message = v_src + e
+
+    if bias is not None:
+        bias = bias.to(work)
+        logits = logits + (bias.unsqueeze(-1) if bias.dim() == 1 else bias)
+
+    slot_logits = slot_message = None
+    if ebt == "slot":
+        if mode == "gt":
+            slot_logits = (q * (k_bias * e_bias)).sum(-1) * scale
+            slot_message = v_bias
+        else:
+            slot_logits = (q * (k_bias + e_bias)).sum(-1) * scale
+            slot_message = v_bias + e_bias
+    if clamp is not None:
+        logits = logits.clamp(-clamp, clamp)
+        if slot_logits is not None:
+            slot_logits = slot_logits.clamp(-clamp, clamp)
+
+    exp_edges, exp_slot, denom = _segment_softmax_parts(logits, dst, num_nodes, slot_logits)
+    attention = exp_edges / denom[dst]
+    weighted = attention.unsqueeze(-1) * message
+    node_out = torch.zeros_like(q).index_add(0, dst, weighted)
+    if exp_slot is not None:
+        node_out = node_out + (exp_slot / denom).unsqueeze(-1) * slot_message
+    edge_out = score if mode == "gt" else weighted
+    return node_out.to(out_dtype), edge_out.to(out_dtype)
+
+
+def run_torch_backend(q, k, v, e, graph, *, mode, clamp, bias, ebt, ebt_params, mantissa_bits, tap):
+    """Backend entry point: outputs plus the reference reduction of the tap."""
+    node_out, edge_out = edge_attention_reference(
+        q, k, v, e, graph, mode=mode, clamp=clamp, bias=bias, ebt=ebt, ebt_params=ebt_params
+    )
+    raw: Optional[RawStats] = None
+    if mantissa_bits is not None:
+        tapped = edge_out if tap == "edge" else node_out
+        raw = reduce_rows(tapped.reshape(tapped.shape[0], -1), mantissa_bits)
+    return node_out, edge_out, raw

@@ -1,0 +1,201 @@
+"""`edge_attention`: input validation and the one place that picks a backend.
+
+Backends share one contract::
+
+    impl(q, k, v, e, graph, *, mode, clamp, bias, ebt, ebt_params,
+         mantissa_bits, tap) -> (node_out, edge_out, RawStats | None)
+
+with `mantissa_bits=None` meaning "no statistics" (a backend then does no
+statistics work). Layers and models never import a backend directly.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+from .graph import Graph, as_graph
+from .stats import EdgeStats
+
+MODES = ("gt", "additive")
+EBT_VARIANTS = (None, "edge", "slot")
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A backend: `module:function` to run, and `module:function` saying why it can't."""
+
+    name: str
+    entry: str
+    unavailable: str  # callable(device, dtype) -> None if usable, else a reason
+
+    def _resolve(self, spec: str) -> Callable:
+        module, _, attr = spec.partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+    def reason_unavailable(self, device: torch.device, dtype: torch.dtype) -> Optional[str]:
+        try:
+            return self._resolve(self.unavailable)(device, dtype)
+        except ImportError as error:
+            return f"cannot import the {self.name} backend ({error})"
+
+    def implementation(self) -> Callable:
+        return self._resolve(self.entry)
+
+
+def _torch_unavailable(device, dtype):
+    return None
+
+
+BACKENDS = {
+    "torch": Backend("torch", "magnn._reference:run_torch_backend", "magnn.functional:_torch_unavailable"),
+    "triton": Backend(
+        "triton", "magnn_kernels.edge_attention:run_triton_backend", "magnn_kernels.edge_attention:unavailable_reason"
+    ),
+    "cpu": Backend("cpu", "magnn.cpu_backend:run_cpu_backend", "magnn.cpu_backend:unavailable_reason"),
+}
+# fastest first, per device type
+AUTO_ORDER = {"cuda": ("triton", "torch"), "cpu": ("cpu", "torch")}
+
+_warned: set[str] = set()
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def select_backend(name: str, device: torch.device, dtype: torch.dtype) -> Backend:
+    """The backend `name` resolves to for tensors on `device` of `dtype`."""
+    if name == "auto":
+        order = AUTO_ORDER.get(device.type, ("torch",))
+        if os.environ.get("MAGNN_BACKEND"):
+            order = (os.environ["MAGNN_BACKEND"],) + order
+        for candidate in order:
+            backend = BACKENDS[candidate]
+            reason = backend.reason_unavailable(device, dtype)
+            if reason is None:
+                return backend
+            if candidate != "torch":
+                _warn_once(
+                    f"{candidate}:{device.type}:{dtype}",
+                    f"magnn: the {candidate} backend is not usable here ({reason}); "
+                    "falling back to a slower backend. `magnn info` lists what runs here.",
+                )
+        return BACKENDS["torch"]
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose one of 'auto', {', '.join(map(repr, BACKENDS))}")
+    backend = BACKENDS[name]
+    reason = backend.reason_unavailable(device, dtype)
+    if reason is not None:
+        raise RuntimeError(f"backend={name!r} cannot run on {device.type} tensors of {dtype}: {reason}")
+    return backend
+
+
+def _check_inputs(q, k, v, e, graph: Graph, mode, clamp, bias, ebt, ebt_params, stats):
+    for name, tensor in (("q", q), ("k", k), ("v", v), ("e", e)):
+        if not isinstance(tensor, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+        if tensor.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {tensor.dtype}")
+        if tensor.dim() != 3:
+            raise ValueError(f"{name} must have shape [{'E' if name == 'e' else 'N'}, H, D], got {list(tensor.shape)}")
+    if not (q.dtype == k.dtype == v.dtype == e.dtype):
+        raise TypeError(f"q, k, v, e must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}, {e.dtype}")
+    devices = {t.device for t in (q, k, v, e)} | {graph.device}
+    if len(devices) > 1:
+        raise ValueError(f"q, k, v, e and the graph must be on one device, got {sorted(map(str, devices))}")
+    if q.shape != k.shape or q.shape != v.shape:
+        raise ValueError(f"q, k, v must have the same shape [N, H, D], got {list(q.shape)}, {list(k.shape)}, {list(v.shape)}")
+    num_nodes, heads, head_dim = q.shape
+    if head_dim == 0 or heads == 0:
+        raise ValueError(f"H and D must be positive, got H={heads}, D={head_dim}")
+    if num_nodes != graph.num_nodes:
+        raise ValueError(f"q has {num_nodes} nodes but the graph has num_nodes={graph.num_nodes}")
+    if e.shape[0] != graph.num_edges:
+        raise ValueError(f"e has {e.shape[0]} rows but edge_index has {graph.num_edges} edges")
+    if e.shape[1:] != q.shape[1:]:
+        raise ValueError(f"e must be [E, H={heads}, D={head_dim}] like q, got {list(e.shape)}")
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose 'gt' or 'additive'")
+    if ebt not in EBT_VARIANTS:
+        raise ValueError(f"unknown ebt {ebt!r}; choose None, 'edge' or 'slot'")
+    if clamp is not None and not (float(clamp) > 0):
+        raise ValueError(f"clamp must be a positive number or None, got {clamp}")
+    if bias is not None:
+        if not isinstance(bias, torch.Tensor) or not bias.is_floating_point():
+            raise TypeError("bias must be a floating-point tensor of shape [E] or [E, H]")
+        if bias.shape not in (torch.Size([graph.num_edges]), torch.Size([graph.num_edges, heads])):
+            raise ValueError(f"bias must have shape [E]={[graph.num_edges]} or [E, H]={[graph.num_edges, heads]}, got {list(bias.shape)}")
+        if bias.device != q.device:
+            raise ValueError(f"bias is on {bias.device} but q is on {q.device}")
+    if ebt is not None:
+        if ebt_params is None or len(ebt_params) != 3:
+            raise ValueError("ebt needs ebt_params=(k_b, e_b, v_b), each of shape [H, D]")
+        for name, param in zip(("k_b", "e_b", "v_b"), ebt_params):
+            if not isinstance(param, torch.Tensor) or param.shape != (heads, head_dim):
+                shape = list(param.shape) if isinstance(param, torch.Tensor) else type(param).__name__
+                raise ValueError(f"ebt_params {name} must have shape [H, D]={[heads, head_dim]}, got {shape}")
+            if param.device != q.device:
+                raise ValueError(f"ebt_params {name} is on {param.device} but q is on {q.device}")
+    elif ebt_params is not None:
+        raise ValueError("ebt_params given but ebt is None; pass ebt='edge' or 'slot'")
+    if stats is not None and not isinstance(stats, EdgeStats):
+        raise TypeError(f"stats must be a magnn.stats.EdgeStats, got {type(stats).__name__}")
+
+
+def edge_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    e: torch.Tensor,
+    edge_index_or_graph,
+    *,
+    num_nodes: Optional[int] = None,
+    mode: str = "gt",
+    clamp: Optional[float] = None,
+    bias: Optional[torch.Tensor] = None,
+    ebt: Optional[str] = None,
+    ebt_params=None,
+    stats: Optional[EdgeStats] = None,
+    backend: str = "auto",
+):
+    """Fused edge attention over incoming edges (SPEC §3).
+
+    Args:
+      q, k, v: [N, H, D] node queries, keys, values; e: [E, H, D] projected edge features.
+      edge_index_or_graph: `[2, E]` int64 (row 0 = source j, row 1 = destination i)
+        or a prebuilt `magnn.Graph`.
+      mode: "gt" (multiplicative edge gating, edge_out = score w_ij) or
+        "additive" (TransformerConv, edge_out = a_ij (v_j + e_ij)).
+      clamp: clip logits to [-clamp, clamp]; bias: [E] or [E, H] added to logits.
+      ebt: None, "edge" or "slot"; ebt_params: (k', e', v'), each [H, D].
+      stats: an `EdgeStats` to fill with this call's massive-activation statistics.
+      backend: "auto", "torch", "cpu" or "triton".
+
+    Returns (node_out [N, H, D], edge_out [E, H, D]) in the caller's edge order.
+    """
+    if num_nodes is None and not isinstance(edge_index_or_graph, Graph) and isinstance(q, torch.Tensor) and q.dim() == 3:
+        num_nodes = q.shape[0]  # an edge list's node count comes from q
+    graph = as_graph(edge_index_or_graph, num_nodes)
+    _check_inputs(q, k, v, e, graph, mode, clamp, bias, ebt, ebt_params, stats)
+    chosen = select_backend(backend, q.device, q.dtype)
+    node_out, edge_out, raw = chosen.implementation()(
+        q, k, v, e, graph,
+        mode=mode,
+        clamp=None if clamp is None else float(clamp),
+        bias=bias,
+        ebt=ebt,
+        ebt_params=None if ebt is None else tuple(ebt_params),
+        mantissa_bits=None if stats is None else stats.mantissa_bits,
+        tap="edge" if stats is None else stats.tap,
+    )
+    if stats is not None:
+        stats.add(raw, heads=q.shape[1])
+    return node_out, edge_out

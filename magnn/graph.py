@@ -1,0 +1,181 @@
+"""`Graph`: a validated edge list with the sorted views that kernels need.
+
+Edges are `j -> i` with `edge_index[0] = src = j` and `edge_index[1] = dst = i`
+(PyG's source_to_target). Node i attends over its incoming edges, so the
+forward kernels walk a CSR sorted by destination; the backward passes for k, v
+and e walk a reverse CSR sorted by source. Both views are built lazily and
+cached, so the pure-PyTorch reference (which scatters in the caller's order)
+pays only for validation.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+
+
+def _check_edge_index(edge_index, num_nodes: int | None) -> int:
+    if not isinstance(edge_index, torch.Tensor):
+        raise TypeError(
+            f"edge_index must be a torch.Tensor of shape [2, E], got {type(edge_index).__name__}"
+        )
+    if edge_index.is_floating_point() or edge_index.dtype == torch.bool or edge_index.is_complex():
+        raise TypeError(
+            f"edge_index must hold integer node indices (torch.int64), got dtype {edge_index.dtype}; "
+            "convert it with edge_index.long()"
+        )
+    if edge_index.dim() != 2 or edge_index.shape[0] != 2:
+        hint = ""
+        if edge_index.dim() == 2 and edge_index.shape[1] == 2:
+            hint = " (it looks like [E, 2]: pass edge_index.t().contiguous())"
+        raise ValueError(f"edge_index must have shape [2, E], got {list(edge_index.shape)}{hint}")
+    num_edges = edge_index.shape[1]
+    if num_nodes is not None:
+        if int(num_nodes) < 0:
+            raise ValueError(f"num_nodes must be >= 0, got {num_nodes}")
+        num_nodes = int(num_nodes)
+    if num_edges == 0:
+        return 0 if num_nodes is None else num_nodes
+    low = int(edge_index.min())
+    high = int(edge_index.max())
+    if low < 0:
+        raise ValueError(f"edge_index holds a negative node index ({low}); indices must be in [0, num_nodes)")
+    if num_nodes is None:
+        return high + 1
+    if high >= num_nodes:
+        raise ValueError(
+            f"edge_index refers to node {high}, but num_nodes is {num_nodes}; "
+            f"indices must be in [0, {num_nodes}) (pass the right num_nodes or fix the edges)"
+        )
+    return num_nodes
+
+
+@dataclass(frozen=True)
+class DegreeStats:
+    max_in: int
+    max_out: int
+    mean: float
+    isolated: int  # nodes with no incoming edge
+
+
+class Graph:
+    """A directed graph with `num_nodes` nodes and `num_edges` edges `src -> dst`.
+
+    Build it once per static graph and pass it instead of `edge_index` to skip
+    validation and sorting on every call::
+
+        graph = magnn.Graph(edge_index, num_nodes=x.shape[0])
+        node_out, edge_out = edge_attention(q, k, v, e, graph)
+
+    Attributes (built on first use, then cached):
+      rowptr [N+1], col [E] (= src), perm [E]: dst-sorted CSR; position p of the
+        CSR holds the caller's edge perm[p].
+      rev_rowptr [N+1], rev_col [E] (= dst), rev_perm [E]: the same sorted by src.
+    """
+
+    def __init__(self, edge_index: torch.Tensor, num_nodes: int | None = None, *, validate: bool = True):
+        if validate:
+            num_nodes = _check_edge_index(edge_index, num_nodes)
+            edge_index = edge_index.long()
+        elif num_nodes is None:
+            num_nodes = int(edge_index.max()) + 1 if edge_index.numel() else 0
+        self.edge_index = edge_index
+        self.num_nodes = int(num_nodes)
+
+    # -- basic views -------------------------------------------------------
+    @property
+    def num_edges(self) -> int:
+        return self.edge_index.shape[1]
+
+    @property
+    def src(self) -> torch.Tensor:
+        return self.edge_index[0]
+
+    @property
+    def dst(self) -> torch.Tensor:
+        return self.edge_index[1]
+
+    @property
+    def device(self) -> torch.device:
+        return self.edge_index.device
+
+    # -- dst-sorted CSR (forward) ------------------------------------------
+    @cached_property
+    def perm(self) -> torch.Tensor:
+        return torch.argsort(self.dst, stable=True)
+
+    @cached_property
+    def rowptr(self) -> torch.Tensor:
+        return _rowptr(self.in_degree, self.num_nodes)
+
+    @cached_property
+    def col(self) -> torch.Tensor:
+        return self.src[self.perm]
+
+    # -- src-sorted reverse CSR (backward for k, v, e) ---------------------
+    @cached_property
+    def rev_perm(self) -> torch.Tensor:
+        return torch.argsort(self.src, stable=True)
+
+    @cached_property
+    def rev_rowptr(self) -> torch.Tensor:
+        return _rowptr(self.out_degree, self.num_nodes)
+
+    @cached_property
+    def rev_col(self) -> torch.Tensor:
+        return self.dst[self.rev_perm]
+
+    @cached_property
+    def rev_to_csr(self) -> torch.Tensor:
+        """For each position of the reverse CSR, its position in the dst-sorted CSR."""
+        inverse = torch.empty_like(self.perm)
+        inverse[self.perm] = torch.arange(self.num_edges, device=self.device)
+        return inverse[self.rev_perm]
+
+    # -- degrees ------------------------------------------------------------
+    @cached_property
+    def in_degree(self) -> torch.Tensor:
+        return torch.bincount(self.dst, minlength=self.num_nodes)
+
+    @cached_property
+    def out_degree(self) -> torch.Tensor:
+        return torch.bincount(self.src, minlength=self.num_nodes)
+
+    def degree_stats(self) -> DegreeStats:
+        if self.num_nodes == 0:
+            return DegreeStats(0, 0, 0.0, 0)
+        return DegreeStats(
+            max_in=int(self.in_degree.max()),
+            max_out=int(self.out_degree.max()),
+            mean=self.num_edges / self.num_nodes,
+            isolated=int((self.in_degree == 0).sum()),
+        )
+
+    # -- movement -----------------------------------------------------------
+    def to(self, device) -> "Graph":
+        """A copy on `device`, with every view built so far moved along."""
+        moved = Graph(self.edge_index.to(device), self.num_nodes, validate=False)
+        for name, value in vars(self).items():
+            if isinstance(value, torch.Tensor) and name != "edge_index":
+                moved.__dict__[name] = value.to(device)
+        return moved
+
+    def __repr__(self) -> str:
+        return f"Graph(num_nodes={self.num_nodes}, num_edges={self.num_edges}, device={self.device})"
+
+
+def _rowptr(degree: torch.Tensor, num_nodes: int) -> torch.Tensor:
+    rowptr = torch.zeros(num_nodes + 1, dtype=torch.long, device=degree.device)
+    torch.cumsum(degree, 0, out=rowptr[1:])
+    return rowptr
+
+
+def as_graph(edge_index_or_graph, num_nodes: int | None) -> Graph:
+    """Accept a `Graph` or an `edge_index` tensor; check num_nodes agrees."""
+    if isinstance(edge_index_or_graph, Graph):
+        graph = edge_index_or_graph
+        if num_nodes is not None and int(num_nodes) != graph.num_nodes:
+            raise ValueError(f"num_nodes={num_nodes} disagrees with the Graph's num_nodes={graph.num_nodes}")
+        return graph
+    return Graph(edge_index_or_graph, num_nodes)

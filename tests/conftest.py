@@ -1,0 +1,18 @@
+import os
+
+import pytest
+import torch
+
+# Without a GPU the Triton kernels run in the interpreter on CPU tensors; the
+# variable must be set before triton JIT-decorates any kernel.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip_gpu)
