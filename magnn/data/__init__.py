@@ -1,0 +1,3 @@
+from .info import DatasetInfo
+
+__all__ = ["DatasetInfo"]
