@@ -1,0 +1,128 @@
+"""Every fast backend against the pure-PyTorch reference: one shared test.
+
+Adding a backend adds one entry to FAST_BACKENDS. A backend that cannot run
+here is skipped with its reason, unless MAGNN_REQUIRE_BACKENDS names it (CI
+sets it), in which case the test fails: a compiled path must not silently
+turn into a skip.
+"""
+import itertools
+import os
+
+import pytest
+import torch
+
+from helpers import random_graph, random_inputs
+from magnn import EdgeStats, Graph
+from magnn.functional import BACKENDS, edge_attention
+from magnn.stats import reduce_rows
+
+FAST_BACKENDS = ["cpu", "triton"]
+REQUIRED = {name for name in os.environ.get("MAGNN_REQUIRE_BACKENDS", "").split(",") if name}
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _usable(backend: str, dtype=torch.float32):
+    if backend == "cpu" and DEVICE.type != "cpu":
+        pytest.skip("the cpu backend runs on CPU tensors")
+    reason = BACKENDS[backend].reason_unavailable(DEVICE, dtype)
+    if reason is not None:
+        if backend in REQUIRED:
+            pytest.fail(f"backend {backend!r} is required (MAGNN_REQUIRE_BACKENDS) but unusable: {reason}")
+        pytest.skip(f"backend {backend!r} unusable here: {reason}")
+
+
+def _inputs(seed, mode, ebt, bias, dtype=torch.float32, scale=1.0):
+    gen = torch.Generator().manual_seed(seed)
+    num_nodes = 24
+    edge_index = random_graph(num_nodes, 70, generator=gen, isolated=3, self_loops=3, duplicates=4, hub=40)
+    q, k, v, e, b, params = random_inputs(num_nodes, edge_index, 2, 5, dtype=dtype, generator=gen, bias=bias, ebt=ebt, scale=scale)
+    moved = [t.detach().to(DEVICE).requires_grad_() for t in (q, k, v, e)]
+    b = None if b is None else b.detach().to(DEVICE).requires_grad_()
+    params = None if params is None else tuple(p.detach().to(DEVICE).requires_grad_() for p in params)
+    return moved, b, params, Graph(edge_index.to(DEVICE), num_nodes)
+
+
+def _run(backend, tensors, b, params, graph, **kwargs):
+    leaves = list(tensors) + ([b] if b is not None else []) + list(params or ())
+    stats = EdgeStats(keep_edge_ratio=True)
+    node_out, edge_out = edge_attention(*tensors, graph, bias=b, ebt_params=params, stats=stats, backend=backend, **kwargs)
+    gen = torch.Generator().manual_seed(99)
+    up_node = torch.randn(node_out.shape, generator=gen).to(DEVICE, node_out.dtype)
+    up_edge = torch.randn(edge_out.shape, generator=gen).to(DEVICE, edge_out.dtype)
+    grads = torch.autograd.grad((node_out * up_node).sum() + (edge_out * up_edge).sum(), leaves)
+    return node_out, edge_out, grads, stats
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize(
+    "mode,ebt,clamp,bias",
+    list(itertools.product(["gt", "additive"], [None, "edge", "slot"], [None, 2.0], [None, "edge", "edge_head"])),
+)
+def test_values_gradients_and_stats_match_reference(backend, mode, ebt, clamp, bias):
+    _usable(backend)
+    tensors, b, params, graph = _inputs(11, mode, ebt, bias)
+    kwargs = dict(mode=mode, ebt=ebt, clamp=clamp)
+    node_out, edge_out, grads, stats = _run(backend, tensors, b, params, graph, **kwargs)
+    want_node, want_edge, want_grads, want_stats = _run("torch", tensors, b, params, graph, **kwargs)
+    torch.testing.assert_close(node_out, want_node, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(edge_out, want_edge, rtol=1e-5, atol=1e-5)
+    for got, want in zip(grads, want_grads):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    # the in-kernel reduction equals the reference reduction of what the backend stored
+    own = reduce_rows(edge_out.detach().reshape(edge_out.shape[0], -1).cpu())
+    assert torch.equal(stats.hist_abs.counts, own.hist_abs.cpu())
+    assert torch.equal(stats.hist_ratio.counts, own.hist_ratio.cpu())
+    assert torch.equal(stats.edge_ratio, own.row_ratio.cpu())
+    assert stats.max_abs == float(own.max_abs)
+    assert stats.nan_count == 0
+    torch.testing.assert_close(stats.edge_ratio, want_stats.edge_ratio, rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("mode", ["gt", "additive"])
+def test_huge_logits_and_nan_inputs(backend, mode):
+    _usable(backend)
+    tensors, _, _, graph = _inputs(12, mode, None, None, scale=30.0)
+    node_out, _, grads, _ = _run(backend, tensors, None, None, graph, mode=mode)
+    want_node, _, want_grads, _ = _run("torch", tensors, None, None, graph, mode=mode)
+    assert torch.isfinite(node_out).all()
+    torch.testing.assert_close(node_out, want_node, rtol=1e-4, atol=1e-3)
+    with torch.no_grad():
+        tensors[3][5, 1, 2] = float("nan")  # one NaN edge feature
+    stats = EdgeStats()
+    _, edge_out = edge_attention(*tensors, graph, mode=mode, stats=stats, backend=backend)
+    own = reduce_rows(edge_out.detach().reshape(edge_out.shape[0], -1).cpu())
+    assert stats.nan_count == int(own.nan_count) > 0
+    assert torch.equal(stats.hist_abs.counts, own.hist_abs.cpu())
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision(backend, dtype):
+    _usable(backend, dtype)
+    tensors, b, params, graph = _inputs(13, "gt", "edge", "edge", dtype=dtype)
+    node_out, edge_out, grads, stats = _run(backend, tensors, b, params, graph, ebt="edge", clamp=5.0)
+    want_node, want_edge, want_grads, _ = _run("torch", tensors, b, params, graph, ebt="edge", clamp=5.0)
+    assert node_out.dtype == dtype and edge_out.dtype == dtype
+    tol = dict(rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(node_out.float(), want_node.float(), **tol)
+    torch.testing.assert_close(edge_out.float(), want_edge.float(), **tol)
+    for got, want in zip(grads, want_grads):
+        torch.testing.assert_close(got.float(), want.float(), rtol=5e-2, atol=5e-2)
+    own = reduce_rows(edge_out.detach().reshape(edge_out.shape[0], -1).cpu())
+    assert torch.equal(stats.hist_abs.counts, own.hist_abs.cpu())
+
+
+@pytest.mark.parametrize("backend", FAST_BACKENDS)
+@pytest.mark.parametrize("ebt", [None, "slot"])
+def test_empty_edge_set(backend, ebt):
+    _usable(backend)
+    gen = torch.Generator().manual_seed(5)
+    edge_index = torch.empty(2, 0, dtype=torch.long)
+    q, k, v, e, _, params = random_inputs(4, edge_index, 2, 3, dtype=torch.float32, generator=gen, ebt=ebt)
+    tensors = [t.detach().to(DEVICE) for t in (q, k, v, e)]
+    params = None if params is None else tuple(p.detach().to(DEVICE) for p in params)
+    node_out, edge_out = edge_attention(*tensors, edge_index.to(DEVICE), ebt=ebt, ebt_params=params, backend=backend)
+    want, _ = edge_attention(*tensors, edge_index.to(DEVICE), ebt=ebt, ebt_params=params, backend="torch")
+    assert edge_out.shape == (0, 2, 3)
+    torch.testing.assert_close(node_out, want)
