@@ -62,7 +62,11 @@ def find_embedding(model: nn.Module, names=("node_encoder", "atom_encoder", "enc
 
 def _embedding_shape(model, embedding, batch):
     captured = {}
-    handle = embedding.register_forward_hook(lambda m, i, o: captured.setdefault("shape", o.shape))
+
+    def remember(module, inputs, output):  # returns None: the output stays as it is
+        captured["shape"] = output.shape
+
+    handle = embedding.register_forward_hook(remember)
     with torch.no_grad():
         model(batch)
     handle.remove()
