@@ -1,4 +1,4 @@
-"""`magnn` command line: info, build-ext, demo, train, detect, study.
+"""`magnn` command line: info, build-ext, train, detect, study.
 
 Each subcommand lives in its own module and is imported only when run, so
 `magnn info` stays fast and works even where optional pieces are missing.
@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--verbose", action="store_true")
     build.set_defaults(func=cmd_build_ext)
 
-    for module_name in ("magnn.demo", "magnn.train", "magnn.detect", "magnn.study"):
+    for module_name in ("magnn.train", "magnn.detect", "magnn.study"):
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as error:
