@@ -199,6 +199,28 @@ def init_distributed_from_env(device: str) -> bool:
 
 # -- datasets + model -----------------------------------------------------------
 
+# "quick": the paper's row for the pair, shrunk to train in minutes on 2 CPU cores
+QUICK_MODEL = {"num_layers": 4, "hidden": 64, "heads": 8}
+
+
+def model_overrides(config: TrainConfig) -> dict:
+    overrides = dict(QUICK_MODEL) if config.preset == "quick" and config.dataset != "ogbn-proteins" else {}
+    overrides.update(config.overrides)
+    overrides.setdefault("backend", config.backend)
+    if config.activation_checkpointing:
+        overrides["checkpoint"] = True
+    return overrides
+
+
+def training_settings(config: TrainConfig) -> dict:
+    """lr, patience, batch size: the paper's row (SPEC §10) unless the config overrides them."""
+    from .models import get_preset
+
+    row = get_preset(config.model, config.dataset)
+    return {"lr": config.lr or row.lr, "patience": row.patience, "min_lr": row.min_lr,
+            "batch_size": config.batch_size or row.batch_size}
+
+
 def prepare(config: TrainConfig):
     """(splits, info, model) for a config; splits hold lists of transformed graphs or one Data."""
     from .data import load_dataset
@@ -209,13 +231,11 @@ def prepare(config: TrainConfig):
         kwargs["max_graphs"] = config.max_graphs
     splits, info = load_dataset(config.dataset, root=config.data_root, **kwargs)
     splits = {("val" if name == "valid" else name): part for name, part in splits.items()}
-    transform = transforms_for(config.model, info)
+    overrides = model_overrides(config)
+    transform = transforms_for(config.model, info, preset="paper", **overrides)
     if transform is not None:
         splits = {name: _apply(transform, part) for name, part in splits.items()}
-    overrides = dict(config.overrides)
-    overrides.setdefault("backend", config.backend)
-    preset = config.dataset if config.preset == "paper" else "quick"
-    model = build_model(config.model, info, ebt=config.ebt, preset=preset, **overrides)
+    model = build_model(config.model, info, ebt=config.ebt, preset="paper", **overrides)
     return splits, info, model
 
 
@@ -239,12 +259,6 @@ def _loader(part, batch_size, shuffle, seed_for_epoch):
         return DataLoader(part, batch_size=batch_size, sampler=sampler)
     generator = torch.Generator().manual_seed(seed_for_epoch)
     return DataLoader(part, batch_size=batch_size, shuffle=shuffle, generator=generator)
-
-
-def _preset_batch_size(config: TrainConfig) -> int:
-    if config.batch_size:
-        return config.batch_size
-    return {"zinc": 128, "tox21": 128}.get(config.dataset, 128)
 
 
 @dataclass
@@ -275,7 +289,7 @@ def run_epoch(model, part, info, loss_fn, *, optimizer=None, batch_size=128, see
             loss.backward()
             optimizer.step()
         metric = compute_metric(info.task, info.name, data.y[mask], pred[mask].detach())
-        return EpochResult(float(loss), metric)
+        return EpochResult(float(loss.detach()), metric)
 
     total_loss, total_graphs = 0.0, 0
     targets, predictions = [], []
@@ -289,7 +303,7 @@ def run_epoch(model, part, info, loss_fn, *, optimizer=None, batch_size=128, see
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        total_loss += float(loss) * batch.num_graphs
+        total_loss += float(loss.detach()) * batch.num_graphs
         total_graphs += batch.num_graphs
         targets.append(batch.y.reshape(pred.shape).detach().cpu())
         predictions.append(pred.detach().cpu())
@@ -319,12 +333,12 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
     core = model
     if distributed and world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model)
-    lr = config.lr or (3e-4 if (config.model == "graphit" and config.dataset == "zinc") else 7e-4)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    patience = 15 if config.model == "gt" else 25
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=patience)
+    settings = training_settings(config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=settings["lr"])
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=0.5, patience=settings["patience"])
     loss_fn = loss_function(info.task)
-    batch_size = _preset_batch_size(config)
+    batch_size = settings["batch_size"]
     history, best = [], {"epoch": -1, "val_loss": math.inf}
     start_epoch = 0
     last_path = out / "last.pt"
@@ -367,6 +381,9 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
                 "model": core.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "rng": rng_state(), "epoch": epoch, "history": history, "best": best, "config": asdict(config),
             }, last_path)
+        if optimizer.param_groups[0]["lr"] < settings["min_lr"]:  # the paper's stopping rule
+            log.info(f"stopping: lr fell below min_lr={settings['min_lr']:g}")
+            break
 
     if distributed and world > 1:
         torch.distributed.barrier()
