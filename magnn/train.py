@@ -252,7 +252,7 @@ def _loader(part, batch_size, shuffle, seed_for_epoch):
     from torch_geometric.loader import DataLoader
 
     rank, world = _rank_world()
-    if world > 1:
+    if world > 1 and shuffle:  # only training shards; every rank evaluates everything, so all agree
         from torch.utils.data.distributed import DistributedSampler
 
         sampler = DistributedSampler(part, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed_for_epoch, drop_last=False)
@@ -332,7 +332,8 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
         model.set_activation_checkpointing(True)
     core = model
     if distributed and world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(model)
+        # the last layer's edge stream feeds no loss: let DDP skip those parameters
+        model = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True)
     settings = training_settings(config)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings["lr"])
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
