@@ -1,0 +1,202 @@
+"""Scaffolding shared by the three models: config checks, encoders, PE, head, checkpointing."""
+from __future__ import annotations
+
+import contextlib
+from typing import Optional
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint as activation_checkpoint
+
+from ..data.info import DatasetInfo
+from ..functional import EBT_VARIANTS
+from ..layers import FusedEdgeAttention
+from .block import NORMS
+from .encoders import NodeEncoder
+from .heads import build_head
+
+__all__ = ["GraphModel", "NON_EDGE_TYPE", "graph_batch"]
+
+EBT_INITS = ("normal_0.02", "standard_normal")
+# edge type of attention rows that are not real edges (GraphiT's kernel pairs, SAN's fake edges)
+NON_EDGE_TYPE = -1
+
+
+def graph_batch(data) -> tuple[Optional[torch.Tensor], int]:
+    """(batch vector or None, number of graphs) of a PyG Data or Batch."""
+    batch = getattr(data, "batch", None)
+    if batch is None:
+        return None, 1
+    num_graphs = getattr(data, "num_graphs", None)
+    if num_graphs is None:
+        num_graphs = int(batch.max()) + 1 if batch.numel() else 1
+    return batch, int(num_graphs)
+
+
+class GraphModel(nn.Module):
+    """Base class: subclasses build `self.layers` (one attention layer each) and `forward`.
+
+    Common arguments:
+      info: the dataset's `DatasetInfo` (encoders and head follow from it).
+      num_layers, hidden, heads: depth (None: 10, or 3 for node-level datasets),
+        width (hidden = heads * head_dim), heads.
+      norm: "batch", "layer" or "none" (post-norm); residual: residual connections.
+      dropout: after attention and inside the FFN.
+      ebt: None, "edge" or "slot" (SPEC §3); ebt_init: "normal_0.02" or "standard_normal".
+      pe: positional encoding (model specific; None turns it off; "auto": the
+        class's default, none of the eigenvector ones on node-level datasets); pe_dim: its k.
+      readout: "mean" or "sum" for graph tasks (ignored for node tasks).
+      clamp: logit clamp of the attention; backend: edge_attention backend.
+      checkpoint: recompute each layer in backward (activation checkpointing)
+        while training; the recomputation adds no statistics.
+    """
+
+    PE_CHOICES: tuple = (None,)
+    DEFAULT_PE: Optional[str] = None
+
+    @classmethod
+    def resolve_defaults(cls, info: DatasetInfo, num_layers: Optional[int], pe) -> tuple[int, Optional[str]]:
+        """num_layers=None and pe="auto" by dataset: node-level datasets (one large graph, as
+        ogbn-proteins) get 3 layers and no eigenvector encoding (an eigsh on the full graph is
+        costly and no paper defines it there); graph datasets get 10 layers and the class's PE."""
+        large = info.task == "node_multilabel"
+        if num_layers is None:
+            num_layers = 3 if large else 10
+        if pe == "auto":
+            pe = None if large and cls.DEFAULT_PE == "lap" else cls.DEFAULT_PE
+        return num_layers, pe
+
+    def __init__(
+        self,
+        info: DatasetInfo,
+        *,
+        num_layers: Optional[int],
+        hidden: int,
+        heads: int,
+        norm: Optional[str],
+        residual: bool,
+        dropout: float,
+        ebt: Optional[str],
+        ebt_init: str,
+        pe: Optional[str],
+        pe_dim: int,
+        readout: Optional[str],
+        clamp: Optional[float],
+        backend: str,
+        checkpoint: bool,
+    ):
+        super().__init__()
+        if not isinstance(info, DatasetInfo):
+            raise TypeError(f"info must be a magnn.data.DatasetInfo, got {type(info).__name__}")
+        num_layers, pe = self.resolve_defaults(info, num_layers, pe)
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        if heads < 1 or hidden < 1 or hidden % heads:
+            raise ValueError(f"hidden ({hidden}) must be a positive multiple of heads ({heads})")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if norm not in NORMS and norm is not None:
+            raise ValueError(f"unknown norm {norm!r}; choose one of {NORMS}")
+        if ebt not in EBT_VARIANTS:
+            raise ValueError(f"unknown ebt {ebt!r}; choose None, 'edge' or 'slot'")
+        if ebt_init not in EBT_INITS:
+            raise ValueError(f"unknown ebt_init {ebt_init!r}; choose one of {EBT_INITS}")
+        if pe not in self.PE_CHOICES:
+            raise ValueError(f"{type(self).__name__} supports pe in {self.PE_CHOICES}, got {pe!r}")
+        if pe is not None and pe_dim < 1:
+            raise ValueError(f"pe_dim must be >= 1, got {pe_dim}")
+        self.info = info
+        self.num_layers, self.hidden, self.heads = num_layers, hidden, heads
+        self.head_dim = hidden // heads
+        self.norm, self.residual, self.dropout = norm, residual, dropout
+        self.ebt, self.ebt_init = ebt, ebt_init
+        self.pe, self.pe_dim = pe, pe_dim
+        self.clamp, self.backend, self.checkpoint = clamp, backend, checkpoint
+        self.node_encoder = NodeEncoder(info, hidden)
+        self.head = build_head(info, hidden, readout)
+        self.readout = getattr(self.head, "readout", None)
+
+    # -- pieces the subclasses use ---------------------------------------------
+    def make_attention(self) -> FusedEdgeAttention:
+        """A gt-mode attention layer with this model's width, EBT, clamp and backend."""
+        return FusedEdgeAttention(
+            self.hidden, self.heads, self.head_dim, self.hidden,
+            mode="gt", ebt=self.ebt, clamp=self.clamp, backend=self.backend, ebt_init=self.ebt_init,
+        )
+
+    def random_signs(self, vectors: torch.Tensor, batch: Optional[torch.Tensor], num_graphs: int) -> torch.Tensor:
+        """Flips each eigenvector column's sign at random per graph while training."""
+        if not self.training:
+            return vectors
+        signs = torch.randint(0, 2, (num_graphs, vectors.shape[1]), device=vectors.device).to(vectors.dtype) * 2 - 1
+        return vectors * (signs[batch] if batch is not None else signs[0])
+
+    @staticmethod
+    def require(data, name: str, why: str) -> torch.Tensor:
+        value = getattr(data, name, None)
+        if value is None:
+            raise ValueError(
+                f"data.{name} is missing: {why}; add magnn.models.transforms_for(...) as the dataset's "
+                "pre_transform (or build the model with pe=None)"
+            )
+        return value
+
+    @staticmethod
+    @contextlib.contextmanager
+    def union_edge_types(attention: nn.Module, num_real: int, num_extra: int):
+        """While attention runs over real edges plus `num_extra` other rows, extend the
+        collector's per-edge types (given for the real edges) with NON_EDGE_TYPE."""
+        collector = getattr(attention, "collector", None)
+        types = None if collector is None else collector.edge_types
+        if types is None or num_extra == 0 or types.shape[0] != num_real:
+            yield
+            return
+        collector.edge_types = torch.cat([types, types.new_full((num_extra,), NON_EDGE_TYPE)])
+        try:
+            yield
+        finally:
+            collector.edge_types = types
+
+    def run_layer(self, layer: nn.Module, *args, **kwargs):
+        if not (self.checkpoint and self.training and torch.is_grad_enabled()):
+            return layer(*args, **kwargs)
+        calls = 0
+
+        def run(*inner_args, **inner_kwargs):
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                return layer(*inner_args, **inner_kwargs)
+            # the backward pass recomputes the layer: its statistics were taken in forward
+            attentions = [m for m in layer.modules() if isinstance(m, FusedEdgeAttention)]
+            collectors = [m.collector for m in attentions]
+            for module in attentions:
+                module.collector = None
+            try:
+                return layer(*inner_args, **inner_kwargs)
+            finally:
+                for module, collector in zip(attentions, collectors):
+                    module.collector = collector
+
+        return activation_checkpoint(run, *args, use_reentrant=False, **kwargs)
+
+    @staticmethod
+    def add_noise(tensor: torch.Tensor, noise: Optional[torch.Tensor], name: str) -> torch.Tensor:
+        if noise is None:
+            return tensor
+        if noise.shape != tensor.shape:
+            raise ValueError(f"{name} must have shape {list(tensor.shape)}, got {list(noise.shape)}")
+        return tensor + noise
+
+    def predict(self, h: torch.Tensor, data) -> torch.Tensor:
+        batch, num_graphs = graph_batch(data)
+        return self.head(h, batch, num_graphs)
+
+    def pre_transforms(self):
+        """The pre-transforms this model's `forward` needs (a Compose, or None)."""
+        from . import transforms_for
+
+        return transforms_for(self.model_name, self.info, **self.transform_config())
+
+    def transform_config(self) -> dict:
+        return {"pe": self.pe, "pe_dim": self.pe_dim}

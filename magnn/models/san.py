@@ -1,0 +1,393 @@
+"""SAN (Kreuzer et al., 2021): real and fake edges under one softmax, plus learned LPE.
+
+Attention (`SANAttention`). Real edges j -> i score with (Q, K, E), fake edges
+(non-adjacent pairs of the same graph) with (Q2, K2, E2) and one learned
+fake-edge embedding; V is shared. Both use the gt score
+``w_ij = q_i * k_j * e_ij / sqrt(D)`` and the clamped logit
+``l_ij = clip(sum_d w_ij, -5, 5)``; the weights are ``exp(l)/(1+gamma)`` for
+real and ``gamma exp(l)/(1+gamma)`` for fake edges, divided by one shared
+denominator. The common factor 1/(1+gamma) cancels in that ratio, so this is
+a softmax over the union of real and fake edges with a structural term of
+0 on real and log(gamma) on fake edges, added after the clamp as in SAN's
+code. It runs as one `edge_attention` call over the union edge set: the
+per-edge products ``q_i * k_j * e_ij`` (real or fake projections by edge
+kind) are formed here and passed as the edge input with unit q and k, and a
+per-edge bias ``clip(l) + s - l`` turns the kernel's logit ``l`` into
+``clip(l) + s`` (the kernel would clip after adding s). Those products are
+[E + F, H, D] tensors formed outside the fused kernel (the same order of
+memory as the projected edge features); the sparse path below stays fully
+fused. Only the node stream is updated.
+
+EBT in the union call follows SPEC §3 with the real-edge query: ebt="edge"
+adds ``b_e,i = (q_i . k') / sqrt(D) * e'`` to the score of every edge into i
+(real and fake) and ``v'`` to every message; ebt="slot" adds one virtual
+incoming edge per node (logit ``q_i . (k' * e') / sqrt(D)``, clamped,
+structural term 0 like a real edge, message ``v'``) that has no edge_out row.
+Without fake edges (``full_graph=False``, the MA paper's protocol, or graphs
+that are complete) the layer is exactly `FusedEdgeAttention` over the real
+edges. The statistics tap (edge_out) holds the real edges in input order
+followed by the fake edges; per-edge types given to the collector for the
+real edges are extended with `NON_EDGE_TYPE` (-1) for the fake ones.
+
+Fake edges, built once per forward and shared by all layers:
+
+* exact ("full"): for a batch of small graphs, every ordered pair (j, i) of
+  distinct nodes of the same graph that is not adjacent (in either
+  direction), generated per graph without Python loops; memory is
+  sum_g n_g^2, so it is used when every graph has at most ``max_fake_nodes``
+  nodes (``fake_edges="auto"``).
+* sampled (large graphs): each node draws ``fake_samples`` sources uniformly
+  from its own graph, re-sampled on every forward; draws that hit the node
+  itself or a neighbour are dropped. The kept draws are uniform over the
+  node's n_fake non-neighbours, so giving each kept draw the extra log-weight
+  log(n_fake / kept) makes the fake part of the numerator and of the
+  denominator unbiased estimates of the exact sums. Memory is
+  O((E + N * fake_samples) * H * D), never N^2.
+
+Learned Laplacian positional encodings (``pe="lap"``, data from
+`positional.SANEigenPE`): per node, each of the k eigenpairs
+(eigenvector entry, eigenvalue) is a token; Linear(2, lpe_dim), a small
+transformer encoder over the k tokens (padding masked), a sum over the
+tokens and Linear(lpe_dim, hidden), added to the node embedding.
+Eigenvector signs are flipped at random per graph while training.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..data.info import DatasetInfo
+from ..functional import edge_attention
+from ..graph import Graph
+from ..layers import FusedEdgeAttention
+from ..stats import EdgeStats, reduce_rows
+from .base import GraphModel, graph_batch
+from .block import ResidualStream
+from .encoders import EdgeEncoder
+
+__all__ = ["SAN", "SANAttention", "SANLayer", "FakeEdges", "LearnedLaplacianPE", "full_fake_edges", "sampled_fake_edges"]
+
+FAKE_EDGE_MODES = ("auto", "full", "sampled")
+
+
+@dataclass(eq=False)
+class FakeEdges:
+    """Fake edges j -> i (``index[0] = src``) with their structural log-weights [F] (float64)."""
+
+    index: torch.Tensor
+    log_weight: torch.Tensor
+    _union_graphs: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def num_edges(self) -> int:
+        return self.index.shape[1]
+
+    def union_graph(self, real: Graph, slot: bool) -> Graph:
+        """Real edges, then fake edges (then, with slot, one edge from virtual node N into each node)."""
+        if slot not in self._union_graphs:
+            num_nodes = real.num_nodes
+            parts = [real.edge_index, self.index]
+            if slot:
+                nodes = torch.arange(num_nodes, device=real.device)
+                parts.append(torch.stack([torch.full_like(nodes, num_nodes), nodes]))
+            self._union_graphs[slot] = Graph(torch.cat(parts, 1), num_nodes + int(slot), validate=False)
+        return self._union_graphs[slot]
+
+
+def _graph_layout(batch: Optional[torch.Tensor], num_nodes: int, device):
+    if batch is None:
+        batch = torch.zeros(num_nodes, dtype=torch.long, device=device)
+    sizes = torch.bincount(batch, minlength=int(batch.max()) + 1 if num_nodes else 0)
+    starts = torch.cumsum(sizes, 0) - sizes
+    return batch, sizes, starts
+
+
+def _adjacent_keys(edge_index: torch.Tensor, num_nodes: int) -> torch.Tensor:
+    """Sorted unique keys dst * N + src of the symmetric adjacency, self loops excluded."""
+    src, dst = edge_index
+    keep = src != dst
+    src, dst = src[keep], dst[keep]
+    return torch.unique(torch.cat([dst * num_nodes + src, src * num_nodes + dst]))
+
+
+def full_fake_edges(edge_index: torch.Tensor, batch: Optional[torch.Tensor], num_nodes: int, gamma: float) -> FakeEdges:
+    """Every non-adjacent ordered pair of distinct nodes of the same graph (exact complement)."""
+    device = edge_index.device
+    batch, sizes, starts = _graph_layout(batch, num_nodes, device)
+    per_node = sizes[batch]  # each node i pairs with every node of its graph
+    dst = torch.repeat_interleave(torch.arange(num_nodes, device=device), per_node)
+    first_pair = torch.cumsum(per_node, 0) - per_node
+    offset = torch.arange(dst.shape[0], device=device) - torch.repeat_interleave(first_pair, per_node)
+    src = starts[batch[dst]] + offset
+    keys = dst * num_nodes + src
+    keep = (src != dst) & ~torch.isin(keys, _adjacent_keys(edge_index, num_nodes))
+    index = torch.stack([src[keep], dst[keep]])
+    log_weight = torch.full((index.shape[1],), math.log(gamma), dtype=torch.float64, device=device)
+    return FakeEdges(index, log_weight)
+
+
+def sampled_fake_edges(
+    edge_index: torch.Tensor, batch: Optional[torch.Tensor], num_nodes: int, gamma: float, samples: int
+) -> FakeEdges:
+    """`samples` uniform non-neighbour draws per node with importance log-weights (module docstring)."""
+    device = edge_index.device
+    batch, sizes, starts = _graph_layout(batch, num_nodes, device)
+    adjacent = _adjacent_keys(edge_index, num_nodes)
+    neighbours = torch.bincount(adjacent // num_nodes, minlength=num_nodes)
+    non_neighbours = sizes[batch] - 1 - neighbours
+    dst = torch.arange(num_nodes, device=device).repeat_interleave(samples)
+    graph_size = sizes[batch[dst]]
+    draw = (torch.rand(dst.shape[0], device=device) * graph_size).long()
+    src = starts[batch[dst]] + torch.minimum(draw, graph_size - 1)
+    keep = (src != dst) & ~torch.isin(dst * num_nodes + src, adjacent)
+    src, dst = src[keep], dst[keep]
+    kept = torch.bincount(dst, minlength=num_nodes)
+    log_weight = math.log(gamma) + torch.log(non_neighbours[dst].double() / kept[dst].double())
+    return FakeEdges(torch.stack([src, dst]), log_weight)
+
+
+class SANAttention(FusedEdgeAttention):
+    """`FusedEdgeAttention` with SAN's second (fake-edge) projections Q2, K2, E2.
+
+    ``forward(x, edge_index, edge_attr, fake=None, fake_attr=None)``: without
+    fake edges it is the parent layer; with them it runs the shared-denominator
+    union attention described in the module docstring (fake_attr [1, edge_dim]:
+    the learned fake-edge embedding).
+    """
+
+    def __init__(
+        self, in_channels: int, heads: int, head_dim: int, edge_dim: int, *,
+        ebt: Optional[str] = None, clamp: Optional[float] = 5.0, backend: str = "auto", ebt_init: str = "normal_0.02",
+    ):
+        super().__init__(
+            in_channels, heads, head_dim, edge_dim, mode="gt", ebt=ebt, clamp=clamp, backend=backend, ebt_init=ebt_init
+        )
+        width, use_bias = heads * head_dim, ebt is not None
+        self.lin_q2 = nn.Linear(in_channels, width, bias=use_bias)
+        self.lin_k2 = nn.Linear(in_channels, width, bias=use_bias)
+        self.lin_e2 = nn.Linear(edge_dim, width, bias=use_bias)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        edge_index,
+        edge_attr: torch.Tensor,
+        *,
+        fake: Optional[FakeEdges] = None,
+        fake_attr: Optional[torch.Tensor] = None,
+        bias: Optional[torch.Tensor] = None,
+        stats: Optional[EdgeStats] = None,
+    ):
+        if fake is None or fake.num_edges == 0:
+            return super().forward(x, edge_index, edge_attr, bias=bias, stats=stats)
+        if bias is not None:
+            raise ValueError("SANAttention: a structural bias is not supported together with fake edges")
+        if fake_attr is None or fake_attr.shape != (1, self.edge_dim):
+            raise ValueError(f"fake_attr must be the [1, {self.edge_dim}] fake-edge embedding")
+        graph = edge_index if isinstance(edge_index, Graph) else Graph(edge_index, num_nodes=x.shape[0])
+        return self._union_forward(x, graph, edge_attr, fake, fake_attr, stats)
+
+    def _union_forward(self, x, graph: Graph, edge_attr, fake: FakeEdges, fake_attr, stats):
+        num_nodes, heads, head_dim = x.shape[0], self.heads, self.head_dim
+        shape = (-1, heads, head_dim)
+        scale = 1.0 / math.sqrt(head_dim)
+        q, k, v = (lin(x).view(shape) for lin in (self.lin_q, self.lin_k, self.lin_v))
+        q2, k2 = self.lin_q2(x).view(shape), self.lin_k2(x).view(shape)
+        e = self.lin_e(edge_attr).view(shape)
+        e2 = self.lin_e2(fake_attr).view(1, heads, head_dim)
+        fake_src, fake_dst = fake.index
+        # product = w * sqrt(D): handed to the kernel as the edge input with unit q and k
+        product = torch.cat([q[graph.dst] * k[graph.src] * e, q2[fake_dst] * k2[fake_src] * e2])
+        num_union = product.shape[0]
+        structural = torch.cat([fake.log_weight.new_zeros(graph.num_edges), fake.log_weight])
+        values = v
+        if self.ebt == "edge":  # w += beta_i e' with beta_i = (q_i . k') / sqrt(D)
+            beta = (q * self.ebt_k).sum(-1, keepdim=True)
+            product = product + beta[torch.cat([graph.dst, fake_dst])] * self.ebt_e
+            values = v + self.ebt_v
+        slot = self.ebt == "slot"
+        if slot:
+            product = torch.cat([product, q * (self.ebt_k * self.ebt_e)])
+            values = torch.cat([values, self.ebt_v.unsqueeze(0).to(values.dtype)])
+            structural = torch.cat([structural, structural.new_zeros(num_nodes)])
+        product = product.to(values.dtype)  # EBT parameters may promote a half-precision product
+        # logits in at least float32, as the kernel computes them
+        raw = product.sum(-1, dtype=torch.float64 if product.dtype == torch.float64 else torch.float32) * scale
+        target = raw if self.clamp is None else raw.clamp(-self.clamp, self.clamp)
+        logit_bias = target + structural.to(raw.dtype).unsqueeze(-1) - raw
+        ones = torch.ones_like(values)
+        collector = stats if stats is not None else self.collector
+        node_out, edge_out = edge_attention(
+            ones, ones, values, product, fake.union_graph(graph, slot),
+            bias=logit_bias, clamp=None, ebt=None, stats=None if slot else collector, backend=self.backend,
+        )
+        if slot:
+            # drop the virtual slot node and its edges, then reduce the tap here
+            node_out, edge_out = node_out[:num_nodes], edge_out[:num_union]
+            if collector is not None:
+                tapped = edge_out if collector.tap == "edge" else node_out
+                collector.add(reduce_rows(tapped.reshape(tapped.shape[0], -1), collector.mantissa_bits), heads=heads)
+        return node_out.reshape(num_nodes, -1), edge_out.reshape(num_union, -1)
+
+
+class LearnedLaplacianPE(nn.Module):
+    """SAN's LPE: a transformer over each node's k (eigenvector entry, eigenvalue) tokens, summed."""
+
+    def __init__(self, k: int, hidden: int, dim: int = 16, layers: int = 2, heads: int = 4):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"lpe_dim ({dim}) must be a multiple of lpe_heads ({heads})")
+        self.k = k
+        self.input = nn.Linear(2, dim)
+        layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=2 * dim, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.output = nn.Linear(dim, hidden)
+
+    def forward(self, eigvec: torch.Tensor, eigval: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        if eigvec.shape[1] != self.k:
+            raise ValueError(f"LPE built for k={self.k} eigenpairs, data has {eigvec.shape[1]}")
+        valid = valid.bool()
+        tokens = self.input(torch.stack([eigvec, eigval], dim=-1))
+        tokens = tokens.masked_fill(~valid.unsqueeze(-1), 0.0)
+        tokens = self.encoder(tokens, src_key_padding_mask=~valid)
+        return self.output(tokens.masked_fill(~valid.unsqueeze(-1), 0.0).sum(1))
+
+
+class SANLayer(nn.Module):
+    def __init__(self, attention: SANAttention, hidden: int, *, norm, residual: bool, dropout: float, edge_encoder=None):
+        super().__init__()
+        self.attention = attention
+        self.node = ResidualStream(hidden, norm=norm, residual=residual, dropout=dropout)
+        self.edge_encoder = edge_encoder
+
+    def forward(self, h, e, graph: Graph, fake: Optional[FakeEdges], fake_attr: torch.Tensor):
+        node_out, _ = self.attention(h, graph, e, fake=fake, fake_attr=fake_attr)
+        return self.node(h, node_out)
+
+
+class SAN(GraphModel):
+    """Spectral Attention Network. Extra arguments (see the module docstring):
+
+      full_graph: attend over fake edges too (False: real edges only, the MA
+        paper's protocol, where gamma is inactive); gamma: fake-edge weight.
+      fake_edges: "auto" (exact complement while every graph has at most
+        max_fake_nodes nodes, else sampled), "full" or "sampled";
+        fake_samples: draws per node in sampled mode.
+      pe="lap": learned LPE over pe_dim eigenpairs (lpe_dim, lpe_layers, lpe_heads).
+      layer_edge_encoders: re-embed raw edge features in every layer (None:
+        only for edge_features="proteins").
+    """
+
+    model_name = "san"
+    PE_CHOICES = (None, "lap")
+    DEFAULT_PE = "lap"
+
+    def __init__(
+        self,
+        info: DatasetInfo,
+        *,
+        num_layers: Optional[int] = None,
+        hidden: int = 64,
+        heads: int = 8,
+        norm: Optional[str] = "batch",
+        residual: bool = True,
+        dropout: float = 0.0,
+        ebt: Optional[str] = None,
+        ebt_init: str = "normal_0.02",
+        pe: Optional[str] = "auto",
+        pe_dim: int = 10,
+        lpe_dim: int = 16,
+        lpe_layers: int = 2,
+        lpe_heads: int = 4,
+        readout: Optional[str] = "sum",
+        clamp: Optional[float] = 5.0,
+        full_graph: bool = True,
+        gamma: float = 0.1,
+        fake_edges: str = "auto",
+        max_fake_nodes: int = 1000,
+        fake_samples: int = 16,
+        layer_edge_encoders: Optional[bool] = None,
+        backend: str = "auto",
+        checkpoint: bool = False,
+    ):
+        num_layers, pe = self.resolve_defaults(info, num_layers, pe)
+        super().__init__(
+            info, num_layers=num_layers, hidden=hidden, heads=heads, norm=norm, residual=residual,
+            dropout=dropout, ebt=ebt, ebt_init=ebt_init, pe=pe, pe_dim=pe_dim, readout=readout,
+            clamp=clamp, backend=backend, checkpoint=checkpoint,
+        )
+        if gamma < 0:
+            raise ValueError(f"gamma must be >= 0, got {gamma}")
+        if fake_edges not in FAKE_EDGE_MODES:
+            raise ValueError(f"unknown fake_edges {fake_edges!r}; choose one of {FAKE_EDGE_MODES}")
+        if fake_samples < 1 or max_fake_nodes < 1:
+            raise ValueError("fake_samples and max_fake_nodes must be >= 1")
+        self.full_graph, self.gamma = full_graph, gamma
+        self.fake_edges, self.max_fake_nodes, self.fake_samples = fake_edges, max_fake_nodes, fake_samples
+        if layer_edge_encoders is None:
+            layer_edge_encoders = info.edge_features == "proteins"
+        self.layer_edge_encoders = layer_edge_encoders
+        self.edge_encoder = None if layer_edge_encoders else EdgeEncoder(info, hidden)
+        self.lpe = LearnedLaplacianPE(pe_dim, hidden, lpe_dim, lpe_layers, lpe_heads) if pe == "lap" else None
+        self.fake_edge = nn.Embedding(1, hidden) if full_graph else None
+        self.layers = nn.ModuleList(
+            SANLayer(
+                SANAttention(
+                    hidden, heads, self.head_dim, hidden,
+                    ebt=ebt, clamp=clamp, backend=backend, ebt_init=ebt_init,
+                ),
+                hidden, norm=norm, residual=residual, dropout=dropout,
+                edge_encoder=EdgeEncoder(info, hidden) if layer_edge_encoders else None,
+            )
+            for _ in range(num_layers)
+        )
+
+    def embed_nodes(self, data) -> torch.Tensor:
+        h = self.node_encoder(data)
+        if self.lpe is not None:
+            why = "SAN(pe='lap') learns positional encodings from Laplacian eigenpairs"
+            eigvec = self.require(data, "san_eigvec", why).to(h.dtype)
+            eigval = self.require(data, "san_eigval", why).to(h.dtype)
+            valid = self.require(data, "san_eig_valid", why)
+            batch, num_graphs = graph_batch(data)
+            h = h + self.lpe(self.random_signs(eigvec, batch, num_graphs), eigval, valid)
+        return h
+
+    def build_fake_edges(self, data, num_nodes: int) -> Optional[FakeEdges]:
+        """This forward's fake edges (None when full_graph is off or gamma is 0)."""
+        if not self.full_graph or self.gamma == 0 or num_nodes == 0:
+            return None
+        batch = getattr(data, "batch", None)
+        mode = self.fake_edges
+        if mode == "auto":
+            largest = num_nodes if batch is None else int(torch.bincount(batch).max())
+            mode = "full" if largest <= self.max_fake_nodes else "sampled"
+        if mode == "full":
+            return full_fake_edges(data.edge_index, batch, num_nodes, self.gamma)
+        return sampled_fake_edges(data.edge_index, batch, num_nodes, self.gamma, self.fake_samples)
+
+    def forward(self, data, *, node_noise: Optional[torch.Tensor] = None, edge_noise: Optional[torch.Tensor] = None):
+        """Predictions; node_noise / edge_noise are added to the input embeddings (for attacks)."""
+        h = self.add_noise(self.embed_nodes(data), node_noise, "node_noise")
+        num_nodes = h.shape[0]
+        graph = Graph(data.edge_index, num_nodes=num_nodes)
+        fake = self.build_fake_edges(data, num_nodes)
+        fake_attr = self.fake_edge.weight if self.fake_edge is not None else None
+        shared_edges = None
+        if self.edge_encoder is not None:
+            shared_edges = self.add_noise(self.edge_encoder(data.edge_attr), edge_noise, "edge_noise")
+        for layer in self.layers:
+            if shared_edges is None:
+                e = self.add_noise(layer.edge_encoder(data.edge_attr), edge_noise, "edge_noise")
+            else:
+                e = shared_edges
+            with self.union_edge_types(layer.attention, graph.num_edges, 0 if fake is None else fake.num_edges):
+                h = self.run_layer(layer, h, e, graph, fake, fake_attr)
+        return self.predict(h, data)
+
+    def transform_config(self) -> dict:
+        return {"pe": self.pe, "pe_dim": self.pe_dim}
