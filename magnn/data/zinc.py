@@ -1,0 +1,210 @@
+"""ZINC: PyG's ZINC-12k from local raw files, or the bundled real val/test subset graphs.
+
+Both sources give the same Data layout: `x` long [N, 1] (atom type 0..27),
+`edge_index` long [2, E] (both directions), `edge_attr` long [E, 1] and
+`edge_type` long [E] (bond type 1 = single, 2 = double, 3 = triple;
+Kekulé form, no aromatic type), `y` float [1] (penalized logP, normalised).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch_geometric.data import Data, InMemoryDataset
+from torch_geometric.datasets import ZINC as PygZINC
+
+from ._files import CorruptDataError, MissingDataError, bundled_path, default_root
+from .info import DatasetInfo
+
+__all__ = [
+    "ZINC_INFO",
+    "ZINC_BOND_TYPE_NAMES",
+    "BUNDLED_ZINC_NOTE",
+    "BundledZINC",
+    "OfflineZINC",
+    "zinc_atom_type_names",
+    "zinc_root_has_raw_files",
+    "load_zinc",
+]
+
+logger = logging.getLogger(__name__)
+
+# Index = bond type value (benchmarking-gnns bond_dict); 0 never occurs on an edge.
+ZINC_BOND_TYPE_NAMES = ("NONE", "SINGLE", "DOUBLE", "TRIPLE")
+
+ZINC_INFO = DatasetInfo(
+    name="zinc",
+    task="graph_regression",
+    num_tasks=1,
+    node_features="zinc_atom",
+    edge_features="zinc_bond",
+    edge_type_names=ZINC_BOND_TYPE_NAMES,
+)
+
+ZINC_RAW_FILES = ("train.pickle", "val.pickle", "test.pickle", "train.index", "val.index", "test.index")
+
+BUNDLED_ZINC_NOTE = (
+    "Bundled offline ZINC: train = the official ZINC-12k validation subset (1,000 graphs), "
+    "val = the first 500 and test = the last 500 graphs of the official ZINC-12k test subset. "
+    "The official 10k training subset is not bundled, so results on this data are NOT "
+    "comparable to published ZINC-12k numbers.")
+
+# Bundled split -> (npz file, slice of its graphs).
+_BUNDLED_SPLITS = {
+    "train": ("zinc_subset/val_graphs.npz", slice(0, 1000)),
+    "val": ("zinc_subset/test_graphs.npz", slice(0, 500)),
+    "test": ("zinc_subset/test_graphs.npz", slice(500, 1000)),
+}
+
+
+def zinc_atom_type_names() -> tuple[str, ...]:
+    """The 28 ZINC atom-type strings (index = atom type), e.g. 'C', 'O -', 'N H1 +'."""
+    with open(bundled_path("zinc_subset/atom_types.json")) as f:
+        return tuple(json.load(f)["idx2word"])
+
+
+def _graphs_from_npz(path: Path, graphs: slice) -> list[Data]:
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            x, edge_index, edge_attr, y, node_ptr, edge_ptr = (
+                arrays[k] for k in ("x", "edge_index", "edge_attr", "y", "node_ptr", "edge_ptr"))
+    except (OSError, ValueError, KeyError) as exc:
+        raise CorruptDataError(f"cannot read ZINC graphs from {path}: {exc}") from exc
+    if not (len(node_ptr) == len(edge_ptr) == len(y) + 1 and node_ptr[-1] == len(x)
+            and edge_ptr[-1] == edge_index.shape[1] == len(edge_attr)):
+        raise CorruptDataError(f"{path}: array sizes disagree with node_ptr/edge_ptr")
+    x_all = torch.from_numpy(x).long()
+    edge_index_all = torch.from_numpy(edge_index).long()
+    edge_attr_all = torch.from_numpy(edge_attr).long()
+    y_all = torch.from_numpy(y).float()
+    data_list = []
+    for g in range(len(y))[graphs]:
+        n0, n1 = int(node_ptr[g]), int(node_ptr[g + 1])
+        e0, e1 = int(edge_ptr[g]), int(edge_ptr[g + 1])
+        bond = edge_attr_all[e0:e1]
+        data_list.append(Data(
+            x=x_all[n0:n1].view(-1, 1).clone(),
+            edge_index=edge_index_all[:, e0:e1].clone(),  # already local to the graph
+            edge_attr=bond.view(-1, 1).clone(),
+            edge_type=bond.clone(),
+            y=y_all[g:g + 1].clone(),
+            num_nodes=n1 - n0,
+        ))
+    return data_list
+
+
+class BundledZINC(InMemoryDataset):
+    """One split of the bundled offline ZINC (real ZINC-12k val/test subset graphs).
+
+    split: "train" (official val subset, 1,000 graphs), "val" (official test
+    subset graphs 0..499) or "test" (official test subset graphs 500..999).
+    Results on it are not comparable to ZINC-12k results: see `note`.
+    Built in memory from the bundled npz files (no cache needed).
+    """
+
+    info = ZINC_INFO
+    note = BUNDLED_ZINC_NOTE
+
+    def __init__(self, split: str = "train", transform: Callable | None = None) -> None:
+        if split not in _BUNDLED_SPLITS:
+            raise ValueError(f"split must be one of {sorted(_BUNDLED_SPLITS)}, got {split!r}")
+        super().__init__(None, transform)
+        file_name, graphs = _BUNDLED_SPLITS[split]
+        self.split = split
+        self.data, self.slices = self.collate(_graphs_from_npz(bundled_path(file_name), graphs))
+
+
+class _MagnnLayout:
+    """PyG stores the bond type as edge_attr [E]; magnn's contract is [E, 1] plus edge_type [E].
+
+    A class rather than a closure so datasets stay picklable for DataLoader workers.
+    """
+
+    def __init__(self, then: Callable | None = None) -> None:
+        self.then = then
+
+    def __call__(self, data: Data) -> Data:
+        bond = data.edge_attr.view(-1)
+        data.edge_attr = bond.view(-1, 1)
+        data.edge_type = bond
+        return data if self.then is None else self.then(data)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(then={self.then!r})"
+
+
+def zinc_root_has_raw_files(root: str | os.PathLike) -> bool:
+    raw = Path(root) / "raw"
+    return all((raw / name).is_file() for name in ZINC_RAW_FILES)
+
+
+def _missing_zinc_message(zinc_root: Path) -> str:
+    raw = zinc_root / "raw"
+    missing = [name for name in ZINC_RAW_FILES if not (raw / name).is_file()]
+    return (
+        f"ZINC raw files missing in {raw}: {', '.join(missing)}. magnn never downloads data. "
+        f"Put the benchmarking-gnns files there: train.pickle, val.pickle, test.pickle (from "
+        f"molecules.zip, {PygZINC.url}) and train.index, val.index, test.index "
+        "(github.com/graphdeeplearning/benchmarking-gnns, data/molecules/). "
+        "Without them, use the bundled offline subset: load_zinc(source='bundled').")
+
+
+class OfflineZINC(PygZINC):
+    """PyG's `ZINC` that raises instead of downloading when raw files are absent.
+
+    Data come in magnn's layout (edge_attr [E, 1], edge_type [E]) through a
+    transform, so the processed files stay those of plain PyG.
+    """
+
+    info = ZINC_INFO
+    note = "Official ZINC (benchmarking-gnns split) read by torch_geometric.datasets.ZINC."
+
+    def __init__(self, root: str | os.PathLike, subset: bool = True, split: str = "train",
+                 transform: Callable | None = None, **kwargs) -> None:
+        super().__init__(str(root), subset=subset, split=split,
+                         transform=_MagnnLayout(transform), **kwargs)
+
+    def download(self) -> None:
+        raise MissingDataError(_missing_zinc_message(Path(self.root)))
+
+
+def _official_zinc_root(root: Path) -> Path:
+    # Accept both the PyG ZINC root itself and a shared data root holding ZINC/.
+    if (root / "raw").is_dir() and not (root / "ZINC").is_dir():
+        return root
+    return root / "ZINC"
+
+
+def load_zinc(root: str | os.PathLike | None = None, source: str = "auto",
+              transform: Callable | None = None) -> dict[str, InMemoryDataset]:
+    """ZINC splits {"train", "val", "test"}.
+
+    source:
+      "official": PyG ZINC-12k from `root/ZINC/raw/` (or `root/raw/`), never downloaded;
+        raises MissingDataError naming the missing files when they are absent.
+      "bundled": the bundled real val/test subset graphs (see BUNDLED_ZINC_NOTE).
+      "auto" (default): official when its raw files are present, else bundled
+        (with a logged warning that says where the official files would go).
+    root: shared data root (default: magnn.data.default_root()).
+    """
+    if source not in ("auto", "official", "bundled"):
+        raise ValueError(f"source must be 'auto', 'official' or 'bundled', got {source!r}")
+    zinc_root = _official_zinc_root(Path(root).expanduser() if root is not None else default_root())
+    if source == "auto":
+        if zinc_root_has_raw_files(zinc_root):
+            source = "official"
+        else:
+            logger.warning("official ZINC raw files not found in %s; using the bundled offline subset. %s",
+                           zinc_root / "raw", BUNDLED_ZINC_NOTE)
+            source = "bundled"
+    if source == "bundled":
+        return {split: BundledZINC(split, transform=transform) for split in _BUNDLED_SPLITS}
+    if not zinc_root_has_raw_files(zinc_root):
+        raise MissingDataError(_missing_zinc_message(zinc_root))
+    return {split: OfflineZINC(zinc_root, subset=True, split=split, transform=transform)
+            for split in ("train", "val", "test")}
