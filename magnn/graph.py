@@ -10,7 +10,6 @@ pays only for validation.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 
 import torch
 
@@ -49,6 +48,26 @@ def _check_edge_index(edge_index, num_nodes: int | None) -> int:
             f"indices must be in [0, {num_nodes}) (pass the right num_nodes or fix the edges)"
         )
     return num_nodes
+
+
+class cached_view:
+    """A lock-free cached property: functools.cached_property takes a lock on
+    Python < 3.12, which torch.compile cannot trace on first access."""
+
+    def __init__(self, compute):
+        self.compute = compute
+        self.name = compute.__name__
+        self.__doc__ = compute.__doc__
+
+    def __get__(self, graph, owner=None):
+        if graph is None:
+            return self
+        value = self.compute(graph)
+        graph.__dict__[self.name] = value  # the instance attribute now shadows this descriptor
+        return value
+
+
+VIEWS = ("perm", "rowptr", "col", "rev_perm", "rev_rowptr", "rev_col", "rev_to_csr", "in_degree", "out_degree")
 
 
 @dataclass(frozen=True)
@@ -101,32 +120,32 @@ class Graph:
         return self.edge_index.device
 
     # -- dst-sorted CSR (forward) ------------------------------------------
-    @cached_property
+    @cached_view
     def perm(self) -> torch.Tensor:
         return torch.argsort(self.dst, stable=True)
 
-    @cached_property
+    @cached_view
     def rowptr(self) -> torch.Tensor:
         return _rowptr(self.in_degree, self.num_nodes)
 
-    @cached_property
+    @cached_view
     def col(self) -> torch.Tensor:
         return self.src[self.perm]
 
     # -- src-sorted reverse CSR (backward for k, v, e) ---------------------
-    @cached_property
+    @cached_view
     def rev_perm(self) -> torch.Tensor:
         return torch.argsort(self.src, stable=True)
 
-    @cached_property
+    @cached_view
     def rev_rowptr(self) -> torch.Tensor:
         return _rowptr(self.out_degree, self.num_nodes)
 
-    @cached_property
+    @cached_view
     def rev_col(self) -> torch.Tensor:
         return self.dst[self.rev_perm]
 
-    @cached_property
+    @cached_view
     def rev_to_csr(self) -> torch.Tensor:
         """For each position of the reverse CSR, its position in the dst-sorted CSR."""
         inverse = torch.empty_like(self.perm)
@@ -134,11 +153,11 @@ class Graph:
         return inverse[self.rev_perm]
 
     # -- degrees ------------------------------------------------------------
-    @cached_property
+    @cached_view
     def in_degree(self) -> torch.Tensor:
         return torch.bincount(self.dst, minlength=self.num_nodes)
 
-    @cached_property
+    @cached_view
     def out_degree(self) -> torch.Tensor:
         return torch.bincount(self.src, minlength=self.num_nodes)
 
@@ -151,6 +170,12 @@ class Graph:
             mean=self.num_edges / self.num_nodes,
             isolated=int((self.in_degree == 0).sum()),
         )
+
+    def prepare(self) -> "Graph":
+        """Build every sorted view now (outside timed or compiled regions); returns self."""
+        for name in VIEWS:
+            getattr(self, name)
+        return self
 
     # -- movement -----------------------------------------------------------
     def to(self, device) -> "Graph":
