@@ -104,7 +104,8 @@ class LayerReport:
         if self.stats is not None:
             for t, n in self.stats.type_edges.items():
                 massive = self.stats.type_ma_edges.get(t, 0)
-                types[str(t)] = {"edges": n, "ma_edges": massive, "ma_frequency": massive / n if n else 0.0}
+                types[str(t)] = {"edges": n, "ma_edges": massive, "ma_frequency": massive / n if n else 0.0,
+                                 "max_ratio": self.stats.type_max_ratio.get(t, float("nan"))}
         return {
             "name": self.name,
             "max_ratio_edge": max(ratios) if ratios else float("nan"),

@@ -11,14 +11,14 @@ import numpy as np  # noqa: E402
 
 from .detect import neg_log10_edges  # noqa: E402
 
-STYLES = {"base": ("tab:blue", "--"), "trained": ("tab:red", "-")}
+# colour says which model (no EBT / EBT), line style says base (dashed) or trained (solid)
+VARIANT_COLORS = {"no_ebt": "tab:red", "ebt": "tab:green"}
 
 
 def _style(label: str):
-    for key, style in STYLES.items():
-        if label.startswith(key):
-            return style
-    return (None, "-")
+    variant = "no_ebt" if "no_ebt" in label else ("ebt" if "ebt" in label else None)
+    color = VARIANT_COLORS.get(variant, "tab:blue" if label.startswith("base") else "tab:red")
+    return color, ("--" if label.startswith("base") else "-")
 
 
 def plot_sorted_ratios(reports: dict, path, *, title: str = "", threshold: float = 1000.0) -> Path:
@@ -100,22 +100,38 @@ def plot_layer_histograms(report, path, *, title: str = "") -> Path:
     return _save(fig, path)
 
 
-def plot_type_heatmap(report, path, *, type_names=(), title: str = "") -> Path:
-    """Layer x edge-type MA frequency (share of edges of that type whose r_e exceeds the threshold)."""
+def plot_type_heatmap(report, path, *, type_names=(), title: str = "", threshold: float = 1000.0) -> Path:
+    """Layer x edge type: MA edge frequency (left) and the largest edge ratio r_e (right, log colour)."""
+    from matplotlib.colors import LogNorm
+
     layers = [l.to_dict() for l in report.layers]
     types = sorted({int(t) for layer in layers for t in layer["edge_types"]})
-    matrix = np.zeros((len(layers), len(types)))
+    frequency = np.zeros((len(layers), len(types)))
+    max_ratio = np.full((len(layers), len(types)), np.nan)
     for row, layer in enumerate(layers):
         for col, t in enumerate(types):
-            matrix[row, col] = layer["edge_types"].get(str(t), {}).get("ma_frequency", 0.0)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * max(len(types), 1), 0.9 + 0.35 * len(layers)))
-    image = ax.imshow(matrix, aspect="auto", cmap="magma", vmin=0.0, vmax=max(matrix.max(), 1e-9))
-    labels = [type_names[t] if t < len(type_names) else str(t) for t in types]
-    ax.set_xticks(range(len(types)), labels, rotation=30, ha="right", fontsize=8)
-    ax.set_yticks(range(len(layers)), [l["name"] for l in layers], fontsize=7)
-    ax.set_xlabel("edge type")
-    fig.colorbar(image, ax=ax, label="MA edge frequency")
-    ax.set_title(title, fontsize=10)
+            cell = layer["edge_types"].get(str(t), {})
+            frequency[row, col] = cell.get("ma_frequency", 0.0)
+            max_ratio[row, col] = cell.get("max_ratio", np.nan)
+    labels = [type_names[t] if 0 <= t < len(type_names) and type_names[t] else str(t) for t in types]
+    width = 2.0 + 1.0 * max(len(types), 1)
+    fig, axes = plt.subplots(1, 2, figsize=(2 * width, 1.4 + 0.4 * len(layers)))
+    panels = (
+        (frequency, f"share of edges with r_e > {threshold:g}", dict(cmap="magma", vmin=0.0, vmax=max(frequency.max(), 1e-3)), "{:.2%}"),
+        (max_ratio, "largest r_e (log colour)", dict(cmap="viridis", norm=LogNorm(vmin=max(np.nanmin(max_ratio), 1.0) if np.isfinite(max_ratio).any() else 1.0,
+                                                                                vmax=max(np.nanmax(max_ratio), 10.0) if np.isfinite(max_ratio).any() else 10.0)), "{:.3g}"),
+    )
+    for ax, (matrix, label, style, fmt) in zip(axes, panels):
+        image = ax.imshow(matrix, aspect="auto", **style)
+        ax.set_xticks(range(len(types)), labels, rotation=30, ha="right", fontsize=8)
+        ax.set_yticks(range(len(layers)), [l["name"] for l in layers], fontsize=7)
+        ax.set_xlabel("edge type")
+        fig.colorbar(image, ax=ax, label=label)
+        if matrix.size <= 120:  # numbers in the cells while they stay legible
+            for (row, col), value in np.ndenumerate(matrix):
+                if np.isfinite(value):
+                    ax.text(col, row, fmt.format(value), ha="center", va="center", fontsize=6, color="white")
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 

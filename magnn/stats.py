@@ -231,6 +231,7 @@ class EdgeStats:
         self._edge_ratio_parts: list[torch.Tensor] = []
         self.type_edges: dict[int, int] = {}
         self.type_ma_edges: dict[int, int] = {}
+        self.type_max_ratio: dict[int, float] = {}
 
     # -- filling --------------------------------------------------------------
     def add(self, raw: RawStats, heads: int) -> None:
@@ -265,6 +266,9 @@ class EdgeStats:
                 raise ValueError(f"edge_types has {types.shape[0]} entries but the call had {rows} edges")
             for t, n in zip(*torch.unique(types, return_counts=True)):
                 self.type_edges[int(t)] = self.type_edges.get(int(t), 0) + int(n)
+                ratios = row_ratio[(types == t) & ~torch.isnan(row_ratio)]
+                if ratios.numel():
+                    self.type_max_ratio[int(t)] = max(self.type_max_ratio.get(int(t), 0.0), float(ratios.max()))
             if massive.any():
                 for t, n in zip(*torch.unique(types[massive], return_counts=True)):
                     self.type_ma_edges[int(t)] = self.type_ma_edges.get(int(t), 0) + int(n)
@@ -301,6 +305,8 @@ class EdgeStats:
         for mine, theirs in ((self.type_edges, other.type_edges), (self.type_ma_edges, other.type_ma_edges)):
             for t, n in theirs.items():
                 mine[t] = mine.get(t, 0) + n
+        for t, ratio in other.type_max_ratio.items():
+            self.type_max_ratio[t] = max(self.type_max_ratio.get(t, 0.0), ratio)
         self._edge_ratio_parts.extend(other._edge_ratio_parts)
         self.calls += other.calls
         self.count += other.count
@@ -350,6 +356,7 @@ class EdgeStats:
             "mantissa_bits": self.mantissa_bits,
             "type_edges": {str(t): n for t, n in sorted(self.type_edges.items())},
             "type_ma_edges": {str(t): n for t, n in sorted(self.type_ma_edges.items())},
+            "type_max_ratio": {str(t): r for t, r in sorted(self.type_max_ratio.items())},
         }
 
     def __repr__(self) -> str:
