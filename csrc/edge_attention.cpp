@@ -1,0 +1,1032 @@
+// Fused edge attention on CPU (SPEC §3-§4): forward with on-the-fly
+// statistics, and backward, for both modes, clamp, structural bias and both
+// EBT variants. Semantics follow magnn/_reference.py.
+//
+// Forward: per-edge work on [E, H, D] rows (gt scores, additive messages and
+// the statistics of edge_out) runs in the caller's edge order, where those
+// rows stream sequentially; an online softmax per (node, head) walks the
+// dst-sorted CSR and saves only lse [N, H]. Backward recomputes the scores: a
+// dst-side pass produces dq, the bias and EBT parameter gradients and leaves
+// the attention a and the logit gradient dl of every edge in one [E, 2, H]
+// buffer; a src-side pass over the reverse CSR gathers dk and dv and writes
+// de. Every output row is written by exactly one worker, so nothing is
+// accumulated atomically and results are deterministic.
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <limits>
+#include <memory>
+#include <optional>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <vector>
+
+#include "row_stats.h"
+
+namespace magnn_cpu {
+namespace {
+
+using at::Tensor;
+
+enum class Mode { kGt, kAdditive };
+enum class Ebt { kNone, kEdge, kSlot };
+
+Mode parse_mode(c10::string_view mode) {
+  if (mode == "gt") return Mode::kGt;
+  if (mode == "additive") return Mode::kAdditive;
+  TORCH_CHECK(false, "magnn_cpu: unknown mode '", std::string(mode), "'");
+}
+
+Ebt parse_ebt(const std::optional<c10::string_view>& ebt) {
+  if (!ebt.has_value()) return Ebt::kNone;
+  if (*ebt == "edge") return Ebt::kEdge;
+  if (*ebt == "slot") return Ebt::kSlot;
+  TORCH_CHECK(false, "magnn_cpu: unknown ebt '", std::string(*ebt), "'");
+}
+
+// Splits nodes [0, N) into blocks of about equal work (edges + nodes), the
+// unit that workers claim. The split depends on the graph only: per-block
+// float partial sums (the EBT parameter gradients) are then added in block
+// order, which keeps them identical for any thread count.
+std::vector<int64_t> balanced_blocks(const int64_t* rowptr, int64_t num_nodes) {
+  std::vector<int64_t> bounds{0};
+  if (num_nodes == 0) return bounds;
+  const int64_t total = rowptr[num_nodes] + num_nodes;
+  const int64_t blocks = std::min<int64_t>(num_nodes, std::clamp<int64_t>(total / 4096, 1, 512));
+  for (int64_t b = 1; b < blocks; ++b) {
+    const int64_t target = total / blocks * b;
+    int64_t lo = bounds.back(), hi = num_nodes;  // first node with rowptr[i] + i >= target
+    while (lo < hi) {
+      const int64_t mid = lo + (hi - lo) / 2;
+      if (rowptr[mid] + mid < target) lo = mid + 1; else hi = mid;
+    }
+    if (lo > bounds.back() && lo < num_nodes) bounds.push_back(lo);
+  }
+  bounds.push_back(num_nodes);
+  return bounds;
+}
+
+// Runs worker(claim) on every intra-op thread; claim() hands out the next
+// unprocessed block (or -1). Blocks go out one at a time from a shared
+// counter, so a thread that the OS deschedules on a busy machine delays only
+// the block it holds instead of a fixed share of the graph.
+template <typename Worker>
+void run_blocks(int64_t num_blocks, const Worker& worker) {
+  if (num_blocks <= 0) return;
+  std::atomic<int64_t> next{0};
+  auto claim = [&]() -> int64_t {
+    const int64_t block = next.fetch_add(1, std::memory_order_relaxed);
+    return block < num_blocks ? block : -1;
+  };
+  const int64_t workers = std::min<int64_t>(at::get_num_threads(), num_blocks);
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) { worker(claim); });
+}
+
+// Everything both passes read. Inputs keep their storage dtype (scalar_t);
+// bias and EBT parameters arrive in the accumulation dtype (acc_t).
+template <typename scalar_t, typename acc_t>
+struct Problem {
+  const scalar_t* q;
+  const scalar_t* k;
+  const scalar_t* v;
+  const scalar_t* e;
+  const int64_t* rowptr;
+  const int64_t* col;
+  const int64_t* perm;
+  const acc_t* bias = nullptr;
+  bool bias_per_head = false;
+  const acc_t* k_b = nullptr;
+  const acc_t* e_b = nullptr;
+  const acc_t* v_b = nullptr;
+  int64_t num_nodes, num_edges, heads, head_dim, channels;
+  Mode mode;
+  Ebt ebt;
+  bool has_clamp;
+  acc_t clamp;
+  acc_t scale;
+
+  acc_t bias_of(int64_t edge, int64_t h) const {
+    if (bias == nullptr) return acc_t(0);
+    return bias_per_head ? bias[edge * heads + h] : bias[edge];
+  }
+  // torch.clamp; NaN stays NaN
+  acc_t clip(acc_t logit) const {
+    if (!has_clamp) return logit;
+    return logit < -clamp ? -clamp : (logit > clamp ? clamp : logit);
+  }
+  // torch.clamp's gradient mask: the gradient passes where -c <= l <= c
+  bool passes(acc_t logit) const { return !has_clamp || (logit >= -clamp && logit <= clamp); }
+};
+
+// Per-node quantities that depend on q_i only: the query in acc_t, and for
+// ebt="edge" beta_i[h] = (q_i . k') / sqrt(D) and shift = beta_i * e'.
+template <typename scalar_t, typename acc_t>
+void load_query(const Problem<scalar_t, acc_t>& pb, int64_t node, acc_t* query, acc_t* beta, acc_t* shift) {
+  const int64_t C = pb.channels, D = pb.head_dim;
+  const scalar_t* src = pb.q + node * C;
+  for (int64_t c = 0; c < C; ++c) query[c] = static_cast<acc_t>(src[c]);
+  if (pb.ebt != Ebt::kEdge) return;
+  for (int64_t h = 0; h < pb.heads; ++h) {
+    acc_t dot = 0;
+    for (int64_t d = 0; d < D; ++d) dot += query[h * D + d] * pb.k_b[h * D + d];
+    beta[h] = dot * pb.scale;
+    for (int64_t d = 0; d < D; ++d) shift[h * D + d] = beta[h] * pb.e_b[h * D + d];
+  }
+}
+
+// Raw (unclamped) logits of the EBT slot for one node.
+template <typename scalar_t, typename acc_t>
+void slot_logits(const Problem<scalar_t, acc_t>& pb, const acc_t* query, acc_t* raw) {
+  const int64_t D = pb.head_dim;
+  for (int64_t h = 0; h < pb.heads; ++h) {
+    acc_t dot = 0;
+    for (int64_t d = 0; d < D; ++d) {
+      const int64_t c = h * D + d;
+      dot += pb.mode == Mode::kGt ? query[c] * (pb.k_b[c] * pb.e_b[c]) : query[c] * (pb.k_b[c] + pb.e_b[c]);
+    }
+    raw[h] = dot * pb.scale;
+  }
+}
+
+// The slot's message: v' (gt) or v' + e' (additive); the same for every node.
+template <typename scalar_t, typename acc_t>
+std::vector<acc_t> slot_message(const Problem<scalar_t, acc_t>& pb) {
+  std::vector<acc_t> message(pb.channels, acc_t(0));
+  if (pb.ebt != Ebt::kSlot) return message;
+  for (int64_t c = 0; c < pb.channels; ++c)
+    message[c] = pb.mode == Mode::kGt ? pb.v_b[c] : pb.v_b[c] + pb.e_b[c];
+  return message;
+}
+
+// Rows of the [E, H, D] tensors are visited in a random order whenever a pass
+// walks edges grouped by node (the caller's order seen through a CSR), so
+// each row is a cache and TLB miss. Requesting rows a few edges ahead keeps
+// several misses in flight instead of waiting for each in turn. Passes that
+// only need per-edge work run in the caller's order instead, where those rows
+// stream sequentially.
+constexpr int64_t kPrefetchDistance = 8;
+constexpr int64_t kEdgeChunk = 4096;  // caller-order passes hand out edges in chunks
+
+inline void prefetch_read(const void* row, int64_t bytes) {
+  const char* p = static_cast<const char*>(row);
+  for (int64_t offset = 0; offset < bytes; offset += 64) __builtin_prefetch(p + offset, 0, 3);
+}
+
+inline void prefetch_write(const void* row, int64_t bytes) {
+  const char* p = static_cast<const char*>(row);
+  for (int64_t offset = 0; offset < bytes; offset += 64) __builtin_prefetch(p + offset, 1, 3);
+}
+
+// gt score of edge j -> i: w = ((q_i k_j) e_ij) / sqrt(D) (+ b_e,i) in
+// `score`, raw logits sum_d w + s in `logits`. The arithmetic order follows
+// the reference, so scores without EBT equal it bit for bit.
+template <typename scalar_t, typename acc_t>
+inline void gt_score(const Problem<scalar_t, acc_t>& pb, const acc_t* __restrict__ query,
+                     const acc_t* __restrict__ shift, int64_t src, int64_t edge, acc_t* __restrict__ score,
+                     acc_t* __restrict__ logits) {
+  const int64_t C = pb.channels, D = pb.head_dim, H = pb.heads;
+  const scalar_t* __restrict__ key = pb.k + src * C;
+  const scalar_t* __restrict__ feat = pb.e + edge * C;
+  const acc_t scale = pb.scale;
+  for (int64_t c = 0; c < C; ++c) score[c] = query[c] * static_cast<acc_t>(key[c]) * static_cast<acc_t>(feat[c]) * scale;
+  if (pb.ebt == Ebt::kEdge)
+    for (int64_t c = 0; c < C; ++c) score[c] += shift[c];
+  for (int64_t h = 0; h < H; ++h) {
+    acc_t sum = 0;
+    for (int64_t d = 0; d < D; ++d) sum += score[h * D + d];
+    logits[h] = sum + pb.bias_of(edge, h);
+  }
+}
+
+// additive terms of edge j -> i: ee = e_ij (+ b_e,i) in `shifted_feat`, raw
+// logits q_i . (k_j + ee) / sqrt(D) + s in `logits`; `scratch` holds C values.
+template <typename scalar_t, typename acc_t>
+inline void additive_logits(const Problem<scalar_t, acc_t>& pb, const acc_t* __restrict__ query,
+                            const acc_t* __restrict__ shift, int64_t src, int64_t edge,
+                            acc_t* __restrict__ shifted_feat, acc_t* __restrict__ scratch,
+                            acc_t* __restrict__ logits) {
+  const int64_t C = pb.channels, D = pb.head_dim, H = pb.heads;
+  const scalar_t* __restrict__ key = pb.k + src * C;
+  const scalar_t* __restrict__ feat = pb.e + edge * C;
+  if (pb.ebt == Ebt::kEdge) {
+    for (int64_t c = 0; c < C; ++c) shifted_feat[c] = static_cast<acc_t>(feat[c]) + shift[c];
+  } else {
+    for (int64_t c = 0; c < C; ++c) shifted_feat[c] = static_cast<acc_t>(feat[c]);
+  }
+  // the products first, then per-head sums: the first loop vectorises
+  for (int64_t c = 0; c < C; ++c) scratch[c] = query[c] * (static_cast<acc_t>(key[c]) + shifted_feat[c]);
+  for (int64_t h = 0; h < H; ++h) {
+    acc_t sum = 0;
+    for (int64_t d = 0; d < D; ++d) sum += scratch[h * D + d];
+    logits[h] = sum * pb.scale + pb.bias_of(edge, h);
+  }
+}
+
+// The message of edge j -> i: v_j (+ v') for gt, (v_j (+ v')) + ee for additive.
+template <typename scalar_t, typename acc_t>
+inline void edge_message(const Problem<scalar_t, acc_t>& pb, int64_t src, const acc_t* __restrict__ shifted_feat,
+                         acc_t* __restrict__ msg) {
+  const int64_t C = pb.channels;
+  const scalar_t* __restrict__ value = pb.v + src * C;
+  const acc_t* __restrict__ v_b = pb.v_b;
+  const bool edge_ebt = pb.ebt == Ebt::kEdge;
+  if (pb.mode == Mode::kGt) {
+    if (edge_ebt) {
+      for (int64_t c = 0; c < C; ++c) msg[c] = static_cast<acc_t>(value[c]) + v_b[c];
+    } else {
+      for (int64_t c = 0; c < C; ++c) msg[c] = static_cast<acc_t>(value[c]);
+    }
+  } else {
+    if (edge_ebt) {
+      for (int64_t c = 0; c < C; ++c) msg[c] = (static_cast<acc_t>(value[c]) + v_b[c]) + shifted_feat[c];
+    } else {
+      for (int64_t c = 0; c < C; ++c) msg[c] = static_cast<acc_t>(value[c]) + shifted_feat[c];
+    }
+  }
+}
+
+// Everything about one edge seen from its destination (the backward sweeps):
+// raw logits[h], message msg[c] and `term`: the score w (gt) or ee (additive).
+// `msg` holds 2 C values (the second half is scratch).
+template <typename scalar_t, typename acc_t>
+inline void edge_terms(const Problem<scalar_t, acc_t>& pb, const acc_t* query, const acc_t* shift, int64_t src,
+                       int64_t edge, acc_t* logits, acc_t* msg, acc_t* term) {
+  if (pb.mode == Mode::kGt) {
+    gt_score(pb, query, shift, src, edge, term, logits);
+  } else {
+    additive_logits(pb, query, shift, src, edge, term, msg + pb.channels, logits);
+  }
+  edge_message(pb, src, term, msg);
+}
+
+struct StatsOut {
+  RowStatsTotal* total;
+  int mantissa_bits;
+  float* row_ratio;
+  float* row_max_abs;
+};
+
+// Per-worker statistics of edge_out rows, on the values as stored.
+template <typename scalar_t>
+struct RowReducer {
+  const StatsOut* stats;
+  std::unique_ptr<RowStatsPartial> part;
+  std::vector<float> stored;
+
+  RowReducer(const StatsOut* stats_, int64_t channels) : stats(stats_), stored(channels) {
+    if (stats) part = std::make_unique<RowStatsPartial>(stats->mantissa_bits, channels);
+  }
+  void add(const scalar_t* row, int64_t edge) {
+    if (!part) return;
+    for (size_t c = 0; c < stored.size(); ++c) stored[c] = static_cast<float>(row[c]);
+    part->add_row(stored.data(), edge, stats->row_ratio, stats->row_max_abs);
+  }
+  void finish() {
+    if (part) stats->total->merge(*part);
+  }
+};
+
+// ---------------------------------------------------------------------------
+// forward
+// ---------------------------------------------------------------------------
+
+// gt, pass 1, caller's order: scores -> edge_out and statistics; raw logits
+// -> `logit_buffer` [E, H] for the softmax pass.
+template <typename scalar_t, typename acc_t>
+void gt_scores_fwd_kernel(const Problem<scalar_t, acc_t>& pb, const int64_t* src_of, const int64_t* dst_of,
+                          scalar_t* edge_out, acc_t* logit_buffer, const StatsOut* stats) {
+  const int64_t C = pb.channels, H = pb.heads, E = pb.num_edges;
+  const int64_t row_bytes = C * static_cast<int64_t>(sizeof(scalar_t));
+  run_blocks((E + kEdgeChunk - 1) / kEdgeChunk, [&](auto& claim) {
+    std::vector<acc_t> query(C), beta(H), shift(C), score(C), logits(H);
+    RowReducer<scalar_t> reducer(stats, C);
+    for (int64_t chunk = claim(); chunk >= 0; chunk = claim()) {
+      const int64_t end = std::min(E, (chunk + 1) * kEdgeChunk);
+      for (int64_t edge = chunk * kEdgeChunk; edge < end; ++edge) {
+        if (edge + kPrefetchDistance < E) {
+          prefetch_read(pb.q + dst_of[edge + kPrefetchDistance] * C, row_bytes);
+          prefetch_read(pb.k + src_of[edge + kPrefetchDistance] * C, row_bytes);
+        }
+        load_query(pb, dst_of[edge], query.data(), beta.data(), shift.data());
+        gt_score(pb, query.data(), shift.data(), src_of[edge], edge, score.data(), logits.data());
+        scalar_t* __restrict__ out_row = edge_out + edge * C;
+        const acc_t* __restrict__ values = score.data();
+        for (int64_t c = 0; c < C; ++c) out_row[c] = static_cast<scalar_t>(values[c]);
+        for (int64_t h = 0; h < H; ++h) logit_buffer[edge * H + h] = logits[h];
+        reducer.add(out_row, edge);
+      }
+    }
+    reducer.finish();
+  });
+}
+
+// Pass over the dst-sorted CSR: online softmax per (node, head) -> node_out,
+// lse. gt reads the raw logits of pass 1; additive computes them here and
+// leaves the clamped ones in `logit_buffer` (caller's order) for pass 3.
+template <typename scalar_t, typename acc_t>
+void softmax_fwd_kernel(const Problem<scalar_t, acc_t>& pb, scalar_t* node_out, acc_t* lse, acc_t* logit_buffer) {
+  const int64_t C = pb.channels, D = pb.head_dim, H = pb.heads, E = pb.num_edges;
+  const std::vector<int64_t> bounds = balanced_blocks(pb.rowptr, pb.num_nodes);
+  const int64_t num_blocks = static_cast<int64_t>(bounds.size()) - 1;
+  const std::vector<acc_t> slot_msg = slot_message(pb);
+  const acc_t neg_inf = -std::numeric_limits<acc_t>::infinity();
+  const int64_t row_bytes = C * static_cast<int64_t>(sizeof(scalar_t));
+  const int64_t logit_bytes = H * static_cast<int64_t>(sizeof(acc_t));
+  const bool gt = pb.mode == Mode::kGt;
+
+  run_blocks(num_blocks, [&](auto& claim) {
+    std::vector<acc_t> query(C), shift(C), shifted_feat(C), scratch(C), msg(C), acc(C);
+    std::vector<acc_t> beta(H), logits(H), run_max(H), run_sum(H), slot_raw(H);
+    for (int64_t block = claim(); block >= 0; block = claim()) {
+      for (int64_t node = bounds[block]; node < bounds[block + 1]; ++node) {
+        const int64_t p0 = pb.rowptr[node], p1 = pb.rowptr[node + 1];
+        load_query(pb, node, query.data(), beta.data(), shift.data());
+        std::fill(run_max.begin(), run_max.end(), neg_inf);
+        std::fill(run_sum.begin(), run_sum.end(), acc_t(0));
+        std::fill(acc.begin(), acc.end(), acc_t(0));
+        if (pb.ebt == Ebt::kSlot) {
+          slot_logits(pb, query.data(), slot_raw.data());
+          for (int64_t h = 0; h < H; ++h) {
+            run_max[h] = pb.clip(slot_raw[h]);
+            run_sum[h] = 1;
+            for (int64_t d = 0; d < D; ++d) acc[h * D + d] = slot_msg[h * D + d];
+          }
+        }
+        for (int64_t p = p0; p < p1; ++p) {
+          if (p + kPrefetchDistance < E) {
+            const int64_t ahead = pb.perm[p + kPrefetchDistance];
+            const int64_t ahead_src = pb.col[p + kPrefetchDistance];
+            prefetch_read(pb.v + ahead_src * C, row_bytes);
+            if (gt) {
+              prefetch_read(logit_buffer + ahead * H, logit_bytes);
+            } else {
+              prefetch_read(pb.e + ahead * C, row_bytes);
+              prefetch_read(pb.k + ahead_src * C, row_bytes);
+              prefetch_write(logit_buffer + ahead * H, logit_bytes);
+            }
+          }
+          const int64_t edge = pb.perm[p], src = pb.col[p];
+          if (gt) {
+            for (int64_t h = 0; h < H; ++h) logits[h] = pb.clip(logit_buffer[edge * H + h]);
+          } else {
+            additive_logits(pb, query.data(), shift.data(), src, edge, shifted_feat.data(), scratch.data(),
+                            logits.data());
+            for (int64_t h = 0; h < H; ++h) logit_buffer[edge * H + h] = logits[h] = pb.clip(logits[h]);
+          }
+          edge_message(pb, src, shifted_feat.data(), msg.data());
+          for (int64_t h = 0; h < H; ++h) {
+            const acc_t logit = logits[h];
+            acc_t* __restrict__ acc_h = acc.data() + h * D;
+            const acc_t* __restrict__ msg_h = msg.data() + h * D;
+            if (logit > run_max[h]) {  // new running max: rescale what was summed so far
+              const acc_t correction = std::exp(run_max[h] - logit);
+              run_sum[h] *= correction;
+              for (int64_t d = 0; d < D; ++d) acc_h[d] *= correction;
+              run_max[h] = logit;
+            }
+            const acc_t weight = std::exp(logit - run_max[h]);
+            run_sum[h] += weight;
+            for (int64_t d = 0; d < D; ++d) acc_h[d] += weight * msg_h[d];
+          }
+        }
+
+        // a node with neither edges nor slot gets exactly 0; NaN logits still propagate
+        const bool has_terms = p1 > p0 || pb.ebt == Ebt::kSlot;
+        scalar_t* out = node_out + node * C;
+        acc_t* node_lse = lse + node * H;
+        for (int64_t h = 0; h < H; ++h) {
+          if (has_terms) {
+            const acc_t inv = acc_t(1) / run_sum[h];
+            for (int64_t d = 0; d < D; ++d) out[h * D + d] = static_cast<scalar_t>(acc[h * D + d] * inv);
+            node_lse[h] = run_max[h] + std::log(run_sum[h]);
+          } else {
+            for (int64_t d = 0; d < D; ++d) out[h * D + d] = static_cast<scalar_t>(0);
+            node_lse[h] = neg_inf;
+          }
+        }
+      }
+    }
+  });
+}
+
+// additive, pass 3, caller's order: edge_out = a_ij (v_j (+ v') + ee) needs the
+// final lse; statistics on the rows as they are written.
+template <typename scalar_t, typename acc_t>
+void additive_messages_fwd_kernel(const Problem<scalar_t, acc_t>& pb, const int64_t* src_of, const int64_t* dst_of,
+                                  const acc_t* lse, const acc_t* logit_buffer, scalar_t* edge_out,
+                                  const StatsOut* stats) {
+  const int64_t C = pb.channels, D = pb.head_dim, H = pb.heads, E = pb.num_edges;
+  const int64_t row_bytes = C * static_cast<int64_t>(sizeof(scalar_t));
+  const bool edge_ebt = pb.ebt == Ebt::kEdge;
+  run_blocks((E + kEdgeChunk - 1) / kEdgeChunk, [&](auto& claim) {
+    std::vector<acc_t> query(C), beta(H), shift(C), shifted_feat(C), msg(C);
+    RowReducer<scalar_t> reducer(stats, C);
+    for (int64_t chunk = claim(); chunk >= 0; chunk = claim()) {
+      const int64_t end = std::min(E, (chunk + 1) * kEdgeChunk);
+      for (int64_t edge = chunk * kEdgeChunk; edge < end; ++edge) {
+        if (edge + kPrefetchDistance < E) {
+          prefetch_read(pb.v + src_of[edge + kPrefetchDistance] * C, row_bytes);
+          prefetch_read(lse + dst_of[edge + kPrefetchDistance] * H, H * static_cast<int64_t>(sizeof(acc_t)));
+          if (edge_ebt) prefetch_read(pb.q + dst_of[edge + kPrefetchDistance] * C, row_bytes);
+        }
+        const int64_t dst = dst_of[edge];
+        if (edge_ebt) load_query(pb, dst, query.data(), beta.data(), shift.data());
+        const scalar_t* __restrict__ feat = pb.e + edge * C;
+        if (edge_ebt) {
+          for (int64_t c = 0; c < C; ++c) shifted_feat[c] = static_cast<acc_t>(feat[c]) + shift[c];
+        } else {
+          for (int64_t c = 0; c < C; ++c) shifted_feat[c] = static_cast<acc_t>(feat[c]);
+        }
+        edge_message(pb, src_of[edge], shifted_feat.data(), msg.data());
+        scalar_t* __restrict__ out_row = edge_out + edge * C;
+        for (int64_t h = 0; h < H; ++h) {
+          const acc_t attention = std::exp(logit_buffer[edge * H + h] - lse[dst * H + h]);
+          const acc_t* __restrict__ msg_h = msg.data() + h * D;
+          for (int64_t d = 0; d < D; ++d) out_row[h * D + d] = static_cast<scalar_t>(attention * msg_h[d]);
+        }
+        reducer.add(out_row, edge);
+      }
+    }
+    reducer.finish();
+  });
+}
+
+template <typename scalar_t, typename acc_t>
+void edge_attention_fwd_kernel(const Problem<scalar_t, acc_t>& pb, const int64_t* src_of, const int64_t* dst_of,
+                               scalar_t* node_out, scalar_t* edge_out, acc_t* lse, acc_t* logit_buffer,
+                               const StatsOut* stats) {
+  if (pb.mode == Mode::kGt) {
+    gt_scores_fwd_kernel(pb, src_of, dst_of, edge_out, logit_buffer, stats);
+    softmax_fwd_kernel(pb, node_out, lse, logit_buffer);
+  } else {
+    softmax_fwd_kernel(pb, node_out, lse, logit_buffer);
+    additive_messages_fwd_kernel(pb, src_of, dst_of, lse, logit_buffer, edge_out, stats);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// backward
+// ---------------------------------------------------------------------------
+template <typename scalar_t, typename acc_t>
+struct Grads {
+  const scalar_t* grad_node;  // never null (zeros when the output had no gradient)
+  const scalar_t* grad_edge;  // may be null: zero
+  const acc_t* lse;
+  const int64_t* rev_rowptr;
+  const int64_t* rev_col;
+  const int64_t* rev_perm;
+  // [E, 2, H] in the caller's edge order, filled by the dst pass: per edge the
+  // attention a of each head, then the gradient dl of each raw logit (one
+  // cache line for both when the later passes look them up)
+  acc_t* edge_grad;
+  scalar_t* dq;
+  scalar_t* dk;
+  scalar_t* dv;
+  scalar_t* de;
+  acc_t* dbias;  // null without bias
+  acc_t* dk_b;   // EBT parameter gradients, null without EBT
+  acc_t* de_b;
+  acc_t* dv_b;
+};
+
+// One in-edge's share of the dst-side sums, flat over the C channels (dl_c,
+// a_c: the head's logit gradient and attention repeated over its D channels).
+// gt: w = ((q k) e) / sqrt(D) (+ b_e), so dw = grad_edge + dl; dq gathers
+// dw k e (scaled later) and b_e gathers dw.
+template <bool kHasGradEdge, typename scalar_t, typename acc_t>
+inline void gt_dst_edge(int64_t C, const scalar_t* __restrict__ key, const scalar_t* __restrict__ feat,
+                        const scalar_t* __restrict__ grad_row, const acc_t* __restrict__ dl_c,
+                        acc_t* __restrict__ dq_acc, acc_t* __restrict__ dshift) {
+  for (int64_t c = 0; c < C; ++c) {
+    const acc_t dw = kHasGradEdge ? static_cast<acc_t>(grad_row[c]) + dl_c[c] : dl_c[c];
+    dq_acc[c] += dw * static_cast<acc_t>(key[c]) * static_cast<acc_t>(feat[c]);
+    dshift[c] += dw;
+  }
+}
+
+// additive: l = q . (k + ee) / sqrt(D), message = v (+ v') + ee, ee = e (+ b_e);
+// dq gathers dl (k + ee) (scaled later). With ebt="edge", b_e gathers
+// dL/dee = dl q / sqrt(D) + a (grad_node + grad_edge) and v' gathers the message gradient.
+template <bool kHasGradEdge, bool kEdgeEbt, typename scalar_t, typename acc_t>
+inline void additive_dst_edge(int64_t C, acc_t scale, const acc_t* __restrict__ query,
+                              const acc_t* __restrict__ shift, const acc_t* __restrict__ grad_out,
+                              const scalar_t* __restrict__ key, const scalar_t* __restrict__ feat,
+                              const scalar_t* __restrict__ grad_row, const acc_t* __restrict__ dl_c,
+                              const acc_t* __restrict__ a_c, acc_t* __restrict__ dq_acc, acc_t* __restrict__ dshift,
+                              acc_t* __restrict__ dv_b_edges) {
+  for (int64_t c = 0; c < C; ++c) {
+    const acc_t ee = kEdgeEbt ? static_cast<acc_t>(feat[c]) + shift[c] : static_cast<acc_t>(feat[c]);
+    dq_acc[c] += dl_c[c] * (static_cast<acc_t>(key[c]) + ee);
+    if (kEdgeEbt) {
+      const acc_t g = kHasGradEdge ? grad_out[c] + static_cast<acc_t>(grad_row[c]) : grad_out[c];
+      const acc_t dmsg = a_c[c] * g;
+      dshift[c] += dl_c[c] * scale * query[c] + dmsg;
+      dv_b_edges[c] += dmsg;
+    }
+  }
+}
+
+// dst-side pass over the CSR: dq, dbias, EBT parameter gradients; leaves a
+// and dl of every edge in g.edge_grad.
+template <typename scalar_t, typename acc_t>
+void edge_attention_bwd_dst_kernel(const Problem<scalar_t, acc_t>& pb, const Grads<scalar_t, acc_t>& g) {
+  const int64_t C = pb.channels, D = pb.head_dim, H = pb.heads, E = pb.num_edges;
+  const std::vector<int64_t> bounds = balanced_blocks(pb.rowptr, pb.num_nodes);
+  const int64_t num_blocks = static_cast<int64_t>(bounds.size()) - 1;
+  const std::vector<acc_t> slot_msg = slot_message(pb);
+  const bool with_ebt = pb.ebt != Ebt::kNone;
+  const bool gt = pb.mode == Mode::kGt;
+  const int64_t row_bytes = C * static_cast<int64_t>(sizeof(scalar_t));
+  // per block: dk', de', dv' partial sums, added in block order afterwards
+  std::vector<acc_t> ebt_partial(with_ebt ? num_blocks * 3 * C : 0, acc_t(0));
+
+  run_blocks(num_blocks, [&](auto& claim) {
+    std::vector<acc_t> query(C), shift(C), term(C), msg(2 * C), grad_out(C), dq_acc(C), dshift(C), dv_b_edges(C),
+        dl_c(C), a_c(C);
+    std::vector<acc_t> beta(H), logits(H), delta(H), attention_sum(H), slot_raw(H), slot_attention(H), slot_dA(H);
+    std::vector<uint8_t> inside;  // clamp gradient mask of the node's (edge, head) logits
+
+    for (int64_t block = claim(); block >= 0; block = claim()) {
+      acc_t* dk_b = with_ebt ? ebt_partial.data() + block * 3 * C : nullptr;
+      acc_t* de_b = with_ebt ? dk_b + C : nullptr;
+      acc_t* dv_b = with_ebt ? dk_b + 2 * C : nullptr;
+      for (int64_t node = bounds[block]; node < bounds[block + 1]; ++node) {
+        const int64_t p0 = pb.rowptr[node], p1 = pb.rowptr[node + 1];
+        scalar_t* dq_row = g.dq + node * C;
+        if (p1 == p0 && pb.ebt != Ebt::kSlot) {  // no softmax at all: output is constant 0
+          for (int64_t c = 0; c < C; ++c) dq_row[c] = static_cast<scalar_t>(0);
+          continue;
+        }
+        load_query(pb, node, query.data(), beta.data(), shift.data());
+        for (int64_t c = 0; c < C; ++c) grad_out[c] = static_cast<acc_t>(g.grad_node[node * C + c]);
+        const acc_t* node_lse = g.lse + node * H;
+        std::fill(delta.begin(), delta.end(), acc_t(0));
+        std::fill(attention_sum.begin(), attention_sum.end(), acc_t(0));
+        if (pb.ebt == Ebt::kSlot) {
+          slot_logits(pb, query.data(), slot_raw.data());
+          for (int64_t h = 0; h < H; ++h) {
+            slot_attention[h] = std::exp(pb.clip(slot_raw[h]) - node_lse[h]);
+            acc_t dA = 0;
+            for (int64_t d = 0; d < D; ++d) dA += grad_out[h * D + d] * slot_msg[h * D + d];
+            slot_dA[h] = dA;
+            delta[h] += slot_attention[h] * dA;
+          }
+        }
+        inside.resize((p1 - p0) * H);
+
+        // sweep 1: attention a, dL/da and delta = sum_j a_j dL/da_j per head
+        for (int64_t p = p0; p < p1; ++p) {
+          if (p + kPrefetchDistance < E) {
+            const int64_t ahead = pb.perm[p + kPrefetchDistance];
+            const int64_t ahead_src = pb.col[p + kPrefetchDistance];
+            prefetch_read(pb.e + ahead * C, row_bytes);
+            prefetch_read(pb.k + ahead_src * C, row_bytes);
+            prefetch_read(pb.v + ahead_src * C, row_bytes);
+            if (g.grad_edge) prefetch_read(g.grad_edge + ahead * C, row_bytes);
+            prefetch_write(g.edge_grad + ahead * 2 * H, 2 * H * static_cast<int64_t>(sizeof(acc_t)));
+          }
+          const int64_t edge = pb.perm[p];
+          edge_terms(pb, query.data(), shift.data(), pb.col[p], edge, logits.data(), msg.data(), term.data());
+          // additive: edge_out = a * message, so its gradient joins the message's
+          if (!gt && g.grad_edge) {
+            const scalar_t* grad_row = g.grad_edge + edge * C;
+            for (int64_t c = 0; c < C; ++c) msg[C + c] = (grad_out[c] + static_cast<acc_t>(grad_row[c])) * msg[c];
+          } else {
+            for (int64_t c = 0; c < C; ++c) msg[C + c] = grad_out[c] * msg[c];
+          }
+          acc_t* entry = g.edge_grad + edge * 2 * H;
+          for (int64_t h = 0; h < H; ++h) {
+            const acc_t a = std::exp(pb.clip(logits[h]) - node_lse[h]);
+            acc_t dA = 0;
+            for (int64_t d = 0; d < D; ++d) dA += msg[C + h * D + d];
+            entry[h] = a;
+            entry[H + h] = dA;
+            inside[(p - p0) * H + h] = pb.passes(logits[h]);
+            delta[h] += a * dA;
+          }
+        }
+
+        // sweep 2: logit gradients, then what they feed at the dst side
+        std::fill(dq_acc.begin(), dq_acc.end(), acc_t(0));
+        std::fill(dshift.begin(), dshift.end(), acc_t(0));
+        std::fill(dv_b_edges.begin(), dv_b_edges.end(), acc_t(0));
+        for (int64_t p = p0; p < p1; ++p) {
+          const int64_t edge = pb.perm[p];
+          acc_t* entry = g.edge_grad + edge * 2 * H;
+          acc_t bias_grad = 0;
+          for (int64_t h = 0; h < H; ++h) {
+            const acc_t a = entry[h];
+            const acc_t dl = inside[(p - p0) * H + h] ? a * (entry[H + h] - delta[h]) : acc_t(0);
+            entry[H + h] = dl;
+            attention_sum[h] += a;
+            if (g.dbias) {
+              if (pb.bias_per_head) g.dbias[edge * H + h] = dl; else bias_grad += dl;
+            }
+            for (int64_t d = 0; d < D; ++d) {
+              dl_c[h * D + d] = dl;
+              a_c[h * D + d] = a;
+            }
+          }
+          if (g.dbias && !pb.bias_per_head) g.dbias[edge] = bias_grad;
+          const scalar_t* key = pb.k + pb.col[p] * C;
+          const scalar_t* feat = pb.e + edge * C;
+          const scalar_t* grad_row = g.grad_edge ? g.grad_edge + edge * C : nullptr;
+          if (gt) {
+            if (grad_row)
+              gt_dst_edge<true>(C, key, feat, grad_row, dl_c.data(), dq_acc.data(), dshift.data());
+            else
+              gt_dst_edge<false>(C, key, feat, grad_row, dl_c.data(), dq_acc.data(), dshift.data());
+          } else {
+            auto run = [&](auto has_grad_edge, auto edge_ebt) {
+              additive_dst_edge<decltype(has_grad_edge)::value, decltype(edge_ebt)::value>(
+                  C, pb.scale, query.data(), shift.data(), grad_out.data(), key, feat, grad_row, dl_c.data(),
+                  a_c.data(), dq_acc.data(), dshift.data(), dv_b_edges.data());
+            };
+            if (pb.ebt != Ebt::kEdge) {
+              run(std::false_type{}, std::false_type{});  // grad_edge reaches only de (own pass)
+            } else if (grad_row) {
+              run(std::true_type{}, std::true_type{});
+            } else {
+              run(std::false_type{}, std::true_type{});
+            }
+          }
+        }
+
+        for (int64_t c = 0; c < C; ++c) dq_acc[c] *= pb.scale;
+        if (pb.ebt == Ebt::kEdge && p1 > p0) {
+          // b_e = beta e', beta = (q . k') / sqrt(D); v' rides on every message
+          for (int64_t h = 0; h < H; ++h) {
+            acc_t dbeta = 0;
+            for (int64_t d = 0; d < D; ++d) dbeta += dshift[h * D + d] * pb.e_b[h * D + d];
+            for (int64_t d = 0; d < D; ++d) {
+              const int64_t c = h * D + d;
+              de_b[c] += beta[h] * dshift[c];
+              dq_acc[c] += dbeta * pb.scale * pb.k_b[c];
+              dk_b[c] += dbeta * pb.scale * query[c];
+              dv_b[c] += gt ? attention_sum[h] * grad_out[c] : dv_b_edges[c];
+            }
+          }
+        }
+        if (pb.ebt == Ebt::kSlot) {
+          for (int64_t h = 0; h < H; ++h) {
+            const acc_t a = slot_attention[h];
+            const acc_t dl = pb.passes(slot_raw[h]) ? a * (slot_dA[h] - delta[h]) : acc_t(0);
+            for (int64_t d = 0; d < D; ++d) {
+              const int64_t c = h * D + d;
+              const acc_t kb = pb.k_b[c], eb = pb.e_b[c];
+              if (gt) {
+                dq_acc[c] += dl * pb.scale * kb * eb;
+                dk_b[c] += dl * pb.scale * query[c] * eb;
+                de_b[c] += dl * pb.scale * query[c] * kb;
+              } else {
+                dq_acc[c] += dl * pb.scale * (kb + eb);
+                dk_b[c] += dl * pb.scale * query[c];
+                de_b[c] += dl * pb.scale * query[c] + a * grad_out[c];
+              }
+              dv_b[c] += a * grad_out[c];
+            }
+          }
+        }
+        for (int64_t c = 0; c < C; ++c) dq_row[c] = static_cast<scalar_t>(dq_acc[c]);
+      }
+    }
+  });
+
+  if (with_ebt) {
+    for (int64_t c = 0; c < C; ++c) g.dk_b[c] = g.de_b[c] = g.dv_b[c] = acc_t(0);
+    for (int64_t block = 0; block < num_blocks; ++block) {
+      const acc_t* part = ebt_partial.data() + block * 3 * C;
+      for (int64_t c = 0; c < C; ++c) {
+        g.dk_b[c] += part[c];
+        g.de_b[c] += part[C + c];
+        g.dv_b[c] += part[2 * C + c];
+      }
+    }
+  }
+}
+
+// One out-edge j -> i: its share of dk_j, dv_j (flat over channels; dk scaled
+// later) and its de row: gt de = (grad_edge + dl) q_i k_j / sqrt(D); additive
+// de = dL/dee = dl q_i / sqrt(D) + a (grad_node_i + grad_edge).
+template <Mode kMode, bool kHasGradEdge, typename scalar_t, typename acc_t>
+inline void src_edge(int64_t C, acc_t scale, const acc_t* __restrict__ key, const scalar_t* __restrict__ query,
+                     const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ feat,
+                     const scalar_t* __restrict__ grad_row, const acc_t* __restrict__ dl_c,
+                     const acc_t* __restrict__ a_c, acc_t* __restrict__ dk_acc, acc_t* __restrict__ dv_acc,
+                     scalar_t* __restrict__ de_row) {
+  for (int64_t c = 0; c < C; ++c) {
+    const acc_t ge = kHasGradEdge ? static_cast<acc_t>(grad_row[c]) : acc_t(0);
+    const acc_t go = static_cast<acc_t>(grad_out[c]);
+    const acc_t qc = static_cast<acc_t>(query[c]);
+    if (kMode == Mode::kGt) {
+      const acc_t dw = ge + dl_c[c];
+      dk_acc[c] += dw * qc * static_cast<acc_t>(feat[c]);
+      dv_acc[c] += a_c[c] * go;
+      de_row[c] = static_cast<scalar_t>(dw * qc * key[c] * scale);
+    } else {
+      dk_acc[c] += dl_c[c] * qc;
+      dv_acc[c] += a_c[c] * (go + ge);
+      de_row[c] = static_cast<scalar_t>(dl_c[c] * scale * qc + a_c[c] * (go + ge));
+    }
+  }
+}
+
+// src-side pass over the reverse CSR: dk_j and dv_j gather over j's out-edges,
+// which also hold everything de needs.
+template <typename scalar_t, typename acc_t>
+void edge_attention_bwd_src_kernel(const Problem<scalar_t, acc_t>& pb, const Grads<scalar_t, acc_t>& g) {
+  const int64_t C = pb.channels, D = pb.head_dim, H = pb.heads, E = pb.num_edges;
+  const std::vector<int64_t> bounds = balanced_blocks(g.rev_rowptr, pb.num_nodes);
+  const int64_t num_blocks = static_cast<int64_t>(bounds.size()) - 1;
+  const int64_t row_bytes = C * static_cast<int64_t>(sizeof(scalar_t));
+  const bool gt = pb.mode == Mode::kGt;
+
+  run_blocks(num_blocks, [&](auto& claim) {
+    std::vector<acc_t> dk_acc(C), dv_acc(C), dl_c(C), a_c(C), key(C);
+    for (int64_t block = claim(); block >= 0; block = claim()) {
+      for (int64_t node = bounds[block]; node < bounds[block + 1]; ++node) {
+        for (int64_t c = 0; c < C; ++c) key[c] = static_cast<acc_t>(pb.k[node * C + c]);
+        std::fill(dk_acc.begin(), dk_acc.end(), acc_t(0));
+        std::fill(dv_acc.begin(), dv_acc.end(), acc_t(0));
+        for (int64_t r = g.rev_rowptr[node]; r < g.rev_rowptr[node + 1]; ++r) {
+          if (r + kPrefetchDistance < E) {
+            const int64_t ahead = g.rev_perm[r + kPrefetchDistance];
+            const int64_t ahead_dst = g.rev_col[r + kPrefetchDistance];
+            if (gt) prefetch_read(pb.e + ahead * C, row_bytes);
+            if (g.grad_edge) prefetch_read(g.grad_edge + ahead * C, row_bytes);
+            prefetch_read(pb.q + ahead_dst * C, row_bytes);
+            prefetch_read(g.grad_node + ahead_dst * C, row_bytes);
+            prefetch_read(g.edge_grad + ahead * 2 * H, 2 * H * static_cast<int64_t>(sizeof(acc_t)));
+            prefetch_write(g.de + ahead * C, row_bytes);
+          }
+          const int64_t dst = g.rev_col[r], edge = g.rev_perm[r];
+          const acc_t* entry = g.edge_grad + edge * 2 * H;
+          for (int64_t h = 0; h < H; ++h) {
+            const acc_t a = entry[h], dl = entry[H + h];
+            for (int64_t d = 0; d < D; ++d) {
+              a_c[h * D + d] = a;
+              dl_c[h * D + d] = dl;
+            }
+          }
+          const scalar_t* query = pb.q + dst * C;
+          const scalar_t* grad_out = g.grad_node + dst * C;
+          const scalar_t* grad_row = g.grad_edge ? g.grad_edge + edge * C : nullptr;
+          const scalar_t* feat = pb.e + edge * C;
+          if (gt) {
+            if (grad_row)
+              src_edge<Mode::kGt, true>(C, pb.scale, key.data(), query, grad_out, feat, grad_row, dl_c.data(),
+                                        a_c.data(), dk_acc.data(), dv_acc.data(), g.de + edge * C);
+            else
+              src_edge<Mode::kGt, false>(C, pb.scale, key.data(), query, grad_out, feat, grad_row, dl_c.data(),
+                                         a_c.data(), dk_acc.data(), dv_acc.data(), g.de + edge * C);
+          } else {
+            if (grad_row)
+              src_edge<Mode::kAdditive, true>(C, pb.scale, key.data(), query, grad_out, feat, grad_row,
+                                              dl_c.data(), a_c.data(), dk_acc.data(), dv_acc.data(), g.de + edge * C);
+            else
+              src_edge<Mode::kAdditive, false>(C, pb.scale, key.data(), query, grad_out, feat, grad_row,
+                                               dl_c.data(), a_c.data(), dk_acc.data(), dv_acc.data(), g.de + edge * C);
+          }
+        }
+        scalar_t* dk_row = g.dk + node * C;
+        scalar_t* dv_row = g.dv + node * C;
+        for (int64_t c = 0; c < C; ++c) {
+          dk_row[c] = static_cast<scalar_t>(dk_acc[c] * pb.scale);
+          dv_row[c] = static_cast<scalar_t>(dv_acc[c]);
+        }
+      }
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------
+// launch wrappers
+// ---------------------------------------------------------------------------
+void check_index(const Tensor& t, const char* name, int64_t length) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == at::kLong && t.dim() == 1 && t.is_contiguous(),
+              "magnn_cpu: ", name, " must be a contiguous int64 CPU vector");
+  TORCH_CHECK(t.size(0) == length, "magnn_cpu: ", name, " has ", t.size(0), " entries, expected ", length);
+}
+
+// The common checks; fills the fields of Problem that don't depend on the dtype.
+struct Setup {
+  Tensor q, k, v, e, bias, k_b, e_b, v_b;
+  int64_t num_nodes, num_edges, heads, head_dim;
+  Mode mode;
+  Ebt ebt;
+  std::optional<double> clamp;
+};
+
+Setup prepare(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& e, const Tensor& rowptr,
+              const Tensor& col, const Tensor& perm, const std::optional<Tensor>& bias,
+              const std::optional<Tensor>& ebt_k, const std::optional<Tensor>& ebt_e,
+              const std::optional<Tensor>& ebt_v, c10::string_view mode, const std::optional<c10::string_view>& ebt,
+              std::optional<double> clamp) {
+  Setup s;
+  TORCH_CHECK(q.dim() == 3 && k.sizes() == q.sizes() && v.sizes() == q.sizes(),
+              "magnn_cpu: q, k, v must share one shape [N, H, D]");
+  TORCH_CHECK(e.dim() == 3 && e.size(1) == q.size(1) && e.size(2) == q.size(2), "magnn_cpu: e must be [E, H, D]");
+  for (const Tensor* t : {&q, &k, &v, &e}) {
+    TORCH_CHECK(t->device().is_cpu(), "magnn_cpu: tensors must live on the CPU");
+    TORCH_CHECK(t->scalar_type() == q.scalar_type(), "magnn_cpu: q, k, v, e must share one dtype");
+  }
+  s.num_nodes = q.size(0);
+  s.heads = q.size(1);
+  s.head_dim = q.size(2);
+  s.num_edges = e.size(0);
+  check_index(rowptr, "rowptr", s.num_nodes + 1);
+  check_index(col, "col", s.num_edges);
+  check_index(perm, "perm", s.num_edges);
+  TORCH_CHECK(rowptr.data_ptr<int64_t>()[s.num_nodes] == s.num_edges, "magnn_cpu: rowptr does not end at E");
+  s.q = q.contiguous();
+  s.k = k.contiguous();
+  s.v = v.contiguous();
+  s.e = e.contiguous();
+  const auto acc_type = at::toOpMathType(q.scalar_type());
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->size(0) == s.num_edges && (bias->dim() == 1 || (bias->dim() == 2 && bias->size(1) == s.heads)),
+                "magnn_cpu: bias must be [E] or [E, H]");
+    s.bias = bias->to(acc_type).contiguous();
+  }
+  s.mode = parse_mode(mode);
+  s.ebt = parse_ebt(ebt);
+  if (s.ebt != Ebt::kNone) {
+    TORCH_CHECK(ebt_k.has_value() && ebt_e.has_value() && ebt_v.has_value(), "magnn_cpu: ebt needs ebt_k, ebt_e, ebt_v");
+    for (const auto* p : {&ebt_k, &ebt_e, &ebt_v})
+      TORCH_CHECK((*p)->dim() == 2 && (*p)->size(0) == s.heads && (*p)->size(1) == s.head_dim,
+                  "magnn_cpu: EBT parameters must be [H, D]");
+    s.k_b = ebt_k->to(acc_type).contiguous();
+    s.e_b = ebt_e->to(acc_type).contiguous();
+    s.v_b = ebt_v->to(acc_type).contiguous();
+  }
+  s.clamp = clamp;
+  TORCH_CHECK(!clamp.has_value() || *clamp > 0, "magnn_cpu: clamp must be positive");
+  return s;
+}
+
+template <typename scalar_t, typename acc_t>
+Problem<scalar_t, acc_t> make_problem(const Setup& s, const Tensor& rowptr, const Tensor& col, const Tensor& perm) {
+  Problem<scalar_t, acc_t> pb;
+  pb.q = s.q.data_ptr<scalar_t>();
+  pb.k = s.k.data_ptr<scalar_t>();
+  pb.v = s.v.data_ptr<scalar_t>();
+  pb.e = s.e.data_ptr<scalar_t>();
+  pb.rowptr = rowptr.data_ptr<int64_t>();
+  pb.col = col.data_ptr<int64_t>();
+  pb.perm = perm.data_ptr<int64_t>();
+  if (s.bias.defined()) {
+    pb.bias = s.bias.data_ptr<acc_t>();
+    pb.bias_per_head = s.bias.dim() == 2;
+  }
+  if (s.ebt != Ebt::kNone) {
+    pb.k_b = s.k_b.data_ptr<acc_t>();
+    pb.e_b = s.e_b.data_ptr<acc_t>();
+    pb.v_b = s.v_b.data_ptr<acc_t>();
+  }
+  pb.num_nodes = s.num_nodes;
+  pb.num_edges = s.num_edges;
+  pb.heads = s.heads;
+  pb.head_dim = s.head_dim;
+  pb.channels = s.heads * s.head_dim;
+  pb.mode = s.mode;
+  pb.ebt = s.ebt;
+  pb.has_clamp = s.clamp.has_value();
+  pb.clamp = static_cast<acc_t>(s.clamp.value_or(0.0));
+  pb.scale = static_cast<acc_t>(1.0 / std::sqrt(static_cast<double>(s.head_dim)));
+  return pb;
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> edge_attention_fwd(
+    const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& e, const Tensor& rowptr, const Tensor& col,
+    const Tensor& perm, const Tensor& src, const Tensor& dst, const std::optional<Tensor>& bias,
+    const std::optional<Tensor>& ebt_k, const std::optional<Tensor>& ebt_e, const std::optional<Tensor>& ebt_v,
+    c10::string_view mode, std::optional<c10::string_view> ebt, std::optional<double> clamp, int64_t mantissa_bits) {
+  const Setup s = prepare(q, k, v, e, rowptr, col, perm, bias, ebt_k, ebt_e, ebt_v, mode, ebt, clamp);
+  check_index(src, "src", s.num_edges);
+  check_index(dst, "dst", s.num_edges);
+  TORCH_CHECK(mantissa_bits <= 23, "magnn_cpu: mantissa_bits must be in [0, 23]");
+  const auto acc_type = at::toOpMathType(q.scalar_type());
+  Tensor node_out = at::empty_like(s.q);
+  Tensor edge_out = at::empty_like(s.e);
+  Tensor lse = at::empty({s.num_nodes, s.heads}, q.options().dtype(acc_type));
+  // per-edge logits between the caller-order and the CSR passes; freed on return
+  Tensor logit_buffer = at::empty({s.num_edges, s.heads}, q.options().dtype(acc_type));
+  const bool with_stats = mantissa_bits >= 0;
+  const auto i64 = q.options().dtype(at::kLong);
+  const auto f32 = q.options().dtype(at::kFloat);
+  const int64_t bins = with_stats ? (int64_t(1) << (8 + mantissa_bits)) : 0;
+  Tensor hist_abs = at::zeros({bins}, i64);
+  Tensor hist_ratio = at::zeros({bins}, i64);
+  Tensor row_ratio = at::empty({with_stats ? s.num_edges : 0}, f32);
+  Tensor row_max_abs = at::empty({with_stats ? s.num_edges : 0}, f32);
+  RowStatsTotal total;
+  total.hist_abs = hist_abs.data_ptr<int64_t>();
+  total.hist_ratio = hist_ratio.data_ptr<int64_t>();
+  total.num_bins = bins;
+  StatsOut stats{&total, static_cast<int>(mantissa_bits), row_ratio.data_ptr<float>(), row_max_abs.data_ptr<float>()};
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "edge_attention_fwd", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto pb = make_problem<scalar_t, acc_t>(s, rowptr, col, perm);
+    edge_attention_fwd_kernel<scalar_t, acc_t>(pb, src.data_ptr<int64_t>(), dst.data_ptr<int64_t>(),
+                                               node_out.data_ptr<scalar_t>(), edge_out.data_ptr<scalar_t>(),
+                                               lse.data_ptr<acc_t>(), logit_buffer.data_ptr<acc_t>(),
+                                               with_stats ? &stats : nullptr);
+  });
+
+  Tensor nan_count = at::empty({}, i64);
+  Tensor max_abs = at::empty({}, f32);
+  Tensor argmax = at::empty({}, i64);
+  if (with_stats) {
+    nan_count.fill_(total.nan_count);
+    max_abs.fill_(total.max_abs);
+    argmax.fill_(total.argmax);
+  } else {
+    nan_count.fill_(0);
+    max_abs.fill_(-1.0);
+    argmax.fill_(-1);
+  }
+  return {node_out, edge_out, lse, hist_abs, hist_ratio, row_ratio, row_max_abs, nan_count, max_abs, argmax};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> edge_attention_bwd(
+    const std::optional<Tensor>& grad_node, const std::optional<Tensor>& grad_edge, const Tensor& q, const Tensor& k,
+    const Tensor& v, const Tensor& e, const Tensor& lse, const Tensor& rowptr, const Tensor& col, const Tensor& perm,
+    const Tensor& rev_rowptr, const Tensor& rev_col, const Tensor& rev_perm, const std::optional<Tensor>& bias, const std::optional<Tensor>& ebt_k, const std::optional<Tensor>& ebt_e,
+    const std::optional<Tensor>& ebt_v, c10::string_view mode, std::optional<c10::string_view> ebt,
+    std::optional<double> clamp) {
+  const Setup s = prepare(q, k, v, e, rowptr, col, perm, bias, ebt_k, ebt_e, ebt_v, mode, ebt, clamp);
+  check_index(rev_rowptr, "rev_rowptr", s.num_nodes + 1);
+  check_index(rev_col, "rev_col", s.num_edges);
+  check_index(rev_perm, "rev_perm", s.num_edges);
+  const auto acc_type = at::toOpMathType(q.scalar_type());
+  TORCH_CHECK(lse.scalar_type() == acc_type && lse.dim() == 2 && lse.size(0) == s.num_nodes && lse.size(1) == s.heads,
+              "magnn_cpu: lse must be [N, H] in the accumulation dtype");
+  const Tensor lse_c = lse.contiguous();
+  Tensor grad_node_c, grad_edge_c;
+  if (grad_node.has_value() && grad_node->defined()) {
+    TORCH_CHECK(grad_node->sizes() == q.sizes(), "magnn_cpu: grad_node must be [N, H, D]");
+    grad_node_c = grad_node->to(q.scalar_type()).contiguous();
+  } else {
+    grad_node_c = at::zeros_like(s.q);  // [N, H, D] is small; it keeps the loops branch-free
+  }
+  if (grad_edge.has_value() && grad_edge->defined()) {
+    TORCH_CHECK(grad_edge->sizes() == e.sizes(), "magnn_cpu: grad_edge must be [E, H, D]");
+    grad_edge_c = grad_edge->to(q.scalar_type()).contiguous();
+  }
+  Tensor dq = at::empty_like(s.q);
+  Tensor dk = at::empty_like(s.k);
+  Tensor dv = at::empty_like(s.v);
+  Tensor de = at::empty_like(s.e);
+  Tensor dbias = s.bias.defined() ? at::empty_like(s.bias) : at::empty({0}, q.options().dtype(acc_type));
+  const auto param_options = q.options().dtype(acc_type);
+  const bool with_ebt = s.ebt != Ebt::kNone;
+  Tensor dk_b = at::empty(with_ebt ? std::vector<int64_t>{s.heads, s.head_dim} : std::vector<int64_t>{0}, param_options);
+  Tensor de_b = at::empty_like(dk_b);
+  Tensor dv_b = at::empty_like(dk_b);
+  Tensor edge_grad = at::empty({s.num_edges, 2, s.heads}, param_options);
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "edge_attention_bwd", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto pb = make_problem<scalar_t, acc_t>(s, rowptr, col, perm);
+    Grads<scalar_t, acc_t> g;
+    g.grad_node = grad_node_c.data_ptr<scalar_t>();
+    g.grad_edge = grad_edge_c.defined() ? grad_edge_c.data_ptr<scalar_t>() : nullptr;
+    g.lse = lse_c.data_ptr<acc_t>();
+    g.rev_rowptr = rev_rowptr.data_ptr<int64_t>();
+    g.rev_col = rev_col.data_ptr<int64_t>();
+    g.rev_perm = rev_perm.data_ptr<int64_t>();
+    g.edge_grad = edge_grad.data_ptr<acc_t>();
+    g.dq = dq.data_ptr<scalar_t>();
+    g.dk = dk.data_ptr<scalar_t>();
+    g.dv = dv.data_ptr<scalar_t>();
+    g.de = de.data_ptr<scalar_t>();
+    g.dbias = s.bias.defined() ? dbias.data_ptr<acc_t>() : nullptr;
+    g.dk_b = with_ebt ? dk_b.data_ptr<acc_t>() : nullptr;
+    g.de_b = with_ebt ? de_b.data_ptr<acc_t>() : nullptr;
+    g.dv_b = with_ebt ? dv_b.data_ptr<acc_t>() : nullptr;
+    edge_attention_bwd_dst_kernel<scalar_t, acc_t>(pb, g);
+    edge_attention_bwd_src_kernel<scalar_t, acc_t>(pb, g);
+  });
+  return {dq, dk, dv, de, dbias, dk_b, de_b, dv_b};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(magnn_cpu, CPU, m) {
+  m.impl("edge_attention_fwd", &edge_attention_fwd);
+  m.impl("edge_attention_bwd", &edge_attention_bwd);
+}
+
+}  // namespace magnn_cpu

@@ -1,0 +1,383 @@
+"""The C++ CPU backend (csrc/, magnn/cpu_backend.py) against the PyTorch reference.
+
+The extension is compiled (or loaded from the cache) once per session; a
+build failure fails these tests rather than skipping them.
+"""
+import itertools
+import math
+
+import pytest
+import torch
+
+import magnn
+from magnn import cpu_backend, functional
+from magnn._reference import run_torch_backend
+from magnn.functional import edge_attention
+from magnn.layers import FusedEdgeAttention
+from magnn.stats import EdgeStats, RawStats, reduce_rows
+
+MODES = ("gt", "additive")
+EBTS = (None, "edge", "slot")
+CLAMPS = (None, 0.5)
+BIASES = (None, "edge", "edge_head")
+STAT_FIELDS = ("hist_abs", "hist_ratio", "nan_count", "max_abs", "argmax", "row_ratio", "row_max_abs")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def built_extension():
+    # no skip: CI has a compiler, so a failed build is a failure
+    return cpu_backend.build()
+
+
+def tricky_graph(num_nodes=40, num_random=240, seed=0):
+    """Random edges plus a hub in and out, duplicates, self loops, nodes without
+    incoming edges and fully isolated nodes, in a shuffled caller order."""
+    gen = torch.Generator().manual_seed(seed)
+    src = torch.randint(0, num_nodes - 4, (num_random,), generator=gen)
+    dst = torch.randint(0, num_nodes - 6, (num_random,), generator=gen)  # N-6, N-5: out-edges only
+    hub_in = torch.randint(0, num_nodes - 4, (30,), generator=gen)
+    hub_out = torch.randint(0, num_nodes - 6, (30,), generator=gen)
+    loops = torch.arange(2, 7)
+    src = torch.cat([src, hub_in, torch.full((30,), 1), loops, src[:10]])
+    dst = torch.cat([dst, torch.zeros(30, dtype=torch.long), hub_out, loops, dst[:10]])
+    order = torch.randperm(src.numel(), generator=gen)
+    return magnn.Graph(torch.stack([src[order], dst[order]]), num_nodes)
+
+
+def make_inputs(graph, heads=3, head_dim=4, dtype=torch.float64, bias=None, ebt=None, seed=1, scale=1.0):
+    gen = torch.Generator().manual_seed(seed)
+    n, m = graph.num_nodes, graph.num_edges
+
+    def leaf(*shape):
+        return (torch.randn(*shape, generator=gen, dtype=torch.float64) * scale).to(dtype).requires_grad_()
+
+    q, k, v = leaf(n, heads, head_dim), leaf(n, heads, head_dim), leaf(n, heads, head_dim)
+    e = leaf(m, heads, head_dim)
+    bias_tensor = None
+    if bias == "edge":
+        bias_tensor = torch.randn(m, generator=gen, dtype=torch.float64).to(dtype).requires_grad_()
+    elif bias == "edge_head":
+        bias_tensor = torch.randn(m, heads, generator=gen, dtype=torch.float64).to(dtype).requires_grad_()
+    params = None
+    if ebt is not None:
+        params = tuple(
+            (torch.randn(heads, head_dim, generator=gen, dtype=torch.float64) * 0.5).to(dtype).requires_grad_()
+            for _ in range(3)
+        )
+    return q, k, v, e, bias_tensor, params
+
+
+def forward_backward(inputs, graph, backend, **options):
+    """Outputs, then the gradients of every input that requires one."""
+    q, k, v, e, bias, params = inputs
+    node_out, edge_out = edge_attention(
+        q, k, v, e, graph, bias=bias, ebt_params=params, backend=backend, **options
+    )
+    leaves = [t for t in (q, k, v, e, bias, *(params or ())) if t is not None]
+    gen = torch.Generator().manual_seed(7)
+    grad_node = torch.randn(node_out.shape, generator=gen, dtype=torch.float64).to(node_out.dtype)
+    grad_edge = torch.randn(edge_out.shape, generator=gen, dtype=torch.float64).to(edge_out.dtype)
+    grads = torch.autograd.grad([node_out, edge_out], leaves, [grad_node, grad_edge])
+    return [node_out.detach(), edge_out.detach(), *grads]
+
+
+def assert_all_close(actual, expected, **tolerance):
+    assert len(actual) == len(expected)
+    for index, (a, b) in enumerate(zip(actual, expected)):
+        assert a.dtype == b.dtype and a.shape == b.shape, index
+        torch.testing.assert_close(a, b, msg=lambda text: f"tensor {index}: {text}", **tolerance)
+
+
+def assert_stats_equal(raw: RawStats, expected: RawStats):
+    for name in STAT_FIELDS:
+        got, want = getattr(raw, name), getattr(expected, name)
+        assert got.dtype == want.dtype and got.shape == want.shape, name
+        assert torch.equal(got, want) or (got.is_floating_point() and torch.equal(got.nan_to_num(), want.nan_to_num())
+                                          and torch.equal(got.isnan(), want.isnan())), name
+    assert raw.count == expected.count and raw.channels == expected.channels
+
+
+# -- availability -----------------------------------------------------------------
+def test_available_on_cpu_and_picked_by_auto():
+    for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+        assert cpu_backend.unavailable_reason(torch.device("cpu"), dtype) is None
+    assert functional.select_backend("auto", torch.device("cpu"), torch.float32).name == "cpu"
+    assert "CPU" in cpu_backend.unavailable_reason(torch.device("cuda"), torch.float32)
+    assert "float32" in cpu_backend.unavailable_reason(torch.device("cpu"), torch.int32)
+    assert hasattr(torch.ops.magnn_cpu, "edge_attention_fwd")
+
+
+def test_missing_compiler_is_a_reason_and_auto_falls_back(monkeypatch):
+    monkeypatch.setattr(cpu_backend, "_library_path", None)
+    monkeypatch.setattr(cpu_backend, "_build_error", None)
+    monkeypatch.setenv("CXX", "/nonexistent/c++")
+    reason = cpu_backend.unavailable_reason(torch.device("cpu"), torch.float32)
+    assert reason is not None and "no C++ compiler" in reason
+    with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
+        cpu_backend.build()
+    monkeypatch.setattr(functional, "_warned", set())
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
+        assert functional.select_backend("auto", torch.device("cpu"), torch.float32).name == "torch"
+    with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
+        functional.select_backend("cpu", torch.device("cpu"), torch.float32)
+
+
+# -- parity with the reference ------------------------------------------------------
+@pytest.mark.parametrize("mode,ebt,clamp,bias", list(itertools.product(MODES, EBTS, CLAMPS, BIASES)))
+def test_matches_reference_values_and_gradients(mode, ebt, clamp, bias):
+    graph = tricky_graph()
+    inputs = make_inputs(graph, bias=bias, ebt=ebt)
+    options = dict(mode=mode, clamp=clamp, ebt=ebt)
+    expected = forward_backward(inputs, graph, "torch", **options)
+    actual = forward_backward(inputs, graph, "cpu", **options)
+    assert_all_close(actual, expected, rtol=1e-9, atol=1e-11)
+    isolated = graph.in_degree == 0
+    assert isolated.any()
+    if ebt != "slot":  # no incoming edge and no slot: exactly zero
+        assert torch.equal(actual[0][isolated], torch.zeros_like(actual[0][isolated]))
+    assert all(not torch.isnan(t).any() for t in actual)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("ebt", EBTS)
+def test_float32_matches_reference(mode, ebt):
+    graph = tricky_graph(seed=3)
+    inputs = make_inputs(graph, heads=4, head_dim=8, dtype=torch.float32, bias="edge_head", ebt=ebt, seed=4)
+    options = dict(mode=mode, clamp=5.0, ebt=ebt)
+    expected = forward_backward(inputs, graph, "torch", **options)
+    actual = forward_backward(inputs, graph, "cpu", **options)
+    assert_all_close(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "mode,ebt,clamp,bias",
+    [("gt", "edge", 0.7, "edge_head"), ("gt", "slot", None, "edge"), ("additive", "edge", None, "edge"),
+     ("additive", "slot", 0.7, None), ("gt", None, None, None)],
+)
+def test_gradcheck_float64(mode, ebt, clamp, bias):
+    graph = tricky_graph(num_nodes=9, num_random=12, seed=5)
+    q, k, v, e, bias_tensor, params = make_inputs(graph, heads=2, head_dim=3, bias=bias, ebt=ebt, seed=6)
+    leaves = [t for t in (q, k, v, e, bias_tensor, *(params or ())) if t is not None]
+    count = 4 + (bias_tensor is not None)
+
+    def call(*tensors):
+        q, k, v, e = tensors[:4]
+        b = tensors[4] if bias_tensor is not None else None
+        p = tuple(tensors[count:]) if ebt is not None else None
+        return edge_attention(q, k, v, e, graph, mode=mode, clamp=clamp, bias=b, ebt=ebt, ebt_params=p, backend="cpu")
+
+    assert torch.autograd.gradcheck(call, leaves, eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("ebt", (None, "slot"))
+@pytest.mark.parametrize("mode", MODES)
+def test_empty_edge_set(mode, ebt):
+    graph = magnn.Graph(torch.empty(2, 0, dtype=torch.long), 5)
+    inputs = make_inputs(graph, ebt=ebt)
+    expected = forward_backward(inputs, graph, "torch", mode=mode, ebt=ebt)
+    actual = forward_backward(inputs, graph, "cpu", mode=mode, ebt=ebt)
+    assert_all_close(actual, expected, rtol=1e-9, atol=1e-11)
+    assert actual[1].shape == (0, 3, 4)
+    if ebt is None:
+        assert torch.equal(actual[0], torch.zeros(5, 3, 4, dtype=torch.float64))
+    stats = EdgeStats()
+    edge_attention(*inputs[:4], graph, mode=mode, ebt=ebt, ebt_params=inputs[5], stats=stats, backend="cpu")
+    assert stats.count == 0 and stats.argmax is None and stats.hist_abs.total == 0
+
+
+@pytest.mark.parametrize("edges", ([[0], [0]], [[0, 0, 0], [0, 0, 0]], []))
+@pytest.mark.parametrize("ebt", EBTS)
+def test_single_node(edges, ebt):
+    edge_index = torch.tensor(edges, dtype=torch.long).reshape(2, -1)
+    graph = magnn.Graph(edge_index, 1)
+    inputs = make_inputs(graph, ebt=ebt, bias="edge")
+    for mode in MODES:
+        expected = forward_backward(inputs, graph, "torch", mode=mode, ebt=ebt, clamp=0.3)
+        actual = forward_backward(inputs, graph, "cpu", mode=mode, ebt=ebt, clamp=0.3)
+        assert_all_close(actual, expected, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_huge_logits_without_clamp_stay_finite(mode):
+    graph = tricky_graph(seed=8)
+    # logits of order 1e4 to 1e5: exp() overflows in float32 without the running max
+    inputs = make_inputs(graph, heads=2, head_dim=4, dtype=torch.float32, ebt="slot", seed=9, scale=30.0)
+    expected = forward_backward(inputs, graph, "torch", mode=mode, ebt="slot")
+    actual = forward_backward(inputs, graph, "cpu", mode=mode, ebt="slot")
+    for tensor in actual:
+        assert torch.isfinite(tensor).all()
+    assert_all_close(actual[:2], expected[:2], rtol=1e-4, atol=1e-3)
+    for got, want in zip(actual[2:], expected[2:]):
+        torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3 * float(want.abs().max()))
+
+
+def test_only_one_output_used():
+    graph = tricky_graph(seed=10)
+    for mode, pick in itertools.product(MODES, (0, 1)):
+        grads = {}
+        for backend in ("torch", "cpu"):
+            q, k, v, e, _, params = make_inputs(graph, ebt="edge", seed=11)
+            outputs = edge_attention(q, k, v, e, graph, mode=mode, ebt="edge", ebt_params=params, backend=backend)
+            (outputs[pick] ** 2).sum().backward()
+            # an input the used output does not depend on may get None (torch) or zeros (cpu)
+            grads[backend] = [t.grad if t.grad is not None else torch.zeros_like(t) for t in (q, k, v, e, *params)]
+        assert_all_close(grads["cpu"], grads["torch"], rtol=1e-9, atol=1e-11)
+
+
+def test_non_contiguous_inputs_and_mixed_bias_dtype():
+    graph = tricky_graph(seed=12)
+    gen = torch.Generator().manual_seed(13)
+    n, m = graph.num_nodes, graph.num_edges
+    q = torch.randn(3, n, 4, generator=gen).transpose(0, 1).requires_grad_()
+    k, v = (torch.randn(n, 3, 4, generator=gen).requires_grad_() for _ in range(2))
+    e = torch.randn(m, 4, 3, generator=gen).transpose(1, 2).requires_grad_()
+    bias = torch.randn(m, 3, generator=gen, dtype=torch.float64).requires_grad_()
+    results = {}
+    for backend in ("torch", "cpu"):
+        results[backend] = forward_backward((q, k, v, e, bias, None), graph, backend, mode="additive")
+    assert_all_close(results["cpu"], results["torch"], rtol=1e-5, atol=1e-5)
+    assert results["cpu"][6].dtype == torch.float64  # the bias gradient keeps the bias dtype
+
+
+@pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16))
+@pytest.mark.parametrize("mode", MODES)
+def test_half_precision_inputs(dtype, mode):
+    graph = tricky_graph(seed=14)
+    inputs = make_inputs(graph, heads=4, head_dim=8, dtype=dtype, bias="edge", ebt="edge", seed=15)
+    expected = forward_backward(inputs, graph, "torch", mode=mode, ebt="edge", clamp=5.0)
+    actual = forward_backward(inputs, graph, "cpu", mode=mode, ebt="edge", clamp=5.0)
+    assert all(t.dtype == dtype for t in actual[:6])  # outputs and q, k, v, e gradients
+    # both accumulate in float32 and round once; a rounding may differ by one step
+    assert_all_close(actual, expected, rtol=2e-2, atol=2e-2)
+    stats = EdgeStats()
+    edge_attention(*inputs[:4], graph, mode=mode, bias=inputs[4], ebt="edge", ebt_params=inputs[5], clamp=5.0,
+                   stats=stats, backend="cpu")
+    _, edge_out, raw = cpu_backend.run_cpu_backend(
+        *inputs[:4], graph, mode=mode, clamp=5.0, bias=inputs[4], ebt="edge", ebt_params=inputs[5],
+        mantissa_bits=7, tap="edge",
+    )
+    assert_stats_equal(raw, reduce_rows(edge_out.reshape(edge_out.shape[0], -1), 7))
+    assert torch.equal(stats.hist_abs.counts, raw.hist_abs)
+
+
+def test_deterministic_across_runs_and_thread_counts():
+    gen = torch.Generator().manual_seed(16)
+    num_nodes, num_edges = 3000, 24000  # several work blocks
+    edge_index = torch.randint(0, num_nodes, (2, num_edges), generator=gen)
+    edge_index[1, :2000] = 0  # a hub
+    graph = magnn.Graph(edge_index, num_nodes)
+    threads = torch.get_num_threads()
+    runs = []
+    try:
+        for count in (1, 2, 2):
+            torch.set_num_threads(count)
+            for mode, ebt in (("gt", "edge"), ("additive", "slot")):
+                inputs = make_inputs(graph, heads=2, head_dim=8, dtype=torch.float32, ebt=ebt, bias="edge", seed=17)
+                runs.append((count, mode, forward_backward(inputs, graph, "cpu", mode=mode, ebt=ebt)))
+    finally:
+        torch.set_num_threads(threads)
+    for (_, mode, first), (_, other_mode, second) in zip(runs[:2], runs[2:4]):
+        assert mode == other_mode and all(torch.equal(a, b) for a, b in zip(first, second))
+    for (_, _, first), (_, _, second) in zip(runs[2:4], runs[4:6]):
+        assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+# -- statistics ----------------------------------------------------------------------
+def stats_inputs(dtype=torch.float32, seed=18, heads=8, head_dim=8):
+    graph = tricky_graph(num_nodes=60, num_random=400, seed=seed)
+    gen = torch.Generator().manual_seed(seed)
+    n, m = graph.num_nodes, graph.num_edges
+    q, k, v = (torch.randn(n, heads, head_dim, generator=gen).to(dtype) for _ in range(3))
+    e = torch.randn(m, heads, head_dim, generator=gen).to(dtype)
+    return graph, q, k, v, e
+
+
+@pytest.mark.parametrize("mantissa_bits", (7, 0, 3, 12))
+def test_gt_stats_are_bitwise_the_references(mantissa_bits):
+    # gt scores are products only, computed in the reference's order: equal bit for bit
+    graph, q, k, v, e = stats_inputs()
+    e[5] *= 1e4  # a massive edge
+    options = dict(mode="gt", clamp=None, bias=None, ebt=None, ebt_params=None, mantissa_bits=mantissa_bits, tap="edge")
+    _, edge_ref, raw_ref = run_torch_backend(q, k, v, e, graph, **options)
+    _, edge_cpu, raw_cpu = cpu_backend.run_cpu_backend(q, k, v, e, graph, **options)
+    assert torch.equal(edge_cpu, edge_ref)
+    assert_stats_equal(raw_cpu, raw_ref)
+    assert int(raw_cpu.argmax) // (8 * 8) == 5
+
+    collected = {}
+    for backend in ("torch", "cpu"):
+        stats = EdgeStats(mantissa_bits=mantissa_bits, keep_edge_ratio=True)
+        edge_attention(q, k, v, e, graph, mode="gt", stats=stats, backend=backend)
+        collected[backend] = stats
+    assert collected["cpu"].to_dict() == collected["torch"].to_dict()
+    assert torch.equal(collected["cpu"].edge_ratio, collected["torch"].edge_ratio)
+
+
+@pytest.mark.parametrize("mode,ebt,dtype", [
+    ("gt", "edge", torch.float32), ("additive", None, torch.float32), ("additive", "slot", torch.float64),
+    ("gt", "slot", torch.bfloat16), ("additive", "edge", torch.float16),
+])
+def test_stats_equal_reduce_rows_of_the_output(mode, ebt, dtype):
+    graph, q, k, v, e = stats_inputs(dtype)
+    params = tuple(torch.randn(8, 8).to(dtype) for _ in range(3)) if ebt else None
+    _, edge_out, raw = cpu_backend.run_cpu_backend(
+        q, k, v, e, graph, mode=mode, clamp=None, bias=None, ebt=ebt, ebt_params=params, mantissa_bits=7, tap="edge"
+    )
+    assert_stats_equal(raw, reduce_rows(edge_out.reshape(edge_out.shape[0], -1), 7))
+
+
+def test_stats_with_nan_ties_and_zero_rows():
+    graph, q, k, v, e = stats_inputs(heads=3, head_dim=5)
+    e = e.round()  # many ties and zeros: exercises lower medians and first-occurrence argmax
+    e[::9, 0, 0] = float("nan")  # some NaN channels
+    e[4] = float("nan")  # an all-NaN row
+    e[7] = 0.0  # an all-zero row: median 0 -> 2**-126
+    e[11, 1, 2] = -50.0
+    e[23, 2, 1] = 50.0  # the same |max| later in the caller's order
+    k = k.abs() + 1
+    q = q.abs() + 1
+    for mode in MODES:
+        options = dict(mode=mode, clamp=None, bias=None, ebt=None, ebt_params=None, mantissa_bits=7, tap="edge")
+        node_cpu, edge_out, raw = cpu_backend.run_cpu_backend(q, k, v, e, graph, **options)
+        node_ref, edge_ref, _ = run_torch_backend(q, k, v, e, graph, **options)
+        torch.testing.assert_close(edge_out, edge_ref, equal_nan=True)
+        torch.testing.assert_close(node_cpu, node_ref, equal_nan=True)
+        expected = reduce_rows(edge_out.reshape(edge_out.shape[0], -1), 7)
+        assert_stats_equal(raw, expected)
+        assert int(raw.nan_count) > 0
+        assert torch.isnan(raw.row_ratio[4]) and float(raw.row_max_abs[4]) == -1.0
+    # gt: the two |50| products tie; the earlier edge wins
+    _, edge_out, raw = cpu_backend.run_cpu_backend(q, k, v, e, graph, mode="gt", clamp=None, bias=None, ebt=None,
+                                                   ebt_params=None, mantissa_bits=7, tap="edge")
+    flat = edge_out.reshape(-1).float().abs().nan_to_num(-1.0)
+    assert int(raw.argmax) == int(torch.argmax(flat))
+
+
+def test_node_tap():
+    graph, q, k, v, e = stats_inputs()
+    stats = EdgeStats(tap="node")
+    node_out, _ = edge_attention(q, k, v, e, graph, mode="additive", stats=stats, backend="cpu")
+    expected = EdgeStats(tap="node")
+    expected.add(reduce_rows(node_out.reshape(node_out.shape[0], -1), 7), heads=8)
+    assert stats.to_dict() == expected.to_dict()
+    assert stats.rows == graph.num_nodes
+
+
+def test_statistics_do_not_change_outputs():
+    graph, q, k, v, e = stats_inputs()
+    for mode in MODES:
+        plain = edge_attention(q, k, v, e, graph, mode=mode, backend="cpu")
+        with_stats = edge_attention(q, k, v, e, graph, mode=mode, stats=EdgeStats(), backend="cpu")
+        assert all(torch.equal(a, b) for a, b in zip(plain, with_stats))
+
+
+def test_layer_uses_cpu_backend_end_to_end():
+    layer = FusedEdgeAttention(6, heads=2, head_dim=4, edge_dim=3, mode="gt", ebt="slot", clamp=5.0,
+                                            backend="cpu")
+    graph = tricky_graph(seed=19)
+    x = torch.randn(graph.num_nodes, 6)
+    edge_attr = torch.randn(graph.num_edges, 3)
+    x_out, e_out = layer(x, graph, edge_attr)
+    (x_out.sum() + e_out.pow(2).sum()).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in layer.parameters())
+    assert math.isfinite(float(x_out.detach().sum()))
