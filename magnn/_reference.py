@@ -113,5 +113,6 @@ def run_torch_backend(q, k, v, e, graph, *, mode, clamp, bias, ebt, ebt_params, 
     raw: Optional[RawStats] = None
     if mantissa_bits is not None:
         tapped = edge_out if tap == "edge" else node_out
-        raw = reduce_rows(tapped.reshape(tapped.shape[0], -1), mantissa_bits)
+        channels = q.shape[1] * q.shape[2]  # explicit: reshape(-1) cannot infer it for zero rows
+        raw = reduce_rows(tapped.reshape(tapped.shape[0], channels), mantissa_bits)
     return node_out, edge_out, raw

@@ -70,7 +70,40 @@ def _load(verbose: bool = False, retry: bool = False) -> str:
             _build_error = _describe_failure(error)
             raise
         _build_error = None
+        _register_fakes()
         return _library_path
+
+
+def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _register_fakes() -> None:
+    """Shape-only (meta) versions of the two ops, so torch.compile traces models using them."""
+    from magnn.stats import num_bins
+
+    @torch.library.register_fake("magnn_cpu::edge_attention_fwd")
+    def _fwd_fake(q, k, v, e, rowptr, col, perm, src, dst, bias, ebt_k, ebt_e, ebt_v, mode, ebt, clamp, mantissa_bits):
+        bins = num_bins(mantissa_bits) if mantissa_bits >= 0 else 0
+        rows = e.shape[0] if mantissa_bits >= 0 else 0
+        scalar = lambda dtype: q.new_empty((), dtype=dtype)
+        return (
+            torch.empty_like(q), torch.empty_like(e),
+            q.new_empty(q.shape[:2], dtype=_accumulation_dtype(q.dtype)),
+            q.new_empty(bins, dtype=torch.int64), q.new_empty(bins, dtype=torch.int64),
+            q.new_empty(rows, dtype=torch.float32), q.new_empty(rows, dtype=torch.float32),
+            scalar(torch.int64), scalar(torch.float32), scalar(torch.int64),
+        )
+
+    @torch.library.register_fake("magnn_cpu::edge_attention_bwd")
+    def _bwd_fake(grad_node, grad_edge, q, k, v, e, lse, rowptr, col, perm, rev_rowptr, rev_col, rev_perm,
+                  bias, ebt_k, ebt_e, ebt_v, mode, ebt, clamp):
+        accumulation = _accumulation_dtype(q.dtype)
+        optional = lambda t: q.new_empty(t.shape if t is not None else (0,), dtype=accumulation)
+        return (
+            torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(e),
+            optional(bias), optional(ebt_k), optional(ebt_e), optional(ebt_v),
+        )
 
 
 def _compile_and_load(verbose: bool) -> str:
@@ -173,7 +206,8 @@ class _EdgeAttentionCpu(torch.autograd.Function):
 
 def run_cpu_backend(q, k, v, e, graph, *, mode, clamp, bias, ebt, ebt_params, mantissa_bits, tap):
     """Backend entry point: the same contract as `magnn._reference.run_torch_backend`."""
-    _load()  # raises with the reason if the extension cannot be built
+    if _library_path is None:  # checked first so torch.compile never traces the lock in _load
+        _load()  # raises with the reason if the extension cannot be built
     k_b, e_b, v_b = ebt_params if ebt is not None else (None, None, None)
     in_kernel_stats = mantissa_bits is not None and tap == "edge"
     node_out, edge_out, hist_abs, hist_ratio, row_ratio, row_max_abs, nan_count, max_abs, argmax = (

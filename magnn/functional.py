@@ -65,10 +65,29 @@ AUTO_ORDER = {"cuda": ("triton", "torch"), "cpu": ("cpu", "torch")}
 _warned: set[str] = set()
 
 
+def _implementation(name: str) -> Callable:
+    # a plain module-level dict: torch.compile looks it up like a constant
+    if name not in _IMPLEMENTATIONS:
+        _IMPLEMENTATIONS[name] = BACKENDS[name].implementation()
+    return _IMPLEMENTATIONS[name]
+
+
+_IMPLEMENTATIONS: dict[str, Callable] = {}
+
+
 def _warn_once(key: str, message: str) -> None:
     if key not in _warned:
         _warned.add(key)
         warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+@torch.compiler.assume_constant_result
+def _backend_name(name: str, device_type: str, dtype: torch.dtype) -> str:
+    """select_backend reduced to a name: torch.compile runs it once while tracing and keeps
+    the answer as a constant, so the imports and checks behind it never enter the graph."""
+    chosen = select_backend(name, torch.device(device_type), dtype).name
+    _implementation(chosen)  # resolved here, eagerly, so the traced lookup below finds it
+    return chosen
 
 
 def select_backend(name: str, device: torch.device, dtype: torch.dtype) -> Backend:
@@ -185,8 +204,8 @@ def edge_attention(
         num_nodes = q.shape[0]  # an edge list's node count comes from q
     graph = as_graph(edge_index_or_graph, num_nodes)
     _check_inputs(q, k, v, e, graph, mode, clamp, bias, ebt, ebt_params, stats)
-    chosen = select_backend(backend, q.device, q.dtype)
-    node_out, edge_out, raw = chosen.implementation()(
+    implementation = _implementation(_backend_name(backend, q.device.type, q.dtype))
+    node_out, edge_out, raw = implementation(
         q, k, v, e, graph,
         mode=mode,
         clamp=None if clamp is None else float(clamp),

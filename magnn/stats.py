@@ -19,6 +19,7 @@ converted to float32.
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
@@ -136,7 +137,8 @@ def row_lower_median(abs_values: torch.Tensor) -> torch.Tensor:
 def reduce_rows(tapped: torch.Tensor, mantissa_bits: int = 7) -> RawStats:
     """Reference reduction of a materialised tap A [rows, C] (any float dtype)."""
     rows = tapped.shape[0]
-    flat = tapped.detach().reshape(rows, -1).to(torch.float32)
+    channels = math.prod(tapped.shape[1:])  # explicit so zero rows keep their channel count
+    flat = tapped.detach().reshape(rows, channels).to(torch.float32)
     channels = flat.shape[1]
     abs_values = flat.abs()
     nan_mask = torch.isnan(abs_values)
