@@ -136,17 +136,25 @@ def plot_type_heatmap(report, path, *, type_names=(), title: str = "", threshold
     return _save(fig, path)
 
 
-def plot_ablation(frequencies: dict, path, *, title: str = "") -> Path:
-    """Bar chart: MA frequency per edge type with and without the added meaningless edges."""
-    fig, ax = plt.subplots(figsize=(6, 3.4))
-    labels = sorted({t for freq in frequencies.values() for t in freq})
-    width = 0.8 / max(len(frequencies), 1)
-    for index, (name, freq) in enumerate(frequencies.items()):
-        ax.bar(np.arange(len(labels)) + index * width, [freq.get(t, 0.0) for t in labels], width, label=name)
-    ax.set_xticks(np.arange(len(labels)) + width * (len(frequencies) - 1) / 2, labels, rotation=20, fontsize=8)
-    ax.set_ylabel("MA edge frequency (all layers)")
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8)
+def plot_ablation(summaries: dict, path, *, title: str = "", threshold: float = 1000.0) -> Path:
+    """Per edge type, with and without the added meaningless edges: MA frequency and largest r_e."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6))
+    labels = sorted({t for summary in summaries.values() for t in summary})
+    width = 0.8 / max(len(summaries), 1)
+    positions = np.arange(len(labels))
+    for index, (name, summary) in enumerate(summaries.items()):
+        offset = positions + index * width
+        left.bar(offset, [summary.get(t, {}).get("ma_frequency", 0.0) for t in labels], width, label=name)
+        right.bar(offset, [summary.get(t, {}).get("max_ratio", np.nan) for t in labels], width, label=name)
+    for ax in (left, right):
+        ax.set_xticks(positions + width * (len(summaries) - 1) / 2, labels, rotation=20, fontsize=8)
+        ax.legend(fontsize=8)
+    left.set_ylabel(f"share of edges with r_e > {threshold:g}")
+    left.set_ylim(bottom=0.0, top=max(left.get_ylim()[1], 1e-3))
+    right.set_ylabel("largest r_e (all layers)")
+    right.set_yscale("log")
+    right.axhline(threshold, color="gray", linestyle=":", linewidth=0.8)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 

@@ -122,7 +122,9 @@ def test_empty_edge_set(backend, ebt):
     q, k, v, e, _, params = random_inputs(4, edge_index, 2, 3, dtype=torch.float32, generator=gen, ebt=ebt)
     tensors = [t.detach().to(DEVICE) for t in (q, k, v, e)]
     params = None if params is None else tuple(p.detach().to(DEVICE) for p in params)
-    node_out, edge_out = edge_attention(*tensors, edge_index.to(DEVICE), ebt=ebt, ebt_params=params, backend=backend)
-    want, _ = edge_attention(*tensors, edge_index.to(DEVICE), ebt=ebt, ebt_params=params, backend="torch")
+    stats, want_stats = EdgeStats(), EdgeStats()
+    node_out, edge_out = edge_attention(*tensors, edge_index.to(DEVICE), ebt=ebt, ebt_params=params, backend=backend, stats=stats)
+    want, _ = edge_attention(*tensors, edge_index.to(DEVICE), ebt=ebt, ebt_params=params, backend="torch", stats=want_stats)
     assert edge_out.shape == (0, 2, 3)
     torch.testing.assert_close(node_out, want)
+    assert stats.count == want_stats.count == 0 and stats.hist_abs.total == 0
