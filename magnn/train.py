@@ -86,7 +86,7 @@ def main(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     result = train(config_from_args(args), resume=args.resume)
     test = result["test"]
-    print(f"best epoch {result['best_epoch']}: " + ", ".join(f"test {k} {v:.4f}" for k, v in test.items()))
+    print(f"best epoch {result['best_epoch'] + 1}: " + ", ".join(f"test {k} {v:.4f}" for k, v in test.items()))
     print(f"wrote {Path(args.out) / 'metrics.json'}")
     return 0
 
