@@ -6,12 +6,14 @@ import math
 import torch
 
 
-def random_graph(num_nodes: int, num_edges: int, *, generator=None, isolated=0, self_loops=0, duplicates=0, hub=0):
-    """edge_index [2, E] with the requested special cases mixed in.
+def random_graph(num_nodes: int, num_edges: int, *, generator=None, isolated=0, self_loops=0, duplicates=0, hub=0,
+                 hub_out=0):
+    """edge_index [2, E] with the requested special cases mixed in, in a random caller order.
 
     isolated: the last `isolated` nodes get no incoming edge.
     self_loops / duplicates: that many self loops / repeated edges are appended.
     hub: node 0 gets `hub` extra incoming edges (degree larger than any block).
+    hub_out: node 1 gets that many extra outgoing edges (long rows of the reverse CSR).
     """
     receivers = max(num_nodes - isolated, 1)
     src = torch.randint(0, num_nodes, (num_edges,), generator=generator)
@@ -25,6 +27,8 @@ def random_graph(num_nodes: int, num_edges: int, *, generator=None, isolated=0, 
         parts.append(parts[0][:, pick])
     if hub:
         parts.append(torch.stack([torch.randint(0, num_nodes, (hub,), generator=generator), torch.zeros(hub, dtype=torch.long)]))
+    if hub_out:
+        parts.append(torch.stack([torch.ones(hub_out, dtype=torch.long), torch.randint(0, receivers, (hub_out,), generator=generator)]))
     edge_index = torch.cat(parts, dim=1)
     perm = torch.randperm(edge_index.shape[1], generator=generator)  # caller's order is arbitrary
     return edge_index[:, perm]

@@ -22,6 +22,7 @@ from magnn.functional import edge_attention
 from magnn.stats import reduce_rows
 
 import magnn_kernels.edge_attention as ek
+from helpers import random_graph
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 MODES = ["gt", "additive"]
@@ -38,28 +39,6 @@ def seeded(*key) -> torch.Generator:
     return torch.Generator().manual_seed(zlib.crc32(repr(key).encode()))
 
 
-def make_graph(gen, num_nodes, num_edges, *, isolated=0, self_loops=0, duplicates=0, hub_in=0, hub_out=0):
-    """edge_index in a random caller order; the last `isolated` nodes receive nothing.
-
-    hub_in: node 0 gets that many extra incoming edges; hub_out: node 1 that many outgoing.
-    """
-    receivers = max(num_nodes - isolated, 1)
-    src = torch.randint(0, num_nodes, (num_edges,), generator=gen)
-    dst = torch.randint(0, receivers, (num_edges,), generator=gen)
-    parts = [torch.stack([src, dst])]
-    if self_loops:
-        nodes = torch.randint(0, receivers, (self_loops,), generator=gen)
-        parts.append(torch.stack([nodes, nodes]))
-    if duplicates and num_edges:
-        parts.append(parts[0][:, torch.randint(0, num_edges, (duplicates,), generator=gen)])
-    if hub_in:
-        parts.append(torch.stack([torch.randint(0, num_nodes, (hub_in,), generator=gen),
-                                  torch.zeros(hub_in, dtype=torch.long)]))
-    if hub_out:
-        parts.append(torch.stack([torch.ones(hub_out, dtype=torch.long),
-                                  torch.randint(0, receivers, (hub_out,), generator=gen)]))
-    edge_index = torch.cat(parts, dim=1)
-    return edge_index[:, torch.randperm(edge_index.shape[1], generator=gen)]
 
 
 def make_inputs(gen, edge_index, num_nodes, heads, head_dim, *, bias=None, ebt=None, dtype=torch.float32,
@@ -145,7 +124,7 @@ COMBINATIONS = list(itertools.product(MODES, EBTS, [None, 0.7], [None, "edge", "
 def test_every_combination_matches_reference(mode, ebt, clamp, bias):
     gen = seeded("combo", mode, ebt, clamp, bias)
     num_nodes = 10
-    edge_index = make_graph(gen, num_nodes, 22, isolated=2, self_loops=2, duplicates=2)
+    edge_index = random_graph(num_nodes, 22, generator=gen, isolated=2, self_loops=2, duplicates=2)
     graph = Graph(edge_index.to(DEVICE), num_nodes)
     tensors, b, params = make_inputs(gen, edge_index, num_nodes, 2, 3, bias=bias, ebt=ebt)
     node_out, _, grads = compare_with_reference(graph, tensors, b, params, gen, mode=mode, ebt=ebt, clamp=clamp)
@@ -160,7 +139,7 @@ def test_hub_rows_longer_than_a_block_and_split_rows(monkeypatch, mode, ebt):
     """A hub longer than a tile (looped), then rows cut into chunks (merged), both directions."""
     gen = seeded("hub", mode, ebt)
     num_nodes = 9
-    edge_index = make_graph(gen, num_nodes, 12, isolated=1, self_loops=1, duplicates=1, hub_in=37, hub_out=29)
+    edge_index = random_graph(num_nodes, 12, generator=gen, isolated=1, self_loops=1, duplicates=1, hub=37, hub_out=29)
     graph = Graph(edge_index.to(DEVICE), num_nodes)
     tensors, b, params = make_inputs(gen, edge_index, num_nodes, 3, 4, bias="edge_head", ebt=ebt)
     monkeypatch.setattr(ek, "MAX_BLOCK_E", 8)
@@ -184,7 +163,7 @@ def test_hub_rows_longer_than_a_block_and_split_rows(monkeypatch, mode, ebt):
 def test_head_shapes_any_h_and_d_up_to_128(heads, head_dim):
     gen = seeded("shape", heads, head_dim)
     num_nodes = 7
-    edge_index = make_graph(gen, num_nodes, 14, isolated=1, self_loops=1)
+    edge_index = random_graph(num_nodes, 14, generator=gen, isolated=1, self_loops=1)
     graph = Graph(edge_index.to(DEVICE), num_nodes)
     for mode, ebt in (("gt", "edge"), ("additive", "slot")):
         tensors, b, params = make_inputs(gen, edge_index, num_nodes, heads, head_dim, bias="edge", ebt=ebt)
@@ -228,7 +207,7 @@ def test_half_precision(dtype, tolerance, mode):
     """fp32 accumulation inside, outputs and gradients in the input dtype (METHOD.md: relative norm error)."""
     gen = seeded("half", dtype, mode)
     num_nodes = 12
-    edge_index = make_graph(gen, num_nodes, 30, isolated=1, self_loops=2, duplicates=2, hub_in=12)
+    edge_index = random_graph(num_nodes, 30, generator=gen, isolated=1, self_loops=2, duplicates=2, hub=12)
     graph = Graph(edge_index.to(DEVICE), num_nodes)
     tensors, b, params = make_inputs(gen, edge_index, num_nodes, 2, 8, bias="edge_head", ebt="edge", dtype=dtype)
     state = gen.get_state()
@@ -256,7 +235,7 @@ def test_outputs_written_everywhere(monkeypatch):
     monkeypatch.setattr(ek, "ROW_SPLIT", 12)
     gen = seeded("poison")
     num_nodes = 11
-    edge_index = make_graph(gen, num_nodes, 20, isolated=2, self_loops=1, duplicates=2, hub_in=25, hub_out=20)
+    edge_index = random_graph(num_nodes, 20, generator=gen, isolated=2, self_loops=1, duplicates=2, hub=25, hub_out=20)
     graph = Graph(edge_index.to(DEVICE), num_nodes)
     for mode, ebt in (("gt", "slot"), ("additive", "edge"), ("additive", None)):
         tensors, b, params = make_inputs(gen, edge_index, num_nodes, 2, 3, bias="edge", ebt=ebt)
@@ -274,7 +253,7 @@ def test_only_node_output_used_and_no_grad_call():
     """A gradient that reaches only node_out (edge_out unused), and a call under no_grad."""
     gen = seeded("partial-grad")
     num_nodes = 8
-    edge_index = make_graph(gen, num_nodes, 18, self_loops=1)
+    edge_index = random_graph(num_nodes, 18, generator=gen, self_loops=1)
     graph = Graph(edge_index.to(DEVICE), num_nodes)
     tensors, b, params = make_inputs(gen, edge_index, num_nodes, 2, 3, bias="edge_head", ebt="slot")
     kwargs = dict(mode="additive", clamp=None, bias=b, ebt="slot", ebt_params=params)
@@ -298,7 +277,7 @@ def test_only_node_output_used_and_no_grad_call():
 def test_stats_equal_reduce_rows_with_nan_ties_and_huge_logits(mode):
     gen = seeded("stats", mode)
     num_nodes = 14
-    edge_index = make_graph(gen, num_nodes, 30, isolated=2, self_loops=2)
+    edge_index = random_graph(num_nodes, 30, generator=gen, isolated=2, self_loops=2)
     # two copies of one edge with the same features and a large scale: the row maximum ties across rows
     edge_index = torch.cat([edge_index, edge_index[:, :1], edge_index[:, :1]], dim=1)
     graph = Graph(edge_index.to(DEVICE), num_nodes)
@@ -330,7 +309,7 @@ def test_stats_equal_reduce_rows_with_nan_ties_and_huge_logits(mode):
 def test_stats_huge_logits_gradients_finite():
     gen = seeded("huge-grad")
     num_nodes = 9
-    edge_index = make_graph(gen, num_nodes, 24, isolated=1, self_loops=1)
+    edge_index = random_graph(num_nodes, 24, generator=gen, isolated=1, self_loops=1)
     graph = Graph(edge_index.to(DEVICE), num_nodes)
     for mode in MODES:
         tensors, b, params = make_inputs(gen, edge_index, num_nodes, 2, 4, ebt="slot", q_scale=1e4)
@@ -345,7 +324,7 @@ def test_stats_resolutions_and_out_of_window_counts(monkeypatch, mantissa_bits, 
     monkeypatch.setattr(ek, "HIST_WINDOW", window)
     gen = seeded("bits", mantissa_bits, window)
     num_nodes = 10
-    edge_index = make_graph(gen, num_nodes, 26, self_loops=1, duplicates=1)
+    edge_index = random_graph(num_nodes, 26, generator=gen, self_loops=1, duplicates=1)
     graph = Graph(edge_index.to(DEVICE), num_nodes)
     tensors, b, params = make_inputs(gen, edge_index, num_nodes, 2, 6, q_scale=30.0)
     for mode in MODES:
@@ -358,7 +337,7 @@ def test_stats_half_precision_match_reduce_rows():
     """bf16/fp16 taps: statistics of the stored (rounded) values, viewed as float32."""
     gen = seeded("stats-half")
     num_nodes = 10
-    edge_index = make_graph(gen, num_nodes, 24, self_loops=1, duplicates=2)
+    edge_index = random_graph(num_nodes, 24, generator=gen, self_loops=1, duplicates=2)
     graph = Graph(edge_index.to(DEVICE), num_nodes)
     for dtype, mode in ((torch.bfloat16, "gt"), (torch.float16, "additive")):
         tensors, b, params = make_inputs(gen, edge_index, num_nodes, 2, 8, dtype=dtype, ebt="slot")
@@ -370,7 +349,7 @@ def test_stats_half_precision_match_reduce_rows():
 def test_stats_node_tap_and_functional_entry_point():
     gen = seeded("functional")
     num_nodes = 9
-    edge_index = make_graph(gen, num_nodes, 20, isolated=1, self_loops=1)
+    edge_index = random_graph(num_nodes, 20, generator=gen, isolated=1, self_loops=1)
     graph = Graph(edge_index.to(DEVICE), num_nodes)
     tensors, b, params = make_inputs(gen, edge_index, num_nodes, 2, 4, bias="edge_head", ebt="edge")
     kwargs = dict(mode="gt", clamp=None, bias=b, ebt="edge", ebt_params=params)
@@ -393,7 +372,7 @@ def test_stats_node_tap_and_functional_entry_point():
 def test_opcheck_custom_op():
     gen = seeded("opcheck")
     num_nodes = 6
-    edge_index = make_graph(gen, num_nodes, 12, isolated=1, self_loops=1)
+    edge_index = random_graph(num_nodes, 12, generator=gen, isolated=1, self_loops=1)
     graph = Graph(edge_index.to(DEVICE), num_nodes)
     tensors, b, params = make_inputs(gen, edge_index, num_nodes, 2, 3, bias="edge_head", ebt="slot")
     args = (*tensors, graph.rowptr, graph.col, graph.perm, graph.rev_rowptr, graph.rev_col, graph.rev_perm,
@@ -405,7 +384,7 @@ def test_opcheck_custom_op():
 def test_torch_compile_full_graph_matches_eager():
     gen = seeded("compile")
     num_nodes = 7
-    edge_index = make_graph(gen, num_nodes, 14, isolated=1, self_loops=1)
+    edge_index = random_graph(num_nodes, 14, generator=gen, isolated=1, self_loops=1)
     graph = Graph(edge_index.to(DEVICE), num_nodes)
     # the graph's sorted views are cached properties: build them eagerly, as a first eager call would
     _ = (graph.rowptr, graph.col, graph.perm, graph.rev_rowptr, graph.rev_col, graph.rev_perm)
@@ -526,8 +505,8 @@ class TestCompiledGPU:
         assert not ek._INTERPRETED
         gen = seeded("gpu", mode, ebt, dtype)
         num_nodes = 4000
-        edge_index = make_graph(gen, num_nodes, 120_000, isolated=50, self_loops=100, duplicates=100,
-                                hub_in=9000, hub_out=7000)
+        edge_index = random_graph(num_nodes, 120_000, generator=gen, isolated=50, self_loops=100, duplicates=100,
+                                hub=9000, hub_out=7000)
         graph = Graph(edge_index.to(DEVICE), num_nodes)
         tensors, b, params = make_inputs(gen, edge_index, num_nodes, 8, 8, bias="edge_head", ebt=ebt, dtype=dtype)
         kwargs = dict(mode=mode, clamp=5.0, bias=b, ebt=ebt, ebt_params=params)
@@ -544,7 +523,7 @@ class TestCompiledGPU:
     def test_compiled_layer_on_gpu(self):
         gen = seeded("gpu-compile")
         num_nodes = 500
-        edge_index = make_graph(gen, num_nodes, 5000, self_loops=10, hub_in=3000)
+        edge_index = random_graph(num_nodes, 5000, generator=gen, self_loops=10, hub=3000)
         graph = Graph(edge_index.to(DEVICE), num_nodes)
         _ = (graph.rowptr, graph.col, graph.perm, graph.rev_rowptr, graph.rev_col, graph.rev_perm)
         tensors, b, params = make_inputs(gen, edge_index, num_nodes, 8, 8, bias="edge", ebt="slot",
