@@ -46,6 +46,8 @@ class TrainConfig:
     bf16: bool = False
     activation_checkpointing: bool = False
     backend: str = "auto"
+    sampled: bool = False  # ogbn-proteins: neighbour-sampled training instead of full batch
+    fanouts: tuple = (5, 10, 15)
 
 
 def add_arguments(parser) -> None:
@@ -69,6 +71,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--activation-checkpointing", action="store_true")
     parser.add_argument("--backend", default="auto", choices=("auto", "torch", "cpu", "triton"))
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    parser.add_argument("--sampled", action="store_true",
+                        help="ogbn-proteins: the paper's neighbour-sampled training (evaluation stays full-batch)")
+    parser.add_argument("--fanouts", default="5,10,15", help="neighbours drawn per hop with --sampled")
 
 
 def config_from_args(args) -> TrainConfig:
@@ -78,7 +83,7 @@ def config_from_args(args) -> TrainConfig:
         epochs=args.epochs, out=args.out, data_root=args.data_root, device=args.device, seed=args.seed,
         max_graphs=args.max_graphs, batch_size=args.batch_size, lr=args.lr, preset=args.preset,
         overrides=overrides, bf16=args.bf16, activation_checkpointing=args.activation_checkpointing,
-        backend=args.backend,
+        backend=args.backend, sampled=args.sampled, fanouts=tuple(int(f) for f in args.fanouts.split(",")),
     )
 
 
@@ -268,7 +273,7 @@ class EpochResult:
 
 
 def run_epoch(model, part, info, loss_fn, *, optimizer=None, batch_size=128, seed=0, device="cpu",
-              bf16=False, desc="", node_mask_key=None) -> EpochResult:
+              bf16=False, desc="", node_mask_key=None, fanouts=None) -> EpochResult:
     """One pass over `part` (a list of graphs, or one Data for node tasks); trains if optimizer is given."""
     import torch
     from torch_geometric.data import Data
@@ -278,6 +283,9 @@ def run_epoch(model, part, info, loss_fn, *, optimizer=None, batch_size=128, see
     model.train(training)
     autocast = torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=bf16)
     rank, _ = _rank_world()
+    if isinstance(part, Data) and training and fanouts:  # neighbour-sampled node task
+        return _sampled_epoch(model, part, info, loss_fn, optimizer, batch_size, seed, device, autocast,
+                              node_mask_key, fanouts, desc)
     if isinstance(part, Data):  # full-batch node task: one step over the whole graph
         data = part.to(device)
         mask = getattr(data, node_mask_key)
@@ -309,6 +317,30 @@ def run_epoch(model, part, info, loss_fn, *, optimizer=None, batch_size=128, see
         predictions.append(pred.detach().cpu())
     y_true, y_pred = torch.cat(targets), torch.cat(predictions)
     return EpochResult(total_loss / max(total_graphs, 1), compute_metric(info.task, info.name, y_true, y_pred))
+
+
+def _sampled_epoch(model, data, info, loss_fn, optimizer, batch_size, seed, device, autocast, mask_key, fanouts, desc):
+    import torch
+    from tqdm import tqdm
+
+    from .data.sampling import neighbor_batches
+
+    seeds = torch.nonzero(getattr(data, mask_key)).reshape(-1)
+    batches = neighbor_batches(data, seeds, fanouts=fanouts, batch_size=batch_size, seed=seed)
+    total, targets, predictions = 0.0, [], []
+    for batch in tqdm(batches, total=-(-seeds.numel() // batch_size), desc=desc, leave=False, disable=not desc):
+        batch = batch.to(device)
+        with autocast:
+            pred = model(batch)[: batch.num_seeds].float()
+            loss = loss_fn(pred, batch.y[: batch.num_seeds])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += float(loss.detach()) * batch.num_seeds
+        targets.append(batch.y[: batch.num_seeds].cpu())
+        predictions.append(pred.detach().cpu())
+    y_true, y_pred = torch.cat(targets), torch.cat(predictions)
+    return EpochResult(total / max(seeds.numel(), 1), compute_metric(info.task, info.name, y_true, y_pred))
 
 
 # -- the loop -------------------------------------------------------------------
@@ -360,7 +392,8 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
         common = dict(batch_size=batch_size, device=config.device, bf16=config.bf16)
         train_result = run_epoch(model, splits["train"], info, loss_fn, optimizer=optimizer,
                                  seed=config.seed * 1000 + epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
-                                 node_mask_key="train_mask", **common)
+                                 node_mask_key="train_mask", fanouts=config.fanouts if config.sampled else None,
+                                 **common)
         with torch.no_grad():
             val_result = run_epoch(model, splits["val"], info, loss_fn, node_mask_key="val_mask", **common)
         scheduler.step(val_result.loss)

@@ -1,0 +1,83 @@
+"""Neighbour-sampled mini-batches of one large graph (the paper's ogbn-proteins mode).
+
+PyG's NeighborLoader needs pyg-lib or torch-sparse; this sampler needs
+neither. For each seed batch it walks `len(fanouts)` hops against the edge
+direction (a node's incoming edges are what it attends over), drawing at
+most `fanout` incoming edges per frontier node: all of them when the node has
+that few, otherwise `fanout` uniform draws with replacement, duplicates
+dropped (so a hub yields up to `fanout` distinct edges). The mini-batch is
+the union of the drawn edges with their endpoints relabelled; its first
+`num_seeds` nodes are the seeds, in order, which is where the loss goes.
+"""
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import torch
+from torch_geometric.data import Data
+
+from ..graph import Graph
+
+NODE_FIELDS = ("x", "species", "y")
+EDGE_FIELDS = ("edge_attr", "edge_type")
+
+
+def sample_edges(graph: Graph, seeds: torch.Tensor, fanouts: Sequence[int], generator: torch.Generator) -> torch.Tensor:
+    """Caller-order ids of the edges drawn for `seeds`, hop by hop."""
+    rowptr, perm = graph.rowptr, graph.perm
+    frontier, drawn = seeds, []
+    seen = torch.zeros(graph.num_nodes, dtype=torch.bool, device=seeds.device)
+    seen[seeds] = True
+    for fanout in fanouts:
+        start = rowptr[frontier]
+        degree = rowptr[frontier + 1] - start
+        small = degree <= fanout
+        # nodes with few incoming edges keep them all
+        counts = degree[small]
+        offsets = torch.repeat_interleave(start[small], counts)
+        position = torch.arange(int(counts.sum()), device=seeds.device)
+        position = position - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+        take_all = offsets + position
+        # the others draw `fanout` times uniformly
+        big_start, big_degree = start[~small], degree[~small]
+        uniform = torch.rand((big_start.numel(), fanout), generator=generator).to(seeds.device)
+        draws = (big_start.unsqueeze(1) + (uniform * big_degree.unsqueeze(1)).long()).reshape(-1)
+        edges = perm[torch.unique(torch.cat([take_all, draws]))]
+        drawn.append(edges)
+        sources = graph.src[edges]
+        frontier = torch.unique(sources[~seen[sources]])
+        seen[frontier] = True
+        if frontier.numel() == 0:
+            break
+    return torch.unique(torch.cat(drawn)) if drawn else seeds.new_empty(0)
+
+
+def subgraph(data: Data, seeds: torch.Tensor, edge_ids: torch.Tensor) -> Data:
+    """The mini-batch Data: seeds first, then the other endpoints; node and edge fields sliced."""
+    endpoints = data.edge_index[:, edge_ids]
+    others = torch.unique(endpoints.reshape(-1))
+    others = others[~torch.isin(others, seeds)]
+    nodes = torch.cat([seeds, others])
+    local = torch.full((data.num_nodes,), -1, dtype=torch.long, device=seeds.device)
+    local[nodes] = torch.arange(nodes.numel(), device=seeds.device)
+    batch = Data(edge_index=local[endpoints], num_nodes=nodes.numel())
+    for name in NODE_FIELDS:
+        if getattr(data, name, None) is not None:
+            batch[name] = data[name][nodes]
+    for name in EDGE_FIELDS:
+        if getattr(data, name, None) is not None:
+            batch[name] = data[name][edge_ids]
+    batch.num_seeds = seeds.numel()
+    batch.node_ids = nodes
+    return batch
+
+
+def neighbor_batches(data: Data, seed_nodes: torch.Tensor, *, fanouts: Sequence[int] = (5, 10, 15),
+                     batch_size: int = 512, seed: int = 0, shuffle: bool = True) -> Iterator[Data]:
+    """Mini-batches over `seed_nodes` (shuffled with `seed` when asked)."""
+    generator = torch.Generator().manual_seed(seed)
+    graph = Graph(data.edge_index, data.num_nodes, validate=False)
+    order = seed_nodes[torch.randperm(seed_nodes.numel(), generator=generator)] if shuffle else seed_nodes
+    for begin in range(0, order.numel(), batch_size):
+        seeds = order[begin:begin + batch_size]
+        yield subgraph(data, seeds, sample_edges(graph, seeds, fanouts, generator))
