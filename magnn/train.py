@@ -358,10 +358,6 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
     splits, info, model = prepare(config)
     device = torch.device(config.device)
     model = model.to(device)
-    if config.activation_checkpointing:
-        if not hasattr(model, "set_activation_checkpointing"):
-            raise ValueError(f"model {config.model!r} does not support activation checkpointing")
-        model.set_activation_checkpointing(True)
     core = model
     if distributed and world > 1:
         # the last layer's edge stream feeds no loss: let DDP skip those parameters
