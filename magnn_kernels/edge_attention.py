@@ -101,6 +101,20 @@ def _load_bias(bias_ptr, eid, emask, h_idx, H, BIAS_PER_HEAD: tl.constexpr,
 
 
 @triton.jit
+def _load_ebt_params(kb_ptr, eb_ptr, vb_ptr, hd_off, hd_mask, EBT: tl.constexpr,
+                     BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
+    """k', e', v' as fp32 [H, D] tiles (zeros without EBT, so callers need no branches)."""
+    kb = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
+    eb = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
+    vb = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
+    if EBT != 0:
+        kb = tl.load(kb_ptr + hd_off, mask=hd_mask, other=0.0).to(tl.float32)
+        eb = tl.load(eb_ptr + hd_off, mask=hd_mask, other=0.0).to(tl.float32)
+        vb = tl.load(vb_ptr + hd_off, mask=hd_mask, other=0.0).to(tl.float32)
+    return kb, eb, vb
+
+
+@triton.jit
 def _slot_terms(q_i, kb, eb, vb, scale, clamp_val, MODE: tl.constexpr, HAS_CLAMP: tl.constexpr):
     """The EBT slot of one node: raw logit [BLOCK_H], clamped logit, message [BLOCK_H, BLOCK_D]."""
     if MODE == 0:
@@ -214,13 +228,7 @@ def _edge_attention_fwd_kernel(
     h_mask = h_idx < H
     out_ty = edge_out_ptr.dtype.element_ty
 
-    kb = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
-    eb = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
-    vb = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
-    if EBT != 0:
-        kb = tl.load(kb_ptr + hd_off, mask=hd_mask, other=0.0).to(tl.float32)
-        eb = tl.load(eb_ptr + hd_off, mask=hd_mask, other=0.0).to(tl.float32)
-        vb = tl.load(vb_ptr + hd_off, mask=hd_mask, other=0.0).to(tl.float32)
+    kb, eb, vb = _load_ebt_params(kb_ptr, eb_ptr, vb_ptr, hd_off, hd_mask, EBT, BLOCK_H, BLOCK_D)
 
     hist_abs_loc = tl.zeros([WINDOW], tl.int32)
     hist_ratio_loc = tl.zeros([WINDOW], tl.int32)
@@ -442,13 +450,7 @@ def _edge_attention_bwd_dst_kernel(
     hd_mask = (h_idx[:, None] < H) & (d_idx[None, :] < D)
     h_mask = h_idx < H
 
-    kb = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
-    eb = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
-    vb = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
-    if EBT != 0:
-        kb = tl.load(kb_ptr + hd_off, mask=hd_mask, other=0.0).to(tl.float32)
-        eb = tl.load(eb_ptr + hd_off, mask=hd_mask, other=0.0).to(tl.float32)
-        vb = tl.load(vb_ptr + hd_off, mask=hd_mask, other=0.0).to(tl.float32)
+    kb, eb, vb = _load_ebt_params(kb_ptr, eb_ptr, vb_ptr, hd_off, hd_mask, EBT, BLOCK_H, BLOCK_D)
 
     for item in range(pid, num_items, nprog):
         node = tl.load(item_node_ptr + item).to(tl.int64)
@@ -625,13 +627,7 @@ def _edge_attention_bwd_src_kernel(
     hd_mask = (h_idx[:, None] < H) & (d_idx[None, :] < D)
     h_mask = h_idx < H
 
-    kb = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
-    eb = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
-    vb = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
-    if EBT != 0:
-        kb = tl.load(kb_ptr + hd_off, mask=hd_mask, other=0.0).to(tl.float32)
-        eb = tl.load(eb_ptr + hd_off, mask=hd_mask, other=0.0).to(tl.float32)
-        vb = tl.load(vb_ptr + hd_off, mask=hd_mask, other=0.0).to(tl.float32)
+    kb, eb, vb = _load_ebt_params(kb_ptr, eb_ptr, vb_ptr, hd_off, hd_mask, EBT, BLOCK_H, BLOCK_D)
 
     for item in range(pid, num_items, nprog):
         node = tl.load(item_node_ptr + item).to(tl.int64)
