@@ -115,6 +115,32 @@ def _load_ebt_params(kb_ptr, eb_ptr, vb_ptr, hd_off, hd_mask, EBT: tl.constexpr,
 
 
 @triton.jit
+def _dst_tile(block_start, end, e_idx, col_ptr, perm_ptr, k_ptr, e_ptr, bias_ptr, q_i, shift,
+              hd_off, hd_mask, h_idx, H, HD, scale, clamp_val,
+              MODE: tl.constexpr, EBT: tl.constexpr, HAS_BIAS: tl.constexpr, BIAS_PER_HEAD: tl.constexpr,
+              HAS_CLAMP: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_H: tl.constexpr):
+    """One tile of a dst row: masks, offsets, k_j and e_ij loaded, scores recomputed.
+
+    Shared by the forward's two passes and the dst-side backward's two passes,
+    which all walk the same CSR row the same way."""
+    pos = block_start + e_idx
+    emask = pos < end
+    m3 = emask[:, None, None] & hd_mask[None, :, :]
+    src = tl.load(col_ptr + pos, mask=emask, other=0).to(tl.int64)
+    src_off = src[:, None, None] * HD + hd_off[None, :, :]
+    eid = tl.load(perm_ptr + pos, mask=emask, other=0).to(tl.int64)
+    eid_off = eid[:, None, None] * HD + hd_off[None, :, :]  # int64 (eid is): E*H*D passes 2**31
+    k_t = tl.load(k_ptr + src_off, mask=m3, other=0.0).to(tl.float32)
+    e_t = tl.load(e_ptr + eid_off, mask=m3, other=0.0).to(tl.float32)
+    bias_t = 0.0
+    if HAS_BIAS:
+        bias_t = _load_bias(bias_ptr, eid, emask, h_idx, H, BIAS_PER_HEAD, BLOCK_E, BLOCK_H)
+    x, raw, logit = _scores(q_i[None, :, :], k_t, e_t, shift[None, :, :], bias_t, scale, clamp_val,
+                            MODE, EBT, HAS_BIAS, HAS_CLAMP)
+    return emask, m3, src_off, eid, eid_off, k_t, e_t, x, raw, logit
+
+
+@triton.jit
 def _slot_terms(q_i, kb, eb, vb, scale, clamp_val, MODE: tl.constexpr, HAS_CLAMP: tl.constexpr):
     """The EBT slot of one node: raw logit [BLOCK_H], clamped logit, message [BLOCK_H, BLOCK_D]."""
     if MODE == 0:
@@ -265,20 +291,10 @@ def _edge_attention_fwd_kernel(
                 if MODE == 0:
                     acc = tl.where(owns_node, slot_msg, acc)
             for block_start in range(start, end, BLOCK_E):
-                pos = block_start + e_idx
-                emask = pos < end
-                m3 = emask[:, None, None] & hd_mask[None, :, :]
-                src = tl.load(col_ptr + pos, mask=emask, other=0).to(tl.int64)
-                src_off = src[:, None, None] * HD + hd_off[None, :, :]
-                eid = tl.load(perm_ptr + pos, mask=emask, other=0).to(tl.int64)
-                eid_off = eid[:, None, None] * HD + hd_off[None, :, :]  # int64 (eid is): E*H*D passes 2**31
-                k_t = tl.load(k_ptr + src_off, mask=m3, other=0.0).to(tl.float32)
-                e_t = tl.load(e_ptr + eid_off, mask=m3, other=0.0).to(tl.float32)
-                bias_t = 0.0
-                if HAS_BIAS:
-                    bias_t = _load_bias(bias_ptr, eid, emask, h_idx, H, BIAS_PER_HEAD, BLOCK_E, BLOCK_H)
-                x, raw, logit = _scores(q_i[None, :, :], k_t, e_t, shift[None, :, :], bias_t, scale, clamp_val,
-                                        MODE, EBT, HAS_BIAS, HAS_CLAMP)
+                emask, m3, src_off, eid, eid_off, k_t, e_t, x, raw, logit = _dst_tile(
+                    block_start, end, e_idx, col_ptr, perm_ptr, k_ptr, e_ptr, bias_ptr, q_i, shift,
+                    hd_off, hd_mask, h_idx, H, HD, scale, clamp_val,
+                    MODE, EBT, HAS_BIAS, BIAS_PER_HEAD, HAS_CLAMP, BLOCK_E, BLOCK_H)
                 logit = tl.where(emask[:, None], logit, float("-inf"))
                 m_new = tl.maximum(m, tl.max(logit, axis=0))
                 m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -319,20 +335,10 @@ def _edge_attention_fwd_kernel(
                 slot_a = tl.exp(slot_logit - lse)
                 acc = tl.where(owns_node, slot_a[:, None] * slot_msg, acc)
             for block_start in range(start, end, BLOCK_E):
-                pos = block_start + e_idx
-                emask = pos < end
-                m3 = emask[:, None, None] & hd_mask[None, :, :]
-                src = tl.load(col_ptr + pos, mask=emask, other=0).to(tl.int64)
-                src_off = src[:, None, None] * HD + hd_off[None, :, :]
-                eid = tl.load(perm_ptr + pos, mask=emask, other=0).to(tl.int64)
-                eid_off = eid[:, None, None] * HD + hd_off[None, :, :]  # int64 (eid is): E*H*D passes 2**31
-                k_t = tl.load(k_ptr + src_off, mask=m3, other=0.0).to(tl.float32)
-                e_t = tl.load(e_ptr + eid_off, mask=m3, other=0.0).to(tl.float32)
-                bias_t = 0.0
-                if HAS_BIAS:
-                    bias_t = _load_bias(bias_ptr, eid, emask, h_idx, H, BIAS_PER_HEAD, BLOCK_E, BLOCK_H)
-                x, raw, logit = _scores(q_i[None, :, :], k_t, e_t, shift[None, :, :], bias_t, scale, clamp_val,
-                                        MODE, EBT, HAS_BIAS, HAS_CLAMP)
+                emask, m3, src_off, eid, eid_off, k_t, e_t, x, raw, logit = _dst_tile(
+                    block_start, end, e_idx, col_ptr, perm_ptr, k_ptr, e_ptr, bias_ptr, q_i, shift,
+                    hd_off, hd_mask, h_idx, H, HD, scale, clamp_val,
+                    MODE, EBT, HAS_BIAS, BIAS_PER_HEAD, HAS_CLAMP, BLOCK_E, BLOCK_H)
                 attn = tl.exp(tl.where(emask[:, None], logit - lse[None, :], float("-inf")))
                 msg = tl.load(v_ptr + src_off, mask=m3, other=0.0).to(tl.float32) + x + msg_bias[None, :, :]
                 out = attn[:, :, None] * msg
@@ -484,20 +490,10 @@ def _edge_attention_bwd_dst_kernel(
             if EBT == 2:
                 delta += slot_a * slot_da
             for block_start in range(start, end, BLOCK_E):
-                pos = block_start + e_idx
-                emask = pos < end
-                m3 = emask[:, None, None] & hd_mask[None, :, :]
-                src = tl.load(col_ptr + pos, mask=emask, other=0).to(tl.int64)
-                src_off = src[:, None, None] * HD + hd_off[None, :, :]
-                eid = tl.load(perm_ptr + pos, mask=emask, other=0).to(tl.int64)
-                eid_off = eid[:, None, None] * HD + hd_off[None, :, :]  # int64 (eid is): E*H*D passes 2**31
-                k_t = tl.load(k_ptr + src_off, mask=m3, other=0.0).to(tl.float32)
-                e_t = tl.load(e_ptr + eid_off, mask=m3, other=0.0).to(tl.float32)
-                bias_t = 0.0
-                if HAS_BIAS:
-                    bias_t = _load_bias(bias_ptr, eid, emask, h_idx, H, BIAS_PER_HEAD, BLOCK_E, BLOCK_H)
-                x, raw, logit = _scores(q_i[None, :, :], k_t, e_t, shift[None, :, :], bias_t, scale, clamp_val,
-                                        MODE, EBT, HAS_BIAS, HAS_CLAMP)
+                emask, m3, src_off, eid, eid_off, k_t, e_t, x, raw, logit = _dst_tile(
+                    block_start, end, e_idx, col_ptr, perm_ptr, k_ptr, e_ptr, bias_ptr, q_i, shift,
+                    hd_off, hd_mask, h_idx, H, HD, scale, clamp_val,
+                    MODE, EBT, HAS_BIAS, BIAS_PER_HEAD, HAS_CLAMP, BLOCK_E, BLOCK_H)
                 attn = tl.exp(tl.where(emask[:, None], logit - lse[None, :], float("-inf")))
                 msg = tl.load(v_ptr + src_off, mask=m3, other=0.0).to(tl.float32) + msg_bias[None, :, :]
                 grad = g_n[None, :, :]
@@ -519,20 +515,10 @@ def _edge_attention_bwd_dst_kernel(
             sum_dx = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
             sum_dmsg = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
             for block_start in range(start, end, BLOCK_E):
-                pos = block_start + e_idx
-                emask = pos < end
-                m3 = emask[:, None, None] & hd_mask[None, :, :]
-                src = tl.load(col_ptr + pos, mask=emask, other=0).to(tl.int64)
-                src_off = src[:, None, None] * HD + hd_off[None, :, :]
-                eid = tl.load(perm_ptr + pos, mask=emask, other=0).to(tl.int64)
-                eid_off = eid[:, None, None] * HD + hd_off[None, :, :]  # int64 (eid is): E*H*D passes 2**31
-                k_t = tl.load(k_ptr + src_off, mask=m3, other=0.0).to(tl.float32)
-                e_t = tl.load(e_ptr + eid_off, mask=m3, other=0.0).to(tl.float32)
-                bias_t = 0.0
-                if HAS_BIAS:
-                    bias_t = _load_bias(bias_ptr, eid, emask, h_idx, H, BIAS_PER_HEAD, BLOCK_E, BLOCK_H)
-                x, raw, logit = _scores(q_i[None, :, :], k_t, e_t, shift[None, :, :], bias_t, scale, clamp_val,
-                                        MODE, EBT, HAS_BIAS, HAS_CLAMP)
+                emask, m3, src_off, eid, eid_off, k_t, e_t, x, raw, logit = _dst_tile(
+                    block_start, end, e_idx, col_ptr, perm_ptr, k_ptr, e_ptr, bias_ptr, q_i, shift,
+                    hd_off, hd_mask, h_idx, H, HD, scale, clamp_val,
+                    MODE, EBT, HAS_BIAS, BIAS_PER_HEAD, HAS_CLAMP, BLOCK_E, BLOCK_H)
                 attn = tl.exp(tl.where(emask[:, None], logit - lse[None, :], float("-inf")))
                 msg = tl.load(v_ptr + src_off, mask=m3, other=0.0).to(tl.float32) + msg_bias[None, :, :]
                 g_e = tl.zeros([BLOCK_E, BLOCK_H, BLOCK_D], tl.float32)
