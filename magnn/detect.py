@@ -9,7 +9,6 @@ with a one-sample Kolmogorov-Smirnov statistic.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -208,7 +207,7 @@ def main(args) -> int:
                     max_batches=args.max_batches)
     out = Path(args.out) if args.out else ckpt.parent / f"detect_{args.split}"
     out.mkdir(parents=True, exist_ok=True)
-    (out / "detect.json").write_text(json.dumps(report.to_dict(), indent=2, default=_json_default))
+    (out / "detect.json").write_text(json.dumps(report.to_dict(), indent=2, default=str))
     from .report import plot_layer_histograms, plot_sorted_ratios
 
     plot_sorted_ratios({"trained": report}, out / "sorted_max_ratios.png", title=f"{config.model} on {config.dataset}")
@@ -219,8 +218,3 @@ def main(args) -> int:
     print(f"wrote {out}")
     return 0
 
-
-def _json_default(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return str(value)

@@ -118,40 +118,49 @@ def _subset(part, count: Optional[int]):
     return part[:count]
 
 
-def _trained(args, profile, ebt, tag):
-    """(model, metrics) for one EBT setting: trained here, or loaded from a checkpoint."""
+def _plan(args, profile, ebt, tag):
+    """(config, checkpoint state or None) for one EBT setting."""
     import torch
 
-    from .train import TrainConfig, prepare, train
+    from .train import TrainConfig
 
     given = args.ckpt_ebt if ebt else args.ckpt_no_ebt
     if given:
         state = torch.load(given, map_location="cpu", weights_only=False)
-        config = TrainConfig(**state["config"])
-        _, _, model = prepare(config)
-        model.load_state_dict(state["model"])
-        metrics_path = Path(given).parent / "metrics.json"
-        metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else None
-        return model, metrics, config
+        state["metrics_path"] = Path(given).parent / "metrics.json"
+        return TrainConfig(**state["config"]), state
     config = TrainConfig(
         dataset=args.dataset, model=args.model, ebt=ebt, epochs=args.epochs or profile["epochs"],
         out=str(Path(args.out) / tag), data_root=args.data_root, device=args.device, seed=args.seed,
         max_graphs=args.max_graphs, preset=profile["preset"], backend=args.backend,
     )
-    metrics = train(config)
-    _, _, model = prepare(config)
-    state = torch.load(Path(config.out) / "best.pt", map_location="cpu", weights_only=False)
+    return config, None
+
+
+def _trained(config, state, info):
+    """(model, metrics): loaded from the given checkpoint, or trained here and its best epoch loaded."""
+    import torch
+
+    from .train import build, train
+
+    if state is not None:
+        path = state["metrics_path"]
+        metrics = json.loads(path.read_text()) if path.exists() else None
+    else:
+        metrics = train(config)
+        state = torch.load(Path(config.out) / "best.pt", map_location="cpu", weights_only=False)
+    model = build(config, info)
     model.load_state_dict(state["model"])
-    return model, metrics, config
+    return model, metrics
 
 
-def _base(config, xavier: bool):
+def _base(config, info, xavier: bool):
     """Same architecture and seed, untrained (default init; Xavier with --xavier-base)."""
     from .detect import xavier_reset
-    from .train import prepare, seed_everything
+    from .train import build, seed_everything
 
     seed_everything(config.seed)
-    _, _, model = prepare(config)
+    model = build(config, info)
     return xavier_reset(model) if xavier else model
 
 
@@ -169,17 +178,19 @@ def run_study(args) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     variants = {"no_ebt": None, f"ebt_{args.ebt}": args.ebt}
-    trained, metrics, configs = {}, {}, {}
-    for tag, ebt in variants.items():
+    plans = {tag: _plan(args, profile, ebt, tag) for tag, ebt in variants.items()}
+    configs = {tag: config for tag, (config, _) in plans.items()}
+    splits, info, _ = prepare(configs["no_ebt"])  # the data once, for every model below
+    trained, metrics = {}, {}
+    for tag, (config, state) in plans.items():
         log.info(f"== training {args.model} on {args.dataset} ({tag})")
-        trained[tag], metrics[tag], configs[tag] = _trained(args, profile, ebt, tag)
-    splits, info, _ = prepare(configs["no_ebt"])
+        trained[tag], metrics[tag] = _trained(config, state, info)
     test_graphs = _subset(splits["test"], profile["detect_graphs"])
     names = info.edge_type_names
 
     detections, edge_ratios = {}, {}
     for tag in variants:
-        for kind, model in (("base", _base(configs[tag], args.xavier_base)), ("trained", trained[tag])):
+        for kind, model in (("base", _base(configs[tag], info, args.xavier_base)), ("trained", trained[tag])):
             label = f"{kind} {tag}"
             log.info(f"== detecting MAs: {label}")
             detections[label] = detect(model, test_graphs, device=args.device, threshold=args.threshold, desc=label)

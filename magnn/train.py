@@ -229,7 +229,7 @@ def training_settings(config: TrainConfig) -> dict:
 def prepare(config: TrainConfig):
     """(splits, info, model) for a config; splits hold lists of transformed graphs or one Data."""
     from .data import load_dataset
-    from .models import build_model, transforms_for
+    from .models import transforms_for
 
     kwargs = {}
     if config.max_graphs is not None:
@@ -240,8 +240,14 @@ def prepare(config: TrainConfig):
     transform = transforms_for(config.model, info, preset="paper", **overrides)
     if transform is not None:
         splits = {name: _apply(transform, part) for name, part in splits.items()}
-    model = build_model(config.model, info, ebt=config.ebt, preset="paper", **overrides)
-    return splits, info, model
+    return splits, info, build(config, info)
+
+
+def build(config: TrainConfig, info):
+    """The model a config describes, for a dataset already loaded (`info`)."""
+    from .models import build_model
+
+    return build_model(config.model, info, ebt=config.ebt, preset="paper", **model_overrides(config))
 
 
 def _apply(transform, part):
