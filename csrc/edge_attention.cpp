@@ -5,7 +5,13 @@
 // Forward: per-edge work on [E, H, D] rows (gt scores, additive messages and
 // the statistics of edge_out) runs in the caller's edge order, where those
 // rows stream sequentially; an online softmax per (node, head) walks the
-// dst-sorted CSR and saves only lse [N, H]. Backward recomputes the scores: a
+// dst-sorted CSR and saves only lse [N, 2, H]: the log-sum-exp in two parts,
+// the row max m and log(sum_j exp(l_j - m)), so that the attention
+// a = exp((l - m) - log_sum) stays exact for logits of any finite size (m +
+// log_sum would round log_sum away once |m| is large). A (node, head) with
+// nothing to attend to (no edges and no slot, or every logit -inf) saves
+// (+inf, 0): every attention is then exp(-inf) = 0 and node_out is 0.
+// Backward recomputes the scores: a
 // dst-side pass produces dq, the bias and EBT parameter gradients and leaves
 // the attention a and the logit gradient dl of every edge in one [E, 2, H]
 // buffer; a src-side pass over the reverse CSR gathers dk and dv and writes
@@ -331,6 +337,12 @@ void gt_scores_fwd_kernel(const Problem<scalar_t, acc_t>& pb, const int64_t* src
   });
 }
 
+// The attention of a (clamped) logit from a node's saved lse (row max, log sum).
+template <typename acc_t>
+inline acc_t attention_of(acc_t logit, const acc_t* node_lse, int64_t heads, int64_t h) {
+  return std::exp((logit - node_lse[h]) - node_lse[heads + h]);
+}
+
 // Pass over the dst-sorted CSR: online softmax per (node, head) -> node_out,
 // lse. gt reads the raw logits of pass 1; additive computes them here and
 // leaves the clamped ones in `logit_buffer` (caller's order) for pass 3.
@@ -341,6 +353,7 @@ void softmax_fwd_kernel(const Problem<scalar_t, acc_t>& pb, scalar_t* node_out, 
   const int64_t num_blocks = static_cast<int64_t>(bounds.size()) - 1;
   const std::vector<acc_t> slot_msg = slot_message(pb);
   const acc_t neg_inf = -std::numeric_limits<acc_t>::infinity();
+  const acc_t pos_inf = std::numeric_limits<acc_t>::infinity();
   const int64_t row_bytes = C * static_cast<int64_t>(sizeof(scalar_t));
   const int64_t logit_bytes = H * static_cast<int64_t>(sizeof(acc_t));
   const bool gt = pb.mode == Mode::kGt;
@@ -395,24 +408,29 @@ void softmax_fwd_kernel(const Problem<scalar_t, acc_t>& pb, scalar_t* node_out, 
               for (int64_t d = 0; d < D; ++d) acc_h[d] *= correction;
               run_max[h] = logit;
             }
-            const acc_t weight = std::exp(logit - run_max[h]);
+            // a -inf logit (a masked edge) weighs 0, also while the running max is still
+            // -inf, where exp(-inf - -inf) would be NaN; a NaN logit still propagates
+            const acc_t weight = logit == neg_inf ? acc_t(0) : std::exp(logit - run_max[h]);
             run_sum[h] += weight;
             for (int64_t d = 0; d < D; ++d) acc_h[d] += weight * msg_h[d];
           }
         }
 
-        // a node with neither edges nor slot gets exactly 0; NaN logits still propagate
-        const bool has_terms = p1 > p0 || pb.ebt == Ebt::kSlot;
+        // nothing to attend to (neither edges nor slot, or every logit -inf): exactly 0,
+        // and lse (+inf, 0) makes every attention 0 in the later passes; NaN logits
+        // still propagate (a NaN sum is not 0)
         scalar_t* out = node_out + node * C;
-        acc_t* node_lse = lse + node * H;
+        acc_t* node_lse = lse + node * 2 * H;
         for (int64_t h = 0; h < H; ++h) {
-          if (has_terms) {
+          if (run_sum[h] != acc_t(0)) {
             const acc_t inv = acc_t(1) / run_sum[h];
             for (int64_t d = 0; d < D; ++d) out[h * D + d] = static_cast<scalar_t>(acc[h * D + d] * inv);
-            node_lse[h] = run_max[h] + std::log(run_sum[h]);
+            node_lse[h] = run_max[h];
+            node_lse[H + h] = std::log(run_sum[h]);
           } else {
             for (int64_t d = 0; d < D; ++d) out[h * D + d] = static_cast<scalar_t>(0);
-            node_lse[h] = neg_inf;
+            node_lse[h] = pos_inf;
+            node_lse[H + h] = acc_t(0);
           }
         }
       }
@@ -437,7 +455,7 @@ void additive_messages_fwd_kernel(const Problem<scalar_t, acc_t>& pb, const int6
       for (int64_t edge = chunk * kEdgeChunk; edge < end; ++edge) {
         if (edge + kPrefetchDistance < E) {
           prefetch_read(pb.v + src_of[edge + kPrefetchDistance] * C, row_bytes);
-          prefetch_read(lse + dst_of[edge + kPrefetchDistance] * H, H * static_cast<int64_t>(sizeof(acc_t)));
+          prefetch_read(lse + dst_of[edge + kPrefetchDistance] * 2 * H, 2 * H * static_cast<int64_t>(sizeof(acc_t)));
           if (edge_ebt) prefetch_read(pb.q + dst_of[edge + kPrefetchDistance] * C, row_bytes);
         }
         const int64_t dst = dst_of[edge];
@@ -451,7 +469,7 @@ void additive_messages_fwd_kernel(const Problem<scalar_t, acc_t>& pb, const int6
         edge_message(pb, src_of[edge], shifted_feat.data(), msg.data());
         scalar_t* __restrict__ out_row = edge_out + edge * C;
         for (int64_t h = 0; h < H; ++h) {
-          const acc_t attention = std::exp(logit_buffer[edge * H + h] - lse[dst * H + h]);
+          const acc_t attention = attention_of(logit_buffer[edge * H + h], lse + dst * 2 * H, H, h);
           const acc_t* __restrict__ msg_h = msg.data() + h * D;
           for (int64_t d = 0; d < D; ++d) out_row[h * D + d] = static_cast<scalar_t>(attention * msg_h[d]);
         }
@@ -570,13 +588,13 @@ void edge_attention_bwd_dst_kernel(const Problem<scalar_t, acc_t>& pb, const Gra
         }
         load_query(pb, node, query.data(), beta.data(), shift.data());
         for (int64_t c = 0; c < C; ++c) grad_out[c] = static_cast<acc_t>(g.grad_node[node * C + c]);
-        const acc_t* node_lse = g.lse + node * H;
+        const acc_t* node_lse = g.lse + node * 2 * H;
         std::fill(delta.begin(), delta.end(), acc_t(0));
         std::fill(attention_sum.begin(), attention_sum.end(), acc_t(0));
         if (pb.ebt == Ebt::kSlot) {
           slot_logits(pb, query.data(), slot_raw.data());
           for (int64_t h = 0; h < H; ++h) {
-            slot_attention[h] = std::exp(pb.clip(slot_raw[h]) - node_lse[h]);
+            slot_attention[h] = attention_of(pb.clip(slot_raw[h]), node_lse, H, h);
             acc_t dA = 0;
             for (int64_t d = 0; d < D; ++d) dA += grad_out[h * D + d] * slot_msg[h * D + d];
             slot_dA[h] = dA;
@@ -607,7 +625,7 @@ void edge_attention_bwd_dst_kernel(const Problem<scalar_t, acc_t>& pb, const Gra
           }
           acc_t* entry = g.edge_grad + edge * 2 * H;
           for (int64_t h = 0; h < H; ++h) {
-            const acc_t a = std::exp(pb.clip(logits[h]) - node_lse[h]);
+            const acc_t a = attention_of(pb.clip(logits[h]), node_lse, H, h);
             acc_t dA = 0;
             for (int64_t d = 0; d < D; ++d) dA += msg[C + h * D + d];
             entry[h] = a;
@@ -919,7 +937,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
   const auto acc_type = at::toOpMathType(q.scalar_type());
   Tensor node_out = at::empty_like(s.q);
   Tensor edge_out = at::empty_like(s.e);
-  Tensor lse = at::empty({s.num_nodes, s.heads}, q.options().dtype(acc_type));
+  Tensor lse = at::empty({s.num_nodes, 2, s.heads}, q.options().dtype(acc_type));
   // per-edge logits between the caller-order and the CSR passes; freed on return
   Tensor logit_buffer = at::empty({s.num_edges, s.heads}, q.options().dtype(acc_type));
   const bool with_stats = mantissa_bits >= 0;
@@ -971,8 +989,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> edge_
   check_index(rev_col, "rev_col", s.num_edges);
   check_index(rev_perm, "rev_perm", s.num_edges);
   const auto acc_type = at::toOpMathType(q.scalar_type());
-  TORCH_CHECK(lse.scalar_type() == acc_type && lse.dim() == 2 && lse.size(0) == s.num_nodes && lse.size(1) == s.heads,
-              "magnn_cpu: lse must be [N, H] in the accumulation dtype");
+  TORCH_CHECK(lse.scalar_type() == acc_type && lse.dim() == 3 && lse.size(0) == s.num_nodes && lse.size(1) == 2 &&
+                  lse.size(2) == s.heads,
+              "magnn_cpu: lse must be [N, 2, H] (row max, log sum) in the accumulation dtype");
   const Tensor lse_c = lse.contiguous();
   Tensor grad_node_c, grad_edge_c;
   if (grad_node.has_value() && grad_node->defined()) {

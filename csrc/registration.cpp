@@ -6,9 +6,9 @@ TORCH_LIBRARY(magnn_cpu, m) {
   // Fused edge attention forward (SPEC §3). rowptr, col, perm: the dst-sorted
   // CSR; src, dst: the edge list in the caller's order. mode: "gt" |
   // "additive"; ebt: None | "edge" | "slot"; mantissa_bits < 0 skips the
-  // statistics (their outputs are then empty). Returns node_out, edge_out, lse [N, H] (the per-(node, head)
-  // log-sum-exp that backward recomputes the softmax from), then the RawStats
-  // fields of the edge_out tap: hist_abs, hist_ratio, row_ratio, row_max_abs,
+  // statistics (their outputs are then empty). Returns node_out, edge_out, lse [N, 2, H] (the per-(node,
+  // head) log-sum-exp in two parts, row max and log sum, that backward recomputes the softmax from), then
+  // the RawStats fields of the edge_out tap: hist_abs, hist_ratio, row_ratio, row_max_abs,
   // nan_count, max_abs, argmax.
   m.def(
       "edge_attention_fwd(Tensor q, Tensor k, Tensor v, Tensor e, Tensor rowptr, Tensor col, "

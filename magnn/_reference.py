@@ -3,7 +3,8 @@
 Vectorised over edges in the caller's order with gathers and scatters;
 autograd comes from PyTorch. The softmax subtracts a per-(node, head) segment
 max, so no finite logit overflows, and a node without incoming edges (and
-without an EBT slot) gets exactly 0. Half-precision inputs are computed in
+without an EBT slot) gets exactly 0, as does a (node, head) whose logits are
+all -inf (SPEC §3, masked edges). Half-precision inputs are computed in
 float32 and the outputs rounded back to the input dtype.
 """
 from __future__ import annotations
@@ -32,6 +33,9 @@ def _segment_softmax_parts(logits, dst, num_nodes, slot_logits):
     if slot_logits is not None:
         exp_slot = torch.exp(slot_logits - seg_max)
         denom = denom + exp_slot
+    # nothing to attend to (no edges, or every logit -inf, and no slot): the sum is 0
+    # and so is every exp; dividing by 1 keeps node_out exactly 0 and its gradients 0
+    denom = torch.where(denom == 0, torch.ones_like(denom), denom)
     return exp_edges, exp_slot, denom
 
 
@@ -107,6 +111,7 @@ def edge_attention_reference(
 
 def run_torch_backend(q, k, v, e, graph, *, mode, clamp, bias, ebt, ebt_params, mantissa_bits, tap):
     """Backend entry point: outputs plus the reference reduction of the tap."""
+    graph.check_index_bounds()  # torch indexing would wrap a negative index around silently
     node_out, edge_out = edge_attention_reference(
         q, k, v, e, graph, mode=mode, clamp=clamp, bias=bias, ebt=ebt, ebt_params=ebt_params
     )

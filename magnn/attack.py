@@ -92,13 +92,17 @@ def explicit_bias_attack(
     from torch_geometric.loader import DataLoader
     from tqdm import tqdm
 
+    if not sigma > 0:
+        raise ValueError(f"sigma must be > 0, got {sigma}")
+    if steps < 0 or batch_size < 1:
+        raise ValueError(f"steps must be >= 0 and batch_size >= 1, got steps={steps}, batch_size={batch_size}")
     model = model.eval().to(device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     for parameter in trainable:
         parameter.requires_grad_(False)
-    embedding = embedding or find_embedding(model)
+    embedding = find_embedding(model) if embedding is None else embedding  # an empty Sequential is falsy
     batches = [b.to(device) for b in DataLoader(graphs, batch_size=batch_size, shuffle=False)]
-    hooks = [(embedding, _NoiseHook(sigma))] + ([(edge_embedding, _NoiseHook(sigma))] if edge_embedding else [])
+    hooks = [(embedding, _NoiseHook(sigma))] + ([(edge_embedding, _NoiseHook(sigma))] if edge_embedding is not None else [])
     handles = [module.register_forward_hook(hook) for module, hook in hooks]
     generator = torch.Generator().manual_seed(seed)
     try:

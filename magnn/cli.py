@@ -65,8 +65,15 @@ def _run_module(module_name: str):
     return run
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with magnn's error format: one line on stderr, exit code 2 (subcommands inherit it)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="magnn", description=__doc__.splitlines()[0])
+    parser = Parser(prog="magnn", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
     info = commands.add_parser("info", help="versions, devices and which backends run here (and why not)")
@@ -90,15 +97,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Run the `magnn` command line; returns the exit code.
+
+    Errors the user can fix (magnn.errors.UserError, which the data loaders'
+    MissingDataError and CorruptDataError are) print one line on stderr,
+    `magnn <command>: error: ...`, and return their exit code (2 for bad input,
+    1 for a run that failed); no traceback unless MAGNN_DEBUG is set.
+    """
+    from .errors import UserError, one_line
+
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # --help (0) or a bad option (2, its one line already printed)
+        return 0 if stop.code is None else stop.code if isinstance(stop.code, int) else 2
     try:
         return int(args.func(args) or 0)
-    except (FileNotFoundError, ValueError, RuntimeError) as error:
-        # user-facing failures (missing files, bad options) read better without a traceback
+    except UserError as error:
         if os.environ.get("MAGNN_DEBUG"):
             raise
-        print(f"magnn {args.command}: error: {error} (set MAGNN_DEBUG=1 for the traceback)", file=sys.stderr)
+        print(f"magnn {args.command}: error: {one_line(error)}", file=sys.stderr)
+        return error.exit_code
+    except (FileNotFoundError, ValueError, RuntimeError) as error:
+        # other failures that usually come from the input (a model's own argument checks, ...)
+        if os.environ.get("MAGNN_DEBUG"):
+            raise
+        print(f"magnn {args.command}: error: {one_line(error)} (set MAGNN_DEBUG=1 for the traceback)", file=sys.stderr)
         return 2
 
 

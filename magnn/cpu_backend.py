@@ -89,7 +89,7 @@ def _register_fakes() -> None:
         scalar = lambda dtype: q.new_empty((), dtype=dtype)
         return (
             torch.empty_like(q), torch.empty_like(e),
-            q.new_empty(q.shape[:2], dtype=_accumulation_dtype(q.dtype)),
+            q.new_empty((q.shape[0], 2, q.shape[1]), dtype=_accumulation_dtype(q.dtype)),  # lse: row max, log sum
             q.new_empty(bins, dtype=torch.int64), q.new_empty(bins, dtype=torch.int64),
             q.new_empty(rows, dtype=torch.float32), q.new_empty(rows, dtype=torch.float32),
             scalar(torch.int64), scalar(torch.float32), scalar(torch.int64),
@@ -162,7 +162,7 @@ def unavailable_reason(device, dtype) -> Optional[str]:
 
 
 class _EdgeAttentionCpu(torch.autograd.Function):
-    """Wraps the two ops; backward recomputes scores from the saved lse."""
+    """Wraps the two ops; backward recomputes scores from the saved lse [N, 2, H] (row max, log sum)."""
 
     @staticmethod
     def forward(ctx, q, k, v, e, bias, k_b, e_b, v_b, graph: Graph, mode, ebt, clamp, mantissa_bits):
@@ -208,6 +208,7 @@ def run_cpu_backend(q, k, v, e, graph, *, mode, clamp, bias, ebt, ebt_params, ma
     """Backend entry point: the same contract as `magnn._reference.run_torch_backend`."""
     if _library_path is None:  # checked first so torch.compile never traces the lock in _load
         _load()  # raises with the reason if the extension cannot be built
+    graph.check_index_bounds()  # an unvalidated graph's indices, once: the kernels trust them
     k_b, e_b, v_b = ebt_params if ebt is not None else (None, None, None)
     in_kernel_stats = mantissa_bits is not None and tap == "edge"
     node_out, edge_out, hist_abs, hist_ratio, row_ratio, row_max_abs, nan_count, max_abs, argmax = (

@@ -143,6 +143,10 @@ def detect(model, graphs, *, batch_size: int = 1, device="cpu", threshold: float
 
     from .distributed import all_reduce_stats
 
+    if max_batches is not None and max_batches < 1:
+        raise ValueError(f"max_batches must be >= 1 (or None for all batches), got {max_batches}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     model.eval().to(device)
     reports: dict[str, LayerReport] = {}
     loader = DataLoader(graphs, batch_size=batch_size, shuffle=False)
@@ -185,35 +189,43 @@ def xavier_reset(model: torch.nn.Module) -> torch.nn.Module:
 # -- CLI ------------------------------------------------------------------------------
 
 def add_arguments(parser) -> None:
+    from .errors import positive_float, positive_int
+
     parser.add_argument("--ckpt", required=True, help="a checkpoint written by magnn train (best.pt or last.pt)")
     parser.add_argument("--split", default="test", choices=("train", "val", "test"))
     parser.add_argument("--out", default=None, help="output folder (default: next to the checkpoint)")
-    parser.add_argument("--max-batches", type=int, default=None)
-    parser.add_argument("--threshold", type=float, default=1000.0)
+    parser.add_argument("--max-batches", type=positive_int, default=None, help="first N batches only (>= 1)")
+    parser.add_argument("--threshold", type=positive_float, default=1000.0)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--data-root", default=None,
+                        help="dataset folder (default: the one the checkpoint was trained with)")
 
 
 def main(args) -> int:
-    from .train import TrainConfig, prepare
+    from .errors import UserError, check_device, input_folder, output_folder
+    from .train import load_checkpoint, prepare
 
-    ckpt = Path(args.ckpt)
-    if not ckpt.exists():
-        raise FileNotFoundError(f"no checkpoint at {ckpt}; train one with `magnn train --out DIR` (DIR/best.pt)")
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    config = TrainConfig(**state["config"])
+    check_device(args.device)
+    input_folder(args.data_root, "--data-root")
+    checkpoint = load_checkpoint(args.ckpt, option="--ckpt")
+    config = checkpoint.config
+    if args.data_root is not None:
+        config.data_root = args.data_root
+    out = output_folder(Path(args.out) if args.out else checkpoint.path.parent / f"detect_{args.split}", "--out")
     splits, info, model = prepare(config)
-    model.load_state_dict(state["model"])
+    checkpoint.restore_model(model)
+    if len(splits[args.split]) == 0:
+        raise UserError(f"--split {args.split}: the {config.dataset} {args.split} split is empty; pick another split")
     report = detect(model, splits[args.split], device=args.device, threshold=args.threshold,
                     max_batches=args.max_batches)
-    out = Path(args.out) if args.out else ckpt.parent / f"detect_{args.split}"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "detect.json").write_text(json.dumps(report.to_dict(), indent=2, default=str))
-    from .report import plot_layer_histograms, plot_sorted_ratios
+    from .report import layer_cell, plot_layer_histograms, plot_sorted_ratios, report_json
+
+    (out / "detect.json").write_text(report_json(report.to_dict()))
 
     plot_sorted_ratios({"trained": report}, out / "sorted_max_ratios.png", title=f"{config.model} on {config.dataset}")
     plot_layer_histograms(report, out / "neg_log10_ratio_hist.png")
     for layer in report.layers:
-        print(f"{layer.name}: max ratio {layer.to_dict()['max_ratio_edge']:.4g}"
+        print(f"{layer.name}: max ratio {layer_cell(layer.to_dict())}"
               + (f", gamma KS {layer.gamma.ks:.3f}" if layer.gamma else ""))
     print(f"wrote {out}")
     return 0

@@ -7,19 +7,27 @@ Backends share one contract::
 
 with `mantissa_bits=None` meaning "no statistics" (a backend then does no
 statistics work). Layers and models never import a backend directly.
+
+Statistics reach their `EdgeStats` here, in `edge_attention`: `stats=` takes
+one collector or several (e.g. nested `magnn.stats.collect` blocks). The
+backend reduces once per distinct tap, at the finest mantissa_bits asked for;
+each collector folds that in with `EdgeStats.add`, which coarsens the
+histograms exactly to its own resolution and applies its own threshold,
+min_abs, edge types and keep_edge_ratio.
 """
 from __future__ import annotations
 
 import importlib
+import numbers
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 
 from .graph import Graph, as_graph
-from .stats import EdgeStats
+from .stats import EdgeStats, add_to_all
 
 MODES = ("gt", "additive")
 EBT_VARIANTS = (None, "edge", "slot")
@@ -63,6 +71,46 @@ BACKENDS = {
 AUTO_ORDER = {"cuda": ("triton", "torch"), "cpu": ("cpu", "torch")}
 
 _warned: set[str] = set()
+
+StatsArg = Union[EdgeStats, Sequence[EdgeStats], None]
+
+
+def backend_choices() -> tuple[str, ...]:
+    """Every accepted backend name: "auto" and the keys of BACKENDS."""
+    return ("auto", *BACKENDS)
+
+
+def check_backend_name(name) -> None:
+    """Raises ValueError unless `name` is "auto" or a key of BACKENDS (availability is checked at run time)."""
+    if not isinstance(name, str) or name not in backend_choices():
+        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(map(repr, backend_choices()))}")
+
+
+def check_clamp(clamp) -> None:
+    """Raises ValueError unless `clamp` is None or a number > 0 (the logit bound c of clip(l, -c, c))."""
+    if clamp is None:
+        return
+    if isinstance(clamp, bool) or not isinstance(clamp, numbers.Real):
+        raise ValueError(f"clamp must be None (no clamp) or a positive number, got {clamp!r}")
+    if not float(clamp) > 0:  # also rejects NaN
+        raise ValueError(f"clamp must be None (no clamp) or a positive number, got {clamp!r}")
+
+
+def stats_targets(stats: StatsArg) -> tuple[EdgeStats, ...]:
+    """`stats=` as a tuple of distinct EdgeStats (None -> (); one -> (one,); duplicates dropped)."""
+    if stats is None:
+        return ()
+    if isinstance(stats, EdgeStats):
+        return (stats,)
+    if isinstance(stats, (list, tuple)):
+        targets: list[EdgeStats] = []
+        for item in stats:
+            if not isinstance(item, EdgeStats):
+                raise TypeError(f"stats must hold magnn.stats.EdgeStats objects, got {type(item).__name__}")
+            if not any(item is seen for seen in targets):
+                targets.append(item)
+        return tuple(targets)
+    raise TypeError(f"stats must be a magnn.stats.EdgeStats, a list/tuple of them or None, got {type(stats).__name__}")
 
 
 def _implementation(name: str) -> Callable:
@@ -108,8 +156,7 @@ def select_backend(name: str, device: torch.device, dtype: torch.dtype) -> Backe
                     "falling back to a slower backend. `magnn info` lists what runs here.",
                 )
         return BACKENDS["torch"]
-    if name not in BACKENDS:
-        raise ValueError(f"unknown backend {name!r}; choose one of 'auto', {', '.join(map(repr, BACKENDS))}")
+    check_backend_name(name)
     backend = BACKENDS[name]
     reason = backend.reason_unavailable(device, dtype)
     if reason is not None:
@@ -117,7 +164,7 @@ def select_backend(name: str, device: torch.device, dtype: torch.dtype) -> Backe
     return backend
 
 
-def _check_inputs(q, k, v, e, graph: Graph, mode, clamp, bias, ebt, ebt_params, stats):
+def _check_inputs(q, k, v, e, graph: Graph, mode, clamp, bias, ebt, ebt_params):
     for name, tensor in (("q", q), ("k", k), ("v", v), ("e", e)):
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
@@ -145,8 +192,7 @@ def _check_inputs(q, k, v, e, graph: Graph, mode, clamp, bias, ebt, ebt_params, 
         raise ValueError(f"unknown mode {mode!r}; choose 'gt' or 'additive'")
     if ebt not in EBT_VARIANTS:
         raise ValueError(f"unknown ebt {ebt!r}; choose None, 'edge' or 'slot'")
-    if clamp is not None and not (float(clamp) > 0):
-        raise ValueError(f"clamp must be a positive number or None, got {clamp}")
+    check_clamp(clamp)
     if bias is not None:
         if not isinstance(bias, torch.Tensor) or not bias.is_floating_point():
             raise TypeError("bias must be a floating-point tensor of shape [E] or [E, H]")
@@ -165,8 +211,6 @@ def _check_inputs(q, k, v, e, graph: Graph, mode, clamp, bias, ebt, ebt_params, 
                 raise ValueError(f"ebt_params {name} is on {param.device} but q is on {q.device}")
     elif ebt_params is not None:
         raise ValueError("ebt_params given but ebt is None; pass ebt='edge' or 'slot'")
-    if stats is not None and not isinstance(stats, EdgeStats):
-        raise TypeError(f"stats must be a magnn.stats.EdgeStats, got {type(stats).__name__}")
 
 
 def edge_attention(
@@ -182,7 +226,7 @@ def edge_attention(
     bias: Optional[torch.Tensor] = None,
     ebt: Optional[str] = None,
     ebt_params=None,
-    stats: Optional[EdgeStats] = None,
+    stats: StatsArg = None,
     backend: str = "auto",
 ):
     """Fused edge attention over incoming edges (SPEC §3).
@@ -195,7 +239,10 @@ def edge_attention(
         "additive" (TransformerConv, edge_out = a_ij (v_j + e_ij)).
       clamp: clip logits to [-clamp, clamp]; bias: [E] or [E, H] added to logits.
       ebt: None, "edge" or "slot"; ebt_params: (k', e', v'), each [H, D].
-      stats: an `EdgeStats` to fill with this call's massive-activation statistics.
+      stats: an `EdgeStats` to fill with this call's massive-activation statistics, or a
+        list/tuple of them (each gets this call once, with its own settings). Collectors
+        with tap="edge" and tap="node" together cost one extra forward pass without
+        autograd for the second tap; different mantissa_bits cost nothing extra.
       backend: "auto", "torch", "cpu" or "triton".
 
     Returns (node_out [N, H, D], edge_out [E, H, D]) in the caller's edge order.
@@ -203,18 +250,41 @@ def edge_attention(
     if num_nodes is None and not isinstance(edge_index_or_graph, Graph) and isinstance(q, torch.Tensor) and q.dim() == 3:
         num_nodes = q.shape[0]  # an edge list's node count comes from q
     graph = as_graph(edge_index_or_graph, num_nodes)
-    _check_inputs(q, k, v, e, graph, mode, clamp, bias, ebt, ebt_params, stats)
+    _check_inputs(q, k, v, e, graph, mode, clamp, bias, ebt, ebt_params)
+    targets = stats_targets(stats)
     implementation = _implementation(_backend_name(backend, q.device.type, q.dtype))
-    node_out, edge_out, raw = implementation(
-        q, k, v, e, graph,
+    options = dict(
         mode=mode,
         clamp=None if clamp is None else float(clamp),
         bias=bias,
         ebt=ebt,
         ebt_params=None if ebt is None else tuple(ebt_params),
-        mantissa_bits=None if stats is None else stats.mantissa_bits,
-        tap="edge" if stats is None else stats.tap,
     )
-    if stats is not None:
-        stats.add(raw, heads=q.shape[1])
+    # one reduction per distinct tap, at the finest resolution any collector of that tap asks for
+    taps = []
+    for target in targets:
+        if target.tap not in taps:
+            taps.append(target.tap)
+    first_tap = taps[0] if taps else "edge"
+    node_out, edge_out, raw = implementation(
+        q, k, v, e, graph, **options,
+        mantissa_bits=_finest(targets, first_tap), tap=first_tap,
+    )
+    if targets:
+        raws = {first_tap: raw}
+        for tap in taps[1:]:
+            # the backend reduces one tap per pass: the other tap comes from a pass without autograd
+            with torch.no_grad():
+                detached = dict(options, bias=None if bias is None else bias.detach(),
+                                ebt_params=None if ebt is None else tuple(p.detach() for p in ebt_params))
+                _, _, raws[tap] = implementation(
+                    q.detach(), k.detach(), v.detach(), e.detach(), graph, **detached,
+                    mantissa_bits=_finest(targets, tap), tap=tap,
+                )
+        add_to_all(targets, raws, heads=q.shape[1])  # all collectors or none
     return node_out, edge_out
+
+
+def _finest(targets: tuple[EdgeStats, ...], tap: str) -> Optional[int]:
+    bits = [t.mantissa_bits for t in targets if t.tap == tap]
+    return max(bits) if bits else None

@@ -6,6 +6,12 @@ forward kernels walk a CSR sorted by destination; the backward passes for k, v
 and e walk a reverse CSR sorted by source. Both views are built lazily and
 cached, so the pure-PyTorch reference (which scatters in the caller's order)
 pays only for validation.
+
+A Graph built with `validate=False` skips every check. The backends call
+`check_index_bounds()` before they index with it: one min/max pass over
+edge_index, done once per Graph (validated graphs skip it), so a bad index
+raises a ValueError instead of crashing a compiled kernel or reading out of
+bounds.
 """
 from __future__ import annotations
 
@@ -93,6 +99,9 @@ class Graph:
       rev_rowptr [N+1], rev_col [E] (= dst), rev_perm [E]: the same sorted by src.
     """
 
+    # set per instance in __init__; False here covers graphs unpickled from before it existed
+    _index_bounds_checked = False
+
     def __init__(self, edge_index: torch.Tensor, num_nodes: int | None = None, *, validate: bool = True):
         if validate:
             num_nodes = _check_edge_index(edge_index, num_nodes)
@@ -101,6 +110,21 @@ class Graph:
             num_nodes = int(edge_index.max()) + 1 if edge_index.numel() else 0
         self.edge_index = edge_index
         self.num_nodes = int(num_nodes)
+        # validation already bounds every index; an unvalidated graph is checked on first use
+        self._index_bounds_checked = bool(validate)
+
+    def check_index_bounds(self) -> "Graph":
+        """Raise a ValueError unless every index lies in [0, num_nodes); returns self.
+
+        The backends call this before indexing with the graph. A validated Graph
+        (and a copy of a checked one) returns at once; otherwise one min/max
+        pass runs on the first call and its success is remembered. Under
+        torch.compile the pass runs once at trace time on the real tensors, so
+        it adds nothing to the compiled graph.
+        """
+        if not self._index_bounds_checked:
+            _check_index_bounds_once(self)
+        return self
 
     # -- basic views -------------------------------------------------------
     @property
@@ -172,7 +196,9 @@ class Graph:
         )
 
     def prepare(self) -> "Graph":
-        """Build every sorted view now (outside timed or compiled regions); returns self."""
+        """Check the index bounds and build every sorted view now (outside timed or
+        compiled regions); returns self."""
+        self.check_index_bounds()
         for name in VIEWS:
             getattr(self, name)
         return self
@@ -181,6 +207,7 @@ class Graph:
     def to(self, device) -> "Graph":
         """A copy on `device`, with every view built so far moved along."""
         moved = Graph(self.edge_index.to(device), self.num_nodes, validate=False)
+        moved._index_bounds_checked = self._index_bounds_checked  # the same indices
         for name, value in vars(self).items():
             if isinstance(value, torch.Tensor) and name != "edge_index":
                 moved.__dict__[name] = value.to(device)
@@ -188,6 +215,44 @@ class Graph:
 
     def __repr__(self) -> str:
         return f"Graph(num_nodes={self.num_nodes}, num_edges={self.num_edges}, device={self.device})"
+
+
+@torch.compiler.assume_constant_result
+def _check_index_bounds_once(graph: Graph) -> bool:
+    """The bounds check behind Graph.check_index_bounds; marks the graph as checked.
+
+    torch.compile calls it once while tracing, with the real Graph (guarded by
+    identity), and keeps the answer as a constant: no data-dependent branch
+    and no graph break enter the compiled code.
+    """
+    edge_index = graph.edge_index
+    num_nodes = graph.num_nodes
+    if edge_index.dim() != 2 or edge_index.shape[0] != 2:
+        raise ValueError(f"edge_index must have shape [2, E], got {list(edge_index.shape)}")
+    if edge_index.is_floating_point() or edge_index.dtype == torch.bool or edge_index.is_complex():
+        raise TypeError(
+            f"edge_index must hold integer node indices (torch.int64), got dtype {edge_index.dtype}; "
+            "convert it with edge_index.long()"
+        )
+    if edge_index.shape[1]:
+        # one pass: per row (src, dst), its min and max
+        low, high = torch.aminmax(edge_index, dim=1)
+        low, high = low.tolist(), high.tolist()
+        for row in (0, 1):
+            name = f"edge_index[{row}] ({'src' if row == 0 else 'dst'})"
+            if low[row] < 0:
+                raise ValueError(
+                    f"{name} holds {low[row]}, but node indices must be in [0, num_nodes={num_nodes}); "
+                    "fix the edges, or build the Graph with validate=True to have them checked when it is built"
+                )
+            if high[row] >= num_nodes:
+                raise ValueError(
+                    f"{name} holds {high[row]} but num_nodes={num_nodes}; pass num_nodes={max(high) + 1} "
+                    "(or more) or fix the edges, or build the Graph with validate=True to have them checked "
+                    "when it is built"
+                )
+    graph._index_bounds_checked = True
+    return True
 
 
 def _rowptr(degree: torch.Tensor, num_nodes: int) -> torch.Tensor:

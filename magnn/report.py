@@ -1,6 +1,9 @@
-"""Figures for detection reports (matplotlib, written as PNG)."""
+"""Figures for detection reports (matplotlib, written as PNG), and the helpers that turn
+report numbers into valid JSON (`report_json`) and honest table cells (`layer_cell`)."""
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
 import matplotlib
@@ -10,6 +13,60 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .detect import neg_log10_edges  # noqa: E402
+from .stats import json_safe  # noqa: E402
+
+__all__ = [
+    "json_safe", "report_json", "format_number", "layer_cell", "plot_sorted_ratios", "plot_edge_ratios",
+    "plot_layer_histograms", "plot_type_heatmap", "plot_ablation",
+]
+
+
+# -- numbers for report.json / report.md ------------------------------------------------
+
+def report_json(report) -> str:
+    """`report` as JSON text that every parser accepts: NaN and +-inf become null (JSON has
+    neither; `EdgeStats.to_dict()["all_nan"]` says when a layer's values were all NaN)."""
+    return json.dumps(json_safe(report), indent=2, default=str, allow_nan=False)
+
+
+def format_number(value) -> str:
+    """A table cell: "-" for None (a number JSON could not hold, or none at all), "NaN" / "inf"
+    spelled out, else 4 significant digits."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return f"{value:.4g}"
+
+
+def layer_cell(layer: dict, key: str = "max_ratio_edge") -> str:
+    """One detection layer's number (a `LayerReport.to_dict()`, stats included) for report.md.
+
+    Says "all NaN (n values)" when every activation the layer produced was NaN (no ratio
+    exists), "no values" when it saw none, and adds "(k of n values NaN)" when some were.
+    """
+    stats = layer.get("stats") or {}
+    count, nan_count = stats.get("count") or 0, stats.get("nan_count") or 0
+    if count and nan_count == count:
+        return f"all NaN ({nan_count} values)"
+    value = layer.get(key)
+    if stats and not count:
+        return "no values"
+    cell = format_number(value)
+    if nan_count:
+        cell += f" ({nan_count} of {count} values NaN)"
+    return cell
+
+
+def _all_nan_note(layer) -> str:
+    stats = getattr(layer, "stats", None)
+    if stats is not None and stats.all_nan:
+        return f"all NaN ({stats.nan_count} values)"
+    return ""
 
 # colour says which model (no EBT / EBT), line style says base (dashed) or trained (solid)
 VARIANT_COLORS = {"no_ebt": "tab:red", "ebt": "tab:green"}
@@ -30,16 +87,22 @@ def plot_sorted_ratios(reports: dict, path, *, title: str = "", threshold: float
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False, sharey=True)
     for index, name in enumerate(names):
         ax = axes[index // cols][index % cols]
+        notes = []
         for label, report in reports.items():
             layer = next((l for l in report.layers if l.name == name), None)
             if layer is None:
                 continue
+            if _all_nan_note(layer):
+                notes.append(f"{label}: {_all_nan_note(layer)}")
             values = layer.sorted_ratios()
             color, dash = _style(label)
             ax.plot(np.arange(1, len(values) + 1), values, dash, color=color, label=label, linewidth=1.3)
         ax.axhline(threshold, color="gray", linewidth=0.8, linestyle=":")
         ax.set_yscale("log")
         ax.set_title(name, fontsize=8)
+        if notes:  # nothing to plot for these: say why instead of an empty line
+            ax.text(0.5, 0.5, "\n".join(notes), transform=ax.transAxes, ha="center", va="center", fontsize=7,
+                    color="tab:red")
         ax.set_xlabel("batch (sorted)", fontsize=8)
         if index % cols == 0:
             ax.set_ylabel("max |a| / median (edge)", fontsize=8)
@@ -79,6 +142,9 @@ def plot_layer_histograms(report, path, *, title: str = "") -> Path:
     for index, layer in enumerate(layers):
         ax = axes[index // cols][index % cols]
         low, high, counts = neg_log10_edges(layer.stats.hist_ratio)
+        if _all_nan_note(layer):
+            ax.text(0.5, 0.5, _all_nan_note(layer), transform=ax.transAxes, ha="center", va="center", fontsize=7,
+                    color="tab:red")
         if counts.size:
             width = np.maximum(high - low, 1e-12)
             density = counts / counts.sum() / width
@@ -92,7 +158,8 @@ def plot_layer_histograms(report, path, *, title: str = "") -> Path:
         ax.set_title(layer.name, fontsize=8)
         ax.set_xlabel("-log10(ratio)", fontsize=8)
         ax.tick_params(labelsize=7)
-        ax.legend(fontsize=6)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6)
     for index in range(len(layers), rows * cols):
         axes[index // cols][index % cols].axis("off")
     fig.suptitle(title or "-log10(|a| / edge median); dotted line at ratio 1000", fontsize=10)

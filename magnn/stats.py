@@ -19,9 +19,11 @@ converted to float32.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
-from dataclasses import dataclass, field
-from typing import Iterator, Optional
+import numbers
+from dataclasses import dataclass
+from typing import Iterator, Mapping, Optional, Sequence, Union
 
 import torch
 
@@ -43,6 +45,51 @@ def bin_lower_bound(index: torch.Tensor | int, mantissa_bits: int) -> torch.Tens
     """Smallest float32 value that falls into bin `index` (inf for the inf bin)."""
     index = torch.as_tensor(index, dtype=torch.int64)
     return (index << (23 - mantissa_bits)).to(torch.int32).view(torch.float32)
+
+
+def mantissa_bits_of(counts: torch.Tensor) -> int:
+    """M of a histogram with num_bins(M) = 2**(8 + M) bins (ValueError for any other length)."""
+    length = counts.shape[0] if counts.dim() == 1 else -1
+    bits = length.bit_length() - 9 if length > 0 else -1
+    if not (0 <= bits <= 23 and length == num_bins(bits)):
+        raise ValueError(f"a histogram must be 1-D with 2**(8 + M) bins (0 <= M <= 23), got shape {list(counts.shape)}")
+    return bits
+
+
+def coarsen_counts(counts: torch.Tensor, mantissa_bits: int) -> torch.Tensor:
+    """Exact counts at a coarser resolution: a value's bin at M bits is its bin at M' >= M bits
+    shifted right by M' - M, so each coarse bin is the sum of 2**(M' - M) adjacent fine bins."""
+    finer = mantissa_bits_of(counts)
+    if finer < mantissa_bits:
+        raise ValueError(f"cannot refine a histogram of {finer} mantissa bits to {mantissa_bits}")
+    if finer == mantissa_bits:
+        return counts
+    return counts.reshape(num_bins(mantissa_bits), 1 << (finer - mantissa_bits)).sum(1)
+
+
+def finite_or_none(value) -> Optional[float]:
+    """`value` as a float, or None when it is NaN or infinite (JSON has neither)."""
+    if value is None:
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def json_safe(value):
+    """A copy of `value` (dicts, lists, tuples, numbers, tensors, strings) that `json.dumps(...,
+    allow_nan=False)` accepts: NaN and +-inf become None, 0-d tensors and numpy scalars plain numbers."""
+    if isinstance(value, dict):
+        return {key if isinstance(key, (str, int, float, bool)) or key is None else str(key): json_safe(item)
+                for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, torch.Tensor) or type(value).__module__ == "numpy":
+        return json_safe(value.tolist())  # tensors, numpy arrays and scalars
+    if isinstance(value, float):
+        return finite_or_none(value)
+    return value
 
 
 @dataclass
@@ -69,7 +116,9 @@ class LogHistogram:
 
     def merge(self, other: "LogHistogram") -> "LogHistogram":
         if other.mantissa_bits != self.mantissa_bits:
-            raise ValueError("cannot merge histograms with different mantissa_bits")
+            raise ValueError(
+                f"cannot merge histograms with different mantissa_bits ({self.mantissa_bits} and {other.mantissa_bits})"
+            )
         self.counts = self.counts + other.counts.to(self.counts.device)
         return self
 
@@ -237,62 +286,122 @@ class EdgeStats:
 
     # -- filling --------------------------------------------------------------
     def add(self, raw: RawStats, heads: int) -> None:
-        """Fold one call's `RawStats` in (backends call this; users need not)."""
-        if self.channels is not None and raw.channels != self.channels and raw.count:
+        """Fold one call's `RawStats` in (backends call this; users need not).
+
+        All or nothing: every check runs before anything changes, so a call that
+        raises leaves these stats exactly as they were. The histograms may be finer
+        than `mantissa_bits` (they are coarsened exactly), never coarser.
+        """
+        self._absorb(self._from_raw(raw, heads))
+
+    def _from_raw(self, raw: RawStats, heads: int) -> "EdgeStats":
+        """One call's numbers as a fresh EdgeStats with these settings; validates, changes nothing here."""
+        if not isinstance(raw, RawStats):
+            raise TypeError(f"raw must be a magnn.stats.RawStats, got {type(raw).__name__}")
+        if isinstance(heads, bool) or not isinstance(heads, numbers.Integral) or heads < 1:
+            raise ValueError(f"heads must be a positive integer, got {heads!r}")
+        if raw.count and raw.channels % heads:
+            raise ValueError(f"the call's {raw.channels} channels do not split into {heads} heads")
+        if self.channels is not None and raw.count and raw.channels != self.channels:
             raise ValueError(f"stats collected {self.channels} channels before, got {raw.channels}")
-        rows = raw.row_ratio.shape[0]
+        hist_abs = coarsen_counts(raw.hist_abs.detach().cpu().long(), self.mantissa_bits)
+        hist_ratio = coarsen_counts(raw.hist_ratio.detach().cpu().long(), self.mantissa_bits)
         row_ratio = raw.row_ratio.detach().float().cpu()
-        self.hist_abs.merge(LogHistogram(self.mantissa_bits, raw.hist_abs.detach().cpu().long()))
-        self.hist_ratio.merge(LogHistogram(self.mantissa_bits, raw.hist_ratio.detach().cpu().long()))
-        self.hist_edge_ratio.merge(LogHistogram.of(row_ratio, self.mantissa_bits))
-        self.nan_count += int(raw.nan_count)
-        flat = int(raw.argmax)
-        if flat >= 0:
-            value = float(raw.max_abs)
-            if self.argmax is None or value > self.max_abs:
-                channels = raw.channels
-                head_dim = channels // heads
-                row, channel = divmod(flat, channels)
-                self.max_abs = value
-                self.argmax = (self.rows + row, channel // head_dim, channel % head_dim)
-        finite = row_ratio[~torch.isnan(row_ratio)]
-        if finite.numel():
-            call_max = float(finite.max())
-            if not self.max_edge_ratio >= call_max:  # also replaces the initial NaN
-                self.max_edge_ratio = call_max
-        massive = self._massive_rows(row_ratio, raw)
-        self.ma_edges += int(massive.sum())
+        rows = row_ratio.shape[0]
+        types = None
         if self.edge_types is not None and self.tap == "edge":
             types = self.edge_types.detach().cpu().long()
             if types.shape[0] != rows:
                 raise ValueError(f"edge_types has {types.shape[0]} entries but the call had {rows} edges")
+        massive = self._massive_rows(row_ratio, raw)
+
+        part = EdgeStats(self.mantissa_bits, self.keep_edge_ratio, None, self.threshold, self.min_abs, self.tap)
+        part.hist_abs = LogHistogram(self.mantissa_bits, hist_abs)
+        part.hist_ratio = LogHistogram(self.mantissa_bits, hist_ratio)
+        part.hist_edge_ratio = LogHistogram.of(row_ratio, self.mantissa_bits)
+        part.nan_count = int(raw.nan_count)
+        flat = int(raw.argmax)
+        if flat >= 0:
+            head_dim = raw.channels // int(heads)
+            row, channel = divmod(flat, raw.channels)
+            part.max_abs = float(raw.max_abs)
+            part.argmax = (row, channel // head_dim, channel % head_dim)
+        finite = row_ratio[~torch.isnan(row_ratio)]
+        if finite.numel():
+            part.max_edge_ratio = float(finite.max())
+        part.ma_edges = int(massive.sum())
+        if types is not None:
             for t, n in zip(*torch.unique(types, return_counts=True)):
-                self.type_edges[int(t)] = self.type_edges.get(int(t), 0) + int(n)
+                part.type_edges[int(t)] = int(n)
                 ratios = row_ratio[(types == t) & ~torch.isnan(row_ratio)]
                 if ratios.numel():
-                    self.type_max_ratio[int(t)] = max(self.type_max_ratio.get(int(t), 0.0), float(ratios.max()))
+                    part.type_max_ratio[int(t)] = max(0.0, float(ratios.max()))
             if massive.any():
                 for t, n in zip(*torch.unique(types[massive], return_counts=True)):
-                    self.type_ma_edges[int(t)] = self.type_ma_edges.get(int(t), 0) + int(n)
+                    part.type_ma_edges[int(t)] = int(n)
         if self.keep_edge_ratio:
-            self._edge_ratio_parts.append(row_ratio)
-        self.calls += 1
-        self.count += raw.count
-        self.rows += rows
-        self.channels = raw.channels if raw.count else self.channels
+            part._edge_ratio_parts.append(row_ratio)
+        part.calls = 1
+        part.count = raw.count
+        part.rows = rows
+        part.channels = raw.channels if raw.count else None
+        return part
 
     def _massive_rows(self, row_ratio: torch.Tensor, raw: RawStats) -> torch.Tensor:
         massive = row_ratio > self.threshold  # NaN compares False
         if self.min_abs is not None:
             if raw.row_max_abs is None:
                 raise ValueError("EdgeStats(min_abs=...) needs a backend that reports row_max_abs")
-            massive &= raw.row_max_abs.detach().float().cpu() > self.min_abs
+            row_max_abs = raw.row_max_abs.detach().float().cpu()
+            if row_max_abs.shape != row_ratio.shape:
+                raise ValueError(f"row_max_abs has shape {list(row_max_abs.shape)}, row_ratio {list(row_ratio.shape)}")
+            massive &= row_max_abs > self.min_abs
         return massive
 
     def merge(self, other: "EdgeStats") -> "EdgeStats":
-        """Add `other`'s numbers to these (e.g. across batches or processes)."""
-        if other.mantissa_bits != self.mantissa_bits:
-            raise ValueError("cannot merge EdgeStats with different mantissa_bits")
+        """Add `other`'s numbers to these (e.g. across batches or processes).
+
+        Both must have been taken the same way: the same mantissa_bits, tap, threshold,
+        min_abs and (once both have seen values) channel count; per-edge ratios kept on
+        both sides if kept here, and per-edge-type counts on both sides or on neither.
+        Otherwise ValueError names each setting that differs with its two values.
+        Stats that have seen nothing yet (channels None) merge both ways.
+        """
+        if not isinstance(other, EdgeStats):
+            raise TypeError(f"can only merge another EdgeStats, got {type(other).__name__}")
+        differences = self.incompatibilities(other)
+        if differences:
+            raise ValueError("cannot merge EdgeStats taken differently: " + "; ".join(differences))
+        self._absorb(copy.deepcopy(other) if other is self else other)
+        return self
+
+    def incompatibilities(self, other: "EdgeStats") -> list[str]:
+        """Why `other` cannot be merged into these, one line per differing setting ([] if it can)."""
+        differences = [
+            f"{name} differs ({mine!r} here, {theirs!r} in the other)"
+            for name, mine, theirs in (
+                ("mantissa_bits", self.mantissa_bits, other.mantissa_bits),
+                ("tap", self.tap, other.tap),
+                ("threshold", self.threshold, other.threshold),
+                ("min_abs", self.min_abs, other.min_abs),
+            )
+            if mine != theirs
+        ]
+        if self.channels is not None and other.channels is not None and self.channels != other.channels:
+            differences.append(f"channels differs ({self.channels} here, {other.channels} in the other)")
+        if self.keep_edge_ratio and not other.keep_edge_ratio and other.rows:
+            differences.append(
+                f"keep_edge_ratio differs (True here, False in the other): edge_ratio would miss its {other.rows} rows"
+            )
+        if self.rows and other.rows and bool(self.type_edges) != bool(other.type_edges):
+            differences.append(
+                f"per-edge-type counts differ ({'kept' if self.type_edges else 'none'} here, "
+                f"{'kept' if other.type_edges else 'none'} in the other): edge_types was given to only one"
+            )
+        return differences
+
+    def _absorb(self, other: "EdgeStats") -> None:
+        """Adds `other`'s numbers (already checked compatible); cannot fail half-way."""
         self.hist_abs.merge(other.hist_abs)
         self.hist_ratio.merge(other.hist_ratio)
         self.hist_edge_ratio.merge(other.hist_edge_ratio)
@@ -309,12 +418,12 @@ class EdgeStats:
                 mine[t] = mine.get(t, 0) + n
         for t, ratio in other.type_max_ratio.items():
             self.type_max_ratio[t] = max(self.type_max_ratio.get(t, 0.0), ratio)
-        self._edge_ratio_parts.extend(other._edge_ratio_parts)
+        if self.keep_edge_ratio:
+            self._edge_ratio_parts.extend(other._edge_ratio_parts)
         self.calls += other.calls
         self.count += other.count
         self.rows += other.rows
         self.channels = self.channels if self.channels is not None else other.channels
-        return self
 
     # -- derived numbers --------------------------------------------------------
     @property
@@ -341,24 +450,36 @@ class EdgeStats:
             return self.max_abs / max(estimate, SMALLEST_NORMAL)
         raise ValueError(f"norm must be 'edge' or 'layer', got {norm!r}")
 
+    @property
+    def all_nan(self) -> bool:
+        """True when every value seen was NaN (there were some): no median, no ratio exists."""
+        return self.count > 0 and self.nan_count == self.count
+
     def to_dict(self) -> dict:
+        """The numbers as plain Python values, valid JSON: NaN / inf become None (`all_nan` says why)."""
         estimate, low, high = self.median_abs()
         return {
             "calls": self.calls,
             "count": self.count,
             "rows": self.rows,
+            "channels": self.channels,
             "nan_count": self.nan_count,
-            "max_abs": self.max_abs,
+            "all_nan": self.all_nan,
+            "max_abs": finite_or_none(self.max_abs),
             "argmax": list(self.argmax) if self.argmax is not None else None,
-            "median_abs": {"estimate": estimate, "low": low, "high": high},
-            "max_ratio_edge": self.max_ratio("edge"),
-            "max_ratio_layer": self.max_ratio("layer"),
-            "threshold": self.threshold,
+            "median_abs": {
+                "estimate": finite_or_none(estimate), "low": finite_or_none(low), "high": finite_or_none(high),
+            },
+            "max_ratio_edge": finite_or_none(self.max_ratio("edge")),
+            "max_ratio_layer": finite_or_none(self.max_ratio("layer")),
+            "threshold": finite_or_none(self.threshold),
+            "min_abs": finite_or_none(self.min_abs),
+            "tap": self.tap,
             "ma_edges": self.ma_edges,
             "mantissa_bits": self.mantissa_bits,
             "type_edges": {str(t): n for t, n in sorted(self.type_edges.items())},
             "type_ma_edges": {str(t): n for t, n in sorted(self.type_ma_edges.items())},
-            "type_max_ratio": {str(t): r for t, r in sorted(self.type_max_ratio.items())},
+            "type_max_ratio": {str(t): finite_or_none(r) for t, r in sorted(self.type_max_ratio.items())},
         }
 
     def __repr__(self) -> str:
@@ -368,6 +489,25 @@ class EdgeStats:
         )
 
 
+def add_to_all(targets: Sequence[EdgeStats], raw: Union[RawStats, Mapping[str, RawStats]], heads: int) -> None:
+    """Folds one call's statistics into every EdgeStats of `targets`, all or nothing: every
+    target checks the call first (settings, channels, edge_types length), then all add.
+
+    raw: the call's `RawStats`, or a dict tap -> RawStats when the targets tap different
+    tensors (each target takes its own tap's; histograms may be finer than it keeps).
+    """
+    def raw_for(target: EdgeStats) -> RawStats:
+        if isinstance(raw, RawStats):
+            return raw
+        if target.tap not in raw:
+            raise ValueError(f"no statistics for tap {target.tap!r} (have {sorted(raw)})")
+        return raw[target.tap]
+
+    parts = [target._from_raw(raw_for(target), heads) for target in targets]
+    for target, part in zip(targets, parts):
+        target._absorb(part)
+
+
 @contextlib.contextmanager
 def collect(model: torch.nn.Module, **stats_kwargs) -> Iterator[dict[str, EdgeStats]]:
     """Attach a fresh `EdgeStats` to every `FusedEdgeAttention` in `model`.
@@ -375,18 +515,21 @@ def collect(model: torch.nn.Module, **stats_kwargs) -> Iterator[dict[str, EdgeSt
         with magnn.stats.collect(model) as stats:
             model(batch)
         print({name: s.max_ratio() for name, s in stats.items()})
+
+    Blocks nest: each layer keeps a list of its active collectors, and every
+    call of the layer is added to each of them (with each one's own settings);
+    leaving a block detaches only that block's collectors.
     """
     from .layers import FusedEdgeAttention
 
-    collected: dict[str, EdgeStats] = {}
     layers = [(name, m) for name, m in model.named_modules() if isinstance(m, FusedEdgeAttention)]
     if not layers:
         raise ValueError("collect(model): the model has no FusedEdgeAttention layer")
+    collected = {name: EdgeStats(**stats_kwargs) for name, _ in layers}
     for name, module in layers:
-        collected[name] = EdgeStats(**stats_kwargs)
-        module.collector = collected[name]
+        module.attach_collector(collected[name])
     try:
         yield collected
     finally:
-        for _, module in layers:
-            module.collector = None
+        for name, module in layers:
+            module.detach_collector(collected[name])

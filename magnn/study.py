@@ -39,22 +39,26 @@ PROFILES = {
 
 
 def add_arguments(parser) -> None:
+    from .errors import nonnegative_int, positive_float, positive_int, seed_int
+
     parser.add_argument("--dataset", choices=("tox21", "zinc", "ogbn-proteins"), default="tox21")
     parser.add_argument("--model", choices=("gt", "graphit", "san"), default="gt")
     parser.add_argument("--out", default="runs/study", help="output folder")
     parser.add_argument("--quick", action="store_true", help="minutes on a CPU (the default is the full protocol)")
     parser.add_argument("--ebt", choices=("edge", "slot"), default="edge", help="EBT variant compared with no EBT")
-    parser.add_argument("--epochs", type=int, default=None, help="override the profile's epochs")
+    parser.add_argument("--epochs", type=positive_int, default=None, help="override the profile's epochs (>= 1)")
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--seed", type=int, default=41)
-    parser.add_argument("--max-graphs", type=int, default=None, help="first N graphs of each split")
+    parser.add_argument("--seed", type=seed_int, default=41)
+    parser.add_argument("--max-graphs", type=positive_int, default=None, help="first N graphs of each split")
     parser.add_argument("--ckpt-no-ebt", default=None, help="use this trained checkpoint instead of training")
     parser.add_argument("--ckpt-ebt", default=None, help="use this trained EBT checkpoint instead of training")
-    parser.add_argument("--ablation-fraction", type=float, default=0.1, help="meaningless edges added, per real edge")
+    parser.add_argument("--ablation-fraction", type=positive_float, default=0.1,
+                        help="meaningless edges added, per real edge (> 0)")
     parser.add_argument("--xavier-base", action="store_true", help="base model Xavier-initialised (the paper's text)")
-    parser.add_argument("--threshold", type=float, default=1000.0)
-    parser.add_argument("--attack-steps", type=int, default=None, help="override the profile's attack steps")
+    parser.add_argument("--threshold", type=positive_float, default=1000.0)
+    parser.add_argument("--attack-steps", type=nonnegative_int, default=None,
+                        help="override the profile's attack steps (0: random noise only)")
     parser.add_argument("--backend", default="auto", choices=("auto", "torch", "cpu", "triton"))
 
 
@@ -119,38 +123,55 @@ def _subset(part, count: Optional[int]):
 
 
 def _plan(args, profile, ebt, tag):
-    """(config, checkpoint state or None) for one EBT setting."""
-    import torch
+    """(config, checkpoint or None) for one EBT setting."""
+    from .errors import UserError
+    from .train import TrainConfig, load_checkpoint
 
-    from .train import TrainConfig
-
+    option = "--ckpt-ebt" if ebt else "--ckpt-no-ebt"
     given = args.ckpt_ebt if ebt else args.ckpt_no_ebt
     if given:
-        state = torch.load(given, map_location="cpu", weights_only=False)
-        state["metrics_path"] = Path(given).parent / "metrics.json"
-        return TrainConfig(**state["config"]), state
+        checkpoint = load_checkpoint(given, option=option)
+        config = checkpoint.config
+        found = {"--dataset": config.dataset, "--model": config.model}
+        wanted = {"--dataset": args.dataset, "--model": args.model}
+        differing = [f"{name} {found[name]} (the checkpoint) vs {wanted[name]} (this command)"
+                     for name in found if found[name] != wanted[name]]
+        if differing:
+            raise UserError(f"{option} {checkpoint.path} does not match this study: {'; '.join(differing)}; "
+                            f"pass {' '.join(f'{n} {found[n]}' for n in found)} or another checkpoint")
+        if config.ebt != ebt:
+            trained = f"--ebt {config.ebt}" if config.ebt else "no EBT"
+            raise UserError(f"{option} {checkpoint.path} was trained with {trained}, but {option} needs "
+                            f"{'--ebt ' + ebt if ebt else 'a model without EBT'}"
+                            + (f" (pass --ebt {config.ebt} to study that variant)" if ebt and config.ebt else ""))
+        if args.data_root is not None:
+            config.data_root = args.data_root
+        return config, checkpoint
     config = TrainConfig(
-        dataset=args.dataset, model=args.model, ebt=ebt, epochs=args.epochs or profile["epochs"],
+        dataset=args.dataset, model=args.model, ebt=ebt,
+        epochs=profile["epochs"] if args.epochs is None else args.epochs,
         out=str(Path(args.out) / tag), data_root=args.data_root, device=args.device, seed=args.seed,
         max_graphs=args.max_graphs, preset=profile["preset"], backend=args.backend,
     )
     return config, None
 
 
-def _trained(config, state, info):
+def _trained(config, checkpoint, info):
     """(model, metrics): loaded from the given checkpoint, or trained here and its best epoch loaded."""
-    import torch
+    from .train import build, load_checkpoint, train
 
-    from .train import build, train
-
-    if state is not None:
-        path = state["metrics_path"]
-        metrics = json.loads(path.read_text()) if path.exists() else None
+    if checkpoint is not None:
+        path = checkpoint.path.parent / "metrics.json"
+        try:
+            metrics = json.loads(path.read_text()) if path.is_file() else None
+        except (OSError, ValueError):  # unreadable metrics beside a good checkpoint: report without them
+            log.warning(f"cannot read {path}; the report leaves this model's training metrics out")
+            metrics = None
     else:
         metrics = train(config)
-        state = torch.load(Path(config.out) / "best.pt", map_location="cpu", weights_only=False)
+        checkpoint = load_checkpoint(Path(config.out) / "best.pt", option="--out")
     model = build(config, info)
-    model.load_state_dict(state["model"])
+    checkpoint.restore_model(model)
     return model, metrics
 
 
@@ -169,14 +190,17 @@ def run_study(args) -> dict:
 
     from .attack import explicit_bias_attack
     from .detect import detect
-    from .report import plot_ablation, plot_edge_ratios, plot_layer_histograms, plot_sorted_ratios, plot_type_heatmap
+    from .errors import check_device, input_folder, output_folder
+    from .report import (plot_ablation, plot_edge_ratios, plot_layer_histograms, plot_sorted_ratios, plot_type_heatmap,
+                         report_json)
     from .train import loss_function, prepare
 
     profile = dict(PROFILES["quick" if args.quick else "full"])
     if args.attack_steps is not None:
         profile["attack_steps"] = args.attack_steps
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_device(args.device)
+    input_folder(args.data_root, "--data-root")
+    out = output_folder(args.out, "--out")
     variants = {"no_ebt": None, f"ebt_{args.ebt}": args.ebt}
     plans = {tag: _plan(args, profile, ebt, tag) for tag, ebt in variants.items()}
     configs = {tag: config for tag, (config, _) in plans.items()}
@@ -250,7 +274,7 @@ def run_study(args) -> dict:
         "figures": {name: str(path.name) for name, path in figures.items()},
     }
     report["findings"] = findings(report, variants)
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    (out / "report.json").write_text(report_json(report))
     (out / "report.md").write_text(markdown(report, variants))
     return report
 
@@ -273,7 +297,9 @@ def _last_layer_edge_ratios(model, graphs, device):
 
 
 def _max_ratio(report, label) -> float:
-    return max((l["max_ratio_edge"] for l in report["detection"][label]["layers"]), default=float("nan"))
+    ratios = [l["max_ratio_edge"] for l in report["detection"][label]["layers"]]
+    ratios = [r for r in ratios if r is not None and r == r]  # NaN (all-NaN layers) would make max() order-dependent
+    return max(ratios, default=float("nan"))
 
 
 def findings(report, variants) -> list[str]:
@@ -324,6 +350,8 @@ def _fmt(value) -> str:
 
 
 def markdown(report, variants) -> str:
+    from .report import layer_cell
+
     ebt_tag = [t for t in variants if t != "no_ebt"][0]
     dataset, model = report["dataset"], report["model"]
     paper = PAPER_TABLE1.get((dataset, model), (None, None))
@@ -343,7 +371,7 @@ def markdown(report, variants) -> str:
               "| layer | " + " | ".join(report["detection"]) + " |", "|---|" + "---|" * len(report["detection"])]
     layer_names = [l["name"] for l in next(iter(report["detection"].values()))["layers"]]
     for index, name in enumerate(layer_names):
-        row = [_fmt(d["layers"][index]["max_ratio_edge"]) if index < len(d["layers"]) else "-" for d in report["detection"].values()]
+        row = [layer_cell(d["layers"][index]) if index < len(d["layers"]) else "-" for d in report["detection"].values()]
         lines.append(f"| {name} | " + " | ".join(row) + " |")
     lines += ["", "Gamma fit of -log10(ratio) per layer (KS statistic; low = gamma-like, high = MA spike):", "",
               "| layer | " + " | ".join(report["detection"]) + " |", "|---|" + "---|" * len(report["detection"])]

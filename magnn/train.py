@@ -19,6 +19,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from .stats import json_safe
+from .errors import (MAX_SEED, MissingFileError, RunFailed, UserError, check_device, check_positive, input_folder,
+                     one_line, output_folder, positive_float, positive_int, positive_int_list, seed_int)
+
 COMMAND = "train"
 HELP = "train a model (tqdm progress, metrics.json, atomic checkpoints, --resume)"
 
@@ -50,40 +54,48 @@ class TrainConfig:
     fanouts: tuple = (5, 10, 15)
 
 
+# CLI option -> model keyword (the models' own argument names)
+MODEL_OPTIONS = {"layers": "num_layers", "hidden": "hidden", "heads": "heads"}
+# settings that may differ between a run and its --resume; everything else must match the checkpoint
+RESUMABLE_SETTINGS = ("epochs", "out", "data_root", "device", "backend", "activation_checkpointing")
+
+
 def add_arguments(parser) -> None:
     parser.add_argument("--dataset", choices=DATASETS, default="tox21")
     parser.add_argument("--model", choices=MODELS, default="gt")
     parser.add_argument("--ebt", choices=("none", "edge", "slot"), default="none")
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=positive_int, default=10, help="train up to this many epochs in all (>= 1)")
     parser.add_argument("--out", default="runs/train", help="output folder (metrics.json, checkpoints)")
     parser.add_argument("--data-root", default=None, help="folder with the dataset files (default: bundled / cache)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--seed", type=int, default=41)
-    parser.add_argument("--max-graphs", type=int, default=None, help="use the first N graphs of each split")
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--seed", type=seed_int, default=41)
+    parser.add_argument("--max-graphs", type=positive_int, default=None, help="use the first N graphs of each split")
+    parser.add_argument("--batch-size", type=positive_int, default=None, help="default: the preset's")
+    parser.add_argument("--lr", type=positive_float, default=None, help="default: the preset's")
     parser.add_argument("--preset", choices=("paper", "quick"), default="quick",
                         help="paper: SPEC §10 sizes; quick: small CPU-sized models (default)")
-    parser.add_argument("--layers", type=int, default=None)
-    parser.add_argument("--hidden", type=int, default=None)
-    parser.add_argument("--heads", type=int, default=None)
+    parser.add_argument("--layers", type=positive_int, default=None, help="attention layers (default: the preset's)")
+    parser.add_argument("--hidden", type=positive_int, default=None, help="width, a multiple of --heads")
+    parser.add_argument("--heads", type=positive_int, default=None)
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
     parser.add_argument("--activation-checkpointing", action="store_true")
     parser.add_argument("--backend", default="auto", choices=("auto", "torch", "cpu", "triton"))
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     parser.add_argument("--sampled", action="store_true",
                         help="ogbn-proteins: the paper's neighbour-sampled training (evaluation stays full-batch)")
-    parser.add_argument("--fanouts", default="5,10,15", help="neighbours drawn per hop with --sampled")
+    parser.add_argument("--fanouts", type=positive_int_list, default="5,10,15",
+                        help="neighbours drawn per hop with --sampled")
 
 
 def config_from_args(args) -> TrainConfig:
-    overrides = {name: getattr(args, name) for name in ("layers", "hidden", "heads") if getattr(args, name, None) is not None}
+    overrides = {keyword: getattr(args, option) for option, keyword in MODEL_OPTIONS.items()
+                 if getattr(args, option, None) is not None}
     return TrainConfig(
         dataset=args.dataset, model=args.model, ebt=None if args.ebt == "none" else args.ebt,
         epochs=args.epochs, out=args.out, data_root=args.data_root, device=args.device, seed=args.seed,
         max_graphs=args.max_graphs, batch_size=args.batch_size, lr=args.lr, preset=args.preset,
         overrides=overrides, bf16=args.bf16, activation_checkpointing=args.activation_checkpointing,
-        backend=args.backend, sampled=args.sampled, fanouts=tuple(int(f) for f in args.fanouts.split(",")),
+        backend=args.backend, sampled=args.sampled, fanouts=tuple(args.fanouts),
     )
 
 
@@ -202,6 +214,220 @@ def init_distributed_from_env(device: str) -> bool:
     return True
 
 
+# -- checks ---------------------------------------------------------------------
+
+def check_config(config: TrainConfig, *, environment: bool = True) -> None:
+    """UserError naming the option when a setting is out of range (0 is never replaced by a default).
+
+    environment=True also checks what depends on this machine: the device
+    exists and --data-root is not a file.
+    """
+    if config.dataset not in DATASETS:
+        raise UserError(f"--dataset {config.dataset!r} is not one of {', '.join(DATASETS)}")
+    if config.model not in MODELS:
+        raise UserError(f"--model {config.model!r} is not one of {', '.join(MODELS)}")
+    if config.ebt not in (None, "edge", "slot"):
+        raise UserError(f"--ebt {config.ebt!r} is not one of none, edge, slot")
+    if config.preset not in (None, "paper", "quick"):
+        raise UserError(f"--preset {config.preset!r} is not one of paper, quick")
+    check_positive(config.epochs, "--epochs", integer=True)
+    check_positive(config.batch_size, "--batch-size", integer=True)
+    check_positive(config.lr, "--lr")
+    check_positive(config.max_graphs, "--max-graphs", integer=True)
+    if isinstance(config.seed, bool) or not isinstance(config.seed, int) or not 0 <= config.seed <= MAX_SEED:
+        raise UserError(f"--seed must be an integer in [0, {MAX_SEED}], got {config.seed!r}")
+    if not isinstance(config.overrides, dict):
+        raise UserError(f"model overrides must be a dict of model arguments, got {type(config.overrides).__name__}")
+    options = {keyword: f"--{option}" for option, keyword in MODEL_OPTIONS.items()}
+    for keyword in ("num_layers", "hidden", "heads", "pe_dim"):
+        check_positive(config.overrides.get(keyword), options.get(keyword, keyword), integer=True)
+    sizes = _resolved_sizes(config)
+    if sizes["hidden"] % sizes["heads"]:
+        raise UserError(f"--hidden {sizes['hidden']} must be a multiple of --heads {sizes['heads']} "
+                        "(hidden = heads x channels per head)")
+    dropout = config.overrides.get("dropout")
+    if dropout is not None and (isinstance(dropout, bool) or not isinstance(dropout, (int, float))
+                                or not 0.0 <= dropout < 1.0):
+        raise UserError(f"dropout must be in [0, 1), got {dropout!r}")  # 0 is legitimate: no dropout
+    if config.sampled:
+        if config.dataset != "ogbn-proteins":
+            raise UserError("--sampled applies to ogbn-proteins only (molecule datasets train on batches of graphs)")
+        if not config.fanouts or any(isinstance(f, bool) or not isinstance(f, int) or f < 1 for f in config.fanouts):
+            raise UserError(f"--fanouts must be integers >= 1, got {config.fanouts!r}")
+    if environment:
+        check_device(config.device)
+        input_folder(config.data_root, "--data-root")
+
+
+def _resolved_sizes(config: TrainConfig) -> dict:
+    """hidden and heads as the model will get them: overrides, else the quick preset, else the paper's row."""
+    from .models import get_preset
+
+    row = get_preset(config.model, config.dataset)
+    sizes = {"hidden": row.hidden, "heads": row.heads}
+    sizes.update({k: v for k, v in model_overrides(config).items() if k in sizes})
+    return sizes
+
+
+# -- checkpoints ----------------------------------------------------------------
+
+BEST_KEYS = ("model", "config", "epoch")
+RESUME_KEYS = ("model", "optimizer", "scheduler", "rng", "epoch", "history", "best", "config")
+
+
+@dataclass
+class Checkpoint:
+    """A validated checkpoint written by `magnn train` (see load_checkpoint)."""
+
+    path: Path
+    state: dict
+    config: TrainConfig
+    option: str = "--ckpt"
+
+    def restore_model(self, model) -> None:
+        """Load the weights into `model`; UserError naming the file when they do not fit it."""
+        weights = self.state["model"]
+        expected = model.state_dict()
+        missing = [k for k in expected if k not in weights]
+        unexpected = [k for k in weights if k not in expected]
+        reshaped = [k for k in expected if k in weights and tuple(weights[k].shape) != tuple(expected[k].shape)]
+        if missing or unexpected or reshaped:
+            parts = [f"{len(keys)} {what} (e.g. {keys[0]})" for what, keys in
+                     (("missing", missing), ("unexpected", unexpected), ("with another shape", reshaped)) if keys]
+            raise UserError(f"{self.option} {self.path}: its weights do not fit the {self.config.model} model its "
+                            f"config describes ({', '.join(parts)}); the file was altered or written by another "
+                            "magnn version: retrain it")
+        model.load_state_dict(weights)
+
+    def restore_training(self, optimizer, scheduler) -> None:
+        """Optimizer, scheduler and RNG states for --resume; UserError naming the file when they do not fit."""
+        try:
+            optimizer.load_state_dict(self.state["optimizer"])
+            scheduler.load_state_dict(self.state["scheduler"])
+            set_rng_state(self.state["rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as error:
+            raise UserError(f"{self.option} {self.path}: its optimizer, scheduler or RNG state cannot be restored "
+                            f"({type(error).__name__}: {one_line(error)[:200]}); start a new run without --resume") from None
+
+
+def _looks_like_state_dict(obj) -> bool:
+    import torch
+
+    return bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def load_checkpoint(path, *, option: str = "--ckpt", resume: bool = False, hint: str = "") -> Checkpoint:
+    """Read and validate a checkpoint `magnn train` wrote (DIR/best.pt, or DIR/last.pt with resume=True).
+
+    Every problem (absent, a folder, empty, truncated or not a torch file, a
+    foreign object or dict, a config with unknown or invalid settings) raises
+    one UserError that names the file (as `option PATH`) and says what to do.
+    The file is unpickled (weights_only=False, as it holds RNG states): load
+    only checkpoints you trust.
+    """
+    import torch
+
+    path = Path(path).expanduser()
+    where = f"{option} {path}"
+    hint = hint or "train one with `magnn train --out DIR` and pass DIR/best.pt"
+    if not path.exists():
+        raise MissingFileError(f"{option}: no checkpoint at {path}; {hint}")
+    if path.is_dir():
+        raise UserError(f"{where} is a folder; pass the checkpoint file in it "
+                        f"({'last.pt' if resume else 'best.pt or last.pt'})")
+    if path.stat().st_size == 0:
+        raise UserError(f"{where} is empty (0 bytes), not a checkpoint; {hint}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # truncated zip, text, another pickle: every failure has the same remedy
+        raise UserError(f"{where} cannot be read as a checkpoint ({type(error).__name__}: {one_line(error)[:160]}): "
+                        f"the file is truncated, damaged or not written by magnn train; {hint}") from None
+    if not isinstance(state, dict):
+        raise UserError(f"{where} holds a {type(state).__name__}, not a magnn checkpoint "
+                        f"(a dict with {', '.join(BEST_KEYS)}, as magnn train writes); {hint}")
+    needed = RESUME_KEYS if resume else BEST_KEYS
+    missing = [key for key in needed if key not in state]
+    if missing:
+        if _looks_like_state_dict(state):
+            what = "a bare state_dict (weights without the config magnn needs to rebuild the model)"
+        elif resume and all(key in state for key in BEST_KEYS):
+            what = f"a weights-only checkpoint (best.pt?) without {', '.join(missing)}; --resume needs DIR/last.pt"
+        else:
+            what = f"not a magnn checkpoint: it lacks {', '.join(repr(k) for k in missing)}"
+        raise UserError(f"{where} is {what}; {hint}")
+    raw = state["config"]
+    if not isinstance(raw, dict):
+        raise UserError(f"{where}: its 'config' is a {type(raw).__name__}, not a dict of settings; {hint}")
+    known = set(TrainConfig.__dataclass_fields__)
+    unknown = sorted(str(key) for key in raw if key not in known)
+    if unknown:
+        raise UserError(f"{where}: its config has settings this magnn does not know ({', '.join(unknown)}); "
+                        "it was written by another magnn version or edited; retrain with this version")
+    config = TrainConfig(**raw)
+    if isinstance(config.fanouts, list):
+        config.fanouts = tuple(config.fanouts)
+    try:
+        check_config(config, environment=False)
+    except UserError as error:
+        raise UserError(f"{where}: its config is invalid ({error})") from None
+    if not isinstance(state["model"], dict) or not all(isinstance(v, torch.Tensor) for v in state["model"].values()):
+        raise UserError(f"{where}: its 'model' entry is not a state_dict of tensors; {hint}")
+    if isinstance(state["epoch"], bool) or not isinstance(state["epoch"], int) or state["epoch"] < 0:
+        raise UserError(f"{where}: its 'epoch' entry is {state['epoch']!r}, not an epoch number; {hint}")
+    if resume and (not isinstance(state["history"], list) or not isinstance(state["best"], dict)
+                   or "val_loss" not in state["best"] or len(state["history"]) != state["epoch"] + 1):
+        raise UserError(f"{where}: its history or best-epoch record is inconsistent; {hint}")
+    return Checkpoint(path, state, config, option)
+
+
+def run_settings(config: TrainConfig, info) -> dict:
+    """Every setting that shapes a run's trajectory, resolved (preset values filled in), by CLI name."""
+    from .models import model_config
+
+    model = model_config(config.model, info, preset="paper", ebt=config.ebt, **model_overrides(config))
+    model.pop("backend", None)
+    model.pop("checkpoint", None)
+    settings = training_settings(config)
+    resolved = {"--dataset": config.dataset, "--model": config.model, "--seed": config.seed,
+                "--max-graphs": config.max_graphs, "--lr": settings["lr"], "--batch-size": settings["batch_size"],
+                "--bf16": config.bf16, "--sampled": config.sampled}
+    if config.sampled:
+        resolved["--fanouts"] = ",".join(str(f) for f in config.fanouts)
+    options = {keyword: f"--{option}" for option, keyword in MODEL_OPTIONS.items()}
+    options["ebt"] = "--ebt"
+    for keyword, value in model.items():
+        resolved[options.get(keyword, keyword)] = value
+    return resolved
+
+
+def check_resume_settings(checkpoint: Checkpoint, config: TrainConfig, info) -> None:
+    """Refuse to --resume with settings other than the checkpoint's (except RESUMABLE_SETTINGS),
+    so that the weights, the optimizer and metrics.json never disagree."""
+    before, now = run_settings(checkpoint.config, info), run_settings(config, info)
+    differing = [f"{name} {before.get(name)!r} in the checkpoint vs {now.get(name)!r} now"
+                 for name in sorted(set(before) | set(now)) if before.get(name) != now.get(name)]
+    if differing:
+        allowed = ", ".join(f"--{name.replace('_', '-')}" for name in RESUMABLE_SETTINGS if name != "out")
+        raise UserError(f"--resume: {checkpoint.path} was trained with other settings: {'; '.join(differing)}. "
+                        f"Resume with the checkpoint's settings (only {allowed} may change), "
+                        "or start a new run in another --out folder")
+
+
+class NonFiniteLoss(Exception):
+    """Raised inside an epoch when a batch's loss is NaN or infinite (the run diverged)."""
+
+    def __init__(self, loss: float, training: bool):
+        super().__init__(f"non-finite loss {loss}")
+        self.loss, self.training = loss, training
+
+
+def _finite_loss(loss, training: bool) -> float:
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise NonFiniteLoss(value, training)
+    return value
+
+
 # -- datasets + model -----------------------------------------------------------
 
 # "quick": the paper's row for the pair, shrunk to train in minutes on 2 CPU cores
@@ -222,8 +448,8 @@ def training_settings(config: TrainConfig) -> dict:
     from .models import get_preset
 
     row = get_preset(config.model, config.dataset)
-    return {"lr": config.lr or row.lr, "patience": row.patience, "min_lr": row.min_lr,
-            "batch_size": config.batch_size or row.batch_size}
+    return {"lr": row.lr if config.lr is None else config.lr, "patience": row.patience, "min_lr": row.min_lr,
+            "batch_size": row.batch_size if config.batch_size is None else config.batch_size}
 
 
 def prepare(config: TrainConfig):
@@ -302,8 +528,9 @@ def run_epoch(model, part, info, loss_fn, *, optimizer=None, batch_size=128, see
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+        value = _finite_loss(loss, training)  # before the metric: sklearn refuses NaN predictions
         metric = compute_metric(info.task, info.name, data.y[mask], pred[mask].detach())
-        return EpochResult(float(loss.detach()), metric)
+        return EpochResult(value, metric)
 
     total_loss, total_graphs = 0.0, 0
     targets, predictions = [], []
@@ -317,7 +544,7 @@ def run_epoch(model, part, info, loss_fn, *, optimizer=None, batch_size=128, see
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        total_loss += float(loss.detach()) * batch.num_graphs
+        total_loss += _finite_loss(loss, training) * batch.num_graphs  # after the step: no extra sync
         total_graphs += batch.num_graphs
         targets.append(batch.y.reshape(pred.shape).detach().cpu())
         predictions.append(pred.detach().cpu())
@@ -342,7 +569,7 @@ def _sampled_epoch(model, data, info, loss_fn, optimizer, batch_size, seed, devi
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total += float(loss.detach()) * batch.num_seeds
+        total += _finite_loss(loss, True) * batch.num_seeds
         targets.append(batch.y[: batch.num_seeds].cpu())
         predictions.append(pred.detach().cpu())
     y_true, y_pred = torch.cat(targets), torch.cat(predictions)
@@ -352,16 +579,31 @@ def _sampled_epoch(model, data, info, loss_fn, optimizer, batch_size, seed, devi
 # -- the loop -------------------------------------------------------------------
 
 def train(config: TrainConfig, resume: bool = False) -> dict:
-    """Train per `config`; returns (and writes) the metrics dictionary."""
+    """Train per `config`; returns (and writes) the metrics dictionary.
+
+    Raises UserError for bad settings, bad checkpoints and a --resume whose
+    settings differ from its checkpoint's; RunFailed (after writing
+    metrics.json with the history so far) when the loss stops being finite.
+    """
     import torch
 
+    check_config(config)
     out = Path(config.out)
+    output_folder(out, "--out")
+    last_path = out / "last.pt"
+    checkpoint = None
+    if resume:
+        checkpoint = load_checkpoint(last_path, option="--resume", resume=True,
+                                     hint=f"run without --resume first (it writes {last_path})")
+        if checkpoint.state["epoch"] + 1 >= config.epochs:
+            raise UserError(f"--resume: {last_path} has already trained {checkpoint.state['epoch'] + 1} epoch(s) and "
+                            f"--epochs is {config.epochs}; pass a larger --epochs to train further")
     distributed = init_distributed_from_env(config.device)
     rank, world = _rank_world()
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
     seed_everything(config.seed)
     splits, info, model = prepare(config)
+    if checkpoint is not None:
+        check_resume_settings(checkpoint, config, info)
     device = torch.device(config.device)
     model = model.to(device)
     core = model
@@ -376,28 +618,54 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
     batch_size = settings["batch_size"]
     history, best = [], {"epoch": -1, "val_loss": math.inf}
     start_epoch = 0
-    last_path = out / "last.pt"
-    if resume:
-        if not last_path.exists():
-            raise FileNotFoundError(f"--resume: no checkpoint at {last_path}; run without --resume first")
-        state = torch.load(last_path, map_location=device, weights_only=False)
-        core.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        set_rng_state(state["rng"])
+    if checkpoint is not None:
+        checkpoint.restore_model(core)
+        checkpoint.restore_training(optimizer, scheduler)
+        state = checkpoint.state
         history, best, start_epoch = state["history"], state["best"], state["epoch"] + 1
         log.info(f"resuming at epoch {start_epoch} from {last_path}")
 
     name = metric_name(info.task)
+
+    def metrics(test, stopped) -> dict:
+        trained = best["epoch"] >= 0
+        return {
+            "config": asdict(config),
+            "dataset_info": asdict(info),
+            "history": history,
+            "best_epoch": best["epoch"] if trained else None,
+            "best": best if trained else None,
+            "test": test,
+            "stopped": stopped,
+            "resumed_at_epoch": start_epoch if checkpoint is not None else None,
+            "world_size": world,
+        }
+
+    def write(result) -> None:
+        if rank == 0:
+            (out / "metrics.json").write_text(json.dumps(json_safe(result), indent=2, default=str, allow_nan=False))
+
+    stopped = {"reason": "epochs", "epoch": config.epochs - 1}
     for epoch in range(start_epoch, config.epochs):
         began = time.perf_counter()
         common = dict(batch_size=batch_size, device=config.device, bf16=config.bf16)
-        train_result = run_epoch(model, splits["train"], info, loss_fn, optimizer=optimizer,
-                                 seed=config.seed * 1000 + epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
-                                 node_mask_key="train_mask", fanouts=config.fanouts if config.sampled else None,
-                                 **common)
-        with torch.no_grad():
-            val_result = run_epoch(model, splits["val"], info, loss_fn, node_mask_key="val_mask", **common)
+        diverged = None
+        try:
+            train_result = run_epoch(model, splits["train"], info, loss_fn, optimizer=optimizer,
+                                     seed=config.seed * 1000 + epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
+                                     node_mask_key="train_mask", fanouts=config.fanouts if config.sampled else None,
+                                     **common)
+            with torch.no_grad():
+                val_result = run_epoch(model, splits["val"], info, loss_fn, node_mask_key="val_mask", **common)
+        except NonFiniteLoss as error:
+            diverged = ("training" if error.training else "validation", error.loss)
+        if diverged is not None:  # outside the except: the epoch's frames (and progress bar) are gone first
+            kind, loss = diverged
+            write(metrics(None, {"reason": "diverged", "epoch": epoch, "detail": f"{kind} loss {loss}"}))
+            lr = optimizer.param_groups[0]["lr"]
+            raise RunFailed(f"training diverged at epoch {epoch + 1}: the {kind} loss became {loss}; lower the "
+                            f"learning rate (--lr is {lr:g}; try {lr / 10:g} or less) and train again without --resume; "
+                            f"the history so far is in {out / 'metrics.json'}")
         scheduler.step(val_result.loss)
         row = {
             "epoch": epoch, "train_loss": train_result.loss, f"train_{name}": train_result.metric,
@@ -419,24 +687,20 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
             }, last_path)
         if optimizer.param_groups[0]["lr"] < settings["min_lr"]:  # the paper's stopping rule
             log.info(f"stopping: lr fell below min_lr={settings['min_lr']:g}")
+            stopped = {"reason": "min_lr", "epoch": epoch}
             break
 
     if distributed and world > 1:
         torch.distributed.barrier()
-    best_state = torch.load(out / "best.pt", map_location=device, weights_only=False)
-    core.load_state_dict(best_state["model"])
-    with torch.no_grad():
-        test_result = run_epoch(core, splits["test"], info, loss_fn, batch_size=batch_size, device=config.device,
-                                bf16=config.bf16, node_mask_key="test_mask")
-    result = {
-        "config": asdict(config),
-        "dataset_info": asdict(info),
-        "history": history,
-        "best_epoch": best["epoch"],
-        "best": best,
-        "test": {"loss": test_result.loss, name: test_result.metric},
-        "world_size": world,
-    }
-    if rank == 0:
-        (out / "metrics.json").write_text(json.dumps(result, indent=2, default=str))
+    load_checkpoint(out / "best.pt", option="--out").restore_model(core)
+    try:
+        with torch.no_grad():
+            test_result = run_epoch(core, splits["test"], info, loss_fn, batch_size=batch_size, device=config.device,
+                                    bf16=config.bf16, node_mask_key="test_mask")
+    except NonFiniteLoss as error:
+        write(metrics(None, {"reason": "non-finite test loss", "epoch": best["epoch"], "detail": f"test loss {error.loss}"}))
+        raise RunFailed(f"the best epoch's model ({out / 'best.pt'}) gives a non-finite test loss ({error.loss}); "
+                        "lower the learning rate (--lr) and train again") from None
+    result = metrics({"loss": test_result.loss, name: test_result.metric}, stopped)
+    write(result)
     return result

@@ -18,11 +18,15 @@ Work decomposition
 Softmax
   Online (running max + running sum), fp32 accumulation. Besides the inputs and
   node_out (an output, so no extra memory) only the per-node, per-head
-  log-sum-exp `lse [N, H]` is saved; the backward recomputes the scores. As in
+  log-sum-exp is saved, in two parts: `lse [N, 2, H]` holds the row max m and
+  log(sum_j exp(l_j - m)), and a = exp((l - m) - log_sum) stays exact for
+  logits of any finite size (m + log_sum would round log_sum away once |m| is
+  large, e.g. under a 1e30 bias); the backward recomputes the scores. As in
   FlashAttention, delta_i = sum_j a_ij dA_ij = g_i . node_out_i when edge_out
   passes no gradient into the softmax (gt mode); additive mode with an edge_out
   gradient computes it with a first loop over the row. A node with nothing to
-  attend to gets lse = +inf, so exp(l - lse) = 0 and its output is exactly 0.
+  attend to (no edges and no slot, or every logit -inf: SPEC §3) gets
+  lse = (+inf, 0), so every a = exp(-inf) = 0 and its output is exactly 0.
 
 Statistics (constexpr STATS; no work at all when off)
   On the stored (rounded) tap values viewed as float32: per-edge lower median
@@ -85,6 +89,23 @@ def _scores(qx, kx, ex, shift, bias_t, scale, clamp_val,
     if HAS_CLAMP:
         logit = tl.clamp(raw, -clamp_val, clamp_val, propagate_nan=tl.PropagateNan.ALL)
     return x, raw, logit
+
+
+@triton.jit
+def _store_lse(lse_ptr, node, h_idx, h_mask, H, m, l_sum):
+    """Save a row's softmax as lse[node] = (row max, log sum); (+inf, 0) when it attended to nothing."""
+    empty = l_sum == 0.0
+    tl.store(lse_ptr + node * 2 * H + h_idx, tl.where(empty, float("inf"), m), mask=h_mask)
+    tl.store(lse_ptr + node * 2 * H + H + h_idx, tl.where(empty, 0.0, tl.log(tl.where(empty, 1.0, l_sum))),
+             mask=h_mask)
+
+
+@triton.jit
+def _load_lse(lse_ptr, node, h_idx, h_mask, H):
+    """(row max, log sum) of one node, [BLOCK_H] each; a = exp((l - row max) - log sum)."""
+    row_max = tl.load(lse_ptr + node * 2 * H + h_idx, mask=h_mask, other=float("inf"))
+    log_sum = tl.load(lse_ptr + node * 2 * H + H + h_idx, mask=h_mask, other=0.0)
+    return row_max, log_sum
 
 
 @triton.jit
@@ -319,27 +340,27 @@ def _edge_attention_fwd_kernel(
                 if MODE == 0:
                     tl.store(part_acc_ptr + item * HD + hd_off, acc, mask=hd_mask)
             else:
-                m_fin = tl.where(m == float("-inf"), 0.0, m)
                 l_safe = tl.where(l_sum == 0.0, 1.0, l_sum)
-                lse = tl.where(l_sum == 0.0, float("inf"), m_fin + tl.log(l_safe))
-                tl.store(lse_ptr + node * H + h_idx, lse, mask=h_mask)
+                _store_lse(lse_ptr, node, h_idx, h_mask, H, m, l_sum)
+                row_max = tl.where(l_sum == 0.0, float("inf"), m)
+                log_sum = tl.log(l_safe)
                 if MODE == 0:
                     out = tl.where(l_sum[:, None] == 0.0, 0.0, acc / l_safe[:, None])
                     tl.store(node_out_ptr + node * HD + hd_off, out.to(out_ty), mask=hd_mask)
 
         if MESSAGE_PASS:
             if LSE_GIVEN:
-                lse = tl.load(lse_ptr + node * H + h_idx, mask=h_mask, other=float("inf"))
+                row_max, log_sum = _load_lse(lse_ptr, node, h_idx, h_mask, H)
             acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
             if EBT == 2:
-                slot_a = tl.exp(slot_logit - lse)
+                slot_a = tl.exp((slot_logit - row_max) - log_sum)
                 acc = tl.where(owns_node, slot_a[:, None] * slot_msg, acc)
             for block_start in range(start, end, BLOCK_E):
                 emask, m3, src_off, eid, eid_off, k_t, e_t, x, raw, logit = _dst_tile(
                     block_start, end, e_idx, col_ptr, perm_ptr, k_ptr, e_ptr, bias_ptr, q_i, shift,
                     hd_off, hd_mask, h_idx, H, HD, scale, clamp_val,
                     MODE, EBT, HAS_BIAS, BIAS_PER_HEAD, HAS_CLAMP, BLOCK_E, BLOCK_H)
-                attn = tl.exp(tl.where(emask[:, None], logit - lse[None, :], float("-inf")))
+                attn = tl.exp(tl.where(emask[:, None], (logit - row_max[None, :]) - log_sum[None, :], float("-inf")))
                 msg = tl.load(v_ptr + src_off, mask=m3, other=0.0).to(tl.float32) + x + msg_bias[None, :, :]
                 out = attn[:, :, None] * msg
                 stored = out.to(out_ty)
@@ -397,9 +418,8 @@ def _edge_attention_fwd_merge_kernel(
             acc_c = tl.load(part_acc_ptr + item * HD + hd_off, mask=hd_mask, other=0.0)
             acc = acc * alpha[:, None] + acc_c * alpha_c[:, None]
         m = m_new
-    m_fin = tl.where(m == float("-inf"), 0.0, m)
     l_safe = tl.where(l_sum == 0.0, 1.0, l_sum)
-    tl.store(lse_ptr + node * H + h_idx, tl.where(l_sum == 0.0, float("inf"), m_fin + tl.log(l_safe)), mask=h_mask)
+    _store_lse(lse_ptr, node, h_idx, h_mask, H, m, l_sum)
     if WITH_ACC:
         out = tl.where(l_sum[:, None] == 0.0, 0.0, acc / l_safe[:, None])
         tl.store(node_out_ptr + node * HD + hd_off, out.to(node_out_ptr.dtype.element_ty), mask=hd_mask)
@@ -469,7 +489,7 @@ def _edge_attention_bwd_dst_kernel(
             end = tl.load(rowptr_ptr + node + 1)
         owns_node = start == row_begin
         q_i = tl.load(q_ptr + node * HD + hd_off, mask=hd_mask, other=0.0).to(tl.float32)
-        lse = tl.load(lse_ptr + node * H + h_idx, mask=h_mask, other=float("inf"))
+        row_max, log_sum = _load_lse(lse_ptr, node, h_idx, h_mask, H)
         g_n = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
         if HAS_GRAD_NODE:
             g_n = tl.load(grad_node_ptr + node * HD + hd_off, mask=hd_mask, other=0.0).to(tl.float32)
@@ -482,7 +502,7 @@ def _edge_attention_bwd_dst_kernel(
             msg_bias = vb
         if EBT == 2:
             slot_raw, slot_logit, slot_msg = _slot_terms(q_i, kb, eb, vb, scale, clamp_val, MODE, HAS_CLAMP)
-            slot_a = tl.where(owns_node, tl.exp(slot_logit - lse), 0.0)
+            slot_a = tl.where(owns_node, tl.exp((slot_logit - row_max) - log_sum), 0.0)
             slot_da = tl.sum(g_n * slot_msg, axis=1)
 
         if DELTA_MODE != 2:
@@ -494,7 +514,7 @@ def _edge_attention_bwd_dst_kernel(
                     block_start, end, e_idx, col_ptr, perm_ptr, k_ptr, e_ptr, bias_ptr, q_i, shift,
                     hd_off, hd_mask, h_idx, H, HD, scale, clamp_val,
                     MODE, EBT, HAS_BIAS, BIAS_PER_HEAD, HAS_CLAMP, BLOCK_E, BLOCK_H)
-                attn = tl.exp(tl.where(emask[:, None], logit - lse[None, :], float("-inf")))
+                attn = tl.exp(tl.where(emask[:, None], (logit - row_max[None, :]) - log_sum[None, :], float("-inf")))
                 msg = tl.load(v_ptr + src_off, mask=m3, other=0.0).to(tl.float32) + msg_bias[None, :, :]
                 grad = g_n[None, :, :]
                 if MODE == 1:
@@ -519,7 +539,7 @@ def _edge_attention_bwd_dst_kernel(
                     block_start, end, e_idx, col_ptr, perm_ptr, k_ptr, e_ptr, bias_ptr, q_i, shift,
                     hd_off, hd_mask, h_idx, H, HD, scale, clamp_val,
                     MODE, EBT, HAS_BIAS, BIAS_PER_HEAD, HAS_CLAMP, BLOCK_E, BLOCK_H)
-                attn = tl.exp(tl.where(emask[:, None], logit - lse[None, :], float("-inf")))
+                attn = tl.exp(tl.where(emask[:, None], (logit - row_max[None, :]) - log_sum[None, :], float("-inf")))
                 msg = tl.load(v_ptr + src_off, mask=m3, other=0.0).to(tl.float32) + msg_bias[None, :, :]
                 g_e = tl.zeros([BLOCK_E, BLOCK_H, BLOCK_D], tl.float32)
                 if HAS_GRAD_EDGE:
@@ -640,7 +660,9 @@ def _edge_attention_bwd_src_kernel(
             eid_off = eid[:, None, None] * HD + hd_off[None, :, :]  # int64 (eid is): E*H*D passes 2**31
             q_t = tl.load(q_ptr + dst_off, mask=m3, other=0.0).to(tl.float32)
             e_t = tl.load(e_ptr + eid_off, mask=m3, other=0.0).to(tl.float32)
-            lse_t = tl.load(lse_ptr + dst[:, None] * H + h_idx[None, :], mask=m2, other=float("inf"))
+            lse_off = dst[:, None] * 2 * H + h_idx[None, :]
+            max_t = tl.load(lse_ptr + lse_off, mask=m2, other=float("inf"))
+            log_sum_t = tl.load(lse_ptr + lse_off + H, mask=m2, other=0.0)
             delta_t = tl.load(delta_ptr + dst[:, None] * H + h_idx[None, :], mask=m2, other=0.0)
             g_n = tl.zeros([BLOCK_E, BLOCK_H, BLOCK_D], tl.float32)
             if HAS_GRAD_NODE:
@@ -656,7 +678,7 @@ def _edge_attention_bwd_src_kernel(
                 bias_t = _load_bias(bias_ptr, eid, emask, h_idx, H, BIAS_PER_HEAD, BLOCK_E, BLOCK_H)
             x, raw, logit = _scores(q_t, k_j[None, :, :], e_t, shift, bias_t, scale, clamp_val,
                                     MODE, EBT, HAS_BIAS, HAS_CLAMP)
-            attn = tl.exp(tl.where(m2, logit - lse_t, float("-inf")))
+            attn = tl.exp(tl.where(m2, (logit - max_t) - log_sum_t, float("-inf")))
             if MODE == 0:
                 d_attn = tl.sum(g_n * v_j[None, :, :], axis=2)
                 d_logit = attn * (d_attn - delta_t)
@@ -851,7 +873,7 @@ def _forward(q, k, v, e, rowptr, col, perm, bias, k_bias, e_bias, v_bias, mode, 
     stats = mantissa_bits >= 0
     node_out = _empty(q.shape, q.dtype, device)
     edge_out = _empty(e.shape, e.dtype, device)
-    lse = _empty((num_nodes, heads), torch.float32, device)
+    lse = _empty((num_nodes, 2, heads), torch.float32, device)  # row max, log sum
     if stats:
         bins = num_bins(mantissa_bits)
         hist_abs = torch.zeros(bins, dtype=torch.int64, device=device)
@@ -1040,7 +1062,7 @@ def _edge_attention_fwd_fake(q, k, v, e, rowptr, col, perm, rev_rowptr, rev_col,
     bins = num_bins(mantissa_bits) if stats else 0
     rows = num_edges if stats else 0
     return (
-        torch.empty_like(q), torch.empty_like(e), q.new_empty((num_nodes, heads), dtype=torch.float32),
+        torch.empty_like(q), torch.empty_like(e), q.new_empty((num_nodes, 2, heads), dtype=torch.float32),
         q.new_empty((bins,), dtype=torch.int64), q.new_empty((bins,), dtype=torch.int64),
         q.new_empty((rows,), dtype=torch.float32), q.new_empty((rows,), dtype=torch.float32),
         q.new_empty((rows,), dtype=torch.int32), q.new_empty((), dtype=torch.int64),
@@ -1136,6 +1158,7 @@ def _raw_stats(num_edges, channels, hist_abs, hist_ratio, row_ratio, row_max, ro
 
 def run_triton_backend(q, k, v, e, graph, *, mode, clamp, bias, ebt, ebt_params, mantissa_bits, tap):
     """Backend entry point: (node_out, edge_out, RawStats | None), same contract as the torch reference."""
+    graph.check_index_bounds()  # an unvalidated graph's indices, once: the kernels do not bound-check them
     k_bias = e_bias = v_bias = None
     if ebt is not None:
         k_bias, e_bias, v_bias = (p.contiguous() for p in ebt_params)

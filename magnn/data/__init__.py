@@ -80,6 +80,9 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, *, max_graphs
     max_graphs: keep the first N graphs of each molecule split (deterministic).
     """
     key = name.lower()
+    if root is not None and os.path.exists(os.path.expanduser(root)) and not os.path.isdir(os.path.expanduser(root)):
+        raise MissingDataError(f"data root {root} is a file, not a folder; pass the folder that holds the dataset "
+                               "files (or nothing, for the default cache)")
     if key == "tox21":
         dataset = TOX21(root=root, **kwargs)
         splits = {split: _first(dataset[index], max_graphs) for split, index in dataset.split_idx.items()}

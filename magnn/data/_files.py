@@ -7,6 +7,8 @@ import os
 import zlib
 from pathlib import Path
 
+from ..errors import UserError
+
 __all__ = [
     "MissingDataError",
     "CorruptDataError",
@@ -18,11 +20,11 @@ __all__ = [
 ]
 
 
-class MissingDataError(FileNotFoundError):
+class MissingDataError(UserError, FileNotFoundError):
     """Dataset files are absent (and magnn never downloads them)."""
 
 
-class CorruptDataError(ValueError):
+class CorruptDataError(UserError, ValueError):
     """Dataset files exist but are unreadable, truncated or inconsistent."""
 
 

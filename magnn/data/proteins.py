@@ -297,9 +297,18 @@ def load_ogbn_proteins(root: str | os.PathLike | None = None) -> Data:
         problems.append(f"{graph.node_species.numel()} species rows")
     if graph.edge_index.numel() and (int(graph.edge_index.min()) < 0 or int(graph.edge_index.max()) >= num_nodes):
         problems.append("edge indices outside [0, num_nodes)")
-    for name, index in split_idx.items():
+    owner = torch.full((num_nodes,), -1, dtype=torch.long)
+    for position, (name, index) in enumerate(split_idx.items()):
         if index.numel() == 0 or int(index.min()) < 0 or int(index.max()) >= num_nodes:
             problems.append(f"split '{name}' is empty or indexes outside [0, num_nodes)")
+            continue
+        if index.unique().numel() != index.numel():
+            problems.append(f"split '{name}' lists a node twice")
+        taken = owner[index] >= 0
+        if bool(taken.any()):  # the masks would silently put these nodes into two splits
+            other = list(split_idx)[int(owner[index[taken][0]])]
+            problems.append(f"splits '{other}' and '{name}' share {int(taken.sum())} node(s)")
+        owner[index] = position
     if problems:
         raise CorruptDataError(
             f"ogbn-proteins in {folder} is inconsistent: {'; '.join(problems)}. Replace the damaged raw "

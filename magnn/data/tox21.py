@@ -128,6 +128,32 @@ def _read_tox21_csv(path: Path) -> pd.DataFrame:
     return frame
 
 
+def _check_split(split, num_graphs: int, folder: str) -> None:
+    """The cached split must be three disjoint index sets inside [0, num_graphs): a stale or
+    edited cache would otherwise raise deep inside indexing, or silently leak test molecules
+    into training."""
+    fix = f"delete {folder} (it is rebuilt from the CSV) or pass force_reload=True"
+    if not isinstance(split, dict) or set(split) != {"train", "val", "test"}:
+        keys = sorted(split) if isinstance(split, dict) else type(split).__name__
+        raise CorruptDataError(f"processed TOX21 cache in {folder}: the split holds {keys}, "
+                               f"not train/val/test; {fix}")
+    owner: dict[int, str] = {}
+    for name in ("train", "val", "test"):
+        index = split[name]
+        if not isinstance(index, torch.Tensor) or index.dim() != 1 or index.dtype not in (torch.int64, torch.int32):
+            raise CorruptDataError(f"processed TOX21 cache in {folder}: split '{name}' is not a 1-D integer tensor; {fix}")
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= num_graphs):
+            raise CorruptDataError(f"processed TOX21 cache in {folder}: split '{name}' has indices outside "
+                                   f"[0, {num_graphs}) (the cache holds {num_graphs} graphs); {fix}")
+        if index.unique().numel() != index.numel():
+            raise CorruptDataError(f"processed TOX21 cache in {folder}: split '{name}' lists a molecule twice; {fix}")
+        for i in index.tolist():
+            other = owner.setdefault(i, name)
+            if other != name:
+                raise CorruptDataError(f"processed TOX21 cache in {folder}: splits overlap ('{other}' and '{name}' "
+                                       f"share molecule {i}); {fix}")
+
+
 class TOX21(InMemoryDataset):
     """MoleculeNet TOX21 as PyG graphs, featurised once and cached.
 
@@ -181,6 +207,7 @@ class TOX21(InMemoryDataset):
             raise CorruptDataError(
                 f"processed TOX21 cache in {self.processed_dir} is unreadable ({exc}); delete that "
                 "folder or pass force_reload=True") from exc
+        _check_split(split, len(self), self.processed_dir)
         self.split_idx: dict[str, torch.Tensor] = split
         self.num_skipped: int = meta["num_skipped"]
         self.skipped_mol_ids: list[str] = meta["skipped_mol_ids"]

@@ -172,6 +172,65 @@ class OfflineZINC(PygZINC):
     def download(self) -> None:
         raise MissingDataError(_missing_zinc_message(Path(self.root)))
 
+    def process(self) -> None:
+        raw = Path(self.raw_dir)
+        if self.subset:
+            for split in ("train", "val", "test"):
+                _check_index_file(raw / f"{split}.index")
+        failure = None
+        try:
+            super().process()
+        except Exception as exc:  # pickles of anything else fail in many ways; the remedy is the same
+            failure = f"{type(exc).__name__}: {exc}"
+        # raised here, not in the except block: the failed frame (and PyG's open progress bar) is
+        # released first, so nothing is written to stderr after the error message
+        if failure is not None and failure.startswith("IndexError") and self.subset:
+            failure = _index_out_of_range(raw) or failure
+        if failure is not None:
+            raise CorruptDataError(
+                f"ZINC raw files in {raw} cannot be processed ({failure}); they must be the "
+                "benchmarking-gnns files (train/val/test.pickle: lists of molecules with atom_type, bond_type and "
+                "logP_SA_cycle_normalized; train/val/test.index: the subset's indices). Replace the damaged files, "
+                f"or move {raw.parent} away to use the bundled subset")
+
+
+def _index_out_of_range(raw: Path) -> str | None:
+    """After an IndexError: which index file points past the end of its pickle (None if none found)."""
+    import pickle
+
+    for split in ("train", "val", "test"):
+        try:
+            with open(raw / f"{split}.pickle", "rb") as f:
+                count = len(pickle.load(f))
+            largest = max(int(part) for part in (raw / f"{split}.index").read_text()[:-1].split(","))
+        except Exception:  # unreadable here too: the generic message stands
+            continue
+        if largest >= count:
+            return f"{split}.index has index {largest}, but {split}.pickle holds {count} molecules"
+    return None
+
+
+def _check_index_file(path: Path) -> None:
+    """A ZINC subset index file: comma-separated indices >= 0, no repeats, ending in a newline
+    (PyG drops the file's last character, so without the newline the last index loses a digit)."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CorruptDataError(f"cannot read the ZINC index file {path} ({type(exc).__name__}: {exc})") from exc
+    if not text.endswith("\n"):
+        raise CorruptDataError(f"ZINC index file {path} is empty or does not end with a newline; it must hold "
+                               "comma-separated graph indices followed by a newline (benchmarking-gnns format)")
+    try:
+        indices = [int(part) for part in text[:-1].split(",")]
+    except ValueError:
+        raise CorruptDataError(f"ZINC index file {path} holds something other than comma-separated integers "
+                               f"(starts {text[:40]!r}); replace it with the benchmarking-gnns file") from None
+    if min(indices) < 0:
+        raise CorruptDataError(f"ZINC index file {path} has a negative index ({min(indices)}); "
+                               "indices count graphs from 0")
+    if len(set(indices)) != len(indices):
+        raise CorruptDataError(f"ZINC index file {path} lists a graph twice; replace it with the benchmarking-gnns file")
+
 
 def _official_zinc_root(root: Path) -> Path:
     # Accept both the PyG ZINC root itself and a shared data root holding ZINC/.
@@ -206,5 +265,13 @@ def load_zinc(root: str | os.PathLike | None = None, source: str = "auto",
         return {split: BundledZINC(split, transform=transform) for split in _BUNDLED_SPLITS}
     if not zinc_root_has_raw_files(zinc_root):
         raise MissingDataError(_missing_zinc_message(zinc_root))
-    return {split: OfflineZINC(zinc_root, subset=True, split=split, transform=transform)
-            for split in ("train", "val", "test")}
+    try:
+        return {split: OfflineZINC(zinc_root, subset=True, split=split, transform=transform)
+                for split in ("train", "val", "test")}
+    except (MissingDataError, CorruptDataError):
+        raise
+    except Exception as exc:  # raw files processed fine earlier: PyG's processed cache is what fails
+        processed = zinc_root / "subset" / "processed"
+        raise CorruptDataError(
+            f"the processed ZINC cache in {processed} is unreadable ({type(exc).__name__}: {exc}); "
+            f"delete {processed} to rebuild it from the raw files") from exc

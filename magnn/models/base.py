@@ -9,8 +9,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
 from ..data.info import DatasetInfo
-from ..functional import EBT_VARIANTS
-from ..layers import FusedEdgeAttention
+from ..functional import EBT_VARIANTS, check_backend_name, check_clamp
+from ..layers import FusedEdgeAttention, check_positive_int
 from .block import NORMS
 from .encoders import NodeEncoder
 from .heads import build_head
@@ -46,7 +46,8 @@ class GraphModel(nn.Module):
       pe: positional encoding (model specific; None turns it off; "auto": the
         class's default, none of the eigenvector ones on node-level datasets); pe_dim: its k.
       readout: "mean" or "sum" for graph tasks (ignored for node tasks).
-      clamp: logit clamp of the attention; backend: edge_attention backend.
+      clamp: logit clamp of the attention (None or a number > 0); backend: edge_attention
+        backend ("auto" or a key of magnn.functional.BACKENDS). Bad values fail here.
       checkpoint: recompute each layer in backward (activation checkpointing)
         while training; the recomputation adds no statistics.
     """
@@ -89,10 +90,13 @@ class GraphModel(nn.Module):
         if not isinstance(info, DatasetInfo):
             raise TypeError(f"info must be a magnn.data.DatasetInfo, got {type(info).__name__}")
         num_layers, pe = self.resolve_defaults(info, num_layers, pe)
-        if num_layers < 1:
-            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
-        if heads < 1 or hidden < 1 or hidden % heads:
+        check_positive_int("num_layers", num_layers)
+        check_positive_int("heads", heads)
+        check_positive_int("hidden", hidden)
+        if hidden % heads:
             raise ValueError(f"hidden ({hidden}) must be a positive multiple of heads ({heads})")
+        check_clamp(clamp)
+        check_backend_name(backend)
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         if norm not in NORMS and norm is not None:
@@ -144,18 +148,21 @@ class GraphModel(nn.Module):
     @staticmethod
     @contextlib.contextmanager
     def union_edge_types(attention: nn.Module, num_real: int, num_extra: int):
-        """While attention runs over real edges plus `num_extra` other rows, extend the
-        collector's per-edge types (given for the real edges) with NON_EDGE_TYPE."""
-        collector = getattr(attention, "collector", None)
-        types = None if collector is None else collector.edge_types
-        if types is None or num_extra == 0 or types.shape[0] != num_real:
-            yield
-            return
-        collector.edge_types = torch.cat([types, types.new_full((num_extra,), NON_EDGE_TYPE)])
+        """While attention runs over real edges plus `num_extra` other rows, extend every
+        active collector's per-edge types (given for the real edges) with NON_EDGE_TYPE."""
+        extended = []
+        if num_extra:
+            for collector in getattr(attention, "collectors", ()):
+                types = collector.edge_types
+                if types is not None and types.shape[0] == num_real:
+                    extended.append((collector, types))
+        for collector, types in extended:
+            collector.edge_types = torch.cat([types, types.new_full((num_extra,), NON_EDGE_TYPE)])
         try:
             yield
         finally:
-            collector.edge_types = types
+            for collector, types in extended:
+                collector.edge_types = types
 
     def run_layer(self, layer: nn.Module, *args, **kwargs):
         if not (self.checkpoint and self.training and torch.is_grad_enabled()):
@@ -169,14 +176,13 @@ class GraphModel(nn.Module):
                 return layer(*inner_args, **inner_kwargs)
             # the backward pass recomputes the layer: its statistics were taken in forward
             attentions = [m for m in layer.modules() if isinstance(m, FusedEdgeAttention)]
-            collectors = [m.collector for m in attentions]
             for module in attentions:
-                module.collector = None
+                module._collection_paused += 1
             try:
                 return layer(*inner_args, **inner_kwargs)
             finally:
-                for module, collector in zip(attentions, collectors):
-                    module.collector = collector
+                for module in attentions:
+                    module._collection_paused -= 1
 
         return activation_checkpoint(run, *args, use_reentrant=False, **kwargs)
 

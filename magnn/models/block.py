@@ -10,16 +10,35 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["NORMS", "make_norm", "FeedForward", "ResidualStream"]
+__all__ = ["NORMS", "make_norm", "BatchNorm", "FeedForward", "ResidualStream"]
 
 NORMS = ("batch", "layer", "none")
 
 
+class BatchNorm(nn.BatchNorm1d):
+    """BatchNorm1d that also trains on batches of 0 or 1 rows (PyG's ``allow_single_element``).
+
+    A batch with one graph of one atom (TOX21 has 16 such molecules) or without
+    edges gives the node or edge stream 1 or 0 rows, whose batch variance does
+    not exist: such a batch is normalised with the running statistics, as in
+    eval mode, and leaves them unchanged. Same parameters and buffers as
+    nn.BatchNorm1d, so checkpoints load either way.
+    """
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if self.training and input.shape[0] <= 1 and self.running_mean is not None:
+            return F.batch_norm(
+                input, self.running_mean, self.running_var, self.weight, self.bias, training=False, eps=self.eps
+            )
+        return super().forward(input)
+
+
 def make_norm(norm: Optional[str], dim: int) -> nn.Module:
     if norm == "batch":
-        return nn.BatchNorm1d(dim)
+        return BatchNorm(dim)
     if norm == "layer":
         return nn.LayerNorm(dim)
     if norm in ("none", None):

@@ -95,7 +95,9 @@ class GraphiT(GraphModel):
         checkpoint: bool = False,
     ):
         num_layers, pe = self.resolve_defaults(info, num_layers, pe)
-        if clamp == "auto":
+        if isinstance(clamp, str) and clamp != "auto":
+            raise ValueError(f"clamp must be 'auto', None (no clamp) or a positive number, got {clamp!r}")
+        if isinstance(clamp, str):
             clamp = None if pe == "rw" else DEFAULT_CLAMP
         super().__init__(
             info, num_layers=num_layers, hidden=hidden, heads=heads, norm=norm, residual=residual,

@@ -55,7 +55,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -63,8 +63,8 @@ from torch import nn
 from ..data.info import DatasetInfo
 from ..functional import edge_attention
 from ..graph import Graph
-from ..layers import FusedEdgeAttention
-from ..stats import EdgeStats, reduce_rows
+from ..layers import FusedEdgeAttention, check_positive_int
+from ..stats import EdgeStats, add_to_all, reduce_rows
 from .base import GraphModel, graph_batch
 from .block import ResidualStream
 from .encoders import EdgeEncoder
@@ -180,7 +180,7 @@ class SANAttention(FusedEdgeAttention):
         fake: Optional[FakeEdges] = None,
         fake_attr: Optional[torch.Tensor] = None,
         bias: Optional[torch.Tensor] = None,
-        stats: Optional[EdgeStats] = None,
+        stats: Union[EdgeStats, Sequence[EdgeStats], None] = None,
     ):
         if fake is None or fake.num_edges == 0:
             return super().forward(x, edge_index, edge_attr, bias=bias, stats=stats)
@@ -193,11 +193,11 @@ class SANAttention(FusedEdgeAttention):
 
     def _union_forward(self, x, graph: Graph, edge_attr, fake: FakeEdges, fake_attr, stats):
         num_nodes, heads, head_dim = x.shape[0], self.heads, self.head_dim
-        shape = (-1, heads, head_dim)
         scale = 1.0 / math.sqrt(head_dim)
+        shape = (num_nodes, heads, head_dim)
         q, k, v = (lin(x).view(shape) for lin in (self.lin_q, self.lin_k, self.lin_v))
         q2, k2 = self.lin_q2(x).view(shape), self.lin_k2(x).view(shape)
-        e = self.lin_e(edge_attr).view(shape)
+        e = self.lin_e(edge_attr).view(edge_attr.shape[0], heads, head_dim)
         e2 = self.lin_e2(fake_attr).view(1, heads, head_dim)
         fake_src, fake_dst = fake.index
         # product = w * sqrt(D): handed to the kernel as the edge input with unit q and k
@@ -220,18 +220,23 @@ class SANAttention(FusedEdgeAttention):
         target = raw if self.clamp is None else raw.clamp(-self.clamp, self.clamp)
         logit_bias = target + structural.to(raw.dtype).unsqueeze(-1) - raw
         ones = torch.ones_like(values)
-        collector = stats if stats is not None else self.collector
+        targets = self.stats_targets(stats)
         node_out, edge_out = edge_attention(
             ones, ones, values, product, fake.union_graph(graph, slot),
-            bias=logit_bias, clamp=None, ebt=None, stats=None if slot else collector, backend=self.backend,
+            bias=logit_bias, clamp=None, ebt=None, stats=None if slot else (targets or None), backend=self.backend,
         )
         if slot:
-            # drop the virtual slot node and its edges, then reduce the tap here
+            # drop the virtual slot node and its edges, then reduce the taps here (the one place
+            # statistics do not come from edge_attention: its call also holds the virtual rows)
             node_out, edge_out = node_out[:num_nodes], edge_out[:num_union]
-            if collector is not None:
-                tapped = edge_out if collector.tap == "edge" else node_out
-                collector.add(reduce_rows(tapped.reshape(tapped.shape[0], -1), collector.mantissa_bits), heads=heads)
-        return node_out.reshape(num_nodes, -1), edge_out.reshape(num_union, -1)
+            raws = {}
+            for tap, tapped in (("edge", edge_out), ("node", node_out)):
+                bits = [t.mantissa_bits for t in targets if t.tap == tap]
+                if bits:
+                    raws[tap] = reduce_rows(tapped.reshape(tapped.shape[0], heads * head_dim), max(bits))
+            add_to_all(targets, raws, heads=heads)
+        width = heads * head_dim
+        return node_out.reshape(num_nodes, width), edge_out.reshape(num_union, width)
 
 
 class LearnedLaplacianPE(nn.Module):
@@ -320,6 +325,8 @@ class SAN(GraphModel):
             dropout=dropout, ebt=ebt, ebt_init=ebt_init, pe=pe, pe_dim=pe_dim, readout=readout,
             clamp=clamp, backend=backend, checkpoint=checkpoint,
         )
+        for name, value in (("lpe_dim", lpe_dim), ("lpe_layers", lpe_layers), ("lpe_heads", lpe_heads)):
+            check_positive_int(name, value)
         if gamma < 0:
             raise ValueError(f"gamma must be >= 0, got {gamma}")
         if fake_edges not in FAKE_EDGE_MODES:
