@@ -63,7 +63,7 @@ def _status_kib(field: str) -> int:
 
 def _measure_memory_in_this_process(backend: str) -> dict:
     if backend == "cpu":
-        from magnn import cpu_backend
+        from magnn.backends import cpu as cpu_backend
 
         cpu_backend.build()  # load the library before the baseline: it is not the step's memory
     problem = make_problem()
@@ -92,7 +92,7 @@ def problem():
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_edge_attention_forward_backward(benchmark, problem, backend):
     if backend == "cpu":
-        from magnn import cpu_backend
+        from magnn.backends import cpu as cpu_backend
 
         cpu_backend.build()  # compile outside the timed region (a cached build just loads)
     stats, grads = benchmark.pedantic(step, args=(problem, backend), rounds=3, iterations=1, warmup_rounds=1)

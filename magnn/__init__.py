@@ -1,6 +1,6 @@
 """magnn: fused sparse kernels for edge-featured graph attention with
 massive-activation telemetry reduced inside the kernels."""
-from .graph import Graph
+from .core.graph import Graph
 from . import functional, stats
 from .functional import edge_attention
 from .stats import EdgeStats, collect

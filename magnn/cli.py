@@ -51,7 +51,7 @@ def cmd_info(args) -> int:
 
 
 def cmd_build_ext(args) -> int:
-    from .cpu_backend import build
+    from .backends.cpu import build
 
     path = build(verbose=args.verbose)
     print(f"built the C++ CPU kernels: {path}")
@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--verbose", action="store_true")
     build.set_defaults(func=cmd_build_ext)
 
-    for module_name in ("magnn.train", "magnn.detect", "magnn.study"):
+    for module_name in ("magnn.train", "magnn.study.detect_run", "magnn.study.pipeline"):
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as error:
@@ -104,7 +104,7 @@ def main(argv=None) -> int:
     `magnn <command>: error: ...`, and return their exit code (2 for bad input,
     1 for a run that failed); no traceback unless MAGNN_DEBUG is set.
     """
-    from .errors import UserError, one_line
+    from .core.errors import UserError, one_line
 
     parser = build_parser()
     try:

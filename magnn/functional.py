@@ -22,12 +22,12 @@ import numbers
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Optional
 
 import torch
 
-from .graph import Graph, as_graph
-from .stats import EdgeStats, add_to_all
+from .core.graph import Graph, as_graph
+from .stats import EdgeStats, StatsArg, add_to_all, stats_targets
 
 MODES = ("gt", "additive")
 EBT_VARIANTS = (None, "edge", "slot")
@@ -61,18 +61,17 @@ def _torch_unavailable(device, dtype):
 
 
 BACKENDS = {
-    "torch": Backend("torch", "magnn._reference:run_torch_backend", "magnn.functional:_torch_unavailable"),
+    "torch": Backend("torch", "magnn.backends.reference:run_torch_backend", "magnn.functional:_torch_unavailable"),
     "triton": Backend(
-        "triton", "magnn_kernels.edge_attention:run_triton_backend", "magnn_kernels.edge_attention:unavailable_reason"
+        "triton", "magnn.backends.triton:run_triton_backend", "magnn.backends.triton:unavailable_reason"
     ),
-    "cpu": Backend("cpu", "magnn.cpu_backend:run_cpu_backend", "magnn.cpu_backend:unavailable_reason"),
+    "cpu": Backend("cpu", "magnn.backends.cpu:run_cpu_backend", "magnn.backends.cpu:unavailable_reason"),
 }
 # fastest first, per device type
 AUTO_ORDER = {"cuda": ("triton", "torch"), "cpu": ("cpu", "torch")}
 
 _warned: set[str] = set()
 
-StatsArg = Union[EdgeStats, Sequence[EdgeStats], None]
 
 
 def backend_choices() -> tuple[str, ...]:
@@ -94,23 +93,6 @@ def check_clamp(clamp) -> None:
         raise ValueError(f"clamp must be None (no clamp) or a positive number, got {clamp!r}")
     if not float(clamp) > 0:  # also rejects NaN
         raise ValueError(f"clamp must be None (no clamp) or a positive number, got {clamp!r}")
-
-
-def stats_targets(stats: StatsArg) -> tuple[EdgeStats, ...]:
-    """`stats=` as a tuple of distinct EdgeStats (None -> (); one -> (one,); duplicates dropped)."""
-    if stats is None:
-        return ()
-    if isinstance(stats, EdgeStats):
-        return (stats,)
-    if isinstance(stats, (list, tuple)):
-        targets: list[EdgeStats] = []
-        for item in stats:
-            if not isinstance(item, EdgeStats):
-                raise TypeError(f"stats must hold magnn.stats.EdgeStats objects, got {type(item).__name__}")
-            if not any(item is seen for seen in targets):
-                targets.append(item)
-        return tuple(targets)
-    raise TypeError(f"stats must be a magnn.stats.EdgeStats, a list/tuple of them or None, got {type(stats).__name__}")
 
 
 def _implementation(name: str) -> Callable:

@@ -7,9 +7,9 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import nn
 
-from .functional import EBT_VARIANTS, MODES, check_backend_name, check_clamp, edge_attention, stats_targets
-from .graph import Graph
-from .stats import EdgeStats
+from .functional import EBT_VARIANTS, MODES, check_backend_name, check_clamp, edge_attention
+from .core.graph import Graph
+from .stats import EdgeStats, StatsTap
 
 
 def check_positive_int(name: str, value) -> None:
@@ -18,7 +18,7 @@ def check_positive_int(name: str, value) -> None:
         raise ValueError(f"{name} must be a positive integer (>= 1), got {value!r}")
 
 
-class FusedEdgeAttention(nn.Module):
+class FusedEdgeAttention(StatsTap, nn.Module):
     """Multi-head attention of each node over its incoming edges, with edge features.
 
     PyG-style: ``x_out, e_out = layer(x, edge_index, edge_attr)`` with
@@ -81,35 +81,7 @@ class FusedEdgeAttention(nn.Module):
             self.register_parameter("ebt_k", None)
             self.register_parameter("ebt_e", None)
             self.register_parameter("ebt_v", None)
-        self._collectors: list[EdgeStats] = []  # attached by magnn.stats.collect blocks, outermost first
-        self._collection_paused = 0  # > 0 while a recomputation must not add statistics
-
-    # -- statistics collectors ---------------------------------------------------------
-    def attach_collector(self, stats: EdgeStats) -> None:
-        """Adds `stats` to the collectors every call of this layer fills (what `collect` does)."""
-        if not isinstance(stats, EdgeStats):
-            raise TypeError(f"a collector must be a magnn.stats.EdgeStats, got {type(stats).__name__}")
-        if not any(stats is active for active in self._collectors):
-            self._collectors.append(stats)
-
-    def detach_collector(self, stats: EdgeStats) -> None:
-        """Removes `stats` (by identity) from the active collectors; the others stay."""
-        self._collectors = [active for active in self._collectors if active is not stats]
-
-    @property
-    def collectors(self) -> tuple[EdgeStats, ...]:
-        """The collectors the next call fills (none while paused for a recomputation)."""
-        return () if self._collection_paused else tuple(self._collectors)
-
-    @property
-    def collector(self) -> Optional[EdgeStats]:
-        """The innermost active collector, or None (read-only; kept for older callers)."""
-        collectors = self.collectors
-        return collectors[-1] if collectors else None
-
-    def stats_targets(self, stats: Union[EdgeStats, Sequence[EdgeStats], None] = None) -> tuple[EdgeStats, ...]:
-        """Everything one call fills: `stats` (one EdgeStats or a sequence), then the active collectors."""
-        return stats_targets([*stats_targets(stats), *self.collectors])
+        self.init_stats_tap()
 
     def forward(
         self,

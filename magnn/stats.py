@@ -20,76 +20,16 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 import numbers
 from dataclasses import dataclass
 from typing import Iterator, Mapping, Optional, Sequence, Union
 
 import torch
 
-SMALLEST_NORMAL = float(torch.finfo(torch.float32).tiny)  # 2**-126
-
-
-def num_bins(mantissa_bits: int) -> int:
-    # sign bit is 0 for |x|; 8 exponent bits + M mantissa bits index the bins
-    return 1 << (8 + mantissa_bits)
-
-
-def bin_index(values: torch.Tensor, mantissa_bits: int) -> torch.Tensor:
-    """Bin of each non-negative float32 value (NaNs must be removed first)."""
-    bits = values.contiguous().to(torch.float32).view(torch.int32).to(torch.int64)
-    return bits >> (23 - mantissa_bits)
-
-
-def bin_lower_bound(index: torch.Tensor | int, mantissa_bits: int) -> torch.Tensor:
-    """Smallest float32 value that falls into bin `index` (inf for the inf bin)."""
-    index = torch.as_tensor(index, dtype=torch.int64)
-    return (index << (23 - mantissa_bits)).to(torch.int32).view(torch.float32)
-
-
-def mantissa_bits_of(counts: torch.Tensor) -> int:
-    """M of a histogram with num_bins(M) = 2**(8 + M) bins (ValueError for any other length)."""
-    length = counts.shape[0] if counts.dim() == 1 else -1
-    bits = length.bit_length() - 9 if length > 0 else -1
-    if not (0 <= bits <= 23 and length == num_bins(bits)):
-        raise ValueError(f"a histogram must be 1-D with 2**(8 + M) bins (0 <= M <= 23), got shape {list(counts.shape)}")
-    return bits
-
-
-def coarsen_counts(counts: torch.Tensor, mantissa_bits: int) -> torch.Tensor:
-    """Exact counts at a coarser resolution: a value's bin at M bits is its bin at M' >= M bits
-    shifted right by M' - M, so each coarse bin is the sum of 2**(M' - M) adjacent fine bins."""
-    finer = mantissa_bits_of(counts)
-    if finer < mantissa_bits:
-        raise ValueError(f"cannot refine a histogram of {finer} mantissa bits to {mantissa_bits}")
-    if finer == mantissa_bits:
-        return counts
-    return counts.reshape(num_bins(mantissa_bits), 1 << (finer - mantissa_bits)).sum(1)
-
-
-def finite_or_none(value) -> Optional[float]:
-    """`value` as a float, or None when it is NaN or infinite (JSON has neither)."""
-    if value is None:
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def json_safe(value):
-    """A copy of `value` (dicts, lists, tuples, numbers, tensors, strings) that `json.dumps(...,
-    allow_nan=False)` accepts: NaN and +-inf become None, 0-d tensors and numpy scalars plain numbers."""
-    if isinstance(value, dict):
-        return {key if isinstance(key, (str, int, float, bool)) or key is None else str(key): json_safe(item)
-                for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(item) for item in value]
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return value
-    if isinstance(value, torch.Tensor) or type(value).__module__ == "numpy":
-        return json_safe(value.tolist())  # tensors, numpy arrays and scalars
-    if isinstance(value, float):
-        return finite_or_none(value)
-    return value
+from .core.binning import (  # noqa: F401  (re-exported: magnn.stats is where users look)
+    SMALLEST_NORMAL, RawStats, bin_index, bin_lower_bound, coarsen_counts, finite_or_none, json_safe,
+    mantissa_bits_of, num_bins, reduce_rows, row_lower_median,
+)
 
 
 @dataclass
@@ -149,79 +89,6 @@ class LogHistogram:
         low, high = self.bin_edges(torch.tensor(index))
         low, high = float(low), float(high)
         return 0.5 * (low + high), low, high
-
-
-@dataclass
-class RawStats:
-    """What one backend call reduces; all tensors may live on the call's device.
-
-    hist_abs, hist_ratio: int64 [num_bins]: |A| and all per-row ratios |A_rc| / med_r.
-    row_ratio: float32 [rows] in the caller's order: max_c ratio (NaN if the row is all NaN).
-    nan_count: number of NaN values; max_abs: largest |A| (-1 if there is none);
-    argmax: flat index row * C + c of max_abs in the caller's order (-1 if none).
-    """
-
-    hist_abs: torch.Tensor
-    hist_ratio: torch.Tensor
-    row_ratio: torch.Tensor
-    nan_count: torch.Tensor
-    max_abs: torch.Tensor
-    argmax: torch.Tensor
-    count: int
-    channels: int
-    row_max_abs: Optional[torch.Tensor] = None  # float32 [rows]; needed only for min_abs
-
-
-def row_lower_median(abs_values: torch.Tensor) -> torch.Tensor:
-    """Lower median over the last dim, NaNs excluded; 0 -> smallest normal; all-NaN -> NaN."""
-    valid = (~torch.isnan(abs_values)).sum(-1)
-    # NaN sorts last in torch.sort, so the k-th smallest non-NaN value is at k
-    ordered = torch.sort(abs_values, dim=-1).values
-    k = ((valid - 1).clamp_min(0) // 2).unsqueeze(-1)
-    median = torch.gather(ordered, -1, k).squeeze(-1)
-    median = torch.where(median == 0, torch.full_like(median, SMALLEST_NORMAL), median)
-    return torch.where(valid == 0, torch.full_like(median, float("nan")), median)
-
-
-def reduce_rows(tapped: torch.Tensor, mantissa_bits: int = 7) -> RawStats:
-    """Reference reduction of a materialised tap A [rows, C] (any float dtype)."""
-    rows = tapped.shape[0]
-    channels = math.prod(tapped.shape[1:])  # explicit so zero rows keep their channel count
-    flat = tapped.detach().reshape(rows, channels).to(torch.float32)
-    channels = flat.shape[1]
-    abs_values = flat.abs()
-    nan_mask = torch.isnan(abs_values)
-    bins = num_bins(mantissa_bits)
-
-    valid_abs = abs_values[~nan_mask]
-    hist_abs = torch.bincount(bin_index(valid_abs, mantissa_bits), minlength=bins)
-
-    median = row_lower_median(abs_values) if rows else abs_values.new_empty(0)
-    ratio = abs_values / median.unsqueeze(-1)
-    valid_ratio = ratio[~nan_mask]
-    hist_ratio = torch.bincount(bin_index(valid_ratio, mantissa_bits), minlength=bins)
-    row_ratio = torch.where(nan_mask, torch.full_like(ratio, -1.0), ratio).amax(-1) if channels else median
-    row_ratio = torch.where(torch.isnan(median), median, row_ratio)
-
-    if valid_abs.numel():
-        filled = torch.where(nan_mask, torch.full_like(abs_values, -1.0), abs_values).reshape(-1)
-        argmax = torch.argmax(filled)  # first occurrence of the maximum
-        max_abs = filled[argmax]
-    else:
-        argmax = torch.tensor(-1, dtype=torch.int64, device=flat.device)
-        max_abs = torch.tensor(-1.0, device=flat.device)
-    row_max_abs = torch.where(nan_mask, torch.full_like(abs_values, -1.0), abs_values).amax(-1) if channels else median
-    return RawStats(
-        row_max_abs=row_max_abs,
-        hist_abs=hist_abs,
-        hist_ratio=hist_ratio,
-        row_ratio=row_ratio,
-        nan_count=nan_mask.sum(),
-        max_abs=max_abs,
-        argmax=argmax,
-        count=rows * channels,
-        channels=channels,
-    )
 
 
 class EdgeStats:
@@ -508,6 +375,74 @@ def add_to_all(targets: Sequence[EdgeStats], raw: Union[RawStats, Mapping[str, R
         target._absorb(part)
 
 
+StatsArg = Union["EdgeStats", Sequence["EdgeStats"], None]
+
+
+def stats_targets(stats: StatsArg) -> tuple[EdgeStats, ...]:
+    """`stats=` as a tuple of distinct EdgeStats (None -> (); one -> (one,); duplicates dropped)."""
+    if stats is None:
+        return ()
+    if isinstance(stats, EdgeStats):
+        return (stats,)
+    if isinstance(stats, (list, tuple)):
+        targets: list[EdgeStats] = []
+        for item in stats:
+            if not isinstance(item, EdgeStats):
+                raise TypeError(f"stats must hold magnn.stats.EdgeStats objects, got {type(item).__name__}")
+            if not any(item is seen for seen in targets):
+                targets.append(item)
+        return tuple(targets)
+    raise TypeError(f"stats must be a magnn.stats.EdgeStats, a list/tuple of them or None, got {type(stats).__name__}")
+
+
+class StatsTap:
+    """What `collect` attaches to: a module whose calls fill the active collectors.
+
+    `FusedEdgeAttention` (and every layer built on it) mixes this in; the layer
+    passes `stats_targets(...)` to `edge_attention`'s ``stats=``, the one path
+    by which statistics reach an `EdgeStats`.
+    """
+
+    def init_stats_tap(self) -> None:
+        self._collectors: list[EdgeStats] = []  # attached by collect blocks, outermost first
+        self._collection_paused = 0  # > 0 while a recomputation must not add statistics
+
+    def attach_collector(self, stats: "EdgeStats") -> None:
+        """Adds `stats` to the collectors every call of this layer fills (what `collect` does)."""
+        if not isinstance(stats, EdgeStats):
+            raise TypeError(f"a collector must be a magnn.stats.EdgeStats, got {type(stats).__name__}")
+        if not any(stats is active for active in self._collectors):
+            self._collectors.append(stats)
+
+    def detach_collector(self, stats: "EdgeStats") -> None:
+        """Removes `stats` (by identity) from the active collectors; the others stay."""
+        self._collectors = [active for active in self._collectors if active is not stats]
+
+    @contextlib.contextmanager
+    def paused_collection(self):
+        """No statistics while inside (e.g. while activation checkpointing recomputes the layer)."""
+        self._collection_paused += 1
+        try:
+            yield
+        finally:
+            self._collection_paused -= 1
+
+    @property
+    def collectors(self) -> tuple["EdgeStats", ...]:
+        """The collectors the next call fills (none while paused for a recomputation)."""
+        return () if self._collection_paused else tuple(self._collectors)
+
+    @property
+    def collector(self) -> Optional["EdgeStats"]:
+        """The innermost active collector, or None (read-only; kept for older callers)."""
+        collectors = self.collectors
+        return collectors[-1] if collectors else None
+
+    def stats_targets(self, stats: StatsArg = None) -> tuple["EdgeStats", ...]:
+        """Everything one call fills: `stats` (one EdgeStats or a sequence), then the active collectors."""
+        return stats_targets([*stats_targets(stats), *self.collectors])
+
+
 @contextlib.contextmanager
 def collect(model: torch.nn.Module, **stats_kwargs) -> Iterator[dict[str, EdgeStats]]:
     """Attach a fresh `EdgeStats` to every `FusedEdgeAttention` in `model`.
@@ -520,11 +455,9 @@ def collect(model: torch.nn.Module, **stats_kwargs) -> Iterator[dict[str, EdgeSt
     call of the layer is added to each of them (with each one's own settings);
     leaving a block detaches only that block's collectors.
     """
-    from .layers import FusedEdgeAttention
-
-    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, FusedEdgeAttention)]
+    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, StatsTap)]
     if not layers:
-        raise ValueError("collect(model): the model has no FusedEdgeAttention layer")
+        raise ValueError("collect(model): the model has no magnn attention layer (FusedEdgeAttention or another StatsTap)")
     collected = {name: EdgeStats(**stats_kwargs) for name, _ in layers}
     for name, module in layers:
         module.attach_collector(collected[name])

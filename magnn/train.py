@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from .stats import json_safe
-from .errors import (MAX_SEED, MissingFileError, RunFailed, UserError, check_device, check_positive, input_folder,
+from .core.errors import (MAX_SEED, MissingFileError, RunFailed, UserError, check_device, check_positive, input_folder,
                      one_line, output_folder, positive_float, positive_int, positive_int_list, seed_int)
 
 COMMAND = "train"

@@ -50,7 +50,7 @@ import torch
 import triton
 import triton.language as tl
 
-from magnn.stats import RawStats, num_bins, reduce_rows
+from magnn.core.binning import RawStats, num_bins, reduce_rows
 
 SMALLEST_NORMAL = tl.constexpr(1.1754943508222875e-38)  # 2**-126, the stats' replacement for a zero median
 

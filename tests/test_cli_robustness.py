@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from magnn.cli import main
-from magnn.errors import UserError
+from magnn.core.errors import UserError
 from magnn.train import TrainConfig, build, load_checkpoint, train, training_settings
 
 TINY = ["--dataset", "zinc", "--max-graphs", "8", "--hidden", "8", "--heads", "2", "--batch-size", "8",
@@ -114,7 +114,7 @@ def test_library_keeps_zero_and_refuses_it():
         train(TrainConfig(dataset="zinc", epochs=0))
     with pytest.raises(UserError, match="dropout"):
         train(TrainConfig(dataset="zinc", overrides={"dropout": 1.0}))
-    from magnn.detect import detect
+    from magnn.analysis.detect import detect
 
     with pytest.raises(ValueError, match="max_batches"):
         detect(torch.nn.Identity(), [], max_batches=0)

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 import magnn
-from magnn import cpu_backend, functional
-from magnn._reference import run_torch_backend
+from magnn import functional
+from magnn.backends import cpu as cpu_backend
+from magnn.backends.reference import run_torch_backend
 from magnn.functional import edge_attention
 from magnn.layers import FusedEdgeAttention
 from magnn.stats import EdgeStats, RawStats, reduce_rows

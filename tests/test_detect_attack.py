@@ -6,10 +6,10 @@ from scipy import stats as sstats
 from torch import nn
 from torch_geometric.data import Data
 
-from magnn.attack import explicit_bias_attack, scaled_noise
-from magnn.detect import detect, fit_gamma, xavier_reset
+from magnn.analysis.attack import explicit_bias_attack, scaled_noise
+from magnn.analysis.detect import detect, fit_gamma, xavier_reset
 from magnn.layers import FusedEdgeAttention
-from magnn.stats import EdgeStats, LogHistogram, collect
+from magnn.stats import LogHistogram, collect
 
 
 class TinyAttentionModel(nn.Module):
@@ -133,7 +133,7 @@ def test_attack_noise_reaching_the_model_has_sigma():
     """The hook's injected difference h_noisy - h has std sigma, whatever the raw noise's scale."""
     from torch_geometric.loader import DataLoader
 
-    from magnn.attack import _NoiseHook
+    from magnn.analysis.attack import _NoiseHook
 
     torch.manual_seed(3)
     model = TinyAttentionModel()

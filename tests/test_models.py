@@ -13,7 +13,7 @@ from torch_geometric.data import Batch, Data
 
 import magnn.models as models
 from magnn.data import DatasetInfo
-from magnn.graph import Graph
+from magnn.core.graph import Graph
 from magnn.models import positional
 from magnn.models.base import NON_EDGE_TYPE
 from magnn.models.san import SANAttention, full_fake_edges, sampled_fake_edges

@@ -7,7 +7,7 @@ import torch
 from magnn import Graph
 from magnn.cli import main
 from magnn.data import synthetic_proteins_graph, write_ogb_proteins_raw
-from magnn.data.sampling import neighbor_batches, sample_edges, subgraph
+from magnn.data.sampling import neighbor_batches, sample_edges
 
 
 @pytest.fixture(scope="module")

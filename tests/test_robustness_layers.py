@@ -18,7 +18,7 @@ import magnn.models as models
 from helpers import random_graph, random_inputs
 from magnn.data import DatasetInfo
 from magnn.functional import BACKENDS, edge_attention
-from magnn.graph import Graph
+from magnn.core.graph import Graph
 from magnn.layers import FusedEdgeAttention
 from magnn.stats import EdgeStats, RawStats, add_to_all, coarsen_counts, collect, reduce_rows
 
@@ -205,7 +205,7 @@ def tox21_without_bonds(tmp_path_factory):
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_real_tox21_molecules_without_bonds_train_and_detect(name, tox21_without_bonds):
     """What `magnn train --batch-size 1` and `magnn detect --split train` do on TOX21."""
-    from magnn.detect import detect
+    from magnn.analysis.detect import detect
 
     torch.manual_seed(3)
     for config, ebt in (("paper", "edge"), ("default", "slot")):
@@ -549,8 +549,8 @@ def test_to_dict_is_valid_json_for_all_nan_empty_and_infinite_layers():
 
 
 def test_report_json_and_cells_say_a_layer_was_all_nan(tmp_path):
-    from magnn.detect import DetectionReport, LayerReport
-    from magnn.report import layer_cell, plot_layer_histograms, plot_sorted_ratios, report_json
+    from magnn.analysis.detect import DetectionReport, LayerReport
+    from magnn.analysis.figures import layer_cell, plot_layer_histograms, plot_sorted_ratios, report_json
 
     nan_layer = LayerReport("layers.0.attention", [float("nan")], [float("nan")], _all_nan_stats())
     fine_stats = _filled(torch.randn(6, 4))

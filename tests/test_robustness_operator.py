@@ -26,7 +26,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import magnn.graph
+import magnn.core.graph
 from helpers import random_graph, random_inputs
 from magnn import Graph
 from magnn.functional import BACKENDS, edge_attention
@@ -350,8 +350,8 @@ def test_unvalidated_graph_with_an_index_out_of_range_raises(backend, edges, mes
 def test_bounds_check_runs_once_and_never_for_validated_graphs(monkeypatch, backend):
     usable(backend)
     calls = []
-    check = magnn.graph._check_index_bounds_once
-    monkeypatch.setattr(magnn.graph, "_check_index_bounds_once", lambda graph: calls.append(graph) or check(graph))
+    check = magnn.core.graph._check_index_bounds_once
+    monkeypatch.setattr(magnn.core.graph, "_check_index_bounds_once", lambda graph: calls.append(graph) or check(graph))
     gen = torch.Generator().manual_seed(10)
     edge_index = random_graph(6, 14, generator=gen, isolated=1, self_loops=1).to(DEVICE)
     q, k, v = (torch.randn(6, 2, 3, generator=gen).to(DEVICE) for _ in range(3))

@@ -163,7 +163,7 @@ def test_collect_attaches_one_collector_per_layer():
     assert model.first.collector is None  # detached after the block
     model(x, edge_index, edge_attr)
     assert stats["first"].calls == 1
-    with pytest.raises(ValueError, match="no FusedEdgeAttention"):
+    with pytest.raises(ValueError, match="no magnn attention layer"):
         with collect(nn.Linear(2, 2)):
             pass
 

@@ -85,7 +85,7 @@ def _ddp_worker(rank, world, port, out, result_path):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     import torch.distributed as dist
 
-    from magnn.detect import detect
+    from magnn.analysis.detect import detect
 
     config = TrainConfig(dataset="zinc", model="gt", epochs=1, out=out, max_graphs=32, batch_size=8, preset="quick",
                          overrides={"num_layers": 2, "hidden": 16, "heads": 2}, backend="torch")
@@ -110,7 +110,7 @@ def test_two_process_gloo_ddp_trains_and_merges_stats(tmp_path):
     assert torch.isfinite(torch.tensor(metrics["test"]["loss"]))
     ranks = [torch.load(f"{result}.{r}", weights_only=False) for r in range(2)]
     # single process over the same graphs with the same model
-    from magnn.detect import detect
+    from magnn.analysis.detect import detect
 
     config = TrainConfig(dataset="zinc", model="gt", epochs=1, out=str(tmp_path / "single"), max_graphs=32, batch_size=8,
                          preset="quick", overrides={"num_layers": 2, "hidden": 16, "heads": 2}, backend="torch")

@@ -7,7 +7,7 @@ import os
 import zlib
 from pathlib import Path
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 __all__ = [
     "MissingDataError",

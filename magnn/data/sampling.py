@@ -16,7 +16,7 @@ from typing import Iterator, Sequence
 import torch
 from torch_geometric.data import Data
 
-from ..graph import Graph
+from ..core.graph import Graph
 
 NODE_FIELDS = ("x", "species", "y")
 EDGE_FIELDS = ("edge_attr", "edge_type")

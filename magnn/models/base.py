@@ -7,13 +7,16 @@ from typing import Optional
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
+from torch_geometric.transforms import Compose
 
 from ..data.info import DatasetInfo
 from ..functional import EBT_VARIANTS, check_backend_name, check_clamp
 from ..layers import FusedEdgeAttention, check_positive_int
+from ..stats import StatsTap
 from .block import NORMS
 from .encoders import NodeEncoder
 from .heads import build_head
+from .positional import LaplacianPE, RandomWalkKernel
 
 __all__ = ["GraphModel", "NON_EDGE_TYPE", "graph_batch"]
 
@@ -175,14 +178,11 @@ class GraphModel(nn.Module):
             if calls == 1:
                 return layer(*inner_args, **inner_kwargs)
             # the backward pass recomputes the layer: its statistics were taken in forward
-            attentions = [m for m in layer.modules() if isinstance(m, FusedEdgeAttention)]
-            for module in attentions:
-                module._collection_paused += 1
-            try:
+            with contextlib.ExitStack() as paused:
+                for module in layer.modules():
+                    if isinstance(module, StatsTap):
+                        paused.enter_context(module.paused_collection())
                 return layer(*inner_args, **inner_kwargs)
-            finally:
-                for module in attentions:
-                    module._collection_paused -= 1
 
         return activation_checkpoint(run, *args, use_reentrant=False, **kwargs)
 
@@ -200,9 +200,25 @@ class GraphModel(nn.Module):
 
     def pre_transforms(self):
         """The pre-transforms this model's `forward` needs (a Compose, or None)."""
-        from . import transforms_for
+        return self.transforms(self.info, self.transform_config())
 
-        return transforms_for(self.model_name, self.info, **self.transform_config())
+    LAP_PE = LaplacianPE  # the eigenvector transform pe="lap" reads (SAN: SANEigenPE)
+
+    @classmethod
+    def transforms(cls, info: DatasetInfo, config: dict, *, dense_max_nodes: int = 1000) -> Optional[Compose]:
+        """The pre-transforms (a Compose, or None) a model of this class built with `config`
+        (its constructor arguments, defaults filled in) reads in `forward`. GraphiT's kernel
+        uses p = 1 (edges plus self loops) on node-level datasets (one large graph), SPEC §5."""
+        _, pe = cls.resolve_defaults(info, config.get("num_layers"), config["pe"])
+        if pe not in cls.PE_CHOICES:
+            raise ValueError(f"{cls.__name__} supports pe in {cls.PE_CHOICES}, got {pe!r}")
+        transforms = []
+        if pe == "lap":
+            transforms.append(cls.LAP_PE(config["pe_dim"], dense_max_nodes=dense_max_nodes))
+        elif pe == "rw":
+            p = 1 if info.task == "node_multilabel" else config["kernel_p"]
+            transforms.append(RandomWalkKernel(p, config["kernel_gamma"]))
+        return Compose(transforms) if transforms else None
 
     def transform_config(self) -> dict:
         return {"pe": self.pe, "pe_dim": self.pe_dim}

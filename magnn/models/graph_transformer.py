@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..data.info import DatasetInfo
-from ..graph import Graph
+from ..core.graph import Graph
 from .base import GraphModel, graph_batch
 from .block import ResidualStream
 from .encoders import EdgeEncoder

@@ -62,11 +62,12 @@ from torch import nn
 
 from ..data.info import DatasetInfo
 from ..functional import edge_attention
-from ..graph import Graph
+from ..core.graph import Graph
 from ..layers import FusedEdgeAttention, check_positive_int
 from ..stats import EdgeStats, add_to_all, reduce_rows
 from .base import GraphModel, graph_batch
 from .block import ResidualStream
+from .positional import SANEigenPE
 from .encoders import EdgeEncoder
 
 __all__ = ["SAN", "SANAttention", "SANLayer", "FakeEdges", "LearnedLaplacianPE", "full_fake_edges", "sampled_fake_edges"]
@@ -288,6 +289,7 @@ class SAN(GraphModel):
     """
 
     model_name = "san"
+    LAP_PE = SANEigenPE
     PE_CHOICES = (None, "lap")
     DEFAULT_PE = "lap"
 

@@ -17,7 +17,7 @@ import torch
 
 import magnn
 from magnn import EdgeStats, Graph
-from magnn._reference import edge_attention_reference
+from magnn.backends.reference import edge_attention_reference
 from magnn.functional import edge_attention
 from magnn.stats import reduce_rows
 

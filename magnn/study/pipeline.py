@@ -18,7 +18,7 @@ from typing import Optional
 COMMAND = "study"
 HELP = "the main job: train (no EBT / EBT), detect MAs base vs trained, ablation, attack, report + figures"
 
-log = logging.getLogger("magnn.study")
+log = logging.getLogger("magnn.study.pipeline")
 
 # SPEC §9 / §7: the paper's numbers, printed beside ours
 PAPER_TABLE1 = {
@@ -39,7 +39,7 @@ PROFILES = {
 
 
 def add_arguments(parser) -> None:
-    from .errors import nonnegative_int, positive_float, positive_int, seed_int
+    from ..core.errors import nonnegative_int, positive_float, positive_int, seed_int
 
     parser.add_argument("--dataset", choices=("tox21", "zinc", "ogbn-proteins"), default="tox21")
     parser.add_argument("--model", choices=("gt", "graphit", "san"), default="gt")
@@ -124,8 +124,8 @@ def _subset(part, count: Optional[int]):
 
 def _plan(args, profile, ebt, tag):
     """(config, checkpoint or None) for one EBT setting."""
-    from .errors import UserError
-    from .train import TrainConfig, load_checkpoint
+    from ..core.errors import UserError
+    from ..train import TrainConfig, load_checkpoint
 
     option = "--ckpt-ebt" if ebt else "--ckpt-no-ebt"
     given = args.ckpt_ebt if ebt else args.ckpt_no_ebt
@@ -158,7 +158,7 @@ def _plan(args, profile, ebt, tag):
 
 def _trained(config, checkpoint, info):
     """(model, metrics): loaded from the given checkpoint, or trained here and its best epoch loaded."""
-    from .train import build, load_checkpoint, train
+    from ..train import build, load_checkpoint, train
 
     if checkpoint is not None:
         path = checkpoint.path.parent / "metrics.json"
@@ -177,8 +177,8 @@ def _trained(config, checkpoint, info):
 
 def _base(config, info, xavier: bool):
     """Same architecture and seed, untrained (default init; Xavier with --xavier-base)."""
-    from .detect import xavier_reset
-    from .train import build, seed_everything
+    from ..analysis.detect import xavier_reset
+    from ..train import build, seed_everything
 
     seed_everything(config.seed)
     model = build(config, info)
@@ -188,12 +188,12 @@ def _base(config, info, xavier: bool):
 def run_study(args) -> dict:
     import torch
 
-    from .attack import explicit_bias_attack
-    from .detect import detect
-    from .errors import check_device, input_folder, output_folder
-    from .report import (plot_ablation, plot_edge_ratios, plot_layer_histograms, plot_sorted_ratios, plot_type_heatmap,
+    from ..analysis.attack import explicit_bias_attack
+    from ..analysis.detect import detect
+    from ..core.errors import check_device, input_folder, output_folder
+    from ..analysis.figures import (plot_ablation, plot_edge_ratios, plot_layer_histograms, plot_sorted_ratios, plot_type_heatmap,
                          report_json)
-    from .train import loss_function, prepare
+    from ..train import loss_function, prepare
 
     profile = dict(PROFILES["quick" if args.quick else "full"])
     if args.attack_steps is not None:
@@ -284,7 +284,7 @@ def _last_layer_edge_ratios(model, graphs, device):
     import torch
     from torch_geometric.loader import DataLoader
 
-    from .stats import collect
+    from ..stats import collect
 
     model.eval().to(device)
     parts = []
@@ -350,7 +350,7 @@ def _fmt(value) -> str:
 
 
 def markdown(report, variants) -> str:
-    from .report import layer_cell
+    from ..analysis.figures import layer_cell
 
     ebt_tag = [t for t in variants if t != "no_ebt"][0]
     dataset, model = report["dataset"], report["model"]

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .detect import neg_log10_edges  # noqa: E402
-from .stats import json_safe  # noqa: E402
+from ..stats import json_safe  # noqa: E402
 
 __all__ = [
     "json_safe", "report_json", "format_number", "layer_cell", "plot_sorted_ratios", "plot_edge_ratios",

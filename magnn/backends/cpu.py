@@ -22,13 +22,13 @@ from typing import Optional
 import torch
 from torch.autograd.function import once_differentiable
 
-from .graph import Graph
-from .stats import RawStats, reduce_rows
+from ..core.graph import Graph
+from ..core.binning import RawStats, reduce_rows
 
 EXTENSION_NAME = "magnn_cpu_ops"
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 # csrc/ sits next to the magnn/ package in the repository
-CSRC_DIR = Path(__file__).resolve().parent.parent / "csrc"
+CSRC_DIR = Path(__file__).resolve().parents[2] / "csrc"
 SOURCES = ("registration.cpp", "edge_attention.cpp")
 
 _lock = threading.Lock()
@@ -80,7 +80,7 @@ def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def _register_fakes() -> None:
     """Shape-only (meta) versions of the two ops, so torch.compile traces models using them."""
-    from magnn.stats import num_bins
+    from ..core.binning import num_bins
 
     @torch.library.register_fake("magnn_cpu::edge_attention_fwd")
     def _fwd_fake(q, k, v, e, rowptr, col, perm, src, dst, bias, ebt_k, ebt_e, ebt_v, mode, ebt, clamp, mantissa_bits):

@@ -8,18 +8,13 @@ with a one-sample Kolmogorov-Smirnov statistic.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
 
-from .stats import EdgeStats, LogHistogram, bin_lower_bound, collect
-
-COMMAND = "detect"
-HELP = "MA detection on a split from a saved checkpoint (report.json + figures)"
+from ..stats import EdgeStats, LogHistogram, bin_lower_bound, collect
 
 EPS = 1e-8  # -log10(ratio + eps), as the paper's code does, keeps zero ratios finite
 
@@ -141,7 +136,7 @@ def detect(model, graphs, *, batch_size: int = 1, device="cpu", threshold: float
     from torch_geometric.loader import DataLoader
     from tqdm import tqdm
 
-    from .distributed import all_reduce_stats
+    from ..distributed import all_reduce_stats
 
     if max_batches is not None and max_batches < 1:
         raise ValueError(f"max_batches must be >= 1 (or None for all batches), got {max_batches}")
@@ -184,49 +179,3 @@ def xavier_reset(model: torch.nn.Module) -> torch.nn.Module:
             if module.bias is not None:
                 torch.nn.init.zeros_(module.bias)
     return model
-
-
-# -- CLI ------------------------------------------------------------------------------
-
-def add_arguments(parser) -> None:
-    from .errors import positive_float, positive_int
-
-    parser.add_argument("--ckpt", required=True, help="a checkpoint written by magnn train (best.pt or last.pt)")
-    parser.add_argument("--split", default="test", choices=("train", "val", "test"))
-    parser.add_argument("--out", default=None, help="output folder (default: next to the checkpoint)")
-    parser.add_argument("--max-batches", type=positive_int, default=None, help="first N batches only (>= 1)")
-    parser.add_argument("--threshold", type=positive_float, default=1000.0)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--data-root", default=None,
-                        help="dataset folder (default: the one the checkpoint was trained with)")
-
-
-def main(args) -> int:
-    from .errors import UserError, check_device, input_folder, output_folder
-    from .train import load_checkpoint, prepare
-
-    check_device(args.device)
-    input_folder(args.data_root, "--data-root")
-    checkpoint = load_checkpoint(args.ckpt, option="--ckpt")
-    config = checkpoint.config
-    if args.data_root is not None:
-        config.data_root = args.data_root
-    out = output_folder(Path(args.out) if args.out else checkpoint.path.parent / f"detect_{args.split}", "--out")
-    splits, info, model = prepare(config)
-    checkpoint.restore_model(model)
-    if len(splits[args.split]) == 0:
-        raise UserError(f"--split {args.split}: the {config.dataset} {args.split} split is empty; pick another split")
-    report = detect(model, splits[args.split], device=args.device, threshold=args.threshold,
-                    max_batches=args.max_batches)
-    from .report import layer_cell, plot_layer_histograms, plot_sorted_ratios, report_json
-
-    (out / "detect.json").write_text(report_json(report.to_dict()))
-
-    plot_sorted_ratios({"trained": report}, out / "sorted_max_ratios.png", title=f"{config.model} on {config.dataset}")
-    plot_layer_histograms(report, out / "neg_log10_ratio_hist.png")
-    for layer in report.layers:
-        print(f"{layer.name}: max ratio {layer_cell(layer.to_dict())}"
-              + (f", gamma KS {layer.gamma.ks:.3f}" if layer.gamma else ""))
-    print(f"wrote {out}")
-    return 0
-

@@ -14,8 +14,8 @@ from typing import Optional
 
 import torch
 
-from .graph import Graph
-from .stats import RawStats, reduce_rows
+from ..core.graph import Graph
+from ..core.binning import RawStats, reduce_rows
 
 
 def _segment_softmax_parts(logits, dst, num_nodes, slot_logits):

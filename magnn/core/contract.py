@@ -1,0 +1,105 @@
+"""The one op contract of the compiled backends (C++ `magnn_cpu::` and Triton `magnn_triton::`).
+
+Both register two torch ops with the same argument names, order and types, and
+both attach their autograd formula with `torch.library.register_autograd` and
+their shape-only version with `torch.library.register_fake`, so torch.compile,
+opcheck and autograd treat them alike. `tests/test_op_contract.py` compares the
+two registered schemas with the names below.
+
+Forward ``edge_attention_fwd``::
+
+    q, k, v        [N, H, D]   node queries, keys, values (one float dtype)
+    e              [E, H, D]   projected edge features, caller's edge order
+    rowptr         [N + 1]     int64, CSR of the edges sorted by destination
+    col            [E]         int64, source of each sorted edge
+    perm           [E]         int64, sorted position -> caller's edge id
+    rev_rowptr     [N + 1]?    int64, CSR sorted by source (None when no input needs a gradient)
+    rev_col        [E]?        int64, destination of each source-sorted edge
+    rev_perm       [E]?        int64, source-sorted position -> caller's edge id
+    bias           [E] | [E, H]?  structural logit term
+    ebt_k, ebt_e, ebt_v  [H, D]?  the Explicit Bias Term's k', e', v'
+    mode           str         "gt" | "additive"
+    ebt            str         "none" | "edge" | "slot"
+    clamp          float?      logit bound c of clip(l, -c, c)
+    mantissa_bits  int         histogram resolution M; < 0: no statistics
+
+returns the fields of `ForwardResult`, in that order.
+
+Backward ``edge_attention_bwd``: the fields of `BackwardInputs` (gradients of the
+three differentiable outputs, each None when unused, then the saved tensors and
+the forward's options), returning the fields of `BackwardResult`; a gradient of
+an absent optional input is an empty tensor.
+
+The softmax state ``lse`` is [N, 2, H] in the accumulation dtype (float64 for
+float64 inputs, else float32): per (node, head) the row max m and log(sum exp(l - m)),
+kept apart so logits of any finite size keep the exact softmax. A (node, head)
+with no attended edge (none, or all masked by -inf, and no EBT slot) has
+m = +inf, log-sum 0. Its gradient is that of the log-sum-exp m + log-sum: the
+backward reads ``grad_lse[:, 1, :]`` only (the row max is a shift that carries
+no gradient), so callers differentiate through ``lse[:, 0].detach() + lse[:, 1]``
+(`logsumexp` below).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+
+Tensor = torch.Tensor
+
+OP_NAMESPACES = {"cpu": "magnn_cpu", "triton": "magnn_triton"}
+
+FORWARD_ARGS = (
+    "q", "k", "v", "e",
+    "rowptr", "col", "perm", "rev_rowptr", "rev_col", "rev_perm",
+    "bias", "ebt_k", "ebt_e", "ebt_v",
+    "mode", "ebt", "clamp", "mantissa_bits",
+)
+
+
+class ForwardResult(NamedTuple):
+    node_out: Tensor     # [N, H, D] input dtype (differentiable)
+    edge_out: Tensor     # [E, H, D] input dtype, caller's order (differentiable)
+    lse: Tensor          # [N, 2, H] accumulation dtype: row max, log-sum (differentiable, see above)
+    hist_abs: Tensor     # int64 [num_bins(M)]: |edge_out|; empty without statistics
+    hist_ratio: Tensor   # int64 [num_bins(M)]: |A_ec| / med_e
+    row_ratio: Tensor    # float32 [E]: r_e = max_c |A_ec| / med_e (NaN for an all-NaN row)
+    row_max_abs: Tensor  # float32 [E]: max_c |A_ec| (-1 for an all-NaN row)
+    nan_count: Tensor    # int64 []: NaN values of edge_out
+    max_abs: Tensor      # float32 []: largest |A| (-1 if none)
+    argmax: Tensor       # int64 []: flat index e * C + c of max_abs, caller's order (-1 if none)
+
+
+NUM_DIFFERENTIABLE_OUTPUTS = 3  # node_out, edge_out, lse
+
+BACKWARD_ARGS = (
+    "grad_node", "grad_edge", "grad_lse",
+    "q", "k", "v", "e", "lse", "node_out",
+    "rowptr", "col", "perm", "rev_rowptr", "rev_col", "rev_perm",
+    "bias", "ebt_k", "ebt_e", "ebt_v",
+    "mode", "ebt", "clamp",
+)
+
+
+class BackwardResult(NamedTuple):
+    dq: Tensor       # [N, H, D] input dtype
+    dk: Tensor
+    dv: Tensor
+    de: Tensor       # [E, H, D]
+    dbias: Tensor    # like bias, accumulation dtype (empty when bias is None)
+    debt_k: Tensor   # [H, D], accumulation dtype (empty without EBT)
+    debt_e: Tensor
+    debt_v: Tensor
+
+
+def ebt_name(ebt: Optional[str]) -> str:
+    """The op's spelling of the EBT variant (None -> "none")."""
+    return "none" if ebt is None else ebt
+
+
+def logsumexp(lse: Tensor) -> Tensor:
+    """[N, H] log-sum-exp of each (node, head) from the two-part state: -inf where nothing
+    is attended (the state's m = +inf), differentiable through the log-sum part."""
+    row_max = lse[:, 0].detach()
+    total = row_max + lse[:, 1]
+    return torch.where(row_max == float("inf"), torch.full_like(total, float("-inf")), total)
