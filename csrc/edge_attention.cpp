@@ -1,11 +1,14 @@
 // Fused edge attention on CPU (SPEC §3-§4): forward with on-the-fly
 // statistics, and backward, for both modes, clamp, structural bias and both
-// EBT variants. Semantics follow magnn/_reference.py.
+// EBT variants. Semantics follow magnn/backends/reference.py; the op
+// signatures follow magnn/core/contract.py (registration.cpp).
 //
 // Forward: per-edge work on [E, H, D] rows (gt scores, additive messages and
 // the statistics of edge_out) runs in the caller's edge order, where those
-// rows stream sequentially; an online softmax per (node, head) walks the
-// dst-sorted CSR and saves only lse [N, 2, H]: the log-sum-exp in two parts,
+// rows stream sequentially (each edge's src and dst in that order are first
+// scattered from the CSR into an [E, 2] buffer, freed on return); an online
+// softmax per (node, head) walks the dst-sorted CSR and saves only lse
+// [N, 2, H]: the log-sum-exp in two parts,
 // the row max m and log(sum_j exp(l_j - m)), so that the attention
 // a = exp((l - m) - log_sum) stays exact for logits of any finite size (m +
 // log_sum would round log_sum away once |m| is large). A (node, head) with
@@ -15,8 +18,10 @@
 // dst-side pass produces dq, the bias and EBT parameter gradients and leaves
 // the attention a and the logit gradient dl of every edge in one [E, 2, H]
 // buffer; a src-side pass over the reverse CSR gathers dk and dv and writes
-// de. Every output row is written by exactly one worker, so nothing is
-// accumulated atomically and results are deterministic.
+// de. The gradient g of each (node, head)'s log-sum-exp (grad_lse) enters
+// the softmax gradient as delta - g, since d lse / d l_j = a_j. Every output
+// row is written by exactly one worker, so nothing is accumulated atomically
+// and results are deterministic.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -54,11 +59,11 @@ Mode parse_mode(c10::string_view mode) {
   TORCH_CHECK(false, "magnn_cpu: unknown mode '", std::string(mode), "'");
 }
 
-Ebt parse_ebt(const std::optional<c10::string_view>& ebt) {
-  if (!ebt.has_value()) return Ebt::kNone;
-  if (*ebt == "edge") return Ebt::kEdge;
-  if (*ebt == "slot") return Ebt::kSlot;
-  TORCH_CHECK(false, "magnn_cpu: unknown ebt '", std::string(*ebt), "'");
+Ebt parse_ebt(c10::string_view ebt) {
+  if (ebt == "none") return Ebt::kNone;
+  if (ebt == "edge") return Ebt::kEdge;
+  if (ebt == "slot") return Ebt::kSlot;
+  TORCH_CHECK(false, "magnn_cpu: unknown ebt '", std::string(ebt), "' (expected \"none\", \"edge\" or \"slot\")");
 }
 
 // Splits nodes [0, N) into blocks of about equal work (edges + nodes), the
@@ -97,6 +102,35 @@ void run_blocks(int64_t num_blocks, const Worker& worker) {
   };
   const int64_t workers = std::min<int64_t>(at::get_num_threads(), num_blocks);
   at::parallel_for(0, workers, 1, [&](int64_t, int64_t) { worker(claim); });
+}
+
+// The endpoints of every edge in the caller's order, side by side ([E, 2]:
+// src, dst) so that scattering them from the dst-sorted CSR costs one cache
+// line per edge: pairs[perm[p]] = (col[p], the row of p). Every edge is written
+// by the one worker that owns its destination.
+struct Endpoints {
+  int64_t* pairs;
+  int64_t src(int64_t edge) const { return pairs[2 * edge]; }
+  int64_t dst(int64_t edge) const { return pairs[2 * edge + 1]; }
+};
+
+inline void scatter_endpoints(const int64_t* rowptr, const int64_t* col, const int64_t* perm, int64_t num_nodes,
+                              const Endpoints& ends) {
+  const std::vector<int64_t> bounds = balanced_blocks(rowptr, num_nodes);
+  const int64_t num_edges = rowptr[num_nodes];
+  constexpr int64_t kAhead = 16;  // random writes: the line of the edge this far ahead is requested early
+  run_blocks(static_cast<int64_t>(bounds.size()) - 1, [&](auto& claim) {
+    for (int64_t block = claim(); block >= 0; block = claim()) {
+      for (int64_t node = bounds[block]; node < bounds[block + 1]; ++node) {
+        for (int64_t p = rowptr[node]; p < rowptr[node + 1]; ++p) {
+          if (p + kAhead < num_edges) __builtin_prefetch(ends.pairs + 2 * perm[p + kAhead], 1, 3);
+          const int64_t edge = perm[p];
+          ends.pairs[2 * edge] = col[p];
+          ends.pairs[2 * edge + 1] = node;
+        }
+      }
+    }
+  });
 }
 
 // Everything both passes read. Inputs keep their storage dtype (scalar_t);
@@ -310,7 +344,7 @@ struct RowReducer {
 // gt, pass 1, caller's order: scores -> edge_out and statistics; raw logits
 // -> `logit_buffer` [E, H] for the softmax pass.
 template <typename scalar_t, typename acc_t>
-void gt_scores_fwd_kernel(const Problem<scalar_t, acc_t>& pb, const int64_t* src_of, const int64_t* dst_of,
+void gt_scores_fwd_kernel(const Problem<scalar_t, acc_t>& pb, const Endpoints& ends,
                           scalar_t* edge_out, acc_t* logit_buffer, const StatsOut* stats) {
   const int64_t C = pb.channels, H = pb.heads, E = pb.num_edges;
   const int64_t row_bytes = C * static_cast<int64_t>(sizeof(scalar_t));
@@ -321,11 +355,11 @@ void gt_scores_fwd_kernel(const Problem<scalar_t, acc_t>& pb, const int64_t* src
       const int64_t end = std::min(E, (chunk + 1) * kEdgeChunk);
       for (int64_t edge = chunk * kEdgeChunk; edge < end; ++edge) {
         if (edge + kPrefetchDistance < E) {
-          prefetch_read(pb.q + dst_of[edge + kPrefetchDistance] * C, row_bytes);
-          prefetch_read(pb.k + src_of[edge + kPrefetchDistance] * C, row_bytes);
+          prefetch_read(pb.q + ends.dst(edge + kPrefetchDistance) * C, row_bytes);
+          prefetch_read(pb.k + ends.src(edge + kPrefetchDistance) * C, row_bytes);
         }
-        load_query(pb, dst_of[edge], query.data(), beta.data(), shift.data());
-        gt_score(pb, query.data(), shift.data(), src_of[edge], edge, score.data(), logits.data());
+        load_query(pb, ends.dst(edge), query.data(), beta.data(), shift.data());
+        gt_score(pb, query.data(), shift.data(), ends.src(edge), edge, score.data(), logits.data());
         scalar_t* __restrict__ out_row = edge_out + edge * C;
         const acc_t* __restrict__ values = score.data();
         for (int64_t c = 0; c < C; ++c) out_row[c] = static_cast<scalar_t>(values[c]);
@@ -441,7 +475,7 @@ void softmax_fwd_kernel(const Problem<scalar_t, acc_t>& pb, scalar_t* node_out, 
 // additive, pass 3, caller's order: edge_out = a_ij (v_j (+ v') + ee) needs the
 // final lse; statistics on the rows as they are written.
 template <typename scalar_t, typename acc_t>
-void additive_messages_fwd_kernel(const Problem<scalar_t, acc_t>& pb, const int64_t* src_of, const int64_t* dst_of,
+void additive_messages_fwd_kernel(const Problem<scalar_t, acc_t>& pb, const Endpoints& ends,
                                   const acc_t* lse, const acc_t* logit_buffer, scalar_t* edge_out,
                                   const StatsOut* stats) {
   const int64_t C = pb.channels, D = pb.head_dim, H = pb.heads, E = pb.num_edges;
@@ -454,11 +488,11 @@ void additive_messages_fwd_kernel(const Problem<scalar_t, acc_t>& pb, const int6
       const int64_t end = std::min(E, (chunk + 1) * kEdgeChunk);
       for (int64_t edge = chunk * kEdgeChunk; edge < end; ++edge) {
         if (edge + kPrefetchDistance < E) {
-          prefetch_read(pb.v + src_of[edge + kPrefetchDistance] * C, row_bytes);
-          prefetch_read(lse + dst_of[edge + kPrefetchDistance] * 2 * H, 2 * H * static_cast<int64_t>(sizeof(acc_t)));
-          if (edge_ebt) prefetch_read(pb.q + dst_of[edge + kPrefetchDistance] * C, row_bytes);
+          prefetch_read(pb.v + ends.src(edge + kPrefetchDistance) * C, row_bytes);
+          prefetch_read(lse + ends.dst(edge + kPrefetchDistance) * 2 * H, 2 * H * static_cast<int64_t>(sizeof(acc_t)));
+          if (edge_ebt) prefetch_read(pb.q + ends.dst(edge + kPrefetchDistance) * C, row_bytes);
         }
-        const int64_t dst = dst_of[edge];
+        const int64_t dst = ends.dst(edge);
         if (edge_ebt) load_query(pb, dst, query.data(), beta.data(), shift.data());
         const scalar_t* __restrict__ feat = pb.e + edge * C;
         if (edge_ebt) {
@@ -466,7 +500,7 @@ void additive_messages_fwd_kernel(const Problem<scalar_t, acc_t>& pb, const int6
         } else {
           for (int64_t c = 0; c < C; ++c) shifted_feat[c] = static_cast<acc_t>(feat[c]);
         }
-        edge_message(pb, src_of[edge], shifted_feat.data(), msg.data());
+        edge_message(pb, ends.src(edge), shifted_feat.data(), msg.data());
         scalar_t* __restrict__ out_row = edge_out + edge * C;
         for (int64_t h = 0; h < H; ++h) {
           const acc_t attention = attention_of(logit_buffer[edge * H + h], lse + dst * 2 * H, H, h);
@@ -481,15 +515,15 @@ void additive_messages_fwd_kernel(const Problem<scalar_t, acc_t>& pb, const int6
 }
 
 template <typename scalar_t, typename acc_t>
-void edge_attention_fwd_kernel(const Problem<scalar_t, acc_t>& pb, const int64_t* src_of, const int64_t* dst_of,
+void edge_attention_fwd_kernel(const Problem<scalar_t, acc_t>& pb, const Endpoints& ends,
                                scalar_t* node_out, scalar_t* edge_out, acc_t* lse, acc_t* logit_buffer,
                                const StatsOut* stats) {
   if (pb.mode == Mode::kGt) {
-    gt_scores_fwd_kernel(pb, src_of, dst_of, edge_out, logit_buffer, stats);
+    gt_scores_fwd_kernel(pb, ends, edge_out, logit_buffer, stats);
     softmax_fwd_kernel(pb, node_out, lse, logit_buffer);
   } else {
     softmax_fwd_kernel(pb, node_out, lse, logit_buffer);
-    additive_messages_fwd_kernel(pb, src_of, dst_of, lse, logit_buffer, edge_out, stats);
+    additive_messages_fwd_kernel(pb, ends, lse, logit_buffer, edge_out, stats);
   }
 }
 
@@ -501,6 +535,7 @@ struct Grads {
   const scalar_t* grad_node;  // never null (zeros when the output had no gradient)
   const scalar_t* grad_edge;  // may be null: zero
   const acc_t* lse;
+  const acc_t* grad_lse;  // [N, 2, H] (only [:, 1, :] is read); null: zero
   const int64_t* rev_rowptr;
   const int64_t* rev_col;
   const int64_t* rev_perm;
@@ -634,6 +669,9 @@ void edge_attention_bwd_dst_kernel(const Problem<scalar_t, acc_t>& pb, const Gra
             delta[h] += a * dA;
           }
         }
+        // the log-sum-exp's own gradient: d lse / d l_j = a_j (the slot's included)
+        if (g.grad_lse)
+          for (int64_t h = 0; h < H; ++h) delta[h] -= g.grad_lse[(node * 2 + 1) * H + h];
 
         // sweep 2: logit gradients, then what they feed at the dst side
         std::fill(dq_acc.begin(), dq_acc.end(), acc_t(0));
@@ -849,7 +887,7 @@ struct Setup {
 Setup prepare(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& e, const Tensor& rowptr,
               const Tensor& col, const Tensor& perm, const std::optional<Tensor>& bias,
               const std::optional<Tensor>& ebt_k, const std::optional<Tensor>& ebt_e,
-              const std::optional<Tensor>& ebt_v, c10::string_view mode, const std::optional<c10::string_view>& ebt,
+              const std::optional<Tensor>& ebt_v, c10::string_view mode, c10::string_view ebt,
               std::optional<double> clamp) {
   Setup s;
   TORCH_CHECK(q.dim() == 3 && k.sizes() == q.sizes() && v.sizes() == q.sizes(),
@@ -880,7 +918,8 @@ Setup prepare(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& e
   s.mode = parse_mode(mode);
   s.ebt = parse_ebt(ebt);
   if (s.ebt != Ebt::kNone) {
-    TORCH_CHECK(ebt_k.has_value() && ebt_e.has_value() && ebt_v.has_value(), "magnn_cpu: ebt needs ebt_k, ebt_e, ebt_v");
+    TORCH_CHECK(ebt_k.has_value() && ebt_e.has_value() && ebt_v.has_value(),
+                "magnn_cpu: ebt \"", std::string(ebt), "\" needs ebt_k, ebt_e, ebt_v");
     for (const auto* p : {&ebt_k, &ebt_e, &ebt_v})
       TORCH_CHECK((*p)->dim() == 2 && (*p)->size(0) == s.heads && (*p)->size(1) == s.head_dim,
                   "magnn_cpu: EBT parameters must be [H, D]");
@@ -927,12 +966,19 @@ Problem<scalar_t, acc_t> make_problem(const Setup& s, const Tensor& rowptr, cons
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> edge_attention_fwd(
     const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& e, const Tensor& rowptr, const Tensor& col,
-    const Tensor& perm, const Tensor& src, const Tensor& dst, const std::optional<Tensor>& bias,
-    const std::optional<Tensor>& ebt_k, const std::optional<Tensor>& ebt_e, const std::optional<Tensor>& ebt_v,
-    c10::string_view mode, std::optional<c10::string_view> ebt, std::optional<double> clamp, int64_t mantissa_bits) {
+    const Tensor& perm, const std::optional<Tensor>& rev_rowptr, const std::optional<Tensor>& rev_col,
+    const std::optional<Tensor>& rev_perm, const std::optional<Tensor>& bias, const std::optional<Tensor>& ebt_k,
+    const std::optional<Tensor>& ebt_e, const std::optional<Tensor>& ebt_v, c10::string_view mode,
+    c10::string_view ebt, std::optional<double> clamp, int64_t mantissa_bits) {
   const Setup s = prepare(q, k, v, e, rowptr, col, perm, bias, ebt_k, ebt_e, ebt_v, mode, ebt, clamp);
-  check_index(src, "src", s.num_edges);
-  check_index(dst, "dst", s.num_edges);
+  // the reverse CSR only travels with the forward for the backward; checked when given
+  TORCH_CHECK(rev_rowptr.has_value() == rev_col.has_value() && rev_col.has_value() == rev_perm.has_value(),
+              "magnn_cpu: pass all of rev_rowptr, rev_col, rev_perm or none of them");
+  if (rev_rowptr.has_value()) {
+    check_index(*rev_rowptr, "rev_rowptr", s.num_nodes + 1);
+    check_index(*rev_col, "rev_col", s.num_edges);
+    check_index(*rev_perm, "rev_perm", s.num_edges);
+  }
   TORCH_CHECK(mantissa_bits <= 23, "magnn_cpu: mantissa_bits must be in [0, 23]");
   const auto acc_type = at::toOpMathType(q.scalar_type());
   Tensor node_out = at::empty_like(s.q);
@@ -940,6 +986,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
   Tensor lse = at::empty({s.num_nodes, 2, s.heads}, q.options().dtype(acc_type));
   // per-edge logits between the caller-order and the CSR passes; freed on return
   Tensor logit_buffer = at::empty({s.num_edges, s.heads}, q.options().dtype(acc_type));
+  // each edge's src and dst in the caller's order, for the caller-order passes; freed on return
+  Tensor endpoints = at::empty({s.num_edges, 2}, q.options().dtype(at::kLong));
+  const Endpoints ends{endpoints.data_ptr<int64_t>()};
+  scatter_endpoints(rowptr.data_ptr<int64_t>(), col.data_ptr<int64_t>(), perm.data_ptr<int64_t>(), s.num_nodes, ends);
   const bool with_stats = mantissa_bits >= 0;
   const auto i64 = q.options().dtype(at::kLong);
   const auto f32 = q.options().dtype(at::kFloat);
@@ -957,7 +1007,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "edge_attention_fwd", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto pb = make_problem<scalar_t, acc_t>(s, rowptr, col, perm);
-    edge_attention_fwd_kernel<scalar_t, acc_t>(pb, src.data_ptr<int64_t>(), dst.data_ptr<int64_t>(),
+    edge_attention_fwd_kernel<scalar_t, acc_t>(pb, ends,
                                                node_out.data_ptr<scalar_t>(), edge_out.data_ptr<scalar_t>(),
                                                lse.data_ptr<acc_t>(), logit_buffer.data_ptr<acc_t>(),
                                                with_stats ? &stats : nullptr);
@@ -979,11 +1029,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> edge_attention_bwd(
-    const std::optional<Tensor>& grad_node, const std::optional<Tensor>& grad_edge, const Tensor& q, const Tensor& k,
-    const Tensor& v, const Tensor& e, const Tensor& lse, const Tensor& rowptr, const Tensor& col, const Tensor& perm,
-    const Tensor& rev_rowptr, const Tensor& rev_col, const Tensor& rev_perm, const std::optional<Tensor>& bias, const std::optional<Tensor>& ebt_k, const std::optional<Tensor>& ebt_e,
-    const std::optional<Tensor>& ebt_v, c10::string_view mode, std::optional<c10::string_view> ebt,
-    std::optional<double> clamp) {
+    const std::optional<Tensor>& grad_node, const std::optional<Tensor>& grad_edge,
+    const std::optional<Tensor>& grad_lse, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& e,
+    const Tensor& lse, const Tensor& node_out, const Tensor& rowptr, const Tensor& col, const Tensor& perm,
+    const Tensor& rev_rowptr, const Tensor& rev_col, const Tensor& rev_perm, const std::optional<Tensor>& bias,
+    const std::optional<Tensor>& ebt_k, const std::optional<Tensor>& ebt_e, const std::optional<Tensor>& ebt_v,
+    c10::string_view mode, c10::string_view ebt, std::optional<double> clamp) {
   const Setup s = prepare(q, k, v, e, rowptr, col, perm, bias, ebt_k, ebt_e, ebt_v, mode, ebt, clamp);
   check_index(rev_rowptr, "rev_rowptr", s.num_nodes + 1);
   check_index(rev_col, "rev_col", s.num_edges);
@@ -993,6 +1044,14 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> edge_
                   lse.size(2) == s.heads,
               "magnn_cpu: lse must be [N, 2, H] (row max, log sum) in the accumulation dtype");
   const Tensor lse_c = lse.contiguous();
+  // node_out is part of the contract (a backend may derive delta from it); this one recomputes delta from
+  // the edges, which also covers the additive mode's edge_out gradient
+  TORCH_CHECK(node_out.sizes() == q.sizes(), "magnn_cpu: node_out must be [N, H, D]");
+  Tensor grad_lse_c;
+  if (grad_lse.has_value() && grad_lse->defined()) {
+    TORCH_CHECK(grad_lse->sizes() == lse.sizes(), "magnn_cpu: grad_lse must be [N, 2, H] like lse");
+    grad_lse_c = grad_lse->to(acc_type).contiguous();
+  }
   Tensor grad_node_c, grad_edge_c;
   if (grad_node.has_value() && grad_node->defined()) {
     TORCH_CHECK(grad_node->sizes() == q.sizes(), "magnn_cpu: grad_node must be [N, H, D]");
@@ -1023,6 +1082,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> edge_
     g.grad_node = grad_node_c.data_ptr<scalar_t>();
     g.grad_edge = grad_edge_c.defined() ? grad_edge_c.data_ptr<scalar_t>() : nullptr;
     g.lse = lse_c.data_ptr<acc_t>();
+    g.grad_lse = grad_lse_c.defined() ? grad_lse_c.data_ptr<acc_t>() : nullptr;
     g.rev_rowptr = rev_rowptr.data_ptr<int64_t>();
     g.rev_col = rev_col.data_ptr<int64_t>();
     g.rev_perm = rev_perm.data_ptr<int64_t>();

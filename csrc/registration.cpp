@@ -1,28 +1,33 @@
-// Schemas of the magnn_cpu operators; the CPU kernels are registered next to
-// their implementations (edge_attention.cpp).
+// Schemas of the magnn_cpu operators, per the compiled-op contract in
+// magnn/core/contract.py (FORWARD_ARGS / ForwardResult, BACKWARD_ARGS /
+// BackwardResult): the Triton ops (magnn_triton::) take the same arguments in
+// the same order with the same types. The CPU kernels are registered next to
+// their implementations (edge_attention.cpp); the fake (meta) kernels and the
+// autograd formula are registered from Python (magnn/backends/cpu.py) with
+// torch.library.register_fake / register_autograd.
 #include <torch/library.h>
 
 TORCH_LIBRARY(magnn_cpu, m) {
   // Fused edge attention forward (SPEC §3). rowptr, col, perm: the dst-sorted
-  // CSR; src, dst: the edge list in the caller's order. mode: "gt" |
-  // "additive"; ebt: None | "edge" | "slot"; mantissa_bits < 0 skips the
-  // statistics (their outputs are then empty). Returns node_out, edge_out, lse [N, 2, H] (the per-(node,
-  // head) log-sum-exp in two parts, row max and log sum, that backward recomputes the softmax from), then
-  // the RawStats fields of the edge_out tap: hist_abs, hist_ratio, row_ratio, row_max_abs,
-  // nan_count, max_abs, argmax.
+  // CSR; rev_rowptr, rev_col, rev_perm: the src-sorted CSR, only carried for
+  // the backward (None when no input needs a gradient). mode: "gt" |
+  // "additive"; ebt: "none" | "edge" | "slot"; mantissa_bits < 0 skips the
+  // statistics (their outputs are then empty). Returns node_out, edge_out, lse
+  // [N, 2, H] (per (node, head) the row max and the log sum that backward
+  // recomputes the softmax from), then the RawStats fields of the edge_out tap:
+  // hist_abs, hist_ratio, row_ratio, row_max_abs, nan_count, max_abs, argmax.
   m.def(
-      "edge_attention_fwd(Tensor q, Tensor k, Tensor v, Tensor e, Tensor rowptr, Tensor col, "
-      "Tensor perm, Tensor src, Tensor dst, Tensor? bias, Tensor? ebt_k, Tensor? ebt_e, Tensor? ebt_v, "
-      "str mode, str? ebt, float? clamp, int mantissa_bits) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, "
-      "Tensor, Tensor, Tensor)");
+      "edge_attention_fwd(Tensor q, Tensor k, Tensor v, Tensor e, Tensor rowptr, Tensor col, Tensor perm, "
+      "Tensor? rev_rowptr, Tensor? rev_col, Tensor? rev_perm, Tensor? bias, Tensor? ebt_k, Tensor? ebt_e, "
+      "Tensor? ebt_v, str mode, str ebt, float? clamp, int mantissa_bits) -> (Tensor, Tensor, Tensor, Tensor, "
+      "Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   // Backward from lse: gradients of q, k, v, e (input dtype) and of bias,
   // ebt_k, ebt_e, ebt_v (accumulation dtype; empty when the input was None).
-  // rev_rowptr, rev_col, rev_perm: the src-sorted CSR. A missing output
-  // gradient counts as zero.
+  // A missing output gradient counts as zero; grad_lse's [:, 1, :] is the
+  // gradient of each (node, head)'s log-sum-exp (the row max part carries none).
   m.def(
-      "edge_attention_bwd(Tensor? grad_node, Tensor? grad_edge, Tensor q, Tensor k, Tensor v, "
-      "Tensor e, Tensor lse, Tensor rowptr, Tensor col, Tensor perm, Tensor rev_rowptr, "
-      "Tensor rev_col, Tensor rev_perm, Tensor? bias, Tensor? ebt_k, "
-      "Tensor? ebt_e, Tensor? ebt_v, str mode, str? ebt, float? clamp) -> (Tensor, Tensor, Tensor, "
-      "Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "edge_attention_bwd(Tensor? grad_node, Tensor? grad_edge, Tensor? grad_lse, Tensor q, Tensor k, Tensor v, "
+      "Tensor e, Tensor lse, Tensor node_out, Tensor rowptr, Tensor col, Tensor perm, Tensor rev_rowptr, "
+      "Tensor rev_col, Tensor rev_perm, Tensor? bias, Tensor? ebt_k, Tensor? ebt_e, Tensor? ebt_v, str mode, "
+      "str ebt, float? clamp) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
 }

@@ -1,16 +1,114 @@
 """`magnn` command line: info, build-ext, train, detect, study.
 
-Each subcommand lives in its own module and is imported only when run, so
-`magnn info` stays fast and works even where optional pieces are missing.
+Argument parsing only: each subcommand's options are declared here (one
+function per subcommand), parsed into the library's typed config
+(magnn.train.TrainConfig, magnn.study.DetectConfig, magnn.study.StudyConfig)
+and handed to its entry point (train, run_detect, run_study), which validates
+the config and raises UserError for what the user can fix. Defaults come from
+the configs. The entry points are imported only when their command runs, so
+`magnn --help` and `magnn info` stay fast.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import functools
 import importlib
+import logging
+import math
 import os
 import platform
 import sys
+from pathlib import Path
 
+from .core.constants import BACKEND_NAMES, DATASETS, EBT_VARIANTS, MODEL_NAMES, SPLITS
+from .core.errors import MAX_SEED
+
+TRAIN_DESCRIPTION = """magnn train: train GraphTransformer / GraphiT / SAN on TOX21, ZINC or ogbn-proteins.
+
+Writes DIR/metrics.json (config, per-epoch metrics, best validation epoch,
+test metrics of the best checkpoint), DIR/last.pt (every epoch, atomically)
+and DIR/best.pt. `--resume` continues from DIR/last.pt and reaches the same
+weights as an uninterrupted run with the same seed: shuffling is seeded per
+epoch and every RNG state travels in the checkpoint. Under `torchrun`
+(WORLD_SIZE > 1) molecule batches shard across ranks with DistributedDataParallel.
+"""
+
+DETECT_DESCRIPTION = "`magnn detect`: MA detection on a split from a saved checkpoint (detect.json + figures)."
+
+STUDY_DESCRIPTION = """magnn study: train without and with EBT, detect MAs, ablate, attack, report.
+
+Writes DIR/report.json (every number), DIR/report.md (tables shaped like the
+paper's Table 1 and 2, the paper's values beside ours, and an honest line on
+whether each qualitative finding reproduced) and PNG figures:
+sorted_max_ratios.png (Fig. 2/4), edge_ratios.png (Fig. 1),
+hist_<model>.png (Fig. 3), heatmap_<model>.png and ablation.png.
+"""
+
+
+# -- option types: a bad value fails at parse time, before any data is loaded ----------------
+
+def _number(text: str, integer: bool):
+    try:
+        value = int(text) if integer else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {'an integer' if integer else 'a number'}, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1 (0 would otherwise be silently replaced or divide by zero)."""
+    value = _number(text, True)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    value = _number(text, True)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = _number(text, False)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
+
+
+def positive_int_list(text: str) -> tuple:
+    """Comma-separated integers >= 1, e.g. "5,10,15"."""
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 5,10,15, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"every entry must be an integer >= 1, got {text!r}")
+    return values
+
+
+def seed_int(text: str) -> int:
+    value = _number(text, True)
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, {MAX_SEED}], got {value}")
+    return value
+
+
+def _default(config_class, name: str):
+    """A config field's default: the command line's defaults are the library's."""
+    return config_class.__dataclass_fields__[name].default
+
+
+def _from_args(config_class, args):
+    """A config from the parsed options named like its fields (the rest of `args` is left out)."""
+    return config_class(**{field.name: getattr(args, field.name) for field in dataclasses.fields(config_class)})
+
+
+# -- info, build-ext -----------------------------------------------------------------------------
 
 def _version(module_name: str) -> str:
     try:
@@ -58,12 +156,174 @@ def cmd_build_ext(args) -> int:
     return 0
 
 
-def _run_module(module_name: str):
-    def run(args):
-        return importlib.import_module(module_name).main(args)
+def add_info(commands) -> None:
+    info = commands.add_parser("info", help="versions, devices and which backends run here (and why not)")
+    info.set_defaults(func=cmd_info)
 
-    return run
 
+def add_build_ext(commands) -> None:
+    build = commands.add_parser("build-ext", help="compile the C++ CPU kernels now instead of on first use")
+    build.add_argument("--verbose", action="store_true")
+    build.set_defaults(func=cmd_build_ext)
+
+
+# -- train -----------------------------------------------------------------------------------------
+
+def add_train(commands) -> None:
+    from .train import PRESET_NAMES, TrainConfig, ebt_option
+
+    parser = commands.add_parser("train", help="train a model (tqdm progress, metrics.json, atomic checkpoints, --resume)",
+                                 description=TRAIN_DESCRIPTION)
+    default = functools.partial(_default, TrainConfig)
+    parser.add_argument("--dataset", choices=DATASETS, default=default("dataset"))
+    parser.add_argument("--model", choices=MODEL_NAMES, default=default("model"))
+    parser.add_argument("--ebt", choices=tuple(map(ebt_option, EBT_VARIANTS)), default=ebt_option(default("ebt")))
+    parser.add_argument("--epochs", type=positive_int, default=default("epochs"),
+                        help="train up to this many epochs in all (>= 1)")
+    parser.add_argument("--out", default=default("out"), help="output folder (metrics.json, checkpoints)")
+    parser.add_argument("--data-root", default=default("data_root"),
+                        help="folder with the dataset files (default: bundled / cache)")
+    parser.add_argument("--device", default=default("device"), help="cpu or cuda")
+    parser.add_argument("--seed", type=seed_int, default=default("seed"))
+    parser.add_argument("--max-graphs", type=positive_int, default=default("max_graphs"),
+                        help="use the first N graphs of each split")
+    parser.add_argument("--batch-size", type=positive_int, default=default("batch_size"), help="default: the preset's")
+    parser.add_argument("--lr", type=positive_float, default=default("lr"), help="default: the preset's")
+    # the command line trains the quick preset unless told otherwise (TrainConfig's None: the paper's sizes)
+    parser.add_argument("--preset", choices=PRESET_NAMES, default="quick",
+                        help="paper: SPEC §10 sizes; quick: small CPU-sized models (default)")
+    parser.add_argument("--layers", type=positive_int, default=None, help="attention layers (default: the preset's)")
+    parser.add_argument("--hidden", type=positive_int, default=None, help="width, a multiple of --heads")
+    parser.add_argument("--heads", type=positive_int, default=None)
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
+    parser.add_argument("--activation-checkpointing", action="store_true")
+    parser.add_argument("--backend", default=default("backend"), choices=BACKEND_NAMES)
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    parser.add_argument("--sampled", action="store_true",
+                        help="ogbn-proteins: the paper's neighbour-sampled training (evaluation stays full-batch)")
+    parser.add_argument("--fanouts", type=positive_int_list, default=default("fanouts"),
+                        help="neighbours drawn per hop with --sampled")
+    parser.set_defaults(func=cmd_train)
+
+
+def train_config(args):
+    """The TrainConfig that `magnn train`'s parsed options describe."""
+    from .train import MODEL_OPTIONS, TrainConfig
+
+    overrides = {keyword: getattr(args, option) for option, keyword in MODEL_OPTIONS.items()
+                 if getattr(args, option, None) is not None}
+    return TrainConfig(
+        dataset=args.dataset, model=args.model, ebt=None if args.ebt == "none" else args.ebt,
+        epochs=args.epochs, out=args.out, data_root=args.data_root, device=args.device, seed=args.seed,
+        max_graphs=args.max_graphs, batch_size=args.batch_size, lr=args.lr, preset=args.preset,
+        overrides=overrides, bf16=args.bf16, activation_checkpointing=args.activation_checkpointing,
+        backend=args.backend, sampled=args.sampled, fanouts=tuple(args.fanouts),
+    )
+
+
+def cmd_train(args) -> int:
+    from .train import train
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    result = train(train_config(args), resume=args.resume)
+    test = result["test"]
+    print(f"best epoch {result['best_epoch'] + 1}: " + ", ".join(f"test {k} {v:.4f}" for k, v in test.items()))
+    print(f"wrote {Path(args.out) / 'metrics.json'}")
+    return 0
+
+
+# -- detect ----------------------------------------------------------------------------------------
+
+def add_detect(commands) -> None:
+    from .study.detect_run import DetectConfig
+
+    parser = commands.add_parser("detect", help="MA detection on a split from a saved checkpoint (report.json + figures)",
+                                 description=DETECT_DESCRIPTION)
+    default = functools.partial(_default, DetectConfig)
+    parser.add_argument("--ckpt", required=True, help="a checkpoint written by magnn train (best.pt or last.pt)")
+    parser.add_argument("--split", default=default("split"), choices=SPLITS)
+    parser.add_argument("--out", default=default("out"), help="output folder (default: next to the checkpoint)")
+    parser.add_argument("--max-batches", type=positive_int, default=default("max_batches"),
+                        help="first N batches only (>= 1)")
+    parser.add_argument("--threshold", type=positive_float, default=default("threshold"))
+    parser.add_argument("--device", default=default("device"))
+    parser.add_argument("--data-root", default=default("data_root"),
+                        help="dataset folder (default: the one the checkpoint was trained with)")
+    parser.set_defaults(func=cmd_detect)
+
+
+def detect_config(args):
+    """The DetectConfig that `magnn detect`'s parsed options describe."""
+    from .study.detect_run import DetectConfig
+
+    return _from_args(DetectConfig, args)
+
+
+def cmd_detect(args) -> int:
+    from .study.detect_run import run_detect
+
+    result = run_detect(detect_config(args))
+    for line in result.summary():
+        print(line)
+    print(f"wrote {result.out}")
+    return 0
+
+
+# -- study -----------------------------------------------------------------------------------------
+
+def add_study(commands) -> None:
+    from .study.pipeline import STUDY_EBTS, StudyConfig
+
+    parser = commands.add_parser(
+        "study", description=STUDY_DESCRIPTION,
+        help="the main job: train (no EBT / EBT), detect MAs base vs trained, ablation, attack, report + figures")
+    default = functools.partial(_default, StudyConfig)
+    parser.add_argument("--dataset", choices=DATASETS, default=default("dataset"))
+    parser.add_argument("--model", choices=MODEL_NAMES, default=default("model"))
+    parser.add_argument("--out", default=default("out"), help="output folder")
+    parser.add_argument("--quick", action="store_true", help="minutes on a CPU (the default is the full protocol)")
+    parser.add_argument("--ebt", choices=STUDY_EBTS, default=default("ebt"), help="EBT variant compared with no EBT")
+    parser.add_argument("--epochs", type=positive_int, default=default("epochs"),
+                        help="override the profile's epochs (>= 1)")
+    parser.add_argument("--data-root", default=default("data_root"))
+    parser.add_argument("--device", default=default("device"))
+    parser.add_argument("--seed", type=seed_int, default=default("seed"))
+    parser.add_argument("--max-graphs", type=positive_int, default=default("max_graphs"),
+                        help="first N graphs of each split")
+    parser.add_argument("--ckpt-no-ebt", default=default("ckpt_no_ebt"),
+                        help="use this trained checkpoint instead of training")
+    parser.add_argument("--ckpt-ebt", default=default("ckpt_ebt"),
+                        help="use this trained EBT checkpoint instead of training")
+    parser.add_argument("--ablation-fraction", type=positive_float, default=default("ablation_fraction"),
+                        help="meaningless edges added, per real edge (> 0)")
+    parser.add_argument("--xavier-base", action="store_true", help="base model Xavier-initialised (the paper's text)")
+    parser.add_argument("--threshold", type=positive_float, default=default("threshold"))
+    parser.add_argument("--attack-steps", type=nonnegative_int, default=default("attack_steps"),
+                        help="override the profile's attack steps (0: random noise only)")
+    parser.add_argument("--backend", default=default("backend"), choices=BACKEND_NAMES)
+    parser.set_defaults(func=cmd_study)
+
+
+def study_config(args):
+    """The StudyConfig that `magnn study`'s parsed options describe."""
+    from .study.pipeline import StudyConfig
+
+    return _from_args(StudyConfig, args)
+
+
+def cmd_study(args) -> int:
+    from .study.pipeline import run_study
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    config = study_config(args)
+    report = run_study(config)
+    print(f"wrote {Path(config.out) / 'report.md'} and {Path(config.out) / 'report.json'}")
+    for line in report["findings"]:
+        print(" - " + line)
+    return 0
+
+
+# -- the parser and main ---------------------------------------------------------------------------
 
 class Parser(argparse.ArgumentParser):
     """argparse with magnn's error format: one line on stderr, exit code 2 (subcommands inherit it)."""
@@ -75,31 +335,15 @@ class Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="magnn", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-
-    info = commands.add_parser("info", help="versions, devices and which backends run here (and why not)")
-    info.set_defaults(func=cmd_info)
-
-    build = commands.add_parser("build-ext", help="compile the C++ CPU kernels now instead of on first use")
-    build.add_argument("--verbose", action="store_true")
-    build.set_defaults(func=cmd_build_ext)
-
-    for module_name in ("magnn.train", "magnn.study.detect_run", "magnn.study.pipeline"):
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
-            if error.name != module_name:
-                raise
-            continue
-        sub = commands.add_parser(module.COMMAND, help=module.HELP, description=module.__doc__)
-        module.add_arguments(sub)
-        sub.set_defaults(func=_run_module(module_name))
+    for add in (add_info, add_build_ext, add_train, add_detect, add_study):
+        add(commands)
     return parser
 
 
 def main(argv=None) -> int:
     """Run the `magnn` command line; returns the exit code.
 
-    Errors the user can fix (magnn.errors.UserError, which the data loaders'
+    Errors the user can fix (magnn.core.errors.UserError, which the data loaders'
     MissingDataError and CorruptDataError are) print one line on stderr,
     `magnn <command>: error: ...`, and return their exit code (2 for bad input,
     1 for a run that failed); no traceback unless MAGNN_DEBUG is set.

@@ -3,34 +3,38 @@
 Backends share one contract::
 
     impl(q, k, v, e, graph, *, mode, clamp, bias, ebt, ebt_params,
-         mantissa_bits, tap) -> (node_out, edge_out, RawStats | None)
+         mantissa_bits, tap[, return_lse=True]) -> (node_out, edge_out, RawStats | None[, lse])
 
 with `mantissa_bits=None` meaning "no statistics" (a backend then does no
-statistics work). Layers and models never import a backend directly.
+statistics work) and `return_lse=True` (passed only when asked for) adding the
+differentiable [N, H] log-sum-exp of each softmax. Layers and models never
+import a backend directly.
 
-Statistics reach their `EdgeStats` here, in `edge_attention`: `stats=` takes
-one collector or several (e.g. nested `magnn.stats.collect` blocks). The
-backend reduces once per distinct tap, at the finest mantissa_bits asked for;
-each collector folds that in with `EdgeStats.add`, which coarsens the
-histograms exactly to its own resolution and applies its own threshold,
-min_abs, edge types and keep_edge_ratio.
+Statistics reach their `EdgeStats` here, in `edge_attention` (and, for the
+node tap of attention merged from several calls, in `merge_attention`):
+`stats=` takes one collector or several (e.g. nested `magnn.stats.collect`
+blocks). The backend reduces once per distinct tap, at the finest
+mantissa_bits asked for; each collector folds that in with `EdgeStats.add`,
+which coarsens the histograms exactly to its own resolution and applies its
+own threshold, min_abs, edge types and keep_edge_ratio.
 """
 from __future__ import annotations
 
 import importlib
+import math
 import numbers
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 
+from .core.binning import reduce_rows
+from .core.constants import EBT_VARIANTS, MODES, check_ebt, check_mode  # noqa: F401  (MODES, EBT_VARIANTS re-exported)
 from .core.graph import Graph, as_graph
 from .stats import EdgeStats, StatsArg, add_to_all, stats_targets
 
-MODES = ("gt", "additive")
-EBT_VARIANTS = (None, "edge", "slot")
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -170,10 +174,8 @@ def _check_inputs(q, k, v, e, graph: Graph, mode, clamp, bias, ebt, ebt_params):
         raise ValueError(f"e has {e.shape[0]} rows but edge_index has {graph.num_edges} edges")
     if e.shape[1:] != q.shape[1:]:
         raise ValueError(f"e must be [E, H={heads}, D={head_dim}] like q, got {list(e.shape)}")
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; choose 'gt' or 'additive'")
-    if ebt not in EBT_VARIANTS:
-        raise ValueError(f"unknown ebt {ebt!r}; choose None, 'edge' or 'slot'")
+    check_mode(mode)
+    check_ebt(ebt)
     check_clamp(clamp)
     if bias is not None:
         if not isinstance(bias, torch.Tensor) or not bias.is_floating_point():
@@ -195,6 +197,24 @@ def _check_inputs(q, k, v, e, graph: Graph, mode, clamp, bias, ebt, ebt_params):
         raise ValueError("ebt_params given but ebt is None; pass ebt='edge' or 'slot'")
 
 
+def _check_edge_types(edge_types, num_edges: int) -> None:
+    """Raises unless `edge_types` is None, an int, or an integer tensor [E] of the call."""
+    if edge_types is None or (isinstance(edge_types, numbers.Integral) and not isinstance(edge_types, bool)):
+        return
+    if not isinstance(edge_types, torch.Tensor) or edge_types.dtype.is_floating_point or edge_types.is_complex() \
+            or edge_types.dtype == torch.bool or edge_types.dim() != 1:
+        raise ValueError("edge_types must be an int (one type for every edge) or an integer tensor of shape [E]")
+    if edge_types.shape[0] != num_edges:
+        raise ValueError(f"edge_types has {edge_types.shape[0]} entries but the call has {num_edges} edges")
+
+
+def _call_edge_types(edge_types, num_edges: int) -> Optional[torch.Tensor]:
+    """A checked `edge_types=` as an int64 CPU tensor of the call's E rows (None stays None)."""
+    if edge_types is None or isinstance(edge_types, torch.Tensor):
+        return None if edge_types is None else edge_types.detach().to("cpu", torch.int64)
+    return torch.full((num_edges,), int(edge_types), dtype=torch.int64)
+
+
 def edge_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -209,6 +229,8 @@ def edge_attention(
     ebt: Optional[str] = None,
     ebt_params=None,
     stats: StatsArg = None,
+    edge_types=None,
+    return_lse: bool = False,
     backend: str = "auto",
 ):
     """Fused edge attention over incoming edges (SPEC §3).
@@ -225,14 +247,26 @@ def edge_attention(
         list/tuple of them (each gets this call once, with its own settings). Collectors
         with tap="edge" and tap="node" together cost one extra forward pass without
         autograd for the second tap; different mantissa_bits cost nothing extra.
+      edge_types: per-edge types of this call for the per-type counts: an integer tensor
+        [E] (caller's edge order) or one int for every edge. Collectors that count by
+        edge type (those with `edge_types` set) use it for this call instead of their
+        own; the others ignore it. E.g. a call over edges that are not the batch's real
+        edges passes `magnn.models.NON_EDGE_TYPE`.
+      return_lse: also return the [N, H] log-sum-exp of each (node, head)'s softmax,
+        lse_i = log(sum_j exp(l_ij)) over the attended logits (after the clamp, the EBT
+        slot's included): float32, or float64 for float64 inputs; -inf where nothing is
+        attended. It is differentiable (d lse_i / d l_ij = a_ij), so attention over
+        disjoint edge sets can be merged exactly (`merge_attention`).
       backend: "auto", "torch", "cpu" or "triton".
 
-    Returns (node_out [N, H, D], edge_out [E, H, D]) in the caller's edge order.
+    Returns (node_out [N, H, D], edge_out [E, H, D]) in the caller's edge order, and
+    (node_out, edge_out, lse) with return_lse.
     """
     if num_nodes is None and not isinstance(edge_index_or_graph, Graph) and isinstance(q, torch.Tensor) and q.dim() == 3:
         num_nodes = q.shape[0]  # an edge list's node count comes from q
     graph = as_graph(edge_index_or_graph, num_nodes)
     _check_inputs(q, k, v, e, graph, mode, clamp, bias, ebt, ebt_params)
+    _check_edge_types(edge_types, graph.num_edges)
     targets = stats_targets(stats)
     implementation = _implementation(_backend_name(backend, q.device.type, q.dtype))
     options = dict(
@@ -248,9 +282,11 @@ def edge_attention(
         if target.tap not in taps:
             taps.append(target.tap)
     first_tap = taps[0] if taps else "edge"
-    node_out, edge_out, raw = implementation(
+    # return_lse goes to the backend only when asked for: the default call is the plain contract
+    node_out, edge_out, raw, *lse = implementation(
         q, k, v, e, graph, **options,
         mantissa_bits=_finest(targets, first_tap), tap=first_tap,
+        **({"return_lse": True} if return_lse else {}),
     )
     if targets:
         raws = {first_tap: raw}
@@ -263,8 +299,76 @@ def edge_attention(
                     q.detach(), k.detach(), v.detach(), e.detach(), graph, **detached,
                     mantissa_bits=_finest(targets, tap), tap=tap,
                 )
-        add_to_all(targets, raws, heads=q.shape[1])  # all collectors or none
+        call_types = _call_edge_types(edge_types, graph.num_edges)
+        add_to_all(targets, raws, heads=q.shape[1], edge_types=call_types)  # all collectors or none
+    if return_lse:
+        return node_out, edge_out, lse[0]
     return node_out, edge_out
+
+
+def merge_attention(
+    node_outs: Sequence[torch.Tensor],
+    lses: Sequence[torch.Tensor],
+    log_weights: Optional[Sequence[Optional[torch.Tensor]]] = None,
+    *,
+    stats: StatsArg = None,
+):
+    """One softmax over the union of disjoint edge sets, from each set's own attention.
+
+    Part p is one `edge_attention(..., return_lse=True)` call: its node_out o_p [N, H, D]
+    and log-sum-exp lse_p [N, H]. With an optional structural log-weight s_p per
+    destination node ([N] or [N, H], added to every logit of that part after any clamp,
+    i.e. each of its attention weights multiplied by exp(s_p)) the union's output is
+
+        node_out = sum_p exp(lse_p + s_p - m) o_p / sum_p exp(lse_p + s_p - m),
+        lse      = m + log(sum_p exp(lse_p + s_p - m)),   m = max_p (lse_p + s_p)
+
+    exactly the softmax over all parts' logits together, and differentiable through the
+    parts' lse. A (node, head) that no part attends to gets node_out 0 and lse -inf, with
+    zero (never NaN) gradients. Computed in the lse dtype, node_out rounded back to the
+    parts' dtype.
+
+    stats: collectors with tap="node" get the merged node_out (one call); the parts'
+    edge rows reach edge-tap collectors through each part's own `edge_attention(stats=)`.
+
+    Returns (node_out [N, H, D], lse [N, H]).
+    """
+    node_outs, lses = list(node_outs), list(lses)
+    weights = [None] * len(node_outs) if log_weights is None else list(log_weights)
+    if not node_outs or not (len(node_outs) == len(lses) == len(weights)):
+        raise ValueError("merge_attention needs one node_out, one lse (and one log_weight or None) per part")
+    shape = node_outs[0].shape
+    for out, lse, weight in zip(node_outs, lses, weights):
+        if out.dim() != 3 or out.shape != shape or lse.shape != shape[:2]:
+            raise ValueError(
+                f"every part needs node_out [N, H, D]={list(shape)} and lse [N, H]={list(shape[:2])}, "
+                f"got {list(out.shape)} and {list(lse.shape)}"
+            )
+        if weight is not None and weight.shape not in (shape[:1], shape[:2]):
+            raise ValueError(f"a log_weight must be [N]={list(shape[:1])} or [N, H]={list(shape[:2])}, got {list(weight.shape)}")
+    targets = stats_targets(stats)
+    if any(target.tap != "node" for target in targets):
+        raise ValueError("merge_attention fills tap='node' collectors only; edge rows come from each part's edge_attention")
+    work = lses[0].dtype
+    shifted = torch.stack([
+        lse.to(work) if weight is None else lse.to(work) + (weight.unsqueeze(-1) if weight.dim() == 1 else weight).to(work)
+        for lse, weight in zip(lses, weights)
+    ])  # [P, N, H]
+    row_max = shifted.amax(0)
+    # a shift that carries no gradient; rows nobody attends to (all -inf) shift by 0
+    row_max = torch.where(torch.isinf(row_max), torch.zeros_like(row_max), row_max).detach()
+    scaled = torch.exp(shifted - row_max)
+    total = scaled.sum(0)
+    empty = total == 0
+    total = torch.where(empty, torch.ones_like(total), total)
+    share = scaled / total  # [P, N, H]
+    node_out = sum(part.unsqueeze(-1) * out.to(work) for part, out in zip(share, node_outs)).to(node_outs[0].dtype)
+    lse = torch.where(empty, torch.full_like(total, -math.inf), row_max + torch.log(total))
+    if targets:
+        num_nodes, heads, head_dim = shape
+        raw = reduce_rows(node_out.detach().reshape(num_nodes, heads * head_dim), max(t.mantissa_bits for t in targets))
+        add_to_all(targets, {"node": raw}, heads=heads)
+    return node_out, lse
 
 
 def _finest(targets: tuple[EdgeStats, ...], tap: str) -> Optional[int]:

@@ -30,13 +30,14 @@ from .core.binning import (  # noqa: F401  (re-exported: magnn.stats is where us
     SMALLEST_NORMAL, RawStats, bin_index, bin_lower_bound, coarsen_counts, finite_or_none, json_safe,
     mantissa_bits_of, num_bins, reduce_rows, row_lower_median,
 )
+from .core.constants import DEFAULT_MANTISSA_BITS, MA_THRESHOLD, TAPS
 
 
 @dataclass
 class LogHistogram:
     """Integer counts over log-spaced float32 bins; `merge` adds counts."""
 
-    mantissa_bits: int = 7
+    mantissa_bits: int = DEFAULT_MANTISSA_BITS
     counts: torch.Tensor = None  # int64 [num_bins]
 
     def __post_init__(self):
@@ -48,7 +49,7 @@ class LogHistogram:
             )
 
     @classmethod
-    def of(cls, values: torch.Tensor, mantissa_bits: int = 7) -> "LogHistogram":
+    def of(cls, values: torch.Tensor, mantissa_bits: int = DEFAULT_MANTISSA_BITS) -> "LogHistogram":
         values = values.detach().reshape(-1).to(torch.float32).abs()
         values = values[~torch.isnan(values)]
         counts = torch.bincount(bin_index(values, mantissa_bits), minlength=num_bins(mantissa_bits))
@@ -103,7 +104,8 @@ class EdgeStats:
       mantissa_bits: histogram resolution M (bins of relative width 2^-M).
       keep_edge_ratio: keep the per-edge max ratio r_e of every call
         (concatenated over calls, in the caller's edge order).
-      edge_types: int64 [E] edge types of the next call(s), for per-type counts.
+      edge_types: int64 [E] edge types of the next call(s), for per-type counts (a call's
+        own `edge_attention(..., edge_types=...)` replaces them for that call).
       threshold: ratio above which an activation (or an edge's r_e) is massive.
       min_abs: optionally also require |a| > min_abs (the LLM definition uses 100);
         applied to edges through their max |A_e|.
@@ -112,16 +114,16 @@ class EdgeStats:
 
     def __init__(
         self,
-        mantissa_bits: int = 7,
+        mantissa_bits: int = DEFAULT_MANTISSA_BITS,
         keep_edge_ratio: bool = False,
         edge_types: Optional[torch.Tensor] = None,
-        threshold: float = 1000.0,
+        threshold: float = MA_THRESHOLD,
         min_abs: Optional[float] = None,
         tap: str = "edge",
     ):
         if not 0 <= mantissa_bits <= 23:
             raise ValueError(f"mantissa_bits must be in [0, 23], got {mantissa_bits}")
-        if tap not in ("edge", "node"):
+        if tap not in TAPS:
             raise ValueError(f"tap must be 'edge' or 'node', got {tap!r}")
         if edge_types is not None and (edge_types.dtype.is_floating_point or edge_types.dim() != 1):
             raise ValueError("edge_types must be an integer tensor of shape [E]")
@@ -152,16 +154,18 @@ class EdgeStats:
         self.type_max_ratio: dict[int, float] = {}
 
     # -- filling --------------------------------------------------------------
-    def add(self, raw: RawStats, heads: int) -> None:
-        """Fold one call's `RawStats` in (backends call this; users need not).
+    def add(self, raw: RawStats, heads: int, *, edge_types: Optional[torch.Tensor] = None) -> None:
+        """Fold one call's `RawStats` in (`magnn.functional` calls this; users need not).
 
         All or nothing: every check runs before anything changes, so a call that
         raises leaves these stats exactly as they were. The histograms may be finer
-        than `mantissa_bits` (they are coarsened exactly), never coarser.
+        than `mantissa_bits` (they are coarsened exactly), never coarser. edge_types:
+        this call's per-row types, used instead of `self.edge_types` when this
+        collector counts by edge type (ignored when it does not).
         """
-        self._absorb(self._from_raw(raw, heads))
+        self._absorb(self._from_raw(raw, heads, edge_types))
 
-    def _from_raw(self, raw: RawStats, heads: int) -> "EdgeStats":
+    def _from_raw(self, raw: RawStats, heads: int, edge_types: Optional[torch.Tensor] = None) -> "EdgeStats":
         """One call's numbers as a fresh EdgeStats with these settings; validates, changes nothing here."""
         if not isinstance(raw, RawStats):
             raise TypeError(f"raw must be a magnn.stats.RawStats, got {type(raw).__name__}")
@@ -177,7 +181,7 @@ class EdgeStats:
         rows = row_ratio.shape[0]
         types = None
         if self.edge_types is not None and self.tap == "edge":
-            types = self.edge_types.detach().cpu().long()
+            types = (self.edge_types if edge_types is None else edge_types).detach().cpu().long()
             if types.shape[0] != rows:
                 raise ValueError(f"edge_types has {types.shape[0]} entries but the call had {rows} edges")
         massive = self._massive_rows(row_ratio, raw)
@@ -356,12 +360,20 @@ class EdgeStats:
         )
 
 
-def add_to_all(targets: Sequence[EdgeStats], raw: Union[RawStats, Mapping[str, RawStats]], heads: int) -> None:
+def add_to_all(
+    targets: Sequence[EdgeStats],
+    raw: Union[RawStats, Mapping[str, RawStats]],
+    heads: int,
+    *,
+    edge_types: Optional[torch.Tensor] = None,
+) -> None:
     """Folds one call's statistics into every EdgeStats of `targets`, all or nothing: every
     target checks the call first (settings, channels, edge_types length), then all add.
 
     raw: the call's `RawStats`, or a dict tap -> RawStats when the targets tap different
     tensors (each target takes its own tap's; histograms may be finer than it keeps).
+    edge_types: the call's per-edge types, for the targets that count by edge type
+    (instead of their own `edge_types`).
     """
     def raw_for(target: EdgeStats) -> RawStats:
         if isinstance(raw, RawStats):
@@ -370,7 +382,7 @@ def add_to_all(targets: Sequence[EdgeStats], raw: Union[RawStats, Mapping[str, R
             raise ValueError(f"no statistics for tap {target.tap!r} (have {sorted(raw)})")
         return raw[target.tap]
 
-    parts = [target._from_raw(raw_for(target), heads) for target in targets]
+    parts = [target._from_raw(raw_for(target), heads, edge_types) for target in targets]
     for target, part in zip(targets, parts):
         target._absorb(part)
 

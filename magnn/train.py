@@ -6,6 +6,9 @@ and DIR/best.pt. `--resume` continues from DIR/last.pt and reaches the same
 weights as an uninterrupted run with the same seed: shuffling is seeded per
 epoch and every RNG state travels in the checkpoint. Under `torchrun`
 (WORLD_SIZE > 1) molecule batches shard across ranks with DistributedDataParallel.
+
+Library entry point: `train(TrainConfig(...), resume=False)`; `magnn train`
+(magnn.cli) only parses its options into a TrainConfig and calls it.
 """
 from __future__ import annotations
 
@@ -19,21 +22,41 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from .core.constants import BACKEND_NAMES, DATASETS, EBT_VARIANTS, MODEL_NAMES
+from .core.errors import (
+    MissingFileError,
+    RunFailed,
+    UserError,
+    check_choice,
+    check_device,
+    check_output_folder,
+    check_positive,
+    check_seed,
+    input_folder,
+    one_line,
+    output_folder,
+)
 from .stats import json_safe
-from .core.errors import (MAX_SEED, MissingFileError, RunFailed, UserError, check_device, check_positive, input_folder,
-                     one_line, output_folder, positive_float, positive_int, positive_int_list, seed_int)
-
-COMMAND = "train"
-HELP = "train a model (tqdm progress, metrics.json, atomic checkpoints, --resume)"
 
 log = logging.getLogger("magnn.train")
 
-DATASETS = ("tox21", "zinc", "ogbn-proteins")
-MODELS = ("gt", "graphit", "san")
+PRESET_NAMES = ("paper", "quick")
+
+
+def ebt_option(ebt) -> str:
+    """An EBT variant as --ebt spells it (None is "none")."""
+    return "none" if ebt is None else str(ebt)
 
 
 @dataclass
 class TrainConfig:
+    """Everything `magnn train` takes, except --resume (an action, `train(config, resume=True)`,
+    not a setting: it is not saved in checkpoints). --layers, --hidden and --heads are model
+    keywords and travel in `overrides` (num_layers, hidden, heads; any other model keyword too).
+
+    `validate()` raises the command line's UserError for a bad setting; `train()` calls it.
+    """
+
     dataset: str = "tox21"
     model: str = "gt"
     ebt: Optional[str] = None
@@ -45,67 +68,24 @@ class TrainConfig:
     max_graphs: Optional[int] = None
     batch_size: Optional[int] = None
     lr: Optional[float] = None
-    preset: Optional[str] = None  # "paper" (SPEC §10) or "quick" (CPU-sized)
-    overrides: dict = field(default_factory=dict)  # model keyword overrides (layers, hidden, heads, ...)
+    preset: Optional[str] = None  # "paper" (SPEC §10) or "quick" (CPU-sized); None is the paper's sizes
+    overrides: dict = field(default_factory=dict)  # model keyword overrides (num_layers, hidden, heads, ...)
     bf16: bool = False
     activation_checkpointing: bool = False
     backend: str = "auto"
     sampled: bool = False  # ogbn-proteins: neighbour-sampled training instead of full batch
     fanouts: tuple = (5, 10, 15)
 
+    def validate(self, *, environment: bool = True) -> TrainConfig:
+        """UserError naming the option when a setting is out of range (see check_config); returns self."""
+        check_config(self, environment=environment)
+        return self
+
 
 # CLI option -> model keyword (the models' own argument names)
 MODEL_OPTIONS = {"layers": "num_layers", "hidden": "hidden", "heads": "heads"}
 # settings that may differ between a run and its --resume; everything else must match the checkpoint
 RESUMABLE_SETTINGS = ("epochs", "out", "data_root", "device", "backend", "activation_checkpointing")
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("--dataset", choices=DATASETS, default="tox21")
-    parser.add_argument("--model", choices=MODELS, default="gt")
-    parser.add_argument("--ebt", choices=("none", "edge", "slot"), default="none")
-    parser.add_argument("--epochs", type=positive_int, default=10, help="train up to this many epochs in all (>= 1)")
-    parser.add_argument("--out", default="runs/train", help="output folder (metrics.json, checkpoints)")
-    parser.add_argument("--data-root", default=None, help="folder with the dataset files (default: bundled / cache)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
-    parser.add_argument("--seed", type=seed_int, default=41)
-    parser.add_argument("--max-graphs", type=positive_int, default=None, help="use the first N graphs of each split")
-    parser.add_argument("--batch-size", type=positive_int, default=None, help="default: the preset's")
-    parser.add_argument("--lr", type=positive_float, default=None, help="default: the preset's")
-    parser.add_argument("--preset", choices=("paper", "quick"), default="quick",
-                        help="paper: SPEC §10 sizes; quick: small CPU-sized models (default)")
-    parser.add_argument("--layers", type=positive_int, default=None, help="attention layers (default: the preset's)")
-    parser.add_argument("--hidden", type=positive_int, default=None, help="width, a multiple of --heads")
-    parser.add_argument("--heads", type=positive_int, default=None)
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
-    parser.add_argument("--activation-checkpointing", action="store_true")
-    parser.add_argument("--backend", default="auto", choices=("auto", "torch", "cpu", "triton"))
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    parser.add_argument("--sampled", action="store_true",
-                        help="ogbn-proteins: the paper's neighbour-sampled training (evaluation stays full-batch)")
-    parser.add_argument("--fanouts", type=positive_int_list, default="5,10,15",
-                        help="neighbours drawn per hop with --sampled")
-
-
-def config_from_args(args) -> TrainConfig:
-    overrides = {keyword: getattr(args, option) for option, keyword in MODEL_OPTIONS.items()
-                 if getattr(args, option, None) is not None}
-    return TrainConfig(
-        dataset=args.dataset, model=args.model, ebt=None if args.ebt == "none" else args.ebt,
-        epochs=args.epochs, out=args.out, data_root=args.data_root, device=args.device, seed=args.seed,
-        max_graphs=args.max_graphs, batch_size=args.batch_size, lr=args.lr, preset=args.preset,
-        overrides=overrides, bf16=args.bf16, activation_checkpointing=args.activation_checkpointing,
-        backend=args.backend, sampled=args.sampled, fanouts=tuple(args.fanouts),
-    )
-
-
-def main(args) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    result = train(config_from_args(args), resume=args.resume)
-    test = result["test"]
-    print(f"best epoch {result['best_epoch'] + 1}: " + ", ".join(f"test {k} {v:.4f}" for k, v in test.items()))
-    print(f"wrote {Path(args.out) / 'metrics.json'}")
-    return 0
 
 
 # -- pieces ---------------------------------------------------------------------
@@ -220,22 +200,20 @@ def check_config(config: TrainConfig, *, environment: bool = True) -> None:
     """UserError naming the option when a setting is out of range (0 is never replaced by a default).
 
     environment=True also checks what depends on this machine: the device
-    exists and --data-root is not a file.
+    exists, --data-root is not a file and --out can be the output folder
+    (nothing is created).
     """
-    if config.dataset not in DATASETS:
-        raise UserError(f"--dataset {config.dataset!r} is not one of {', '.join(DATASETS)}")
-    if config.model not in MODELS:
-        raise UserError(f"--model {config.model!r} is not one of {', '.join(MODELS)}")
-    if config.ebt not in (None, "edge", "slot"):
-        raise UserError(f"--ebt {config.ebt!r} is not one of none, edge, slot")
-    if config.preset not in (None, "paper", "quick"):
-        raise UserError(f"--preset {config.preset!r} is not one of paper, quick")
+    check_choice(config.dataset, DATASETS, "--dataset")
+    check_choice(config.model, MODEL_NAMES, "--model")
+    check_choice(config.ebt, EBT_VARIANTS, "--ebt", spell=ebt_option)
+    if config.preset is not None:
+        check_choice(config.preset, PRESET_NAMES, "--preset")
     check_positive(config.epochs, "--epochs", integer=True)
     check_positive(config.batch_size, "--batch-size", integer=True)
     check_positive(config.lr, "--lr")
     check_positive(config.max_graphs, "--max-graphs", integer=True)
-    if isinstance(config.seed, bool) or not isinstance(config.seed, int) or not 0 <= config.seed <= MAX_SEED:
-        raise UserError(f"--seed must be an integer in [0, {MAX_SEED}], got {config.seed!r}")
+    check_seed(config.seed)
+    check_choice(config.backend, BACKEND_NAMES, "--backend")
     if not isinstance(config.overrides, dict):
         raise UserError(f"model overrides must be a dict of model arguments, got {type(config.overrides).__name__}")
     options = {keyword: f"--{option}" for option, keyword in MODEL_OPTIONS.items()}
@@ -257,6 +235,7 @@ def check_config(config: TrainConfig, *, environment: bool = True) -> None:
     if environment:
         check_device(config.device)
         input_folder(config.data_root, "--data-root")
+        check_output_folder(config.out, "--out")
 
 
 def _resolved_sizes(config: TrainConfig) -> dict:
@@ -579,7 +558,9 @@ def _sampled_epoch(model, data, info, loss_fn, optimizer, batch_size, seed, devi
 # -- the loop -------------------------------------------------------------------
 
 def train(config: TrainConfig, resume: bool = False) -> dict:
-    """Train per `config`; returns (and writes) the metrics dictionary.
+    """Train per `config` (`magnn train`); returns (and writes) the metrics dictionary.
+
+    resume=True (--resume) continues from config.out/last.pt.
 
     Raises UserError for bad settings, bad checkpoints and a --resume whose
     settings differ from its checkpoint's; RunFailed (after writing
@@ -587,7 +568,7 @@ def train(config: TrainConfig, resume: bool = False) -> dict:
     """
     import torch
 
-    check_config(config)
+    config.validate()
     out = Path(config.out)
     output_folder(out, "--out")
     last_path = out / "last.pt"

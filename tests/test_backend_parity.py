@@ -53,21 +53,36 @@ def _run(backend, tensors, b, params, graph, **kwargs):
     return node_out, edge_out, grads, stats
 
 
-@pytest.mark.parametrize("backend", FAST_BACKENDS)
+# (backend, dtype) pairs the matrix runs: every fast backend in float32, and float64 where the
+# backend takes it (the Triton kernels take float16/bfloat16/float32 by design)
+MATRIX_DTYPES = [("cpu", torch.float32), ("cpu", torch.float64), ("triton", torch.float32)]
+TOLERANCES = {torch.float32: dict(values=1e-5, grads=1e-4), torch.float64: dict(values=1e-9, grads=1e-9)}
+ISOLATED = 3  # _inputs' last nodes have no incoming edge
+
+
+@pytest.mark.parametrize("backend,dtype", MATRIX_DTYPES, ids=lambda x: str(x).replace("torch.", ""))
 @pytest.mark.parametrize(
     "mode,ebt,clamp,bias",
     list(itertools.product(["gt", "additive"], [None, "edge", "slot"], [None, 2.0], [None, "edge", "edge_head"])),
 )
-def test_values_gradients_and_stats_match_reference(backend, mode, ebt, clamp, bias):
-    _usable(backend)
-    tensors, b, params, graph = _inputs(11, mode, ebt, bias)
+def test_values_gradients_and_stats_match_reference(backend, dtype, mode, ebt, clamp, bias):
+    """The one parity matrix: 2 modes x 3 EBT variants x clamp on/off x 3 bias forms, every
+    fast backend against the torch reference (values, gradients, statistics)."""
+    _usable(backend, dtype)
+    tensors, b, params, graph = _inputs(11, mode, ebt, bias, dtype=dtype)
     kwargs = dict(mode=mode, ebt=ebt, clamp=clamp)
     node_out, edge_out, grads, stats = _run(backend, tensors, b, params, graph, **kwargs)
     want_node, want_edge, want_grads, want_stats = _run("torch", tensors, b, params, graph, **kwargs)
-    torch.testing.assert_close(node_out, want_node, rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(edge_out, want_edge, rtol=1e-5, atol=1e-5)
+    tol = TOLERANCES[dtype]
+    torch.testing.assert_close(node_out, want_node, rtol=tol["values"], atol=tol["values"])
+    torch.testing.assert_close(edge_out, want_edge, rtol=tol["values"], atol=tol["values"])
     for got, want in zip(grads, want_grads):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+        assert got.dtype == want.dtype and got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=tol["grads"], atol=tol["grads"])
+        assert torch.isfinite(got).all()
+    if ebt != "slot":  # no incoming edge and no slot: exactly zero
+        isolated = node_out[-ISOLATED:]
+        assert torch.equal(isolated, torch.zeros_like(isolated))
     # the in-kernel reduction equals the reference reduction of what the backend stored
     own = reduce_rows(edge_out.detach().reshape(edge_out.shape[0], -1).cpu())
     assert torch.equal(stats.hist_abs.counts, own.hist_abs.cpu())

@@ -5,8 +5,10 @@ Training runs are tiny: 8 bundled ZINC graphs, 1-2 layers of width 8, 1-3 epochs
 """
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -16,6 +18,7 @@ import torch
 
 from magnn.cli import main
 from magnn.core.errors import UserError
+from magnn.study import DetectConfig, StudyConfig, run_detect, run_study
 from magnn.train import TrainConfig, build, load_checkpoint, train, training_settings
 
 TINY = ["--dataset", "zinc", "--max-graphs", "8", "--hidden", "8", "--heads", "2", "--batch-size", "8",
@@ -361,6 +364,101 @@ def test_proteins_overlapping_or_out_of_range_split(capsys, tmp_path):
         f.write("\n".join(valid_rows + ["600"]) + "\n")
     code, err = run(capsys, *argv)
     assert "outside [0, num_nodes)" in error_line(err, "train", code)
+
+
+# -- typed configs: the library takes them, the CLI only parses into them ---------------------------
+
+TINY_CONFIG = dict(dataset="zinc", max_graphs=8, batch_size=8, preset="quick", backend="torch",
+                   overrides={"num_layers": 2, "hidden": 8, "heads": 2})
+
+
+@pytest.fixture()
+def no_argparse(monkeypatch):
+    """Any argument parser built while this is active fails the test."""
+    import argparse
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the library built an argparse parser")
+
+    monkeypatch.setattr(argparse.ArgumentParser, "__init__", refuse)
+
+
+def test_entry_points_run_from_python_without_argparse(tmp_path, trained, data_root, no_argparse):
+    metrics = train(TrainConfig(**TINY_CONFIG, ebt="edge", epochs=1, out=str(tmp_path / "ebt"), data_root=str(data_root)))
+    assert len(metrics["history"]) == 1 and metrics["config"]["ebt"] == "edge"
+    result = run_detect(DetectConfig(ckpt=str(tmp_path / "ebt" / "best.pt"), max_batches=2, out=str(tmp_path / "det")))
+    assert result.out == tmp_path / "det" and json.loads((result.out / "detect.json").read_text())["layers"]
+    assert len(result.summary()) == 2 and all(line.startswith("layers.") for line in result.summary())
+    report = run_study(StudyConfig(dataset="zinc", quick=True, out=str(tmp_path / "study"), data_root=str(data_root),
+                                   ckpt_no_ebt=str(trained / "best.pt"), ckpt_ebt=str(tmp_path / "ebt" / "best.pt"),
+                                   max_graphs=8, attack_steps=1, backend="torch"))
+    assert set(report["detection"]) == {"base no_ebt", "trained no_ebt", "base ebt_edge", "trained ebt_edge"}
+    assert json.loads((tmp_path / "study" / "report.json").read_text())["findings"] == report["findings"]
+    assert "| 0.0316 |" in (tmp_path / "study" / "report.md").read_text()  # Table 2 row per attacked sigma
+
+
+def test_a_bad_config_raises_the_message_the_cli_prints(capsys, tmp_path, trained):
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    out = tmp_path / "out"
+    cases = [  # (argv, the same settings as a config, its entry point)
+        (["train", "--dataset", "zinc", "--heads", "3", "--out", out],
+         TrainConfig(dataset="zinc", preset="quick", overrides={"heads": 3}, out=str(out)), train),
+        (["train", "--dataset", "zinc", "--sampled", "--out", out],
+         TrainConfig(dataset="zinc", preset="quick", sampled=True, out=str(out)), train),
+        (["train", "--out", a_file / "sub"], TrainConfig(preset="quick", out=str(a_file / "sub")), train),
+        (["detect", "--ckpt", trained / "best.pt", "--data-root", a_file],
+         DetectConfig(ckpt=str(trained / "best.pt"), data_root=str(a_file)), run_detect),
+        (["detect", "--ckpt", tmp_path / "none.pt", "--out", out], DetectConfig(ckpt=str(tmp_path / "none.pt"), out=str(out)),
+         run_detect),
+        (["study", "--quick", "--out", a_file], StudyConfig(quick=True, out=str(a_file)), run_study),
+        (["study", "--quick", "--ckpt-no-ebt", trained / "best.pt", "--out", out],
+         StudyConfig(quick=True, ckpt_no_ebt=str(trained / "best.pt"), out=str(out)), run_study),
+    ]
+    if not torch.cuda.is_available():
+        cases += [([command, *argv, "--device", "cuda"], dataclasses.replace(config, device="cuda"), entry)
+                  for command, argv, config, entry in (
+                      ("train", ["--out", out], TrainConfig(preset="quick", out=str(out)), train),
+                      ("detect", ["--ckpt", trained / "best.pt"], DetectConfig(ckpt=str(trained / "best.pt")), run_detect),
+                      ("study", ["--out", out], StudyConfig(out=str(out)), run_study))]
+    for argv, config, entry in cases:
+        code, err = run(capsys, *argv)
+        line = error_line(err, argv[0], code)
+        with pytest.raises(UserError) as raised:
+            entry(config)
+        assert line == f"magnn {argv[0]}: error: {raised.value}", (argv, line)
+    assert not out.exists()  # every check ran before any output was written
+
+
+def test_validate_checks_without_touching_the_disk(tmp_path):
+    for config, option in ((TrainConfig(dataset="cora", out=str(tmp_path / "t")), "--dataset 'cora'"),
+                           (TrainConfig(backend="gpu", out=str(tmp_path / "t")), "--backend 'gpu'"),
+                           (StudyConfig(ebt=None, out=str(tmp_path / "s")), "--ebt None is not one of edge, slot"),
+                           (StudyConfig(attack_steps=-1, out=str(tmp_path / "s")), "--attack-steps"),
+                           (DetectConfig(ckpt="x.pt", split="valid"), "--split 'valid' is not one of train, val, test"),
+                           (DetectConfig(ckpt="x.pt", threshold=0.0), "--threshold")):
+        with pytest.raises(UserError, match=re.escape(option)):
+            config.validate()
+    assert StudyConfig(out=str(tmp_path / "s")).validate().out == str(tmp_path / "s")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_defaults_are_the_configs_defaults():
+    from magnn.cli import build_parser, detect_config, study_config, train_config
+
+    parser = build_parser()
+    assert study_config(parser.parse_args(["study"])) == StudyConfig()
+    assert detect_config(parser.parse_args(["detect", "--ckpt", "x.pt"])) == DetectConfig(ckpt="x.pt")
+    assert train_config(parser.parse_args(["train"])) == TrainConfig(preset="quick")  # the CLI's one own default
+    parsed = train_config(parser.parse_args(["train", "--ebt", "slot", "--layers", "3", "--fanouts", "2,4"]))
+    assert parsed.ebt == "slot" and parsed.overrides == {"num_layers": 3} and parsed.fanouts == (2, 4)
+
+
+def test_backend_names_are_the_ones_functional_dispatches():
+    from magnn.core.constants import BACKEND_NAMES
+    from magnn.functional import backend_choices
+
+    assert set(BACKEND_NAMES) == set(backend_choices())
 
 
 # -- item 16: python -m magnn -------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The C++ CPU backend (csrc/, magnn/cpu_backend.py) against the PyTorch reference.
+"""The C++ CPU backend (csrc/, magnn/backends/cpu.py) against the PyTorch reference.
 
 The extension is compiled (or loaded from the cache) once per session; a
 build failure fails these tests rather than skipping them.
@@ -13,6 +13,7 @@ import magnn
 from magnn import functional
 from magnn.backends import cpu as cpu_backend
 from magnn.backends.reference import run_torch_backend
+from magnn.core import contract
 from magnn.functional import edge_attention
 from magnn.layers import FusedEdgeAttention
 from magnn.stats import EdgeStats, RawStats, reduce_rows
@@ -124,21 +125,8 @@ def test_missing_compiler_is_a_reason_and_auto_falls_back(monkeypatch):
 
 
 # -- parity with the reference ------------------------------------------------------
-@pytest.mark.parametrize("mode,ebt,clamp,bias", list(itertools.product(MODES, EBTS, CLAMPS, BIASES)))
-def test_matches_reference_values_and_gradients(mode, ebt, clamp, bias):
-    graph = tricky_graph()
-    inputs = make_inputs(graph, bias=bias, ebt=ebt)
-    options = dict(mode=mode, clamp=clamp, ebt=ebt)
-    expected = forward_backward(inputs, graph, "torch", **options)
-    actual = forward_backward(inputs, graph, "cpu", **options)
-    assert_all_close(actual, expected, rtol=1e-9, atol=1e-11)
-    isolated = graph.in_degree == 0
-    assert isolated.any()
-    if ebt != "slot":  # no incoming edge and no slot: exactly zero
-        assert torch.equal(actual[0][isolated], torch.zeros_like(actual[0][isolated]))
-    assert all(not torch.isnan(t).any() for t in actual)
-
-
+# The mode x EBT x clamp x bias matrix (float32 and float64) is tests/test_backend_parity.py's,
+# shared by every backend; here: other shapes and the cpu backend's own cases.
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("ebt", EBTS)
 def test_float32_matches_reference(mode, ebt):
@@ -384,24 +372,57 @@ def test_layer_uses_cpu_backend_end_to_end():
     assert math.isfinite(float(x_out.detach().sum()))
 
 
-def test_fake_impls_match_and_torch_compile_traces_the_cpu_backend():
-    """opcheck compares the meta (fake) impls with the real ops; compile must equal eager."""
-
-    cpu_backend.build()
-    gen = torch.Generator().manual_seed(3)
-    edge_index = torch.randint(0, 7, (2, 20), generator=gen)
-    graph = magnn.Graph(edge_index, 7).prepare()
-    q, k, v = (torch.randn(7, 2, 4, generator=gen) for _ in range(3))
-    e = torch.randn(20, 2, 4, generator=gen)
-    bias = torch.randn(20, 2, generator=gen)
+def opcheck_inputs(seed=3, num_nodes=7, num_edges=20):
+    gen = torch.Generator().manual_seed(seed)
+    edge_index = torch.randint(0, num_nodes, (2, num_edges), generator=gen)
+    graph = magnn.Graph(edge_index, num_nodes).prepare()
+    q, k, v = (torch.randn(num_nodes, 2, 4, generator=gen) for _ in range(3))
+    e = torch.randn(num_edges, 2, 4, generator=gen)
+    bias = torch.randn(num_edges, 2, generator=gen)
     params = tuple(torch.randn(2, 4, generator=gen) for _ in range(3))
-    fwd_args = (q, k, v, e, graph.rowptr, graph.col, graph.perm, graph.src.contiguous(), graph.dst.contiguous(),
-                bias, *params, "gt", "slot", 2.0, 7)
-    torch.library.opcheck(torch.ops.magnn_cpu.edge_attention_fwd.default, fwd_args,
+    return graph, q, k, v, e, bias, params
+
+
+def test_ops_follow_the_contract():
+    fwd, bwd = torch.ops.magnn_cpu.edge_attention_fwd.default, torch.ops.magnn_cpu.edge_attention_bwd.default
+    assert [a.name for a in fwd._schema.arguments] == list(contract.FORWARD_ARGS)
+    assert [a.name for a in bwd._schema.arguments] == list(contract.BACKWARD_ARGS)
+    assert len(fwd._schema.returns) == len(contract.ForwardResult._fields)
+    assert len(bwd._schema.returns) == len(contract.BackwardResult._fields)
+    graph, q, k, v, e, bias, params = opcheck_inputs()
+    result = cpu_backend.edge_attention_fwd(q, k, v, e, graph.rowptr, graph.col, graph.perm, None, None, None,
+                                            bias, *params, "additive", "edge", None, 7)
+    assert isinstance(result, contract.ForwardResult)
+    assert result.lse.shape == (7, 2, 2) and result.hist_abs.shape == (magnn.core.binning.num_bins(7),)
+    assert result.row_ratio.shape == (20,) and result.argmax.dtype == torch.int64
+    with pytest.raises(RuntimeError, match="unknown ebt"):
+        cpu_backend.edge_attention_fwd(q, k, v, e, graph.rowptr, graph.col, graph.perm, None, None, None,
+                                       None, None, None, None, "gt", "bogus", None, -1)
+    # no reverse CSR at call time: the forward runs, a backward explains what is missing
+    leaf = q.clone().requires_grad_()
+    outputs = torch.ops.magnn_cpu.edge_attention_fwd(leaf, k, v, e, graph.rowptr, graph.col, graph.perm,
+                                                     None, None, None, None, None, None, None, "gt", "none", None, -1)
+    with pytest.raises(RuntimeError, match="reverse CSR"):
+        outputs[0].sum().backward()
+
+
+def test_fake_impls_match_and_torch_compile_traces_the_cpu_backend():
+    """opcheck compares the fake impls with the real ops and checks the torch.library
+    autograd registration; compile must equal eager."""
+
+    graph, q, k, v, e, bias, params = opcheck_inputs()
+    reverse = (graph.rev_rowptr, graph.rev_col, graph.rev_perm)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v, e, bias, *params)]
+    fwd_args = (*leaves[:4], graph.rowptr, graph.col, graph.perm, *reverse, *leaves[4:], "gt", "slot", 2.0, 7)
+    torch.library.opcheck(torch.ops.magnn_cpu.edge_attention_fwd.default, fwd_args)
+    no_stats = (q, k, v, e, graph.rowptr, graph.col, graph.perm, None, None, None, None, None, None, None,
+                "additive", "none", None, -1)
+    torch.library.opcheck(torch.ops.magnn_cpu.edge_attention_fwd.default, no_stats,
                           test_utils=("test_schema", "test_faketensor"))
-    lse = torch.ops.magnn_cpu.edge_attention_fwd(*fwd_args)[2]
-    bwd_args = (torch.randn_like(q), torch.randn_like(e), q, k, v, e, lse, graph.rowptr, graph.col, graph.perm,
-                graph.rev_rowptr, graph.rev_col, graph.rev_perm, bias, *params, "gt", "slot", 2.0)
+    result = cpu_backend.edge_attention_fwd(q, k, v, e, graph.rowptr, graph.col, graph.perm, *reverse,
+                                            bias, *params, "gt", "slot", 2.0, 7)
+    bwd_args = (torch.randn_like(q), torch.randn_like(e), torch.randn_like(result.lse), q, k, v, e, result.lse,
+                result.node_out, graph.rowptr, graph.col, graph.perm, *reverse, bias, *params, "gt", "slot", 2.0)
     torch.library.opcheck(torch.ops.magnn_cpu.edge_attention_bwd.default, bwd_args,
                           test_utils=("test_schema", "test_faketensor"))
 
@@ -410,12 +431,159 @@ def test_fake_impls_match_and_torch_compile_traces_the_cpu_backend():
                                             clamp=2.0, backend="cpu")
         return node_out.square().sum() + edge_out.sum()
 
-    leaves = [t.clone().requires_grad_() for t in (q, k, v, e)]
-    eager = layer(*leaves)
-    eager_grads = torch.autograd.grad(eager, leaves)
-    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
-    traced = compiled(*leaves)
-    traced_grads = torch.autograd.grad(traced, leaves)
-    torch.testing.assert_close(traced, eager)
-    for a, b in zip(traced_grads, eager_grads):
-        torch.testing.assert_close(a, b)
+    def layer_lse(q, k, v, e):
+        node_out, _, _, lse = cpu_backend.run_cpu_backend(
+            q, k, v, e, graph, mode="additive", clamp=None, bias=bias, ebt="edge", ebt_params=params,
+            mantissa_bits=None, tap="edge", return_lse=True)
+        return node_out.sum() + lse.sum()
+
+    for function in (layer, layer_lse):
+        leaves = [t.clone().requires_grad_() for t in (q, k, v, e)]
+        eager = function(*leaves)
+        eager_grads = torch.autograd.grad(eager, leaves)
+        compiled = torch.compile(function, backend="aot_eager", fullgraph=True)
+        traced = compiled(*leaves)
+        traced_grads = torch.autograd.grad(traced, leaves)
+        torch.testing.assert_close(traced, eager)
+        for a, b in zip(traced_grads, eager_grads):
+            torch.testing.assert_close(a, b)
+
+
+# -- log-sum-exp (return_lse) ------------------------------------------------------------
+def reference_lse(q, k, v, e, graph, *, mode, clamp, bias, ebt, ebt_params):
+    """[N, H] log-sum-exp of each node's (clamped) logits, the EBT slot's included, with torch ops."""
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    src, dst = graph.src, graph.dst
+    q_dst, k_src = q[dst], k[src]
+    feat = e
+    if ebt == "edge":
+        k_b, e_b, _ = ebt_params
+        beta = (q * k_b).sum(-1, keepdim=True) * scale  # [N, H, 1]
+        shift = (beta * e_b)[dst]
+    if mode == "gt":
+        score = q_dst * k_src * feat * scale
+        if ebt == "edge":
+            score = score + shift
+        logits = score.sum(-1)
+    else:
+        if ebt == "edge":
+            feat = feat + shift
+        logits = (q_dst * (k_src + feat)).sum(-1) * scale
+    if bias is not None:
+        logits = logits + (bias if bias.dim() == 2 else bias[:, None])
+    slot = None
+    if ebt == "slot":
+        k_b, e_b, _ = ebt_params
+        slot = ((q * (k_b * e_b)) if mode == "gt" else (q * (k_b + e_b))).sum(-1) * scale  # [N, H]
+    if clamp is not None:
+        logits = logits.clamp(-clamp, clamp)
+        slot = None if slot is None else slot.clamp(-clamp, clamp)
+    rows = []
+    for node in range(graph.num_nodes):
+        row = logits[dst == node]  # [deg, H]
+        if slot is not None:
+            row = torch.cat([row, slot[node][None]])
+        rows.append(torch.logsumexp(row, dim=0))  # -inf for an empty row
+    return torch.stack(rows)
+
+
+def lse_and_node_grads(inputs, graph, backend, *, seed=21, **options):
+    """lse, node_out and the gradients of every input of sum(g_lse * lse) + sum(g_node * node_out)."""
+    q, k, v, e, bias, params = inputs
+    leaves = [t for t in (q, k, v, e, bias, *(params or ())) if t is not None]
+    if backend == "cpu":
+        node_out, _, _, lse = cpu_backend.run_cpu_backend(
+            q, k, v, e, graph, bias=bias, ebt_params=params, mantissa_bits=None, tap="edge", return_lse=True,
+            **options)
+    else:
+        node_out, _, _ = run_torch_backend(q, k, v, e, graph, bias=bias, ebt_params=params, mantissa_bits=None,
+                                           tap="edge", **options)
+        lse = reference_lse(q, k, v, e, graph, bias=bias, ebt_params=params, **options)
+    gen = torch.Generator().manual_seed(seed)
+    grad_lse = torch.randn(lse.shape, generator=gen, dtype=torch.float64).to(lse.dtype)
+    grad_node = torch.randn(node_out.shape, generator=gen, dtype=torch.float64).to(node_out.dtype)
+    finite = torch.isfinite(lse)  # an empty row's -inf is a constant
+    loss = (lse[finite] * grad_lse[finite]).sum() + (node_out * grad_node).sum()
+    grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+    grads = [torch.zeros_like(t) if g is None else g for t, g in zip(leaves, grads)]
+    return [lse.detach(), node_out.detach(), *grads]
+
+
+@pytest.mark.parametrize("mode,ebt,clamp,bias", list(itertools.product(MODES, EBTS, CLAMPS, ("edge_head",))) + [
+    ("gt", None, None, "edge"), ("additive", "slot", None, None)])
+def test_lse_matches_logsumexp_of_the_logits(mode, ebt, clamp, bias):
+    graph = tricky_graph(seed=20)
+    inputs = make_inputs(graph, bias=bias, ebt=ebt, seed=22)
+    options = dict(mode=mode, clamp=clamp, ebt=ebt)
+    expected = lse_and_node_grads(inputs, graph, "torch", **options)
+    actual = lse_and_node_grads(inputs, graph, "cpu", **options)
+    assert actual[0].shape == (graph.num_nodes, 3) and actual[0].dtype == torch.float64
+    assert_all_close(actual, expected, rtol=1e-9, atol=1e-11)
+    empty = graph.in_degree == 0
+    assert empty.any()
+    if ebt == "slot":
+        assert torch.isfinite(actual[0]).all()
+    else:
+        assert torch.equal(actual[0][empty], torch.full_like(actual[0][empty], float("-inf")))
+        assert torch.isfinite(actual[0][~empty]).all()
+    assert all(not torch.isnan(t).any() for t in actual[1:])
+
+
+@pytest.mark.parametrize("dtype", (torch.float32, torch.bfloat16))
+def test_lse_dtype_and_float32_values(dtype):
+    graph = tricky_graph(seed=23)
+    inputs = make_inputs(graph, heads=4, head_dim=8, dtype=dtype, bias="edge", ebt="slot", seed=24)
+    options = dict(mode="gt", clamp=5.0, ebt="slot")
+    actual = lse_and_node_grads(inputs, graph, "cpu", **options)
+    assert actual[0].dtype == torch.float32  # the accumulation dtype
+    as64 = tuple(None if t is None else (tuple(p.detach().double().requires_grad_() for p in t)
+                                          if isinstance(t, tuple) else t.detach().double().requires_grad_())
+                 for t in inputs)
+    expected = lse_and_node_grads(as64, graph, "torch", **options)
+    tolerance = 1e-4 if dtype == torch.float32 else 5e-2
+    torch.testing.assert_close(actual[0].double(), expected[0], rtol=tolerance, atol=tolerance)
+    for got, want in zip(actual[2:], expected[2:]):
+        torch.testing.assert_close(got.double(), want, rtol=tolerance, atol=tolerance * (1 + float(want.abs().max())))
+
+
+def test_lse_of_masked_rows_is_minus_inf_with_zero_gradients():
+    graph = tricky_graph(seed=25)
+    for ebt in (None, "slot"):
+        q, k, v, e, bias, params = make_inputs(graph, bias="edge_head", ebt=ebt, seed=26)
+        masked = graph.dst == 3  # every edge into node 3, all heads
+        with torch.no_grad():
+            bias[masked] = float("-inf")
+            bias[graph.dst == 4, 1] = float("-inf")  # node 4: head 1 only
+        _, _, _, lse = cpu_backend.run_cpu_backend(q, k, v, e, graph, mode="gt", clamp=None, bias=bias, ebt=ebt,
+                                                   ebt_params=params, mantissa_bits=None, tap="edge", return_lse=True)
+        expected = reference_lse(q, k, v, e, graph, mode="gt", clamp=None, bias=bias, ebt=ebt, ebt_params=params)
+        torch.testing.assert_close(lse, expected, rtol=1e-12, atol=1e-12)
+        if ebt is None:
+            assert torch.isinf(lse[3]).all() and lse[4, 1] == float("-inf") and torch.isfinite(lse[4, 0])
+        lse[torch.isfinite(lse)].sum().backward()
+        for tensor in (q, k, v, e, bias, *(params or ())):
+            assert not torch.isnan(tensor.grad).any()
+        assert torch.equal(bias.grad[masked], torch.zeros_like(bias.grad[masked]))
+        if ebt is None:
+            assert torch.equal(q.grad[3], torch.zeros_like(q.grad[3]))
+
+
+@pytest.mark.parametrize("mode,ebt,clamp,bias", [
+    ("gt", "slot", 0.7, "edge_head"), ("additive", "slot", None, "edge"), ("gt", "edge", None, None),
+    ("additive", "edge", 0.7, "edge_head"), ("gt", None, None, "edge")])
+def test_lse_gradcheck_float64(mode, ebt, clamp, bias):
+    graph = tricky_graph(num_nodes=9, num_random=12, seed=27)
+    q, k, v, e, bias_tensor, params = make_inputs(graph, heads=2, head_dim=3, bias=bias, ebt=ebt, seed=28)
+    leaves = [t for t in (q, k, v, e, bias_tensor, *(params or ())) if t is not None]
+    count = 4 + (bias_tensor is not None)
+    attended = (graph.in_degree > 0) if ebt != "slot" else torch.ones(graph.num_nodes, dtype=torch.bool)
+
+    def call(*tensors):
+        b = tensors[4] if bias_tensor is not None else None
+        p = tuple(tensors[count:]) if ebt is not None else None
+        node_out, _, _, lse = cpu_backend.run_cpu_backend(
+            *tensors[:4], graph, mode=mode, clamp=clamp, bias=b, ebt=ebt, ebt_params=p, mantissa_bits=None,
+            tap="edge", return_lse=True)
+        return lse[attended], node_out
+
+    assert torch.autograd.gradcheck(call, leaves, eps=1e-6, atol=1e-6, rtol=1e-5)

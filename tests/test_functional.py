@@ -1,5 +1,6 @@
 """The pure-PyTorch reference against independent oracles (SPEC §3)."""
 import itertools
+import math
 
 import pytest
 import torch
@@ -7,8 +8,9 @@ from torch_geometric.nn import TransformerConv
 
 from helpers import dense_edge_attention, random_graph, random_inputs
 from magnn import Graph
-from magnn.functional import edge_attention
+from magnn.functional import edge_attention, merge_attention
 from magnn.layers import FusedEdgeAttention
+from magnn.stats import EdgeStats
 
 MODES = ["gt", "additive"]
 EBTS = [None, "edge", "slot"]
@@ -202,3 +204,158 @@ def test_bad_inputs_raise_clear_errors():
         edge_attention(q, k, v, e, Graph(edge_index, num_nodes=4), num_nodes=3)
     with pytest.raises(ValueError, match="num_nodes=4"):
         edge_attention(q, k, v, e, Graph(edge_index, num_nodes=4))
+
+
+# -- return_lse and merge_attention ------------------------------------------------------------
+def _dense_logits(q, k, e, edge_index, *, mode, clamp, bias, ebt, ebt_params):
+    """Each node's attended logits (incoming edges in caller order, then the slot), per SPEC §3."""
+    heads, head_dim = q.shape[1:]
+    scale = head_dim ** -0.5
+    src, dst = edge_index
+    logits = []
+    for i in range(q.shape[0]):
+        rows = []
+        for edge in (dst == i).nonzero().reshape(-1).tolist():
+            j, e_ij = int(src[edge]), e[edge]
+            shift = 0.0
+            if ebt == "edge":
+                shift = (q[i] * ebt_params[0]).sum(-1, keepdim=True) * scale * ebt_params[1]
+            if mode == "gt":
+                logit = (q[i] * k[j] * e_ij * scale + shift).sum(-1)
+            else:
+                logit = (q[i] * (k[j] + e_ij + shift)).sum(-1) * scale
+            if bias is not None:
+                logit = logit + bias[edge]
+            rows.append(logit)
+        if ebt == "slot":
+            kb, eb, _ = ebt_params
+            rows.append((q[i] * (kb * eb if mode == "gt" else kb + eb)).sum(-1) * scale)
+        stacked = torch.stack(rows) if rows else q.new_empty(0, heads)
+        logits.append(stacked if clamp is None else stacked.clamp(-clamp, clamp))
+    return logits
+
+
+@pytest.mark.parametrize("mode,ebt,clamp", list(itertools.product(MODES, EBTS, [None, 0.7])))
+def test_return_lse_is_the_log_sum_exp_and_its_gradient_the_attention(mode, ebt, clamp):
+    gen = torch.Generator().manual_seed(hash((mode, ebt, clamp)) % 2**31)
+    num_nodes = 8
+    edge_index = random_graph(num_nodes, 20, generator=gen, isolated=2, self_loops=1, duplicates=2)
+    q, k, v, e, b, params = random_inputs(num_nodes, edge_index, 2, 3, generator=gen, bias="edge_head", ebt=ebt)
+    node_out, edge_out, lse = _reference(q, k, v, e, edge_index, mode=mode, clamp=clamp, bias=b, ebt=ebt,
+                                         ebt_params=params, return_lse=True)
+    plain = _reference(q, k, v, e, edge_index, mode=mode, clamp=clamp, bias=b, ebt=ebt, ebt_params=params)
+    assert torch.equal(node_out, plain[0]) and torch.equal(edge_out, plain[1])
+    assert lse.shape == (num_nodes, 2) and lse.dtype == torch.float64
+    logits = _dense_logits(q, k, e, edge_index, mode=mode, clamp=clamp, bias=b, ebt=ebt, ebt_params=params)
+    want = torch.stack([torch.logsumexp(rows, 0) for rows in logits])  # -inf for an empty row
+    torch.testing.assert_close(lse, want, rtol=1e-12, atol=1e-12)
+    # d lse_i / d l_ij = a_ij: the bias enters every edge's logit with slope 1 (0 where the clamp cuts)
+    (grad_bias,) = torch.autograd.grad(lse[torch.isfinite(lse)].sum(), b)
+    raw = _dense_logits(q, k, e, edge_index, mode=mode, clamp=None, bias=b, ebt=ebt, ebt_params=params)
+    dst = edge_index[1]
+    for i, rows in enumerate(logits):
+        edges = (dst == i).nonzero().reshape(-1)
+        attention = torch.softmax(rows, 0)[: edges.numel()]
+        inside = raw[i][: edges.numel()].abs() < clamp if clamp else torch.ones_like(attention, dtype=torch.bool)
+        torch.testing.assert_close(grad_bias[edges], attention * inside, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("ebt", EBTS)
+def test_return_lse_gradcheck_float64(ebt):
+    gen = torch.Generator().manual_seed(17)
+    edge_index = random_graph(6, 14, generator=gen, isolated=1, duplicates=2)
+    q, k, v, e, b, params = random_inputs(6, edge_index, 2, 3, generator=gen, bias="edge", ebt=ebt)
+    upstream = torch.randn(6, 2, dtype=torch.float64, generator=gen)
+
+    def run(q, k, v, e, b, *params):
+        node_out, _, lse = _reference(q, k, v, e, edge_index, clamp=1.5, bias=b, ebt=ebt, ebt_params=params or None,
+                                      return_lse=True)
+        finite = torch.isfinite(lse)
+        return node_out, torch.where(finite, lse, torch.zeros_like(lse)) * upstream
+
+    assert torch.autograd.gradcheck(run, (q, k, v, e, b) + (params or ()))
+
+
+@pytest.mark.parametrize("ebt", [None, "edge"])
+def test_return_lse_of_empty_and_masked_rows_is_minus_inf_without_nan_gradients(ebt):
+    gen = torch.Generator().manual_seed(18)
+    num_nodes = 6
+    edge_index = random_graph(num_nodes, 16, generator=gen, isolated=2)
+    q, k, v, e, b, params = random_inputs(num_nodes, edge_index, 2, 3, generator=gen, bias="edge_head", ebt=ebt)
+    masked = edge_index[1] == 0  # every edge into node 0 masked with a -inf bias
+    b = torch.where(masked.unsqueeze(-1), torch.full_like(b, -math.inf), b).detach().requires_grad_()
+    node_out, _, lse = _reference(q, k, v, e, edge_index, bias=b, ebt=ebt, ebt_params=params, return_lse=True)
+    nobody = [0, num_nodes - 2, num_nodes - 1]
+    assert torch.all(lse[nobody] == -math.inf) and torch.isfinite(lse[1:num_nodes - 2]).all()
+    # a loss that sees every lse, -inf included, through exp: nothing attended contributes 0
+    (node_out.sum() + lse.exp().sum()).backward()
+    for tensor in (q, k, v, e, b) + (params or ()):
+        assert torch.isfinite(tensor.grad).all()
+    assert torch.all(b.grad[masked] == 0)
+
+
+def test_merge_attention_of_a_split_edge_set_equals_the_whole():
+    gen = torch.Generator().manual_seed(19)
+    num_nodes = 9
+    edge_index = random_graph(num_nodes, 30, generator=gen, isolated=2, duplicates=2)
+    q, k, v, e, b, params = random_inputs(num_nodes, edge_index, 2, 3, generator=gen, bias="edge_head", ebt="edge")
+    kwargs = dict(mode="gt", clamp=1.2, ebt="edge", ebt_params=params, return_lse=True)
+    whole_out, _, whole_lse = _reference(q, k, v, e, edge_index, bias=b, **kwargs)
+    part = torch.rand(edge_index.shape[1], generator=gen) < 0.5
+    part[edge_index[1] == 0] = True  # node 0 attends only in the first part
+    outs, lses = [], []
+    for chosen in (part, ~part):
+        out, _, lse = _reference(q, k, v, e[chosen], edge_index[:, chosen], bias=b[chosen], **kwargs)
+        outs.append(out)
+        lses.append(lse)
+    merged, merged_lse = merge_attention(outs, lses)
+    torch.testing.assert_close(merged, whole_out, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(merged_lse, whole_lse, rtol=1e-12, atol=1e-12)
+    upstream = torch.randn(whole_out.shape, dtype=torch.float64, generator=gen)
+    grads = [torch.autograd.grad((out * upstream).sum(), (q, k, v, e, b) + params) for out in (whole_out, merged)]
+    for want, got in zip(*grads):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    # a log-weight s_i on one part's node i = s_i added to that part's logits (no clamp here)
+    weight = torch.randn(num_nodes, dtype=torch.float64, generator=gen)
+    unclamped = dict(kwargs, clamp=None)
+    parts = [_reference(q, k, v, e[chosen], edge_index[:, chosen], bias=b[chosen], **unclamped) for chosen in (part, ~part)]
+    weighted, weighted_lse = merge_attention([p[0] for p in parts], [p[2] for p in parts], [None, weight])
+    shifted_bias = b + torch.where(part, 0.0, weight[edge_index[1]]).unsqueeze(-1)
+    want, _, want_lse = _reference(q, k, v, e, edge_index, bias=shifted_bias, **unclamped)
+    torch.testing.assert_close(weighted, want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(weighted_lse, want_lse, rtol=1e-12, atol=1e-12)
+
+
+def test_merge_attention_of_nothing_attended_is_zero_with_finite_gradients():
+    lse = torch.tensor([[-math.inf, 0.5], [-math.inf, -math.inf]], dtype=torch.float64, requires_grad=True)
+    other = torch.tensor([[1.0, -math.inf], [-math.inf, -math.inf]], dtype=torch.float64, requires_grad=True)
+    outs = [torch.randn(2, 2, 3, dtype=torch.float64, requires_grad=True) for _ in range(2)]
+    node_out, merged = merge_attention(outs, [lse, other], [torch.zeros(2, dtype=torch.float64), None])
+    assert torch.equal(node_out[1], torch.zeros(2, 3, dtype=torch.float64))
+    assert merged[1].eq(-math.inf).all() and torch.isfinite(merged[0]).all()
+    torch.testing.assert_close(node_out[0, 0], outs[1][0, 0].detach())  # only part 2 attends (node 0, head 0)
+    (node_out.sum() + merged.exp().sum()).backward()
+    assert all(torch.isfinite(t.grad).all() for t in [lse, other, *outs])
+    with pytest.raises(ValueError, match="tap='node'"):
+        merge_attention(outs, [lse, other], stats=EdgeStats())
+    with pytest.raises(ValueError, match="one node_out"):
+        merge_attention(outs, [lse])
+
+
+def test_edge_types_argument_overrides_the_collectors_types_for_one_call():
+    gen = torch.Generator().manual_seed(20)
+    edge_index = random_graph(7, 12, generator=gen)
+    q, k, v, e, _, _ = random_inputs(7, edge_index, 2, 3, generator=gen, dtype=torch.float32)
+    own = torch.zeros(12, dtype=torch.long)
+    typed, untyped = EdgeStats(edge_types=own), EdgeStats()
+    _reference(q, k, v, e, edge_index, stats=[typed, untyped])
+    _reference(q, k, v, e, edge_index, stats=[typed, untyped], edge_types=torch.arange(12) % 3)
+    _reference(q, k, v, e, edge_index, stats=[typed, untyped], edge_types=-1)
+    assert typed.type_edges == {0: 12 + 4, 1: 4, 2: 4, -1: 12}
+    assert torch.equal(typed.edge_types, own)  # the collector's own types are untouched
+    assert untyped.type_edges == {} and untyped.rows == 36  # collectors without types ignore it
+    with pytest.raises(ValueError, match="edge_types has 5 entries but the call has 12 edges"):
+        _reference(q, k, v, e, edge_index, stats=typed, edge_types=torch.zeros(5, dtype=torch.long))
+    with pytest.raises(ValueError, match="integer tensor"):
+        _reference(q, k, v, e, edge_index, stats=typed, edge_types=torch.zeros(12))
+    assert typed.calls == 3

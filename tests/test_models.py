@@ -1,6 +1,7 @@
 """magnn.models: the three graph transformers, their encodings, heads and presets."""
 from __future__ import annotations
 
+import copy
 import math
 import tracemalloc
 
@@ -275,11 +276,11 @@ def _dense_san(layer: SANAttention, x, edge_index, edge_attr, fake_attr, gamma):
     scale = dim ** -0.5
     real_logit = (q[:, None] * k[None, :] * e_dense).sum(-1) * scale  # [i, j, h]
     fake_logit = (q2[:, None] * k2[None, :] * e2).sum(-1) * scale
-    edge_shift = None
-    if layer.ebt == "edge":
+    if layer.ebt == "edge":  # each edge set's bias uses its own query: q for real, q2 for fake edges
         beta = (q * layer.ebt_k).sum(-1) * scale  # [i, h]
-        edge_shift = beta[:, None, :] * layer.ebt_e.sum(-1)  # adds beta_i * sum_d e'
-        real_logit, fake_logit = real_logit + edge_shift, fake_logit + edge_shift
+        beta2 = (q2 * layer.ebt_k).sum(-1) * scale
+        real_logit = real_logit + beta[:, None, :] * layer.ebt_e.sum(-1)  # adds beta_i * sum_d e'
+        fake_logit = fake_logit + beta2[:, None, :] * layer.ebt_e.sum(-1)
     clamp = layer.clamp
     weight_real = torch.exp(real_logit.clamp(-clamp, clamp)) / (1 + gamma)
     weight_fake = gamma * torch.exp(fake_logit.clamp(-clamp, clamp)) / (1 + gamma)
@@ -542,3 +543,71 @@ def test_transforms_for_each_model():
     assert isinstance(lap, positional.LaplacianPE) and lap.k == SMALL["pe_dim"]
     with pytest.raises(ValueError, match="pe"):
         models.transforms_for("gt", INFOS["zinc"], pe="rw")
+
+
+# -- parameter initialisation -----------------------------------------------------------
+@pytest.mark.parametrize("ebt_init, ebt_std", [("normal_0.02", 0.02), ("standard_normal", 1.0)])
+def test_reset_parameters_redraws_with_the_layers_init_rules(ebt_init, ebt_std):
+    torch.manual_seed(13)
+    in_channels, heads, head_dim, edge_dim = 96, 8, 32, 48
+    layer = SANAttention(in_channels, heads, head_dim, edge_dim, ebt="edge", ebt_init=ebt_init)
+    before = {name: p.detach().clone() for name, p in layer.named_parameters()}
+    layer.reset_parameters()
+    for name, parameter in layer.named_parameters():
+        assert not torch.equal(parameter, before[name]), name
+        if name.startswith("ebt_"):  # N(0, std) by ebt_init
+            assert abs(parameter.std().item() / ebt_std - 1) < 0.15, name
+        else:  # nn.Linear's rule: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias
+            fan_in = edge_dim if name.startswith(("lin_e.", "lin_e2.")) else in_channels
+            bound = 1 / math.sqrt(fan_in)
+            assert parameter.abs().max() <= bound, name
+            if name.endswith("weight"):
+                assert abs(parameter.std().item() / (bound / math.sqrt(3)) - 1) < 0.1, name
+    xavier = {name: p.detach().clone() for name, p in layer.named_parameters()}
+    layer.reset_parameters(init="xavier")
+    for name, parameter in layer.named_parameters():
+        if name.startswith("ebt_"):
+            assert torch.equal(parameter, xavier[name]), name  # not a projection: kept
+        elif name.endswith("bias"):
+            assert torch.equal(parameter, torch.zeros_like(parameter)), name
+        else:
+            fan_out, fan_in = parameter.shape
+            std = math.sqrt(2 / (fan_in + fan_out))
+            assert abs(parameter.std().item() / std - 1) < 0.1, name
+    with pytest.raises(ValueError, match="unknown init"):
+        layer.reset_parameters(init="orthogonal")
+
+
+def test_construction_draws_the_same_numbers_as_plain_linear_layers():
+    for ebt, ebt_init in ((None, "normal_0.02"), ("edge", "standard_normal"), ("slot", "normal_0.02")):
+        torch.manual_seed(14)
+        layer = SANAttention(10, 2, 3, 5, ebt=ebt, ebt_init=ebt_init)
+        torch.manual_seed(14)  # what the constructors drew before reset_parameters existed
+        use_bias = ebt is not None
+        plain = [torch.nn.Linear(n, 6, bias=use_bias) for n in (10, 10, 10, 5)]
+        std = 0.02 if ebt_init == "normal_0.02" else 1.0
+        ebt_params = [torch.randn(2, 3) * std for _ in range(3)] if ebt else []
+        plain += [torch.nn.Linear(n, 6, bias=use_bias) for n in (10, 10, 5)]
+        mine = [layer.lin_q, layer.lin_k, layer.lin_v, layer.lin_e, layer.lin_q2, layer.lin_k2, layer.lin_e2]
+        for a, b in zip(mine, plain):
+            assert torch.equal(a.weight, b.weight) and (a.bias is None or torch.equal(a.bias, b.bias))
+        if ebt:
+            assert all(torch.equal(a, b) for a, b in zip((layer.ebt_k, layer.ebt_e, layer.ebt_v), ebt_params))
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_xavier_reset_goes_through_the_layers_and_draws_as_one_linear_loop(name):
+    from magnn.analysis.detect import xavier_reset
+
+    model = models.build_model(name, INFOS["zinc"], ebt="edge", **SMALL)
+    twin = copy.deepcopy(model)
+    torch.manual_seed(15)
+    xavier_reset(model)
+    torch.manual_seed(15)
+    for module in twin.modules():  # the loop xavier_reset ran before the layers had reset_parameters
+        if isinstance(module, torch.nn.Linear):
+            torch.nn.init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+    for (key, got), want in zip(model.state_dict().items(), twin.state_dict().values()):
+        assert torch.equal(got, want), key

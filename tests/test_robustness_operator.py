@@ -240,7 +240,7 @@ def test_masked_nodes_statistics_match(backend, mode):
 def test_triton_fully_masked_hub_in_split_rows(monkeypatch, mode, ebt):
     """A masked hub longer than a tile and cut into chunks: the merge saves (+inf, 0) too."""
     usable("triton")
-    import magnn_kernels.edge_attention as ek
+    import magnn_kernels.utils as ek
 
     gen = torch.Generator().manual_seed(5)
     num_nodes = 8
@@ -253,7 +253,7 @@ def test_triton_fully_masked_hub_in_split_rows(monkeypatch, mode, ebt):
     graph = Graph(edge_index.to(DEVICE), num_nodes)
     monkeypatch.setattr(ek, "MAX_BLOCK_E", 8)
     monkeypatch.setattr(ek, "ROW_SPLIT", 10)
-    assert ek._plan(graph.rowptr, 10).num_chunks > 0 and ek._plan(graph.rev_rowptr, 10).num_chunks > 0
+    assert ek.row_plan(graph.rowptr, 10).num_chunks > 0 and ek.row_plan(graph.rev_rowptr, 10).num_chunks > 0
     got = run("triton", tensors, bias, params, graph, mode=mode, ebt=ebt)
     assert all_finite(got)
     if ebt is None:

@@ -14,6 +14,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ..core.constants import MA_THRESHOLD
 from ..stats import EdgeStats, LogHistogram, bin_lower_bound, collect
 
 EPS = 1e-8  # -log10(ratio + eps), as the paper's code does, keeps zero ratios finite
@@ -105,7 +106,7 @@ class LayerReport:
             "max_ratio_edge": max(ratios) if ratios else float("nan"),
             "median_batch_max_ratio_edge": float(np.median(ratios)) if ratios else float("nan"),
             "max_ratio_layer": max((r for r in self.batch_max_ratio_layer if r == r), default=float("nan")),
-            "batches_with_ma": int(sum(r > (self.stats.threshold if self.stats else 1000.0) for r in ratios)),
+            "batches_with_ma": int(sum(r > (self.stats.threshold if self.stats else MA_THRESHOLD) for r in ratios)),
             "batches": len(self.batch_max_ratio_edge),
             "stats": self.stats.to_dict() if self.stats is not None else None,
             "gamma": self.gamma.to_dict() if self.gamma is not None else None,
@@ -125,7 +126,7 @@ class DetectionReport:
 
 
 @torch.no_grad()
-def detect(model, graphs, *, batch_size: int = 1, device="cpu", threshold: float = 1000.0,
+def detect(model, graphs, *, batch_size: int = 1, device="cpu", threshold: float = MA_THRESHOLD,
            max_batches: Optional[int] = None, fit: bool = True, progress: bool = True,
            desc: str = "detect") -> DetectionReport:
     """Run `model` in eval mode over `graphs` (a list/dataset of PyG Data) collecting MA stats.
@@ -172,9 +173,23 @@ def detect(model, graphs, *, batch_size: int = 1, device="cpu", threshold: float
 
 
 def xavier_reset(model: torch.nn.Module) -> torch.nn.Module:
-    """Xavier-uniform every Linear weight and zero its bias (the paper text's base model)."""
+    """Xavier-uniform every Linear weight and zero its bias (the paper text's base model).
+
+    Attention layers re-initialise their own projections (`reset_parameters(init="xavier")`,
+    which leaves the EBT parameters as they are); every other Linear is reset here. Modules
+    are visited in `model.modules()` order, so the draws are those of one Xavier loop over
+    all Linear layers.
+    """
+    from ..layers import FusedEdgeAttention
+
+    done: set[int] = set()  # the projections an attention layer has reset
     for module in model.modules():
-        if isinstance(module, torch.nn.Linear):
+        if id(module) in done:
+            continue
+        if isinstance(module, FusedEdgeAttention):
+            module.reset_parameters(init="xavier")
+            done.update(id(child) for child in module.modules())
+        elif isinstance(module, torch.nn.Linear):
             torch.nn.init.xavier_uniform_(module.weight)
             if module.bias is not None:
                 torch.nn.init.zeros_(module.bias)

@@ -1,9 +1,7 @@
-"""Figures for detection reports (matplotlib, written as PNG), and the helpers that turn
-report numbers into valid JSON (`report_json`) and honest table cells (`layer_cell`)."""
+"""Figures for detection reports (matplotlib, written as PNG). report.json / report.md
+numbers (report_json, format_number, layer_cell) live in magnn.study.report."""
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 
 import matplotlib
@@ -13,53 +11,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .detect import neg_log10_edges  # noqa: E402
-from ..stats import json_safe  # noqa: E402
+from ..core.constants import MA_THRESHOLD  # noqa: E402
 
-__all__ = [
-    "json_safe", "report_json", "format_number", "layer_cell", "plot_sorted_ratios", "plot_edge_ratios",
-    "plot_layer_histograms", "plot_type_heatmap", "plot_ablation",
-]
-
-
-# -- numbers for report.json / report.md ------------------------------------------------
-
-def report_json(report) -> str:
-    """`report` as JSON text that every parser accepts: NaN and +-inf become null (JSON has
-    neither; `EdgeStats.to_dict()["all_nan"]` says when a layer's values were all NaN)."""
-    return json.dumps(json_safe(report), indent=2, default=str, allow_nan=False)
-
-
-def format_number(value) -> str:
-    """A table cell: "-" for None (a number JSON could not hold, or none at all), "NaN" / "inf"
-    spelled out, else 4 significant digits."""
-    if value is None:
-        return "-"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return str(value)
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "inf" if value > 0 else "-inf"
-    return f"{value:.4g}"
-
-
-def layer_cell(layer: dict, key: str = "max_ratio_edge") -> str:
-    """One detection layer's number (a `LayerReport.to_dict()`, stats included) for report.md.
-
-    Says "all NaN (n values)" when every activation the layer produced was NaN (no ratio
-    exists), "no values" when it saw none, and adds "(k of n values NaN)" when some were.
-    """
-    stats = layer.get("stats") or {}
-    count, nan_count = stats.get("count") or 0, stats.get("nan_count") or 0
-    if count and nan_count == count:
-        return f"all NaN ({nan_count} values)"
-    value = layer.get(key)
-    if stats and not count:
-        return "no values"
-    cell = format_number(value)
-    if nan_count:
-        cell += f" ({nan_count} of {count} values NaN)"
-    return cell
+__all__ = ["plot_sorted_ratios", "plot_edge_ratios", "plot_layer_histograms", "plot_type_heatmap", "plot_ablation"]
 
 
 def _all_nan_note(layer) -> str:
@@ -78,7 +32,7 @@ def _style(label: str):
     return color, ("--" if label.startswith("base") else "-")
 
 
-def plot_sorted_ratios(reports: dict, path, *, title: str = "", threshold: float = 1000.0) -> Path:
+def plot_sorted_ratios(reports: dict, path, *, title: str = "", threshold: float = MA_THRESHOLD) -> Path:
     """Per layer: each batch's max edge ratio, sorted descending (paper Fig. 2 / 4)."""
     first = next(iter(reports.values()))
     names = [layer.name for layer in first.layers]
@@ -115,7 +69,7 @@ def plot_sorted_ratios(reports: dict, path, *, title: str = "", threshold: float
     return _save(fig, path)
 
 
-def plot_edge_ratios(edge_ratio_by_label: dict, path, *, title: str = "", threshold: float = 1000.0) -> Path:
+def plot_edge_ratios(edge_ratio_by_label: dict, path, *, title: str = "", threshold: float = MA_THRESHOLD) -> Path:
     """Per-edge ratios r_e sorted descending, one line per model (paper Fig. 1)."""
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for label, ratios in edge_ratio_by_label.items():
@@ -153,7 +107,7 @@ def plot_layer_histograms(report, path, *, title: str = "") -> Path:
                 grid = np.linspace(low.min(), high.max(), 400)
                 ax.plot(grid, layer.gamma.pdf(grid), color="tab:red", linewidth=1.2,
                         label=f"gamma fit, KS={layer.gamma.ks:.3f}")
-        ax.axvline(-3, color="black", linestyle=":", linewidth=0.8)
+        ax.axvline(-np.log10(MA_THRESHOLD), color="black", linestyle=":", linewidth=0.8)
         ax.set_yscale("log")
         ax.set_title(layer.name, fontsize=8)
         ax.set_xlabel("-log10(ratio)", fontsize=8)
@@ -162,12 +116,12 @@ def plot_layer_histograms(report, path, *, title: str = "") -> Path:
             ax.legend(fontsize=6)
     for index in range(len(layers), rows * cols):
         axes[index // cols][index % cols].axis("off")
-    fig.suptitle(title or "-log10(|a| / edge median); dotted line at ratio 1000", fontsize=10)
+    fig.suptitle(title or f"-log10(|a| / edge median); dotted line at ratio {MA_THRESHOLD:g}", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
 
 
-def plot_type_heatmap(report, path, *, type_names=(), title: str = "", threshold: float = 1000.0) -> Path:
+def plot_type_heatmap(report, path, *, type_names=(), title: str = "", threshold: float = MA_THRESHOLD) -> Path:
     """Layer x edge type: MA edge frequency (left) and the largest edge ratio r_e (right, log colour)."""
     from matplotlib.colors import LogNorm
 
@@ -203,7 +157,7 @@ def plot_type_heatmap(report, path, *, type_names=(), title: str = "", threshold
     return _save(fig, path)
 
 
-def plot_ablation(summaries: dict, path, *, title: str = "", threshold: float = 1000.0) -> Path:
+def plot_ablation(summaries: dict, path, *, title: str = "", threshold: float = MA_THRESHOLD) -> Path:
     """Per edge type, with and without the added meaningless edges: MA frequency and largest r_e."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6))
     labels = sorted({t for summary in summaries.values() for t in summary})

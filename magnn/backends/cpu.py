@@ -1,15 +1,24 @@
-"""The C++ CPU backend (csrc/): JIT build, autograd wrapper, backend entry point.
+"""The C++ CPU backend (csrc/): JIT build, op registration, backend entry point.
 
 The kernels are compiled on first use with `torch.utils.cpp_extension.load`
 (no network, no isolated build env) and cached in torch's extension directory
 (`$TORCH_EXTENSIONS_DIR`, default `~/.cache/torch_extensions`); `build()`
-prebuilds them (the `magnn build-ext` command). They register the torch ops
-`torch.ops.magnn_cpu.edge_attention_fwd` / `edge_attention_bwd`.
+prebuilds them (the `magnn build-ext` command). They define the torch ops
+`torch.ops.magnn_cpu.edge_attention_fwd` / `edge_attention_bwd` with the
+compiled-op contract of `magnn.core.contract` (the Triton ops' arguments,
+order and results); this module attaches their fake kernels and autograd
+formula with `torch.library.register_fake` / `register_autograd`, as the
+Triton backend does.
+
+The sources ship inside the installed package (`magnn/_csrc`, which
+pyproject.toml maps onto the repository's top-level `csrc/`); a source
+checkout or an editable install uses `csrc/` beside the package.
 
 Backend contract (see `magnn.functional`)::
 
     run_cpu_backend(q, k, v, e, graph, *, mode, clamp, bias, ebt, ebt_params,
-                    mantissa_bits, tap) -> (node_out, edge_out, RawStats | None)
+                    mantissa_bits, tap, return_lse=False)
+        -> (node_out, edge_out, RawStats | None[, lse [N, H]])
 """
 from __future__ import annotations
 
@@ -20,20 +29,39 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from torch.autograd.function import once_differentiable
 
-from ..core.graph import Graph
-from ..core.binning import RawStats, reduce_rows
+from ..core.binning import RawStats, num_bins, reduce_rows
+from ..core.contract import (
+    FORWARD_ARGS,
+    NUM_DIFFERENTIABLE_OUTPUTS,
+    BackwardResult,
+    ForwardResult,
+    ebt_name,
+    logsumexp,
+)
 
 EXTENSION_NAME = "magnn_cpu_ops"
+FORWARD_OP = "magnn_cpu::edge_attention_fwd"
+BACKWARD_OP = "magnn_cpu::edge_attention_bwd"
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-# csrc/ sits next to the magnn/ package in the repository
-CSRC_DIR = Path(__file__).resolve().parents[2] / "csrc"
-SOURCES = ("registration.cpp", "edge_attention.cpp")
+SOURCES = ("registration.cpp", "edge_attention.cpp", "row_stats.h")
+# where the sources are looked for, in order: shipped in the installed package
+# (a wheel install), then csrc/ beside the package (a source checkout, an editable install)
+INSTALLED_CSRC_DIR = Path(__file__).resolve().parents[1] / "_csrc"
+CHECKOUT_CSRC_DIR = Path(__file__).resolve().parents[2] / "csrc"
 
 _lock = threading.Lock()
 _library_path: Optional[str] = None
 _build_error: Optional[str] = None
+_python_impls_registered = False
+
+
+def csrc_dir() -> Optional[Path]:
+    """The folder holding the C++ sources: the installed copy first, else the checkout's; None if neither."""
+    for candidate in (INSTALLED_CSRC_DIR, CHECKOUT_CSRC_DIR):
+        if all((candidate / name).is_file() for name in SOURCES):
+            return candidate
+    return None
 
 
 def _compiler() -> Optional[str]:
@@ -70,7 +98,7 @@ def _load(verbose: bool = False, retry: bool = False) -> str:
             _build_error = _describe_failure(error)
             raise
         _build_error = None
-        _register_fakes()
+        _register_python_impls()
         return _library_path
 
 
@@ -78,32 +106,117 @@ def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _register_fakes() -> None:
-    """Shape-only (meta) versions of the two ops, so torch.compile traces models using them."""
-    from ..core.binning import num_bins
+def _register_python_impls() -> None:
+    """The fake (shape-only) kernels and the autograd formula of the C++-defined ops, once per process.
 
-    @torch.library.register_fake("magnn_cpu::edge_attention_fwd")
-    def _fwd_fake(q, k, v, e, rowptr, col, perm, src, dst, bias, ebt_k, ebt_e, ebt_v, mode, ebt, clamp, mantissa_bits):
-        bins = num_bins(mantissa_bits) if mantissa_bits >= 0 else 0
-        rows = e.shape[0] if mantissa_bits >= 0 else 0
-        scalar = lambda dtype: q.new_empty((), dtype=dtype)
-        return (
-            torch.empty_like(q), torch.empty_like(e),
-            q.new_empty((q.shape[0], 2, q.shape[1]), dtype=_accumulation_dtype(q.dtype)),  # lse: row max, log sum
-            q.new_empty(bins, dtype=torch.int64), q.new_empty(bins, dtype=torch.int64),
-            q.new_empty(rows, dtype=torch.float32), q.new_empty(rows, dtype=torch.float32),
-            scalar(torch.int64), scalar(torch.float32), scalar(torch.int64),
-        )
+    The same pattern as the Triton ops (`register_fake` + `register_autograd`), so
+    torch.compile, opcheck and autograd treat both compiled backends alike.
+    """
+    global _python_impls_registered
+    if _python_impls_registered:
+        return
+    torch.library.register_fake(FORWARD_OP, _forward_fake)
+    torch.library.register_fake(BACKWARD_OP, _backward_fake)
+    torch.library.register_autograd(FORWARD_OP, _backward_formula, setup_context=_setup_context)
+    _python_impls_registered = True
 
-    @torch.library.register_fake("magnn_cpu::edge_attention_bwd")
-    def _bwd_fake(grad_node, grad_edge, q, k, v, e, lse, rowptr, col, perm, rev_rowptr, rev_col, rev_perm,
-                  bias, ebt_k, ebt_e, ebt_v, mode, ebt, clamp):
-        accumulation = _accumulation_dtype(q.dtype)
-        optional = lambda t: q.new_empty(t.shape if t is not None else (0,), dtype=accumulation)
-        return (
-            torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), torch.empty_like(e),
-            optional(bias), optional(ebt_k), optional(ebt_e), optional(ebt_v),
+
+def _forward_fake(q, k, v, e, rowptr, col, perm, rev_rowptr, rev_col, rev_perm, bias, ebt_k, ebt_e, ebt_v,
+                  mode, ebt, clamp, mantissa_bits):
+    stats = mantissa_bits >= 0
+    bins = num_bins(mantissa_bits) if stats else 0
+    rows = e.shape[0] if stats else 0
+    scalar = lambda dtype: q.new_empty((), dtype=dtype)
+    return tuple(ForwardResult(
+        node_out=torch.empty_like(q, memory_format=torch.contiguous_format),
+        edge_out=torch.empty_like(e, memory_format=torch.contiguous_format),
+        lse=q.new_empty((q.shape[0], 2, q.shape[1]), dtype=_accumulation_dtype(q.dtype)),
+        hist_abs=q.new_empty(bins, dtype=torch.int64),
+        hist_ratio=q.new_empty(bins, dtype=torch.int64),
+        row_ratio=q.new_empty(rows, dtype=torch.float32),
+        row_max_abs=q.new_empty(rows, dtype=torch.float32),
+        nan_count=scalar(torch.int64),
+        max_abs=scalar(torch.float32),
+        argmax=scalar(torch.int64),
+    ))
+
+
+def _backward_fake(grad_node, grad_edge, grad_lse, q, k, v, e, lse, node_out, rowptr, col, perm,
+                   rev_rowptr, rev_col, rev_perm, bias, ebt_k, ebt_e, ebt_v, mode, ebt, clamp):
+    accumulation = _accumulation_dtype(q.dtype)
+    like = lambda t: torch.empty_like(t, memory_format=torch.contiguous_format)
+    optional = lambda t: q.new_empty(t.shape if t is not None else (0,), dtype=accumulation)
+    with_ebt = ebt != "none"
+    return tuple(BackwardResult(
+        dq=like(q), dk=like(k), dv=like(v), de=like(e),
+        dbias=optional(bias),
+        debt_k=optional(ebt_k if with_ebt else None),
+        debt_e=optional(ebt_e if with_ebt else None),
+        debt_v=optional(ebt_v if with_ebt else None),
+    ))
+
+
+def _setup_context(ctx, inputs, output):
+    (q, k, v, e, rowptr, col, perm, rev_rowptr, rev_col, rev_perm,
+     bias, ebt_k, ebt_e, ebt_v, mode, ebt, clamp, _mantissa_bits) = inputs
+    result = ForwardResult(*output)
+    # the backward recomputes the scores from lse [N, 2, H]: nothing of size E x H x D is kept
+    ctx.save_for_backward(q, k, v, e, result.lse, result.node_out, rowptr, col, perm, rev_rowptr, rev_col,
+                          rev_perm, bias, ebt_k, ebt_e, ebt_v)
+    ctx.mode, ctx.ebt, ctx.clamp = mode, ebt, clamp
+    ctx.set_materialize_grads(False)  # an unused output's gradient stays None: no [E, H, D] zeros
+    ctx.mark_non_differentiable(*output[NUM_DIFFERENTIABLE_OUTPUTS:])
+
+
+def _backward_formula(ctx, grad_node, grad_edge, grad_lse, *_stats_grads):
+    (q, k, v, e, lse, node_out, rowptr, col, perm, rev_rowptr, rev_col, rev_perm,
+     bias, ebt_k, ebt_e, ebt_v) = ctx.saved_tensors
+    nothing = (None,) * len(FORWARD_ARGS)
+    if grad_node is None and grad_edge is None and grad_lse is None:
+        return nothing
+    if rev_rowptr is None:
+        raise RuntimeError(
+            f"{FORWARD_OP} ran without the reverse CSR (no input required a gradient at call time); "
+            "pass rev_rowptr, rev_col, rev_perm to differentiate it"
         )
+    grads = BackwardResult(*torch.ops.magnn_cpu.edge_attention_bwd(
+        grad_node, grad_edge, grad_lse, q, k, v, e, lse, node_out, rowptr, col, perm, rev_rowptr, rev_col, rev_perm,
+        bias, ebt_k, ebt_e, ebt_v, ctx.mode, ctx.ebt, ctx.clamp,
+    ))
+    need = ctx.needs_input_grad
+    cast = lambda grad, like, index: grad.to(like.dtype) if need[index] else None
+    with_ebt = ctx.ebt != "none"
+    return (
+        grads.dq if need[0] else None,
+        grads.dk if need[1] else None,
+        grads.dv if need[2] else None,
+        grads.de if need[3] else None,
+        None, None, None, None, None, None,  # rowptr, col, perm, rev_rowptr, rev_col, rev_perm
+        cast(grads.dbias, bias, 10) if bias is not None else None,
+        cast(grads.debt_k, ebt_k, 11) if with_ebt else None,
+        cast(grads.debt_e, ebt_e, 12) if with_ebt else None,
+        cast(grads.debt_v, ebt_v, 13) if with_ebt else None,
+        None, None, None, None,  # mode, ebt, clamp, mantissa_bits
+    )
+
+
+def edge_attention_fwd(q, k, v, e, rowptr, col, perm, rev_rowptr, rev_col, rev_perm, bias, ebt_k, ebt_e, ebt_v,
+                       mode: str, ebt: str, clamp: Optional[float], mantissa_bits: int) -> ForwardResult:
+    """`torch.ops.magnn_cpu.edge_attention_fwd` (arguments: `contract.FORWARD_ARGS`) as a `ForwardResult`."""
+    return ForwardResult(*torch.ops.magnn_cpu.edge_attention_fwd(
+        q, k, v, e, rowptr, col, perm, rev_rowptr, rev_col, rev_perm, bias, ebt_k, ebt_e, ebt_v,
+        mode, ebt, clamp, mantissa_bits,
+    ))
+
+
+def edge_attention_bwd(grad_node, grad_edge, grad_lse, q, k, v, e, lse, node_out, rowptr, col, perm,
+                       rev_rowptr, rev_col, rev_perm, bias, ebt_k, ebt_e, ebt_v,
+                       mode: str, ebt: str, clamp: Optional[float]) -> BackwardResult:
+    """`torch.ops.magnn_cpu.edge_attention_bwd` (arguments: `contract.BACKWARD_ARGS`) as a `BackwardResult`."""
+    return BackwardResult(*torch.ops.magnn_cpu.edge_attention_bwd(
+        grad_node, grad_edge, grad_lse, q, k, v, e, lse, node_out, rowptr, col, perm, rev_rowptr, rev_col, rev_perm,
+        bias, ebt_k, ebt_e, ebt_v, mode, ebt, clamp,
+    ))
 
 
 def _compile_and_load(verbose: bool) -> str:
@@ -113,17 +226,19 @@ def _compile_and_load(verbose: bool) -> str:
         raise RuntimeError("no C++ compiler found (install g++ or set CXX)")
     if not cpp_extension.is_ninja_available():
         raise RuntimeError("ninja, which torch.utils.cpp_extension needs, is not installed (pip install ninja)")
-    sources = [CSRC_DIR / name for name in SOURCES]
-    missing = [str(path) for path in sources if not path.is_file()]
-    if missing:
-        raise RuntimeError(f"C++ sources not found: {', '.join(missing)} (csrc/ must sit next to the magnn package)")
+    folder = csrc_dir()
+    if folder is None:
+        raise RuntimeError(
+            f"C++ sources ({', '.join(SOURCES)}) not found in {INSTALLED_CSRC_DIR} (installed package) "
+            f"or {CHECKOUT_CSRC_DIR} (source checkout); reinstall magnn"
+        )
     cflags, ldflags = _build_flags()
     path = cpp_extension.load(
         name=EXTENSION_NAME,
-        sources=[str(path) for path in sources],
+        sources=[str(folder / name) for name in SOURCES if name.endswith(".cpp")],
         extra_cflags=cflags,
         extra_ldflags=ldflags,
-        extra_include_paths=[str(CSRC_DIR)],
+        extra_include_paths=[str(folder)],
         is_python_module=False,
         verbose=verbose,
     )
@@ -161,75 +276,44 @@ def unavailable_reason(device, dtype) -> Optional[str]:
         return _build_error or _describe_failure(error)
 
 
-class _EdgeAttentionCpu(torch.autograd.Function):
-    """Wraps the two ops; backward recomputes scores from the saved lse [N, 2, H] (row max, log sum)."""
+def run_cpu_backend(q, k, v, e, graph, *, mode, clamp, bias, ebt, ebt_params, mantissa_bits, tap,
+                    return_lse: bool = False):
+    """Backend entry point: the same contract as `magnn.backends.reference.run_torch_backend`.
 
-    @staticmethod
-    def forward(ctx, q, k, v, e, bias, k_b, e_b, v_b, graph: Graph, mode, ebt, clamp, mantissa_bits):
-        ctx.set_materialize_grads(False)  # an unused output's gradient stays None: no [E, H, D] zeros
-        outputs = torch.ops.magnn_cpu.edge_attention_fwd(
-            q, k, v, e, graph.rowptr, graph.col, graph.perm, graph.src.contiguous(), graph.dst.contiguous(),
-            bias, k_b, e_b, v_b, mode, ebt, clamp,
-            -1 if mantissa_bits is None else mantissa_bits,
-        )
-        node_out, edge_out, lse, *stats = outputs
-        ctx.save_for_backward(q, k, v, e, lse, bias, k_b, e_b, v_b)
-        ctx.graph, ctx.mode, ctx.ebt, ctx.clamp = graph, mode, ebt, clamp
-        ctx.mark_non_differentiable(*stats)
-        return (node_out, edge_out, *stats)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_node, grad_edge, *unused_stats_grads):
-        q, k, v, e, lse, bias, k_b, e_b, v_b = ctx.saved_tensors
-        no_grads = (None,) * 13
-        if grad_node is None and grad_edge is None:
-            return no_grads
-        graph = ctx.graph
-        dq, dk, dv, de, dbias, dk_b, de_b, dv_b = torch.ops.magnn_cpu.edge_attention_bwd(
-            grad_node, grad_edge, q, k, v, e, lse,
-            graph.rowptr, graph.col, graph.perm, graph.rev_rowptr, graph.rev_col, graph.rev_perm,
-            bias, k_b, e_b, v_b, ctx.mode, ctx.ebt, ctx.clamp,
-        )
-        need = ctx.needs_input_grad
-        return (
-            dq if need[0] else None,
-            dk if need[1] else None,
-            dv if need[2] else None,
-            de if need[3] else None,
-            dbias.to(bias.dtype) if need[4] else None,
-            dk_b.to(k_b.dtype) if need[5] else None,
-            de_b.to(e_b.dtype) if need[6] else None,
-            dv_b.to(v_b.dtype) if need[7] else None,
-        ) + (None,) * 5
-
-
-def run_cpu_backend(q, k, v, e, graph, *, mode, clamp, bias, ebt, ebt_params, mantissa_bits, tap):
-    """Backend entry point: the same contract as `magnn._reference.run_torch_backend`."""
+    Returns (node_out, edge_out, RawStats | None), and with `return_lse=True` also the
+    [N, H] log-sum-exp of each (node, head)'s softmax (-inf where nothing is attended),
+    differentiable.
+    """
     if _library_path is None:  # checked first so torch.compile never traces the lock in _load
         _load()  # raises with the reason if the extension cannot be built
     graph.check_index_bounds()  # an unvalidated graph's indices, once: the kernels trust them
-    k_b, e_b, v_b = ebt_params if ebt is not None else (None, None, None)
+    ebt_k, ebt_e, ebt_v = ebt_params if ebt is not None else (None, None, None)
+    differentiable = [q, k, v, e, bias, ebt_k, ebt_e, ebt_v]
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in differentiable)
+    # the reverse CSR is only built and carried when a backward can follow
+    reverse = (graph.rev_rowptr, graph.rev_col, graph.rev_perm) if needs_grad else (None, None, None)
     in_kernel_stats = mantissa_bits is not None and tap == "edge"
-    node_out, edge_out, hist_abs, hist_ratio, row_ratio, row_max_abs, nan_count, max_abs, argmax = (
-        _EdgeAttentionCpu.apply(
-            q, k, v, e, bias, k_b, e_b, v_b, graph, mode, ebt, clamp, mantissa_bits if in_kernel_stats else None
-        )
+    result = edge_attention_fwd(
+        q, k, v, e, graph.rowptr, graph.col, graph.perm, *reverse, bias, ebt_k, ebt_e, ebt_v,
+        mode, ebt_name(ebt), clamp, mantissa_bits if in_kernel_stats else -1,
     )
+    node_out, edge_out = result.node_out, result.edge_out
     raw: Optional[RawStats] = None
     if in_kernel_stats:
         channels = q.shape[1] * q.shape[2]
         raw = RawStats(
-            hist_abs=hist_abs,
-            hist_ratio=hist_ratio,
-            row_ratio=row_ratio,
-            nan_count=nan_count,
-            max_abs=max_abs,
-            argmax=argmax,
+            hist_abs=result.hist_abs,
+            hist_ratio=result.hist_ratio,
+            row_ratio=result.row_ratio,
+            nan_count=result.nan_count,
+            max_abs=result.max_abs,
+            argmax=result.argmax,
             count=edge_out.shape[0] * channels,
             channels=channels,
-            row_max_abs=row_max_abs,
+            row_max_abs=result.row_max_abs,
         )
     elif mantissa_bits is not None:  # tap="node": node_out is only [N, H, D]
         raw = reduce_rows(node_out.detach().reshape(node_out.shape[0], q.shape[1] * q.shape[2]), mantissa_bits)
+    if return_lse:
+        return node_out, edge_out, raw, logsumexp(result.lse)
     return node_out, edge_out, raw

@@ -5,7 +5,8 @@ autograd comes from PyTorch. The softmax subtracts a per-(node, head) segment
 max, so no finite logit overflows, and a node without incoming edges (and
 without an EBT slot) gets exactly 0, as does a (node, head) whose logits are
 all -inf (SPEC §3, masked edges). Half-precision inputs are computed in
-float32 and the outputs rounded back to the input dtype.
+float32 and the outputs rounded back to the input dtype; the optional
+log-sum-exp stays in that working dtype (float32, or float64 for float64).
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from ..core.binning import RawStats, reduce_rows
 
 
 def _segment_softmax_parts(logits, dst, num_nodes, slot_logits):
-    """Per-(node, head) max and denominator of the softmax over incoming edges (+ slot)."""
+    """exp(l - m) of the edges and of the slot, the softmax denominator (1 where nothing is
+    attended) and the [N, H] log-sum-exp (-inf where nothing is attended), per (node, head)."""
     heads = logits.shape[1] if logits.dim() == 2 else slot_logits.shape[1]
     seg_max = torch.full((num_nodes, heads), -math.inf, dtype=logits.dtype, device=logits.device)
     seg_max = seg_max.scatter_reduce(0, dst.unsqueeze(-1).expand_as(logits), logits, "amax", include_self=True)
@@ -35,8 +37,12 @@ def _segment_softmax_parts(logits, dst, num_nodes, slot_logits):
         denom = denom + exp_slot
     # nothing to attend to (no edges, or every logit -inf, and no slot): the sum is 0
     # and so is every exp; dividing by 1 keeps node_out exactly 0 and its gradients 0
-    denom = torch.where(denom == 0, torch.ones_like(denom), denom)
-    return exp_edges, exp_slot, denom
+    empty = denom == 0
+    denom = torch.where(empty, torch.ones_like(denom), denom)
+    # lse = m + log(sum exp(l - m)): d lse / d l_ij = a_ij (m carries no gradient); an
+    # empty row takes the -inf branch, so log(1) there sends no NaN back through the sum
+    lse = torch.where(empty, torch.full_like(denom, -math.inf), seg_max + torch.log(denom))
+    return exp_edges, exp_slot, denom, lse
 
 
 def edge_attention_reference(
@@ -51,8 +57,11 @@ def edge_attention_reference(
     bias: Optional[torch.Tensor] = None,
     ebt: Optional[str] = None,
     ebt_params=None,
+    return_lse: bool = False,
 ):
-    """Returns (node_out [N, H, D], edge_out [E, H, D]) in the input dtype."""
+    """Returns (node_out [N, H, D], edge_out [E, H, D]) in the input dtype, and with
+    return_lse the [N, H] log-sum-exp of each softmax (the slot's logit included) in the
+    working dtype: (node_out, edge_out, lse)."""
     out_dtype = q.dtype
     work = torch.float64 if out_dtype == torch.float64 else torch.float32
     q, k, v, e = (t.to(work) for t in (q, k, v, e))
@@ -99,25 +108,32 @@ def edge_attention_reference(
         if slot_logits is not None:
             slot_logits = slot_logits.clamp(-clamp, clamp)
 
-    exp_edges, exp_slot, denom = _segment_softmax_parts(logits, dst, num_nodes, slot_logits)
+    exp_edges, exp_slot, denom, lse = _segment_softmax_parts(logits, dst, num_nodes, slot_logits)
     attention = exp_edges / denom[dst]
     weighted = attention.unsqueeze(-1) * message
     node_out = torch.zeros_like(q).index_add(0, dst, weighted)
     if exp_slot is not None:
         node_out = node_out + (exp_slot / denom).unsqueeze(-1) * slot_message
     edge_out = score if mode == "gt" else weighted
+    if return_lse:
+        return node_out.to(out_dtype), edge_out.to(out_dtype), lse
     return node_out.to(out_dtype), edge_out.to(out_dtype)
 
 
-def run_torch_backend(q, k, v, e, graph, *, mode, clamp, bias, ebt, ebt_params, mantissa_bits, tap):
-    """Backend entry point: outputs plus the reference reduction of the tap."""
+def run_torch_backend(
+    q, k, v, e, graph, *, mode, clamp, bias, ebt, ebt_params, mantissa_bits, tap, return_lse: bool = False
+):
+    """Backend entry point: outputs plus the reference reduction of the tap, and with
+    return_lse the [N, H] log-sum-exp: (node_out, edge_out, raw, lse)."""
     graph.check_index_bounds()  # torch indexing would wrap a negative index around silently
-    node_out, edge_out = edge_attention_reference(
-        q, k, v, e, graph, mode=mode, clamp=clamp, bias=bias, ebt=ebt, ebt_params=ebt_params
+    node_out, edge_out, *lse = edge_attention_reference(
+        q, k, v, e, graph, mode=mode, clamp=clamp, bias=bias, ebt=ebt, ebt_params=ebt_params, return_lse=return_lse
     )
     raw: Optional[RawStats] = None
     if mantissa_bits is not None:
         tapped = edge_out if tap == "edge" else node_out
         channels = q.shape[1] * q.shape[2]  # explicit: reshape(-1) cannot infer it for zero rows
         raw = reduce_rows(tapped.reshape(tapped.shape[0], channels), mantissa_bits)
+    if return_lse:
+        return node_out, edge_out, raw, lse[0]
     return node_out, edge_out, raw

@@ -11,6 +11,8 @@ DEFAULT_MANTISSA_BITS = 7    # histogram bins of relative width 2^-7
 
 DATASETS = ("tox21", "zinc", "ogbn-proteins")
 MODEL_NAMES = ("gt", "graphit", "san")
+SPLITS = ("train", "val", "test")
+BACKEND_NAMES = ("auto", "torch", "cpu", "triton")  # "auto": the fastest usable one (magnn.functional decides)
 
 
 def check_mode(mode) -> None:

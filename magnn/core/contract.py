@@ -25,10 +25,11 @@ Forward ``edge_attention_fwd``::
 
 returns the fields of `ForwardResult`, in that order.
 
-Backward ``edge_attention_bwd``: the fields of `BackwardInputs` (gradients of the
+Backward ``edge_attention_bwd``: the arguments `BACKWARD_ARGS` (gradients of the
 three differentiable outputs, each None when unused, then the saved tensors and
 the forward's options), returning the fields of `BackwardResult`; a gradient of
-an absent optional input is an empty tensor.
+an absent optional input is an empty tensor. The backward requires the reverse
+CSR (rev_rowptr, rev_col, rev_perm are plain Tensors there).
 
 The softmax state ``lse`` is [N, 2, H] in the accumulation dtype (float64 for
 float64 inputs, else float32): per (node, head) the row max m and log(sum exp(l - m)),

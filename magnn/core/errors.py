@@ -9,7 +9,6 @@ the cause is the input, not a bug.
 """
 from __future__ import annotations
 
-import argparse
 import math
 import os
 from pathlib import Path
@@ -19,15 +18,13 @@ __all__ = [
     "RunFailed",
     "MissingFileError",
     "check_positive",
+    "check_choice",
+    "check_seed",
     "check_device",
     "input_folder",
+    "check_output_folder",
     "output_folder",
     "one_line",
-    "positive_int",
-    "nonnegative_int",
-    "positive_float",
-    "positive_int_list",
-    "seed_int",
     "MAX_SEED",
 ]
 
@@ -60,6 +57,21 @@ def check_positive(value, option: str, *, integer: bool = False, allow_zero: boo
         raise UserError(f"{option} must be {kind} {bound}, got {value!r}")
     if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         raise UserError(f"{option} must be {kind} {bound}, got {value!r}")
+
+
+def check_choice(value, choices, option: str, *, spell=str) -> None:
+    """Raise UserError unless `value` is one of `choices` ("--model 'x' is not one of gt, graphit, san").
+
+    `spell` writes each choice as the user types it (e.g. None as "none" for --ebt).
+    """
+    if value not in choices:
+        raise UserError(f"{option} {value!r} is not one of {', '.join(spell(choice) for choice in choices)}")
+
+
+def check_seed(value, option: str = "--seed") -> None:
+    """Raise UserError unless `value` is an integer in [0, MAX_SEED]."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+        raise UserError(f"{option} must be an integer in [0, {MAX_SEED}], got {value!r}")
 
 
 def check_device(device: str, option: str = "--device") -> str:
@@ -96,11 +108,30 @@ def input_folder(path, option: str) -> None:
             break
 
 
-def output_folder(path, option: str = "--out") -> Path:
-    """Create the output folder `path` (and parents); UserError naming it when that is impossible."""
+def check_output_folder(path, option: str = "--out") -> None:
+    """UserError (the one `output_folder` would raise) when `path` cannot become the output folder:
+    it is a file, a file sits on its path, or the folder (or the nearest existing parent) is not
+    writable. Creates nothing: configs check this before any work."""
     path = Path(path).expanduser()
     if path.exists() and not path.is_dir():
         raise UserError(f"{option} {path} is a file, not a folder; pass a folder for the outputs (it is created if absent)")
+    if path.is_dir():
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise UserError(f"{option} {path}: the folder is not writable; pass a writable folder")
+        return
+    for parent in path.parents:  # the nearest existing ancestor decides whether mkdir can work
+        if parent.exists():
+            reason = ("Not a directory" if not parent.is_dir()
+                      else None if os.access(parent, os.W_OK | os.X_OK) else "Permission denied")
+            if reason:
+                raise UserError(f"{option} {path}: cannot create the output folder ({reason}); pass a writable folder")
+            break
+
+
+def output_folder(path, option: str = "--out") -> Path:
+    """Create the output folder `path` (and parents); UserError naming it when that is impossible."""
+    check_output_folder(path, option)
+    path = Path(path).expanduser()
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -119,55 +150,3 @@ def _first_line(error: BaseException) -> str:
 def one_line(error: BaseException) -> str:
     """An exception's message folded onto one line (torch's messages often span many)."""
     return " ".join(part.strip() for part in str(error).splitlines() if part.strip()) or type(error).__name__
-
-
-# -- argparse option types: a bad value fails at parse time, before any data is loaded --
-
-def _number(text: str, integer: bool):
-    try:
-        value = int(text) if integer else float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {'an integer' if integer else 'a number'}, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1 (0 would otherwise be silently replaced or divide by zero)."""
-    value = _number(text, True)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
-    return value
-
-
-def nonnegative_int(text: str) -> int:
-    value = _number(text, True)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    value = _number(text, False)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
-    return value
-
-
-def positive_int_list(text: str) -> tuple:
-    """argparse type: comma-separated integers >= 1, e.g. "5,10,15"."""
-    try:
-        values = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 5,10,15, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"every entry must be an integer >= 1, got {text!r}")
-    return values
-
-
-def seed_int(text: str) -> int:
-    value = _number(text, True)
-    if not 0 <= value <= MAX_SEED:
-        raise argparse.ArgumentTypeError(f"must be an integer in [0, {MAX_SEED}], got {value}")
-    return value

@@ -12,6 +12,8 @@ from typing import Any
 
 from torch_geometric.data import Data, Dataset
 
+from ..core.constants import DATASETS as DATASET_NAMES  # the names load_dataset takes (defined once, in core)
+from ..core.constants import SPLITS
 from ._files import CorruptDataError, MissingDataError, bundled_path, default_root
 from .info import DatasetInfo
 from .proteins import (build_proteins_data, check_proteins_raw, evaluate_rocauc, load_ogbn_proteins,
@@ -48,8 +50,6 @@ __all__ = [
     "write_ogb_proteins_raw",
     "synthetic_proteins_graph",
 ]
-
-DATASET_NAMES = ("tox21", "zinc", "ogbn-proteins")
 
 
 def _first(dataset: Dataset, max_graphs: int | None) -> Dataset:
@@ -97,7 +97,7 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, *, max_graphs
             raise ValueError("max_graphs applies to molecule datasets, not to the single ogbn-proteins graph")
         graph = load_ogbn_proteins(root)
         splits = {}
-        for split in ("train", "val", "test"):
+        for split in SPLITS:
             view = copy.copy(graph)
             view.mask = graph[f"{split}_mask"]
             splits[split] = view

@@ -9,9 +9,10 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
 from torch_geometric.transforms import Compose
 
+from ..core.constants import check_ebt
 from ..data.info import DatasetInfo
-from ..functional import EBT_VARIANTS, check_backend_name, check_clamp
-from ..layers import FusedEdgeAttention, check_positive_int
+from ..functional import check_backend_name, check_clamp
+from ..layers import FusedEdgeAttention, check_ebt_init, check_positive_int
 from ..stats import StatsTap
 from .block import NORMS
 from .encoders import NodeEncoder
@@ -20,7 +21,6 @@ from .positional import LaplacianPE, RandomWalkKernel
 
 __all__ = ["GraphModel", "NON_EDGE_TYPE", "graph_batch"]
 
-EBT_INITS = ("normal_0.02", "standard_normal")
 # edge type of attention rows that are not real edges (GraphiT's kernel pairs, SAN's fake edges)
 NON_EDGE_TYPE = -1
 
@@ -104,10 +104,8 @@ class GraphModel(nn.Module):
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         if norm not in NORMS and norm is not None:
             raise ValueError(f"unknown norm {norm!r}; choose one of {NORMS}")
-        if ebt not in EBT_VARIANTS:
-            raise ValueError(f"unknown ebt {ebt!r}; choose None, 'edge' or 'slot'")
-        if ebt_init not in EBT_INITS:
-            raise ValueError(f"unknown ebt_init {ebt_init!r}; choose one of {EBT_INITS}")
+        check_ebt(ebt)
+        check_ebt_init(ebt_init)
         if pe not in self.PE_CHOICES:
             raise ValueError(f"{type(self).__name__} supports pe in {self.PE_CHOICES}, got {pe!r}")
         if pe is not None and pe_dim < 1:
@@ -149,23 +147,27 @@ class GraphModel(nn.Module):
         return value
 
     @staticmethod
-    @contextlib.contextmanager
-    def union_edge_types(attention: nn.Module, num_real: int, num_extra: int):
-        """While attention runs over real edges plus `num_extra` other rows, extend every
-        active collector's per-edge types (given for the real edges) with NON_EDGE_TYPE."""
-        extended = []
-        if num_extra:
-            for collector in getattr(attention, "collectors", ()):
-                types = collector.edge_types
-                if types is not None and types.shape[0] == num_real:
-                    extended.append((collector, types))
-        for collector, types in extended:
-            collector.edge_types = torch.cat([types, types.new_full((num_extra,), NON_EDGE_TYPE)])
-        try:
-            yield
-        finally:
-            for collector, types in extended:
-                collector.edge_types = types
+    def support_edge_types(attention: nn.Module, num_real: int, num_extra: int) -> Optional[torch.Tensor]:
+        """Per-edge types of a call over the real edges followed by `num_extra` other rows
+        (GraphiT's kernel pairs), for `edge_attention(edge_types=...)`: the real edges' types
+        that the layer's active collectors hold, then NON_EDGE_TYPE for the other rows.
+
+        None (the collectors use their own types) when there are no other rows, when no
+        collector counts by edge type, or when their types do not cover the real edges.
+        """
+        if not num_extra:
+            return None
+        held = [c.edge_types for c in getattr(attention, "collectors", ()) if c.edge_types is not None and c.tap == "edge"]
+        if not held:
+            return None
+        types = held[0]
+        for other in held[1:]:
+            if other is not types and not (other.shape == types.shape and torch.equal(other.cpu(), types.cpu())):
+                raise ValueError("the layer's active collectors hold different edge_types for the same edges")
+        if types.shape[0] != num_real:
+            return None  # the collectors' own length check reports it
+        extra = torch.full((num_extra,), NON_EDGE_TYPE, dtype=torch.int64)
+        return torch.cat([types.detach().to("cpu", torch.int64), extra])
 
     def run_layer(self, layer: nn.Module, *args, **kwargs):
         if not (self.checkpoint and self.training and torch.is_grad_enabled()):

@@ -15,9 +15,9 @@ kernel weighting is inactive and attention runs over the real edges only.
 ``pe="lap"`` adds Laplacian eigenvectors to the node embedding instead, as
 in GraphTransformer.
 
-The statistics tap holds the real edges, then the extra support pairs;
-per-edge types given to the collector for the real edges are extended with
-`NON_EDGE_TYPE` (-1) for the extra pairs.
+The statistics tap holds the real edges, then the extra support pairs; the
+call's per-edge types (`edge_attention(edge_types=...)`) are the collectors'
+types of the real edges followed by `NON_EDGE_TYPE` (-1) for the extra pairs.
 
 The edge embedding is not updated between layers (no edge stream): every
 layer reuses the input edge embedding, except on ogbn-proteins-like inputs
@@ -54,8 +54,9 @@ class GraphiTLayer(nn.Module):
         self.node = ResidualStream(hidden, norm=norm, residual=residual, dropout=dropout)
         self.edge_encoder = edge_encoder  # per-layer re-embedding of raw edge features, or None
 
-    def forward(self, h: torch.Tensor, e: torch.Tensor, graph: Graph, bias: Optional[torch.Tensor]):
-        node_out, _ = self.attention(h, graph, e, bias=bias)
+    def forward(self, h: torch.Tensor, e: torch.Tensor, graph: Graph, bias: Optional[torch.Tensor],
+                edge_types: Optional[torch.Tensor] = None):
+        node_out, _ = self.attention(h, graph, e, bias=bias, edge_types=edge_types)
         return self.node(h, node_out)
 
 
@@ -166,6 +167,6 @@ class GraphiT(GraphModel):
             num_real = e.shape[0]
             if extra_embedding is not None:
                 e = torch.cat([e, extra_embedding.to(e.dtype)])
-            with self.union_edge_types(layer.attention, num_real, e.shape[0] - num_real):
-                h = self.run_layer(layer, h, e, graph, bias)
+            edge_types = self.support_edge_types(layer.attention, num_real, e.shape[0] - num_real)
+            h = self.run_layer(layer, h, e, graph, bias, edge_types)
         return self.predict(h, data)

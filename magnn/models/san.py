@@ -8,26 +8,39 @@ fake-edge embedding; V is shared. Both use the gt score
 real and ``gamma exp(l)/(1+gamma)`` for fake edges, divided by one shared
 denominator. The common factor 1/(1+gamma) cancels in that ratio, so this is
 a softmax over the union of real and fake edges with a structural term of
-0 on real and log(gamma) on fake edges, added after the clamp as in SAN's
-code. It runs as one `edge_attention` call over the union edge set: the
-per-edge products ``q_i * k_j * e_ij`` (real or fake projections by edge
-kind) are formed here and passed as the edge input with unit q and k, and a
-per-edge bias ``clip(l) + s - l`` turns the kernel's logit ``l`` into
-``clip(l) + s`` (the kernel would clip after adding s). Those products are
-[E + F, H, D] tensors formed outside the fused kernel (the same order of
-memory as the projected edge features); the sparse path below stays fully
-fused. Only the node stream is updated.
+0 on real and s_i = log(gamma) on fake edges, added after the clamp as in
+SAN's code. It runs as two fused `edge_attention` calls, each returning its
+softmax's log-sum-exp: real edges (Q, K, V, E) and fake edges (Q2, K2, V and
+E2 broadcast to every fake edge without a copy). s_i is the same for every
+fake edge into node i (sampled mode adds a per-node log(n_fake / kept)), so
+it factors out of the fake softmax, and `magnn.functional.merge_attention`
+combines the two outputs exactly:
 
-EBT in the union call follows SPEC §3 with the real-edge query: ebt="edge"
-adds ``b_e,i = (q_i . k') / sqrt(D) * e'`` to the score of every edge into i
-(real and fake) and ``v'`` to every message; ebt="slot" adds one virtual
-incoming edge per node (logit ``q_i . (k' * e') / sqrt(D)``, clamped,
-structural term 0 like a real edge, message ``v'``) that has no edge_out row.
+    node_out_i = (exp(lse_r,i - m) out_r,i + exp(lse_f,i + s_i - m) out_f,i)
+                 / (exp(lse_r,i - m) + exp(lse_f,i + s_i - m)),   m the larger exponent
+
+(0 for a node attending to nothing), which is the single softmax over the
+union. Only the node stream is updated. An optional structural ``bias=``
+applies to the real edges' logits (before the clamp, as in
+`FusedEdgeAttention`).
+
+EBT (SPEC §3) in the union: each edge set applies it with its own query.
+ebt="edge" adds ``b_e,i = (q_i . k') / sqrt(D) * e'`` to every real edge's
+score and ``(q2_i . k') / sqrt(D) * e'`` to every fake edge's (the fake
+edges' own query q2; before the two-call form the fake edges used q), and
+``v'`` to every message; ebt="slot" gives every node one slot (logit
+``q_i . (k' * e') / sqrt(D)``, clamped, structural term 0 like a real edge,
+message ``v'``), attended once, in the real-edge call, with no edge_out row.
 Without fake edges (``full_graph=False``, the MA paper's protocol, or graphs
 that are complete) the layer is exactly `FusedEdgeAttention` over the real
-edges. The statistics tap (edge_out) holds the real edges in input order
-followed by the fake edges; per-edge types given to the collector for the
-real edges are extended with `NON_EDGE_TYPE` (-1) for the fake ones.
+edges.
+
+Statistics reach the collectors through the two calls' ``stats=``: the
+edge tap (edge_out) holds the real edges in input order, then the fake
+edges (two operator calls, so a collector counts two `calls` per layer
+forward); the fake call counts its edges as `NON_EDGE_TYPE` (-1) for the
+collectors that count by edge type. The node tap reduces the merged
+node_out (one call, in `merge_attention`).
 
 Fake edges, built once per forward and shared by all layers:
 
@@ -60,12 +73,12 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import nn
 
-from ..data.info import DatasetInfo
-from ..functional import edge_attention
 from ..core.graph import Graph
-from ..layers import FusedEdgeAttention, check_positive_int
-from ..stats import EdgeStats, add_to_all, reduce_rows
-from .base import GraphModel, graph_batch
+from ..data.info import DatasetInfo
+from ..functional import edge_attention, merge_attention
+from ..layers import FusedEdgeAttention, check_positive_int, projection, reset_projection
+from ..stats import EdgeStats
+from .base import NON_EDGE_TYPE, GraphModel, graph_batch
 from .block import ResidualStream
 from .positional import SANEigenPE
 from .encoders import EdgeEncoder
@@ -77,26 +90,43 @@ FAKE_EDGE_MODES = ("auto", "full", "sampled")
 
 @dataclass(eq=False)
 class FakeEdges:
-    """Fake edges j -> i (``index[0] = src``) with their structural log-weights [F] (float64)."""
+    """Fake edges j -> i (``index[0] = src``) with their structural log-weights [F] (float64).
+
+    The log-weight is a property of the destination node: every fake edge into node i
+    carries the same s_i (what `node_log_weight` returns and SANAttention relies on).
+    """
 
     index: torch.Tensor
     log_weight: torch.Tensor
-    _union_graphs: dict = field(default_factory=dict, repr=False)
+    _cache: dict = field(default_factory=dict, repr=False)
 
     @property
     def num_edges(self) -> int:
         return self.index.shape[1]
 
-    def union_graph(self, real: Graph, slot: bool) -> Graph:
-        """Real edges, then fake edges (then, with slot, one edge from virtual node N into each node)."""
-        if slot not in self._union_graphs:
-            num_nodes = real.num_nodes
-            parts = [real.edge_index, self.index]
-            if slot:
-                nodes = torch.arange(num_nodes, device=real.device)
-                parts.append(torch.stack([torch.full_like(nodes, num_nodes), nodes]))
-            self._union_graphs[slot] = Graph(torch.cat(parts, 1), num_nodes + int(slot), validate=False)
-        return self._union_graphs[slot]
+    def graph(self, num_nodes: int) -> Graph:
+        """The fake edges as a Graph over the layer's `num_nodes` nodes (built once, shared by the layers)."""
+        key = ("graph", num_nodes)
+        if key not in self._cache:
+            self._cache[key] = Graph(self.index, num_nodes, validate=False)
+        return self._cache[key]
+
+    def node_log_weight(self, num_nodes: int) -> torch.Tensor:
+        """[N] float64: s_i of node i's fake edges (0 for a node without any).
+
+        ValueError when the fake edges into one node carry different log-weights: the
+        union softmax needs s_i constant per node to merge the two calls exactly.
+        """
+        key = ("node_log_weight", num_nodes)
+        if key not in self._cache:
+            dst, weight = self.index[1], self.log_weight.to(torch.float64)
+            high = weight.new_full((num_nodes,), -math.inf).scatter_reduce(0, dst, weight, "amax")
+            low = weight.new_full((num_nodes,), math.inf).scatter_reduce(0, dst, weight, "amin")
+            has_fake = torch.bincount(dst, minlength=num_nodes) > 0
+            if not torch.equal(high[has_fake], low[has_fake]):
+                raise ValueError("FakeEdges.log_weight must be the same for every fake edge into a node")
+            self._cache[key] = torch.where(has_fake, high, torch.zeros_like(high))
+        return self._cache[key]
 
 
 def _graph_layout(batch: Optional[torch.Tensor], num_nodes: int, device):
@@ -157,7 +187,8 @@ class SANAttention(FusedEdgeAttention):
     ``forward(x, edge_index, edge_attr, fake=None, fake_attr=None)``: without
     fake edges it is the parent layer; with them it runs the shared-denominator
     union attention described in the module docstring (fake_attr [1, edge_dim]:
-    the learned fake-edge embedding).
+    the learned fake-edge embedding) as two `edge_attention` calls merged by
+    their log-sum-exp.
     """
 
     def __init__(
@@ -168,9 +199,19 @@ class SANAttention(FusedEdgeAttention):
             in_channels, heads, head_dim, edge_dim, mode="gt", ebt=ebt, clamp=clamp, backend=backend, ebt_init=ebt_init
         )
         width, use_bias = heads * head_dim, ebt is not None
-        self.lin_q2 = nn.Linear(in_channels, width, bias=use_bias)
-        self.lin_k2 = nn.Linear(in_channels, width, bias=use_bias)
-        self.lin_e2 = nn.Linear(edge_dim, width, bias=use_bias)
+        self.lin_q2 = projection(in_channels, width, use_bias)
+        self.lin_k2 = projection(in_channels, width, use_bias)
+        self.lin_e2 = projection(edge_dim, width, use_bias)
+        self._reset_fake_projections()
+
+    def reset_parameters(self, init: str = "default") -> None:
+        """`FusedEdgeAttention.reset_parameters`, then the fake-edge projections Q2, K2, E2."""
+        super().reset_parameters(init)
+        self._reset_fake_projections(init)
+
+    def _reset_fake_projections(self, init: str = "default") -> None:
+        for linear in (self.lin_q2, self.lin_k2, self.lin_e2):
+            reset_projection(linear, init)
 
     def forward(
         self,
@@ -182,62 +223,48 @@ class SANAttention(FusedEdgeAttention):
         fake_attr: Optional[torch.Tensor] = None,
         bias: Optional[torch.Tensor] = None,
         stats: Union[EdgeStats, Sequence[EdgeStats], None] = None,
+        edge_types=None,
     ):
         if fake is None or fake.num_edges == 0:
-            return super().forward(x, edge_index, edge_attr, bias=bias, stats=stats)
-        if bias is not None:
-            raise ValueError("SANAttention: a structural bias is not supported together with fake edges")
+            return super().forward(x, edge_index, edge_attr, bias=bias, stats=stats, edge_types=edge_types)
+        if x.dim() != 2 or x.shape[1] != self.in_channels:
+            raise ValueError(f"x must be [N, {self.in_channels}], got {list(x.shape)}")
+        if edge_attr.dim() != 2 or edge_attr.shape[1] != self.edge_dim:
+            raise ValueError(f"edge_attr must be [E, {self.edge_dim}], got {list(edge_attr.shape)}")
         if fake_attr is None or fake_attr.shape != (1, self.edge_dim):
             raise ValueError(f"fake_attr must be the [1, {self.edge_dim}] fake-edge embedding")
         graph = edge_index if isinstance(edge_index, Graph) else Graph(edge_index, num_nodes=x.shape[0])
-        return self._union_forward(x, graph, edge_attr, fake, fake_attr, stats)
+        return self._union_forward(x, graph, edge_attr, fake, fake_attr, bias, stats, edge_types)
 
-    def _union_forward(self, x, graph: Graph, edge_attr, fake: FakeEdges, fake_attr, stats):
+    def _union_forward(self, x, graph: Graph, edge_attr, fake: FakeEdges, fake_attr, bias, stats, edge_types):
         num_nodes, heads, head_dim = x.shape[0], self.heads, self.head_dim
-        scale = 1.0 / math.sqrt(head_dim)
         shape = (num_nodes, heads, head_dim)
         q, k, v = (lin(x).view(shape) for lin in (self.lin_q, self.lin_k, self.lin_v))
         q2, k2 = self.lin_q2(x).view(shape), self.lin_k2(x).view(shape)
         e = self.lin_e(edge_attr).view(edge_attr.shape[0], heads, head_dim)
-        e2 = self.lin_e2(fake_attr).view(1, heads, head_dim)
-        fake_src, fake_dst = fake.index
-        # product = w * sqrt(D): handed to the kernel as the edge input with unit q and k
-        product = torch.cat([q[graph.dst] * k[graph.src] * e, q2[fake_dst] * k2[fake_src] * e2])
-        num_union = product.shape[0]
-        structural = torch.cat([fake.log_weight.new_zeros(graph.num_edges), fake.log_weight])
-        values = v
-        if self.ebt == "edge":  # w += beta_i e' with beta_i = (q_i . k') / sqrt(D)
-            beta = (q * self.ebt_k).sum(-1, keepdim=True)
-            product = product + beta[torch.cat([graph.dst, fake_dst])] * self.ebt_e
-            values = v + self.ebt_v
-        slot = self.ebt == "slot"
-        if slot:
-            product = torch.cat([product, q * (self.ebt_k * self.ebt_e)])
-            values = torch.cat([values, self.ebt_v.unsqueeze(0).to(values.dtype)])
-            structural = torch.cat([structural, structural.new_zeros(num_nodes)])
-        product = product.to(values.dtype)  # EBT parameters may promote a half-precision product
-        # logits in at least float32, as the kernel computes them
-        raw = product.sum(-1, dtype=torch.float64 if product.dtype == torch.float64 else torch.float32) * scale
-        target = raw if self.clamp is None else raw.clamp(-self.clamp, self.clamp)
-        logit_bias = target + structural.to(raw.dtype).unsqueeze(-1) - raw
-        ones = torch.ones_like(values)
+        # the one learned fake-edge embedding, broadcast to every fake edge (a view, no copy)
+        e2 = self.lin_e2(fake_attr).view(1, heads, head_dim).expand(fake.num_edges, heads, head_dim)
+        ebt_params = None if self.ebt is None else (self.ebt_k, self.ebt_e, self.ebt_v)
+        fake_ebt = "edge" if self.ebt == "edge" else None  # the slot is attended once, with the real edges
+        # edge rows go through each call's stats=; the node tap sees the merged node_out
         targets = self.stats_targets(stats)
-        node_out, edge_out = edge_attention(
-            ones, ones, values, product, fake.union_graph(graph, slot),
-            bias=logit_bias, clamp=None, ebt=None, stats=None if slot else (targets or None), backend=self.backend,
+        edge_targets = tuple(t for t in targets if t.tap == "edge") or None
+        node_targets = tuple(t for t in targets if t.tap == "node") or None
+        common = dict(mode="gt", clamp=self.clamp, return_lse=True, backend=self.backend)
+        real_out, real_edge_out, real_lse = edge_attention(
+            q, k, v, e, graph, bias=bias, ebt=self.ebt, ebt_params=ebt_params,
+            stats=edge_targets, edge_types=edge_types, **common,
         )
-        if slot:
-            # drop the virtual slot node and its edges, then reduce the taps here (the one place
-            # statistics do not come from edge_attention: its call also holds the virtual rows)
-            node_out, edge_out = node_out[:num_nodes], edge_out[:num_union]
-            raws = {}
-            for tap, tapped in (("edge", edge_out), ("node", node_out)):
-                bits = [t.mantissa_bits for t in targets if t.tap == tap]
-                if bits:
-                    raws[tap] = reduce_rows(tapped.reshape(tapped.shape[0], heads * head_dim), max(bits))
-            add_to_all(targets, raws, heads=heads)
+        fake_out, fake_edge_out, fake_lse = edge_attention(
+            q2, k2, v, e2, fake.graph(num_nodes), ebt=fake_ebt, ebt_params=ebt_params if fake_ebt else None,
+            stats=edge_targets, edge_types=NON_EDGE_TYPE, **common,
+        )
+        node_out, _ = merge_attention(
+            (real_out, fake_out), (real_lse, fake_lse), (None, fake.node_log_weight(num_nodes)), stats=node_targets
+        )
         width = heads * head_dim
-        return node_out.reshape(num_nodes, width), edge_out.reshape(num_union, width)
+        edge_out = torch.cat([real_edge_out, fake_edge_out])
+        return node_out.reshape(num_nodes, width), edge_out.reshape(edge_out.shape[0], width)
 
 
 class LearnedLaplacianPE(nn.Module):
@@ -394,8 +421,7 @@ class SAN(GraphModel):
                 e = self.add_noise(layer.edge_encoder(data.edge_attr), edge_noise, "edge_noise")
             else:
                 e = shared_edges
-            with self.union_edge_types(layer.attention, graph.num_edges, 0 if fake is None else fake.num_edges):
-                h = self.run_layer(layer, h, e, graph, fake, fake_attr)
+            h = self.run_layer(layer, h, e, graph, fake, fake_attr)
         return self.predict(h, data)
 
     def transform_config(self) -> dict:

@@ -1,55 +1,95 @@
-"""`magnn detect`: MA detection on a split from a saved checkpoint (detect.json + figures)."""
+"""`magnn detect`: MA detection on a split from a saved checkpoint (detect.json + figures).
+
+Library entry point: `run_detect(DetectConfig(ckpt=...))`; the command line only
+parses its options into a DetectConfig and prints the result's summary.
+"""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..analysis.detect import detect
+from ..core.constants import MA_THRESHOLD, SPLITS
+from ..core.errors import (
+    UserError,
+    check_choice,
+    check_device,
+    check_output_folder,
+    check_positive,
+    input_folder,
+    output_folder,
+)
 
-COMMAND = "detect"
-HELP = "MA detection on a split from a saved checkpoint (report.json + figures)"
-
-
-# -- CLI ------------------------------------------------------------------------------
-
-def add_arguments(parser) -> None:
-    from ..core.errors import positive_float, positive_int
-
-    parser.add_argument("--ckpt", required=True, help="a checkpoint written by magnn train (best.pt or last.pt)")
-    parser.add_argument("--split", default="test", choices=("train", "val", "test"))
-    parser.add_argument("--out", default=None, help="output folder (default: next to the checkpoint)")
-    parser.add_argument("--max-batches", type=positive_int, default=None, help="first N batches only (>= 1)")
-    parser.add_argument("--threshold", type=positive_float, default=1000.0)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--data-root", default=None,
-                        help="dataset folder (default: the one the checkpoint was trained with)")
+if TYPE_CHECKING:
+    from ..analysis.detect import DetectionReport
 
 
-def main(args) -> int:
-    from ..core.errors import UserError, check_device, input_folder, output_folder
+@dataclass
+class DetectConfig:
+    """Everything `magnn detect` takes; `validate()` raises the command line's UserError for a bad
+    setting (the checkpoint itself is read, and checked, by run_detect)."""
+
+    ckpt: str  # a checkpoint written by magnn train (best.pt or last.pt)
+    split: str = "test"
+    out: str | None = None  # default: detect_<split> next to the checkpoint
+    max_batches: int | None = None  # the first N batches only
+    threshold: float = MA_THRESHOLD
+    device: str = "cpu"
+    data_root: str | None = None  # default: the one the checkpoint was trained with
+
+    def validate(self) -> DetectConfig:
+        if self.ckpt is None or str(self.ckpt) == "":
+            raise UserError("--ckpt is required: pass a checkpoint written by magnn train (best.pt or last.pt)")
+        check_choice(self.split, SPLITS, "--split")
+        check_positive(self.max_batches, "--max-batches", integer=True)
+        check_positive(self.threshold, "--threshold")
+        check_device(self.device)
+        input_folder(self.data_root, "--data-root")
+        if self.out is not None:
+            check_output_folder(self.out, "--out")
+        return self
+
+
+@dataclass
+class DetectResult:
+    """What run_detect wrote (out/detect.json and figures) and found."""
+
+    report: DetectionReport
+    out: Path
+    dataset: str
+    model: str
+
+    def summary(self) -> list[str]:
+        """One line per layer: its largest edge ratio and, when fitted, the gamma fit's KS statistic."""
+        from .report import layer_cell
+
+        return [f"{layer.name}: max ratio {layer_cell(layer.to_dict())}"
+                + (f", gamma KS {layer.gamma.ks:.3f}" if layer.gamma else "") for layer in self.report.layers]
+
+
+def run_detect(config: DetectConfig) -> DetectResult:
+    """Detect MAs with the checkpoint's model on one split; writes detect.json, sorted_max_ratios.png
+    and neg_log10_ratio_hist.png into config.out (default: detect_<split> beside the checkpoint)."""
+    from ..analysis.detect import detect
+    from ..analysis.figures import plot_layer_histograms, plot_sorted_ratios
     from ..train import load_checkpoint, prepare
+    from .report import report_json
 
-    check_device(args.device)
-    input_folder(args.data_root, "--data-root")
-    checkpoint = load_checkpoint(args.ckpt, option="--ckpt")
-    config = checkpoint.config
-    if args.data_root is not None:
-        config.data_root = args.data_root
-    out = output_folder(Path(args.out) if args.out else checkpoint.path.parent / f"detect_{args.split}", "--out")
-    splits, info, model = prepare(config)
+    config.validate()
+    checkpoint = load_checkpoint(config.ckpt, option="--ckpt")
+    train_config = checkpoint.config
+    if config.data_root is not None:
+        train_config.data_root = config.data_root
+    out = output_folder(Path(config.out) if config.out else checkpoint.path.parent / f"detect_{config.split}", "--out")
+    splits, _, model = prepare(train_config)
     checkpoint.restore_model(model)
-    if len(splits[args.split]) == 0:
-        raise UserError(f"--split {args.split}: the {config.dataset} {args.split} split is empty; pick another split")
-    report = detect(model, splits[args.split], device=args.device, threshold=args.threshold,
-                    max_batches=args.max_batches)
-    from ..analysis.figures import layer_cell, plot_layer_histograms, plot_sorted_ratios, report_json
-
+    if len(splits[config.split]) == 0:
+        raise UserError(f"--split {config.split}: the {train_config.dataset} {config.split} split is empty; "
+                        "pick another split")
+    report = detect(model, splits[config.split], device=config.device, threshold=config.threshold,
+                    max_batches=config.max_batches)
     (out / "detect.json").write_text(report_json(report.to_dict()))
-
-    plot_sorted_ratios({"trained": report}, out / "sorted_max_ratios.png", title=f"{config.model} on {config.dataset}")
+    plot_sorted_ratios({"trained": report}, out / "sorted_max_ratios.png",
+                       title=f"{train_config.model} on {train_config.dataset}")
     plot_layer_histograms(report, out / "neg_log10_ratio_hist.png")
-    for layer in report.layers:
-        print(f"{layer.name}: max ratio {layer_cell(layer.to_dict())}"
-              + (f", gamma KS {layer.gamma.ks:.3f}" if layer.gamma else ""))
-    print(f"wrote {out}")
-    return 0
-
+    return DetectResult(report, out, train_config.dataset, train_config.model)

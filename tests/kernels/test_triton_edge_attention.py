@@ -1,4 +1,4 @@
-"""Triton edge attention (magnn_kernels/edge_attention.py) against the torch reference.
+"""Triton edge attention (magnn_kernels/, through magnn/backends/triton.py) against the torch reference.
 
 Without a GPU these run in the Triton interpreter on CPU tensors (tests/conftest.py
 sets TRITON_INTERPRET=1); the interpreter costs milliseconds per program, so the
@@ -16,12 +16,15 @@ import pytest
 import torch
 
 import magnn
+import magnn.backends.triton as triton_backend
+import magnn_kernels.utils as ku
 from magnn import EdgeStats, Graph
 from magnn.backends.reference import edge_attention_reference
+from magnn.core.contract import ForwardResult
 from magnn.functional import edge_attention
 from magnn.stats import reduce_rows
+from magnn_kernels.edge_attention import edge_attention as edge_attention_kernels
 
-import magnn_kernels.edge_attention as ek
 from helpers import random_graph
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -66,7 +69,7 @@ def leaves_of(tensors, bias, params):
 
 
 def run_triton(tensors, graph, *, mantissa_bits=None, tap="edge", **kwargs):
-    return ek.run_triton_backend(*tensors, graph, mantissa_bits=mantissa_bits, tap=tap, **kwargs)
+    return triton_backend.run_triton_backend(*tensors, graph, mantissa_bits=mantissa_bits, tap=tap, **kwargs)
 
 
 def forward_backward(fn, tensors, bias, params, gen):
@@ -117,20 +120,8 @@ def own_reduction(tapped, mantissa_bits=7):
 # values and gradients
 # ---------------------------------------------------------------------------
 
-COMBINATIONS = list(itertools.product(MODES, EBTS, [None, 0.7], [None, "edge", "edge_head"]))
-
-
-@pytest.mark.parametrize("mode,ebt,clamp,bias", COMBINATIONS)
-def test_every_combination_matches_reference(mode, ebt, clamp, bias):
-    gen = seeded("combo", mode, ebt, clamp, bias)
-    num_nodes = 10
-    edge_index = random_graph(num_nodes, 22, generator=gen, isolated=2, self_loops=2, duplicates=2)
-    graph = Graph(edge_index.to(DEVICE), num_nodes)
-    tensors, b, params = make_inputs(gen, edge_index, num_nodes, 2, 3, bias=bias, ebt=ebt)
-    node_out, _, grads = compare_with_reference(graph, tensors, b, params, gen, mode=mode, ebt=ebt, clamp=clamp)
-    if ebt != "slot":  # nodes with no incoming edge: exactly zero, gradients finite
-        assert torch.equal(node_out[-2:], torch.zeros_like(node_out[-2:]))
-    assert all(torch.isfinite(g).all() for g in grads)
+# The mode x EBT x clamp x bias matrix is tests/test_backend_parity.py's, shared by every
+# backend; here: what only these kernels have (long and split rows, tiles, the op itself).
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -142,12 +133,12 @@ def test_hub_rows_longer_than_a_block_and_split_rows(monkeypatch, mode, ebt):
     edge_index = random_graph(num_nodes, 12, generator=gen, isolated=1, self_loops=1, duplicates=1, hub=37, hub_out=29)
     graph = Graph(edge_index.to(DEVICE), num_nodes)
     tensors, b, params = make_inputs(gen, edge_index, num_nodes, 3, 4, bias="edge_head", ebt=ebt)
-    monkeypatch.setattr(ek, "MAX_BLOCK_E", 8)
+    monkeypatch.setattr(ku, "MAX_BLOCK_E", 8)
     assert int(graph.in_degree.max()) > 8 and int(graph.out_degree.max()) > 8
     looped = compare_with_reference(graph, tensors, b, params, gen, mode=mode, ebt=ebt, clamp=1.5)
 
-    monkeypatch.setattr(ek, "ROW_SPLIT", 10)  # hubs become 3-4 chunks, in the forward and both backward passes
-    assert ek._plan(graph.rowptr, 10).num_chunks > 0 and ek._plan(graph.rev_rowptr, 10).num_chunks > 0
+    monkeypatch.setattr(ku, "ROW_SPLIT", 10)  # hubs become 3-4 chunks, in the forward and both backward passes
+    assert ku.row_plan(graph.rowptr, 10).num_chunks > 0 and ku.row_plan(graph.rev_rowptr, 10).num_chunks > 0
     split = compare_with_reference(graph, tensors, b, params, gen, mode=mode, ebt=ebt, clamp=1.5)
     torch.testing.assert_close(split[0], looped[0], atol=1e-6, rtol=1e-6)
 
@@ -230,9 +221,9 @@ def test_outputs_written_everywhere(monkeypatch):
             return torch.full(shape, float("nan"), dtype=dtype, device=device)
         return torch.full(shape, -7, dtype=dtype, device=device)
 
-    monkeypatch.setattr(ek, "_empty", poisoned)
-    monkeypatch.setattr(ek, "MAX_BLOCK_E", 8)
-    monkeypatch.setattr(ek, "ROW_SPLIT", 12)
+    monkeypatch.setattr(ku, "empty", poisoned)
+    monkeypatch.setattr(ku, "MAX_BLOCK_E", 8)
+    monkeypatch.setattr(ku, "ROW_SPLIT", 12)
     gen = seeded("poison")
     num_nodes = 11
     edge_index = random_graph(num_nodes, 20, generator=gen, isolated=2, self_loops=1, duplicates=2, hub=25, hub_out=20)
@@ -265,6 +256,97 @@ def test_only_node_output_used_and_no_grad_call():
     with torch.no_grad():
         node_out, edge_out, _ = run_triton(tensors, graph, **kwargs)
     assert not node_out.requires_grad and not edge_out.requires_grad
+
+
+# ---------------------------------------------------------------------------
+# log-sum-exp output (return_lse)
+# ---------------------------------------------------------------------------
+
+
+def logsumexp_of_logits(tensors, graph, bias, params, *, mode, ebt, clamp):
+    """[N, H] torch.logsumexp over each node's logits (SPEC §3 formulas, the EBT slot's included),
+    node by node; -inf for a node with nothing to attend to. Differentiable."""
+    q, k, _, e = tensors
+    head_dim = q.shape[2]
+    scale = 1.0 / math.sqrt(head_dim)
+    src, dst = graph.src, graph.dst
+    shift = torch.zeros_like(e)
+    if ebt == "edge":
+        shift = ((q * params[0]).sum(-1, keepdim=True) * scale * params[1])[dst]
+    if mode == "gt":
+        logits = (q[dst] * k[src] * e * scale + shift).sum(-1)
+    else:
+        logits = (q[dst] * (k[src] + e + shift)).sum(-1) * scale
+    if bias is not None:
+        logits = logits + (bias.unsqueeze(-1) if bias.dim() == 1 else bias)
+    slot = None
+    if ebt == "slot":
+        k_b, e_b, _ = params
+        slot = (q * (k_b * e_b if mode == "gt" else k_b + e_b)).sum(-1) * scale
+    if clamp is not None:
+        logits = logits.clamp(-clamp, clamp)
+        slot = slot.clamp(-clamp, clamp) if slot is not None else None
+    rows = []
+    for node in range(q.shape[0]):
+        row = torch.cat([logits[dst == node]] + ([slot[node:node + 1]] if slot is not None else []))
+        rows.append(torch.logsumexp(row, dim=0) if row.shape[0] else torch.full_like(q[0, :, 0], float("-inf")))
+    return torch.stack(rows)
+
+
+LSE_CASES = [("gt", None, None), ("gt", "slot", 0.7), ("additive", "edge", None), ("additive", "slot", 1.5)]
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["whole-rows", "split-rows"])
+@pytest.mark.parametrize("mode,ebt,clamp", LSE_CASES)
+def test_return_lse_is_the_logsumexp_of_the_logits_and_differentiable(monkeypatch, mode, ebt, clamp, split):
+    """lse = logsumexp over a node's logits (slot included, -inf with nothing attended), and its
+    gradient (alone, and with both other outputs') is the torch reference's, in whole and split rows."""
+    gen = seeded("lse", mode, ebt, clamp, split)
+    num_nodes = 9
+    edge_index = random_graph(num_nodes, 14, generator=gen, isolated=2, self_loops=1, duplicates=1, hub=21,
+                              hub_out=17)
+    graph = Graph(edge_index.to(DEVICE), num_nodes)
+    tensors, b, params = make_inputs(gen, edge_index, num_nodes, 2, 3, bias="edge_head", ebt=ebt)
+    if split:
+        monkeypatch.setattr(ku, "MAX_BLOCK_E", 4)
+        monkeypatch.setattr(ku, "ROW_SPLIT", 8)
+        assert ku.row_plan(graph.rowptr, 8).num_chunks > 0 and ku.row_plan(graph.rev_rowptr, 8).num_chunks > 0
+    kwargs = dict(mode=mode, clamp=clamp, bias=b, ebt=ebt, ebt_params=params)
+    leaves = leaves_of(tensors, b, params)
+
+    node_out, edge_out, raw, lse = run_triton(tensors, graph, return_lse=True, **kwargs)
+    assert raw is None and lse.shape == (num_nodes, 2) and lse.dtype == torch.float32
+    want = logsumexp_of_logits(tensors, graph, b, params, mode=mode, ebt=ebt, clamp=clamp)
+    torch.testing.assert_close(lse, want, atol=1e-5, rtol=1e-5)
+    if ebt != "slot":
+        assert torch.equal(lse[-2:], torch.full_like(lse[-2:], float("-inf")))  # no incoming edge
+    finite = torch.isfinite(want)
+    assert finite.any()
+
+    # the gradient of lse alone (no gradient reaches node_out or edge_out)
+    up = torch.randn(lse.shape, generator=gen, dtype=torch.float64).to(DEVICE, torch.float32)
+    got = torch.autograd.grad(torch.where(finite, lse * up, 0.0).sum(), leaves, allow_unused=True)
+    expected = torch.autograd.grad(torch.where(finite, want * up, 0.0).sum(), leaves, allow_unused=True)
+    for got_g, want_g in zip(got, expected):
+        want_g = torch.zeros_like(got_g) if want_g is None else want_g  # v gets none: messages do not enter lse
+        torch.testing.assert_close(got_g, want_g, atol=1e-4, rtol=1e-4)
+
+    # with both other outputs' gradients, against the torch reference through magnn.functional
+    def loss(outputs):
+        node, edge, lse_ = outputs
+        return (node * up_node).sum() + (edge * up_edge).sum() + torch.where(finite, lse_ * up, 0.0).sum()
+
+    up_node = torch.randn(node_out.shape, generator=gen, dtype=torch.float64).to(DEVICE, torch.float32)
+    up_edge = torch.randn(edge_out.shape, generator=gen, dtype=torch.float64).to(DEVICE, torch.float32)
+    got_out = edge_attention(*tensors, graph, backend="triton", return_lse=True, **kwargs)
+    want_out = edge_attention(*tensors, graph, backend="torch", return_lse=True, **kwargs)
+    for got_t, want_t in zip(got_out, want_out):
+        torch.testing.assert_close(got_t, want_t, atol=1e-5, rtol=1e-5)
+    got = torch.autograd.grad(loss(got_out), leaves)
+    expected = torch.autograd.grad(loss(want_out), leaves)
+    for got_g, want_g in zip(got, expected):
+        assert torch.isfinite(got_g).all()
+        torch.testing.assert_close(got_g, want_g, atol=1e-4, rtol=1e-4)
 
 
 # ---------------------------------------------------------------------------
@@ -321,7 +403,7 @@ def test_stats_huge_logits_gradients_finite():
 @pytest.mark.parametrize("mantissa_bits,window", [(0, 2048), (3, 2048), (7, 16), (12, 2048)])
 def test_stats_resolutions_and_out_of_window_counts(monkeypatch, mantissa_bits, window):
     """Other M, and a tiny register window so most counts go through the direct atomics."""
-    monkeypatch.setattr(ek, "HIST_WINDOW", window)
+    monkeypatch.setattr(ku, "HIST_WINDOW", window)
     gen = seeded("bits", mantissa_bits, window)
     num_nodes = 10
     edge_index = random_graph(num_nodes, 26, generator=gen, self_loops=1, duplicates=1)
@@ -376,8 +458,20 @@ def test_opcheck_custom_op():
     graph = Graph(edge_index.to(DEVICE), num_nodes)
     tensors, b, params = make_inputs(gen, edge_index, num_nodes, 2, 3, bias="edge_head", ebt="slot")
     args = (*tensors, graph.rowptr, graph.col, graph.perm, graph.rev_rowptr, graph.rev_col, graph.rev_perm,
-            b, *params, "additive", 1.0, "slot", 7)
-    result = torch.library.opcheck(torch.ops.magnn.edge_attention_fwd.default, args)
+            b, *params, "additive", "slot", 1.0, 7)
+    result = torch.library.opcheck(torch.ops.magnn_triton.edge_attention_fwd.default, args)
+    assert all(outcome == "SUCCESS" for outcome in result.values()), result
+
+    # the backward op on its own, with a gradient for each differentiable output (lse's included)
+    out = ForwardResult(*torch.ops.magnn_triton.edge_attention_fwd(*[a.detach() if torch.is_tensor(a) else a
+                                                                     for a in args]))
+    grads = [torch.randn(t.shape, generator=gen, dtype=torch.float64).to(DEVICE, t.dtype)
+             for t in (out.node_out, out.edge_out, out.lse)]
+    bwd_args = (*grads, *[t.detach() for t in tensors], out.lse, out.node_out, graph.rowptr, graph.col, graph.perm,
+                graph.rev_rowptr, graph.rev_col, graph.rev_perm, b.detach(), *[p.detach() for p in params],
+                "additive", "slot", 1.0)
+    result = torch.library.opcheck(torch.ops.magnn_triton.edge_attention_bwd.default, bwd_args,
+                                   test_utils=("test_schema", "test_faketensor"))
     assert all(outcome == "SUCCESS" for outcome in result.values()), result
 
 
@@ -391,10 +485,11 @@ def test_torch_compile_full_graph_matches_eager():
     tensors, b, params = make_inputs(gen, edge_index, num_nodes, 2, 3, bias="edge", ebt="edge")
 
     def layer(q, k, v, e, bias, kb, eb, vb):
-        node_out, edge_out, raw = ek.run_triton_backend(
+        node_out, edge_out, raw, lse = triton_backend.run_triton_backend(
             q, k, v, e, graph, mode="gt", clamp=2.0, bias=bias, ebt="edge", ebt_params=(kb, eb, vb),
-            mantissa_bits=7, tap="edge")
-        return node_out.square().sum() + edge_out.sum(), raw.hist_abs, raw.argmax
+            mantissa_bits=7, tap="edge", return_lse=True)
+        lse_sum = torch.where(torch.isfinite(lse), lse, 0.0).sum()
+        return node_out.square().sum() + edge_out.sum() + lse_sum, raw.hist_abs, raw.argmax, raw.max_abs
 
     leaves = leaves_of(tensors, b, params)
     compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)  # fullgraph: no graph break allowed
@@ -405,12 +500,33 @@ def test_torch_compile_full_graph_matches_eager():
         assert torch.equal(got_g, want_g)
 
 
+def test_op_outputs_follow_the_contract():
+    """The op's named outputs (ForwardResult): max_abs / argmax reduced on the device, and
+    without statistics empty per-bin / per-edge outputs and -1 for both."""
+    gen = seeded("contract")
+    num_nodes = 6
+    edge_index = random_graph(num_nodes, 12, generator=gen, isolated=1, self_loops=1)
+    graph = Graph(edge_index.to(DEVICE), num_nodes)
+    tensors, _, _ = make_inputs(gen, edge_index, num_nodes, 2, 3)
+    args = [t.detach() for t in tensors] + [graph.rowptr, graph.col, graph.perm]
+    with_stats = edge_attention_kernels(*args, mode="additive", mantissa_bits=7)
+    assert isinstance(with_stats, ForwardResult)
+    assert with_stats.lse.shape == (num_nodes, 2, 2) and with_stats.row_max_abs.shape == (graph.num_edges,)
+    want = own_reduction(with_stats.edge_out)
+    assert float(with_stats.max_abs) == float(want.max_abs) and int(with_stats.argmax) == int(want.argmax)
+    without = edge_attention_kernels(*args, mode="additive", mantissa_bits=-1)
+    assert torch.equal(without.edge_out, with_stats.edge_out)
+    assert all(t.numel() == 0 for t in (without.hist_abs, without.hist_ratio, without.row_ratio, without.row_max_abs))
+    assert int(without.nan_count) == 0 and float(without.max_abs) == -1.0 and int(without.argmax) == -1
+    assert torch.ops.magnn_triton.edge_attention_fwd.default._schema.arguments[-1].name == "mantissa_bits"
+
+
 def test_unavailable_reason():
-    assert ek.unavailable_reason(DEVICE, torch.float32) is None
-    assert ek.unavailable_reason(DEVICE, torch.bfloat16) is None
-    assert ek.unavailable_reason(DEVICE, torch.float16) is None
-    assert "float64" in ek.unavailable_reason(DEVICE, torch.float64)
-    assert ek.unavailable_reason(torch.device("meta"), torch.float32) is not None
+    assert triton_backend.unavailable_reason(DEVICE, torch.float32) is None
+    assert triton_backend.unavailable_reason(DEVICE, torch.bfloat16) is None
+    assert triton_backend.unavailable_reason(DEVICE, torch.float16) is None
+    assert "float64" in triton_backend.unavailable_reason(DEVICE, torch.float64)
+    assert triton_backend.unavailable_reason(torch.device("meta"), torch.float32) is not None
     assert magnn.functional.select_backend("triton", DEVICE, torch.float32).name == "triton"
 
 
@@ -423,11 +539,15 @@ os.environ.pop("TRITON_INTERPRET", None)
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
-import magnn_kernels.edge_attention as ek
+import magnn_kernels.edge_attention_bwd as bwd
+import magnn_kernels.edge_attention_common as common
+import magnn_kernels.edge_attention_fwd as fwd
+import magnn_kernels.utils as ku
 
-assert not ek._INTERPRETED
-INDEX = {"rowptr_ptr", "col_ptr", "perm_ptr", "dst_ptr", "eid_ptr", "item_node_ptr", "item_start_ptr",
-         "item_end_ptr", "seg_node_ptr", "seg_ptr_ptr", "hist_abs_ptr", "hist_ratio_ptr", "nan_count_ptr"}
+assert not ku.INTERPRETED
+INDEX = {"rowptr_ptr", "col_ptr", "perm_ptr", "rev_rowptr_ptr", "rev_col_ptr", "rev_perm_ptr", "item_node_ptr",
+         "item_start_ptr", "item_end_ptr", "seg_node_ptr", "seg_ptr_ptr", "hist_abs_ptr", "hist_ratio_ptr",
+         "nan_count_ptr"}
 DATA = {"q_ptr", "k_ptr", "v_ptr", "e_ptr", "node_out_ptr", "edge_out_ptr", "grad_node_ptr", "grad_edge_ptr",
         "dq_ptr", "dk_ptr", "dv_ptr", "de_ptr", "out_ptr"}
 
@@ -448,25 +568,33 @@ def compile_for_sm90(kernel, constexprs, data="bf16"):
             signature[name] = "fp32"
         else:
             signature[name] = "i32"
+    missing = set(constexprs) ^ {n for n, p in zip(kernel.arg_names, kernel.params) if p.is_constexpr}
+    assert not missing, missing
     triton.compile(ASTSource(kernel, signature, constexprs), target=GPUTarget("cuda", 90, 32),
                    options={"num_warps": 4})
 
+GT, ADD = common.MODE_GT.value, common.MODE_ADDITIVE.value
+NONE, EDGE, SLOT = common.EBT_NONE.value, common.EBT_EDGE.value, common.EBT_SLOT.value
 tile = dict(BLOCK_E=16, BLOCK_H=8, BLOCK_D=8)
-for mode, ebt, stats, partial, lse_given in [(0, 1, 1, 0, 0), (1, 2, 1, 1, 1), (1, 0, 0, 0, 0), (0, 2, 0, 1, 0)]:
-    compile_for_sm90(ek._edge_attention_fwd_kernel, dict(
-        MODE=mode, EBT=ebt, HAS_BIAS=True, BIAS_PER_HEAD=bool(mode), HAS_CLAMP=True, PARTIAL=bool(partial),
-        LSE_GIVEN=bool(lse_given), MESSAGE_PASS=mode == 1 and (not partial or lse_given), STATS=bool(stats),
-        MBITS=7, WINDOW=2048 if stats else 1, RATIO_BASE=ek._hist_layout(7)[1], LOW_BIT=16, **tile))
-for mode, ebt, partial, delta_mode in [(0, 1, False, 2), (1, 2, False, 0), (1, 1, True, 1), (0, 0, True, 2)]:
-    compile_for_sm90(ek._edge_attention_bwd_dst_kernel, dict(
+for mode, ebt, stats, partial, lse_given in [(GT, EDGE, 1, 0, 0), (ADD, SLOT, 1, 1, 1), (ADD, NONE, 0, 0, 0),
+                                             (GT, SLOT, 0, 1, 0)]:
+    compile_for_sm90(fwd._edge_attention_fwd_kernel, dict(
+        MODE=mode, EBT=ebt, HAS_BIAS=True, BIAS_PER_HEAD=mode == ADD, HAS_CLAMP=True, PARTIAL=bool(partial),
+        LSE_GIVEN=bool(lse_given), MESSAGE_PASS=mode == ADD and (not partial or lse_given), STATS=bool(stats),
+        MBITS=7, WINDOW=2048 if stats else 1, RATIO_BASE=ku.hist_layout(7)[1], LOW_BIT=16, **tile))
+for mode, ebt, partial, delta, grad_lse in [(GT, EDGE, False, common.DELTA_GIVEN, True),
+                                            (ADD, SLOT, False, common.DELTA_ROW, True),
+                                            (ADD, EDGE, True, common.DELTA_CHUNK, True),
+                                            (GT, NONE, True, common.DELTA_GIVEN, False)]:
+    compile_for_sm90(bwd._edge_attention_bwd_dst_kernel, dict(
         MODE=mode, EBT=ebt, HAS_BIAS=True, BIAS_PER_HEAD=partial, HAS_CLAMP=True, HAS_GRAD_NODE=True,
-        HAS_GRAD_EDGE=True, PARTIAL=partial, DELTA_MODE=delta_mode, **tile))
-for mode, ebt, partial in [(0, 1, False), (1, 2, True)]:
-    compile_for_sm90(ek._edge_attention_bwd_src_kernel, dict(
+        HAS_GRAD_EDGE=True, HAS_GRAD_LSE=grad_lse, PARTIAL=partial, DELTA=delta.value, **tile))
+for mode, ebt, partial in [(GT, EDGE, False), (ADD, SLOT, True)]:
+    compile_for_sm90(bwd._edge_attention_bwd_src_kernel, dict(
         MODE=mode, EBT=ebt, HAS_BIAS=True, BIAS_PER_HEAD=True, HAS_CLAMP=True, HAS_GRAD_NODE=True,
         HAS_GRAD_EDGE=partial, PARTIAL=partial, **tile))
-compile_for_sm90(ek._edge_attention_fwd_merge_kernel, dict(WITH_ACC=True, BLOCK_H=8, BLOCK_D=8))
-compile_for_sm90(ek._segment_sum_kernel, dict(BLOCK_R=64))
+compile_for_sm90(fwd._edge_attention_fwd_merge_kernel, dict(WITH_ACC=True, BLOCK_H=8, BLOCK_D=8))
+compile_for_sm90(common._segment_sum_kernel, dict(BLOCK_R=64))
 print("compiled")
 """
 
@@ -477,7 +605,7 @@ def test_kernels_compile_for_sm90_without_a_gpu():
     import subprocess
     import sys
 
-    root = os.path.dirname(os.path.dirname(ek.__file__))
+    root = os.path.dirname(os.path.dirname(ku.__file__))
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     result = subprocess.run([sys.executable, "-c", _COMPILE_SCRIPT], env=env, capture_output=True, text=True,
@@ -502,7 +630,7 @@ class TestCompiledGPU:
     @pytest.mark.parametrize("ebt", EBTS)
     @pytest.mark.parametrize("dtype,tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
     def test_parity_large(self, mode, ebt, dtype, tolerance):
-        assert not ek._INTERPRETED
+        assert not ku.INTERPRETED
         gen = seeded("gpu", mode, ebt, dtype)
         num_nodes = 4000
         edge_index = random_graph(num_nodes, 120_000, generator=gen, isolated=50, self_loops=100, duplicates=100,
@@ -530,7 +658,7 @@ class TestCompiledGPU:
                                          dtype=torch.bfloat16)
 
         def layer(q, k, v, e, bias, kb, eb, vb):
-            node_out, edge_out, _ = ek.run_triton_backend(
+            node_out, edge_out, _ = triton_backend.run_triton_backend(
                 q, k, v, e, graph, mode="additive", clamp=None, bias=bias, ebt="slot", ebt_params=(kb, eb, vb),
                 mantissa_bits=None, tap="edge")
             return node_out.float().square().sum() + edge_out.float().sum()
@@ -556,8 +684,9 @@ class TestCompiledGPU:
 
         q, k, v = (rand(num_nodes, heads, head_dim).requires_grad_() for _ in range(3))
         e = rand(num_edges, heads, head_dim).requires_grad_()
-        node_out, edge_out, _ = ek.run_triton_backend(q, k, v, e, graph, mode="gt", clamp=None, bias=None, ebt=None,
-                                                      ebt_params=None, mantissa_bits=None, tap="edge")
+        node_out, edge_out, _ = triton_backend.run_triton_backend(
+            q, k, v, e, graph, mode="gt", clamp=None, bias=None, ebt=None, ebt_params=None, mantissa_bits=None,
+            tap="edge")
         up_node, up_edge = rand(*node_out.shape), rand(*edge_out.shape)
         dq, dk, dv, de = torch.autograd.grad((node_out * up_node).sum() + (edge_out * up_edge).sum(), [q, k, v, e])
 

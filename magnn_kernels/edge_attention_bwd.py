@@ -1,0 +1,409 @@
+"""Backward of the fused edge attention (SPEC §3 Autograd): kernels, then their launch wrapper.
+
+The scores are recomputed from the inputs and the saved softmax state lse
+(row max, log sum), so nothing of size E*H*D is saved by the forward. With
+d_logit_ij = a_ij (dA_ij - delta_i) the only per-row reduction is, as in
+FlashAttention, delta_i = sum_j a_ij dA_ij (+ the slot's term) where dA_ij is
+the gradient reaching attention weight a_ij. It is g_n . node_out_i when
+edge_out passes no gradient into the softmax (gt mode, or no edge_out
+gradient); additive mode with an edge_out gradient sums it with a first loop
+over the row. A gradient g_i of the log-sum-exp (the lse output) adds
+g_i a_ij to d_logit_ij (d lse_i / d l_ij = a_ij), i.e. delta_i becomes
+delta_i - g_i; the delta buffer always holds that difference.
+
+Two passes: the dst pass walks the dst-sorted CSR (dq, dbias, EBT sums), the
+src pass the source-sorted one (de per edge, dk and dv per source node); rows
+split into chunks write partial sums merged by `segment_sum` in chunk order.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from magnn.core.contract import BackwardResult
+
+from . import utils
+from .edge_attention_common import (
+    DELTA_CHUNK, DELTA_GIVEN, DELTA_ROW, EBT_EDGE, EBT_NONE, EBT_SLOT, EBTS, MODE_GT, MODES,
+    clamp_gate, dst_tile, head_lanes, load_bias, load_ebt_params, load_lse, query_terms, scores, segment_sum,
+    work_item,
+)
+
+
+@triton.jit
+def _edge_attention_bwd_dst_kernel(
+    # inputs
+    q_ptr,  # [N, H, D] queries
+    k_ptr,  # [N, H, D] keys
+    v_ptr,  # [N, H, D] values
+    e_ptr,  # [E, H, D] edge features, caller's edge order
+    bias_ptr,  # [E] | [E, H] structural bias (HAS_BIAS)
+    ebt_k_ptr,  # [H, D] EBT k' (EBT != EBT_NONE)
+    ebt_e_ptr,  # [H, D] EBT e'
+    ebt_v_ptr,  # [H, D] EBT v'
+    rowptr_ptr,  # [N + 1] int64 CSR of the edges sorted by dst
+    col_ptr,  # [E] int64 source of each sorted edge
+    perm_ptr,  # [E] int64 sorted position -> caller's edge id
+    # work items: whole rows, or (PARTIAL) chunks of long rows
+    item_node_ptr,  # [I] int64 dst node of each item
+    item_start_ptr,  # [I] int64 first sorted edge of a chunk (PARTIAL)
+    item_end_ptr,  # [I] int64 one past its last (PARTIAL)
+    num_items,
+    # upstream gradients and saved state
+    grad_node_ptr,  # [N, H, D] gradient of node_out (HAS_GRAD_NODE)
+    grad_edge_ptr,  # [E, H, D] gradient of edge_out, caller's order (HAS_GRAD_EDGE)
+    grad_lse_ptr,  # [N, H] fp32 gradient g of the log-sum-exp (HAS_GRAD_LSE)
+    lse_ptr,  # [N, 2, H] fp32 row max, log sum
+    delta_ptr,  # [N, H] fp32 delta - g (written by DELTA_ROW, read by DELTA_GIVEN)
+    # outputs
+    dq_ptr,  # [N, H, D]
+    dbias_ptr,  # like bias, fp32 (HAS_BIAS)
+    debt_ptr,  # [N + C, 3, H, D] fp32 per-item EBT sums of k', e', v' (EBT != EBT_NONE)
+    part_delta_ptr,  # [C, H] fp32 partial delta of each chunk (DELTA_CHUNK)
+    part_dq_ptr,  # [C, H, D] fp32 partial dq of each chunk (PARTIAL, DELTA_GIVEN)
+    N, H, D, scale, clamp_val,
+    MODE: tl.constexpr, EBT: tl.constexpr, HAS_BIAS: tl.constexpr, BIAS_PER_HEAD: tl.constexpr,
+    HAS_CLAMP: tl.constexpr, HAS_GRAD_NODE: tl.constexpr, HAS_GRAD_EDGE: tl.constexpr, HAS_GRAD_LSE: tl.constexpr,
+    PARTIAL: tl.constexpr, DELTA: tl.constexpr,
+    BLOCK_E: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """dst-side backward: delta_i (DELTA, see edge_attention_common), then dq, dbias and the EBT sums.
+
+    Chunks (PARTIAL) write partial dq; the EBT sums go to one row of `debt` per work
+    item (rows N + item for chunks), summed on the host. The chunk that starts a row
+    owns its slot and lse-gradient terms.
+    """
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    HD = H * D
+    e_idx = tl.arange(0, BLOCK_E)
+    h_idx, h_mask, hd_off, hd_mask = head_lanes(H, D, BLOCK_H, BLOCK_D)
+
+    ebt_k, ebt_e, ebt_v = load_ebt_params(ebt_k_ptr, ebt_e_ptr, ebt_v_ptr, hd_off, hd_mask, EBT, BLOCK_H, BLOCK_D)
+
+    for item in range(pid, num_items, nprog):
+        node, start, end, owns_node = work_item(item, item_node_ptr, item_start_ptr, item_end_ptr, rowptr_ptr,
+                                                PARTIAL)
+        q_i, beta, shift, msg_bias, slot_raw, slot_logit, slot_msg = query_terms(
+            q_ptr, node, hd_off, hd_mask, ebt_k, ebt_e, ebt_v, HD, scale, clamp_val,
+            MODE, EBT, HAS_CLAMP, BLOCK_H, BLOCK_D)
+        row_max, log_sum = load_lse(lse_ptr, node, h_idx, h_mask, H)
+        g_n = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
+        if HAS_GRAD_NODE:
+            g_n = tl.load(grad_node_ptr + node * HD + hd_off, mask=hd_mask, other=0.0).to(tl.float32)
+        slot_a = tl.zeros([BLOCK_H], tl.float32)
+        slot_da = tl.zeros([BLOCK_H], tl.float32)
+        if EBT == EBT_SLOT:
+            slot_a = tl.where(owns_node, tl.exp((slot_logit - row_max) - log_sum), 0.0)
+            slot_da = tl.sum(g_n * slot_msg, axis=1)
+
+        if DELTA != DELTA_GIVEN:
+            delta = tl.zeros([BLOCK_H], tl.float32)
+            if EBT == EBT_SLOT:
+                delta += slot_a * slot_da
+            if HAS_GRAD_LSE:
+                g_lse = tl.load(grad_lse_ptr + node * H + h_idx, mask=h_mask, other=0.0)
+                delta -= tl.where(owns_node, g_lse, 0.0)
+            for block_start in range(start, end, BLOCK_E):
+                emask, m3, src_off, eid, eid_off, k_t, e_t, x, raw, logit = dst_tile(
+                    block_start, end, e_idx, col_ptr, perm_ptr, k_ptr, e_ptr, bias_ptr, q_i, shift,
+                    hd_off, hd_mask, h_idx, H, HD, scale, clamp_val,
+                    MODE, EBT, HAS_BIAS, BIAS_PER_HEAD, HAS_CLAMP, BLOCK_E, BLOCK_H)
+                attn = tl.exp(tl.where(emask[:, None], (logit - row_max[None, :]) - log_sum[None, :], float("-inf")))
+                msg = tl.load(v_ptr + src_off, mask=m3, other=0.0).to(tl.float32) + msg_bias[None, :, :]
+                grad = g_n[None, :, :]
+                if MODE != MODE_GT:
+                    msg = msg + x
+                    if HAS_GRAD_EDGE:
+                        grad = grad + tl.load(grad_edge_ptr + eid_off, mask=m3, other=0.0).to(tl.float32)
+                d_attn = tl.sum(grad * msg, axis=2)
+                delta += tl.sum(attn * d_attn, axis=0)
+            if DELTA == DELTA_ROW:
+                tl.store(delta_ptr + node * H + h_idx, delta, mask=h_mask)
+            else:
+                tl.store(part_delta_ptr + item * H + h_idx, delta, mask=h_mask)
+
+        if DELTA != DELTA_CHUNK:
+            if DELTA == DELTA_GIVEN:
+                delta = tl.load(delta_ptr + node * H + h_idx, mask=h_mask, other=0.0)
+            dq = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
+            sum_dx = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
+            sum_dmsg = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
+            for block_start in range(start, end, BLOCK_E):
+                emask, m3, src_off, eid, eid_off, k_t, e_t, x, raw, logit = dst_tile(
+                    block_start, end, e_idx, col_ptr, perm_ptr, k_ptr, e_ptr, bias_ptr, q_i, shift,
+                    hd_off, hd_mask, h_idx, H, HD, scale, clamp_val,
+                    MODE, EBT, HAS_BIAS, BIAS_PER_HEAD, HAS_CLAMP, BLOCK_E, BLOCK_H)
+                attn = tl.exp(tl.where(emask[:, None], (logit - row_max[None, :]) - log_sum[None, :], float("-inf")))
+                msg = tl.load(v_ptr + src_off, mask=m3, other=0.0).to(tl.float32) + msg_bias[None, :, :]
+                g_e = tl.zeros([BLOCK_E, BLOCK_H, BLOCK_D], tl.float32)
+                if HAS_GRAD_EDGE:
+                    g_e = tl.load(grad_edge_ptr + eid_off, mask=m3, other=0.0).to(tl.float32)
+                if MODE == MODE_GT:
+                    d_attn = tl.sum(g_n[None, :, :] * msg, axis=2)
+                    d_logit = clamp_gate(attn * (d_attn - delta[None, :]), raw, clamp_val, HAS_CLAMP)
+                    dx = tl.where(m3, g_e + d_logit[:, :, None], 0.0)  # dL/dw
+                    dq += tl.sum(dx * k_t * e_t, axis=0) * scale
+                    if EBT == EBT_EDGE:
+                        sum_dmsg += tl.sum(attn[:, :, None] * g_n[None, :, :], axis=0)
+                else:
+                    msg = msg + x
+                    grad = g_n[None, :, :] + g_e
+                    d_attn = tl.sum(grad * msg, axis=2)
+                    d_logit = clamp_gate(attn * (d_attn - delta[None, :]), raw, clamp_val, HAS_CLAMP)
+                    d_msg = attn[:, :, None] * grad
+                    dx = tl.where(m3, d_msg + d_logit[:, :, None] * scale * q_i[None, :, :], 0.0)  # dL/d(e + b_e)
+                    dq += tl.sum(d_logit[:, :, None] * (k_t + x), axis=0) * scale
+                    if EBT == EBT_EDGE:
+                        sum_dmsg += tl.sum(d_msg, axis=0)
+                if EBT == EBT_EDGE:
+                    sum_dx += tl.sum(dx, axis=0)
+                if HAS_BIAS:
+                    if BIAS_PER_HEAD:
+                        tl.store(dbias_ptr + eid[:, None] * H + h_idx[None, :], d_logit,
+                                 mask=emask[:, None] & h_mask[None, :])
+                    else:
+                        d_bias = tl.sum(tl.where(h_mask[None, :], d_logit, 0.0), axis=1)
+                        tl.store(dbias_ptr + eid, d_bias, mask=emask)
+
+            d_ebt_k = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
+            d_ebt_e = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
+            d_ebt_v = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
+            if EBT == EBT_EDGE:
+                d_beta = tl.sum(sum_dx * ebt_e, axis=1)
+                dq += d_beta[:, None] * scale * ebt_k
+                d_ebt_k = d_beta[:, None] * scale * q_i
+                d_ebt_e = beta[:, None] * sum_dx
+                d_ebt_v = sum_dmsg
+            if EBT == EBT_SLOT:
+                slot_dl = clamp_gate(slot_a * (slot_da - delta), slot_raw, clamp_val, HAS_CLAMP)
+                d_ebt_v = slot_a[:, None] * g_n
+                if MODE == MODE_GT:
+                    dq += slot_dl[:, None] * scale * (ebt_k * ebt_e)
+                    d_ebt_k = slot_dl[:, None] * scale * q_i * ebt_e
+                    d_ebt_e = slot_dl[:, None] * scale * q_i * ebt_k
+                else:
+                    dq += slot_dl[:, None] * scale * (ebt_k + ebt_e)
+                    d_ebt_k = slot_dl[:, None] * scale * q_i
+                    d_ebt_e = slot_dl[:, None] * scale * q_i + d_ebt_v
+            if PARTIAL:
+                tl.store(part_dq_ptr + item * HD + hd_off, dq, mask=hd_mask)
+            else:
+                tl.store(dq_ptr + node * HD + hd_off, dq.to(dq_ptr.dtype.element_ty), mask=hd_mask)
+            if EBT != EBT_NONE:
+                row = node
+                if PARTIAL:
+                    row = (N + item).to(tl.int64)
+                tl.store(debt_ptr + (row * 3 + 0) * HD + hd_off, d_ebt_k, mask=hd_mask)
+                tl.store(debt_ptr + (row * 3 + 1) * HD + hd_off, d_ebt_e, mask=hd_mask)
+                tl.store(debt_ptr + (row * 3 + 2) * HD + hd_off, d_ebt_v, mask=hd_mask)
+
+
+@triton.jit
+def _edge_attention_bwd_src_kernel(
+    # inputs
+    q_ptr,  # [N, H, D] queries
+    k_ptr,  # [N, H, D] keys
+    v_ptr,  # [N, H, D] values
+    e_ptr,  # [E, H, D] edge features, caller's edge order
+    bias_ptr,  # [E] | [E, H] structural bias (HAS_BIAS)
+    ebt_k_ptr,  # [H, D] EBT k' (EBT != EBT_NONE)
+    ebt_e_ptr,  # [H, D] EBT e'
+    ebt_v_ptr,  # [H, D] EBT v'
+    rev_rowptr_ptr,  # [N + 1] int64 CSR of the edges sorted by source
+    rev_col_ptr,  # [E] int64 dst of each source-sorted edge
+    rev_perm_ptr,  # [E] int64 source-sorted position -> caller's edge id
+    # work items: whole rows, or (PARTIAL) chunks of long rows
+    item_node_ptr,  # [I] int64 source node of each item
+    item_start_ptr,  # [I] int64 first source-sorted edge of a chunk (PARTIAL)
+    item_end_ptr,  # [I] int64 one past its last (PARTIAL)
+    num_items,
+    # upstream gradients and saved state
+    grad_node_ptr,  # [N, H, D] gradient of node_out (HAS_GRAD_NODE)
+    grad_edge_ptr,  # [E, H, D] gradient of edge_out, caller's order (HAS_GRAD_EDGE)
+    lse_ptr,  # [N, 2, H] fp32 row max, log sum
+    delta_ptr,  # [N, H] fp32 delta - g of each dst node
+    # outputs
+    dk_ptr,  # [N, H, D]
+    dv_ptr,  # [N, H, D]
+    de_ptr,  # [E, H, D] caller's edge order
+    part_dk_ptr,  # [C, H, D] fp32 partial dk of each chunk (PARTIAL)
+    part_dv_ptr,  # [C, H, D] fp32 partial dv of each chunk (PARTIAL)
+    H, D, scale, clamp_val,
+    MODE: tl.constexpr, EBT: tl.constexpr, HAS_BIAS: tl.constexpr, BIAS_PER_HEAD: tl.constexpr,
+    HAS_CLAMP: tl.constexpr, HAS_GRAD_NODE: tl.constexpr, HAS_GRAD_EDGE: tl.constexpr,
+    PARTIAL: tl.constexpr,
+    BLOCK_E: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """src-side backward over the reverse CSR: de per edge, dk and dv summed per source node."""
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    HD = H * D
+    e_idx = tl.arange(0, BLOCK_E)
+    h_idx, h_mask, hd_off, hd_mask = head_lanes(H, D, BLOCK_H, BLOCK_D)
+
+    ebt_k, ebt_e, ebt_v = load_ebt_params(ebt_k_ptr, ebt_e_ptr, ebt_v_ptr, hd_off, hd_mask, EBT, BLOCK_H, BLOCK_D)
+
+    for item in range(pid, num_items, nprog):
+        node, start, end, _ = work_item(item, item_node_ptr, item_start_ptr, item_end_ptr, rev_rowptr_ptr, PARTIAL)
+        k_j = tl.load(k_ptr + node * HD + hd_off, mask=hd_mask, other=0.0).to(tl.float32)
+        v_j = tl.load(v_ptr + node * HD + hd_off, mask=hd_mask, other=0.0).to(tl.float32)
+        if EBT == EBT_EDGE:
+            v_j = v_j + ebt_v
+        dk = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
+        dv = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
+        for block_start in range(start, end, BLOCK_E):
+            pos = block_start + e_idx
+            emask = pos < end
+            m2 = emask[:, None] & h_mask[None, :]
+            m3 = emask[:, None, None] & hd_mask[None, :, :]
+            dst = tl.load(rev_col_ptr + pos, mask=emask, other=0).to(tl.int64)
+            dst_off = dst[:, None, None] * HD + hd_off[None, :, :]
+            eid = tl.load(rev_perm_ptr + pos, mask=emask, other=0).to(tl.int64)
+            eid_off = eid[:, None, None] * HD + hd_off[None, :, :]  # int64 (eid is): E*H*D passes 2**31
+            q_t = tl.load(q_ptr + dst_off, mask=m3, other=0.0).to(tl.float32)
+            e_t = tl.load(e_ptr + eid_off, mask=m3, other=0.0).to(tl.float32)
+            lse_off = dst[:, None] * 2 * H + h_idx[None, :]
+            max_t = tl.load(lse_ptr + lse_off, mask=m2, other=float("inf"))
+            log_sum_t = tl.load(lse_ptr + lse_off + H, mask=m2, other=0.0)
+            delta_t = tl.load(delta_ptr + dst[:, None] * H + h_idx[None, :], mask=m2, other=0.0)
+            g_n = tl.zeros([BLOCK_E, BLOCK_H, BLOCK_D], tl.float32)
+            if HAS_GRAD_NODE:
+                g_n = tl.load(grad_node_ptr + dst_off, mask=m3, other=0.0).to(tl.float32)
+            g_e = tl.zeros([BLOCK_E, BLOCK_H, BLOCK_D], tl.float32)
+            if HAS_GRAD_EDGE:
+                g_e = tl.load(grad_edge_ptr + eid_off, mask=m3, other=0.0).to(tl.float32)
+            shift = tl.zeros([BLOCK_E, BLOCK_H, BLOCK_D], tl.float32)
+            if EBT == EBT_EDGE:
+                shift = (tl.sum(q_t * ebt_k[None, :, :], axis=2) * scale)[:, :, None] * ebt_e[None, :, :]
+            bias_t = 0.0
+            if HAS_BIAS:
+                bias_t = load_bias(bias_ptr, eid, emask, h_idx, H, BIAS_PER_HEAD, BLOCK_E, BLOCK_H)
+            x, raw, logit = scores(q_t, k_j[None, :, :], e_t, shift, bias_t, scale, clamp_val,
+                                   MODE, EBT, HAS_BIAS, HAS_CLAMP)
+            attn = tl.exp(tl.where(m2, (logit - max_t) - log_sum_t, float("-inf")))
+            if MODE == MODE_GT:
+                d_attn = tl.sum(g_n * v_j[None, :, :], axis=2)
+                d_logit = clamp_gate(attn * (d_attn - delta_t), raw, clamp_val, HAS_CLAMP)
+                dw = tl.where(m3, g_e + d_logit[:, :, None], 0.0)
+                dk += tl.sum(dw * q_t * e_t, axis=0) * scale
+                d_e = dw * q_t * k_j[None, :, :] * scale
+                dv += tl.sum(attn[:, :, None] * g_n, axis=0)
+            else:
+                grad = g_n + g_e
+                d_attn = tl.sum(grad * (v_j[None, :, :] + x), axis=2)
+                d_logit = clamp_gate(attn * (d_attn - delta_t), raw, clamp_val, HAS_CLAMP)
+                d_msg = attn[:, :, None] * grad
+                d_e = d_msg + d_logit[:, :, None] * scale * q_t
+                dk += tl.sum(d_logit[:, :, None] * q_t, axis=0) * scale
+                dv += tl.sum(d_msg, axis=0)
+            tl.store(de_ptr + eid_off, d_e.to(de_ptr.dtype.element_ty), mask=m3)
+        if PARTIAL:
+            tl.store(part_dk_ptr + item * HD + hd_off, dk, mask=hd_mask)
+            tl.store(part_dv_ptr + item * HD + hd_off, dv, mask=hd_mask)
+        else:
+            tl.store(dk_ptr + node * HD + hd_off, dk.to(dk_ptr.dtype.element_ty), mask=hd_mask)
+            tl.store(dv_ptr + node * HD + hd_off, dv.to(dv_ptr.dtype.element_ty), mask=hd_mask)
+
+
+# ---------------------------------------------------------------------------
+# launch wrapper
+# ---------------------------------------------------------------------------
+
+
+def edge_attention_backward(grad_node, grad_edge, grad_lse, q, k, v, e, lse, node_out,
+                            rowptr, col, perm, rev_rowptr, rev_col, rev_perm,
+                            bias, ebt_k, ebt_e, ebt_v, mode: str, ebt: str, clamp) -> BackwardResult:
+    """Launch the backward; the gradients of absent optional inputs are empty tensors.
+
+    dq, dk, dv, de come in the input dtype, dbias and the EBT gradients in float32 (the
+    accumulation dtype); only grad_lse[:, 1] (the log-sum part) is read."""
+    num_nodes, heads, head_dim = q.shape
+    num_edges = e.shape[0]
+    device = q.device
+    acc_dtype = torch.float32
+    tile = utils.tiles(heads, head_dim)
+    mode_id, ebt_id = MODES[mode], EBTS[ebt]
+    has_ebt = ebt_id != EBT_NONE.value
+    dq, dk, dv, de = (utils.empty(t.shape, t.dtype, device) for t in (q, k, v, e))
+    dbias = utils.empty(bias.shape, acc_dtype, device) if bias is not None else q.new_empty(0, dtype=acc_dtype)
+    if num_nodes == 0:
+        ebt_grads = tuple(torch.zeros(p.shape, dtype=acc_dtype, device=device) if has_ebt
+                          else q.new_empty(0, dtype=acc_dtype) for p in (ebt_k, ebt_e, ebt_v))
+        return BackwardResult(dq, dk, dv, de, dbias, *ebt_grads)
+
+    chunk = utils.row_split(num_edges, device, tile)
+    dst_plan, src_plan = utils.row_plan(rowptr, chunk), utils.row_plan(rev_rowptr, chunk)
+    g_lse = grad_lse[:, 1].to(acc_dtype).contiguous() if grad_lse is not None else None  # [N, H]
+    # delta_i - g_i is g_n . node_out_i - g_i unless edge_out (additive: a * msg) carries
+    # gradient into the softmax; then the dst pass sums it over each row first
+    delta_from_out = mode_id == MODE_GT.value or grad_edge is None
+    if not delta_from_out:
+        delta = utils.empty((num_nodes, heads), acc_dtype, device)
+    else:
+        delta = torch.zeros((num_nodes, heads), dtype=acc_dtype, device=device)
+        if grad_node is not None:
+            delta = (grad_node.to(acc_dtype) * node_out.to(acc_dtype)).sum(-1)
+        if g_lse is not None:
+            delta = delta - g_lse
+    placeholder = delta  # stands in for every absent pointer
+    debt = (
+        torch.zeros((num_nodes + dst_plan.num_chunks, 3, heads, head_dim), dtype=acc_dtype, device=device)
+        if has_ebt else placeholder
+    )
+    grad_node = grad_node.contiguous() if grad_node is not None else None
+    grad_edge = grad_edge.contiguous() if grad_edge is not None else None
+    common = dict(
+        q_ptr=q, k_ptr=k, v_ptr=v, e_ptr=e, bias_ptr=utils.or_placeholder(bias, placeholder),
+        ebt_k_ptr=utils.or_placeholder(ebt_k, placeholder), ebt_e_ptr=utils.or_placeholder(ebt_e, placeholder),
+        ebt_v_ptr=utils.or_placeholder(ebt_v, placeholder),
+        grad_node_ptr=utils.or_placeholder(grad_node, placeholder),
+        grad_edge_ptr=utils.or_placeholder(grad_edge, placeholder), lse_ptr=lse, delta_ptr=delta,
+        H=heads, D=head_dim, scale=1.0 / math.sqrt(head_dim), clamp_val=0.0 if clamp is None else float(clamp),
+        MODE=mode_id, EBT=ebt_id, HAS_BIAS=bias is not None, BIAS_PER_HEAD=bias is not None and bias.dim() == 2,
+        HAS_CLAMP=clamp is not None, HAS_GRAD_NODE=grad_node is not None, HAS_GRAD_EDGE=grad_edge is not None,
+        **tile.launch_args(),
+    )
+
+    def dst_pass(items: dict, partial: bool, delta_mode: int, part_delta=placeholder, part_dq=placeholder):
+        _edge_attention_bwd_dst_kernel[utils.grid(items["num_items"], False, device)](
+            **items, **common, rowptr_ptr=rowptr, col_ptr=col, perm_ptr=perm,
+            grad_lse_ptr=utils.or_placeholder(g_lse, placeholder), dq_ptr=dq,
+            dbias_ptr=dbias if bias is not None else placeholder, debt_ptr=debt,
+            part_delta_ptr=part_delta, part_dq_ptr=part_dq, N=num_nodes,
+            HAS_GRAD_LSE=g_lse is not None, PARTIAL=partial, DELTA=delta_mode,
+        )
+
+    def src_pass(items: dict, partial: bool, part_dk=placeholder, part_dv=placeholder):
+        _edge_attention_bwd_src_kernel[utils.grid(items["num_items"], False, device)](
+            **items, **common, rev_rowptr_ptr=rev_rowptr, rev_col_ptr=rev_col, rev_perm_ptr=rev_perm,
+            dk_ptr=dk, dv_ptr=dv, de_ptr=de, part_dk_ptr=part_dk, part_dv_ptr=part_dv, PARTIAL=partial,
+        )
+
+    with utils.device_ctx(device):
+        if dst_plan.num_whole:
+            dst_pass(dst_plan.whole_items(), False, DELTA_GIVEN.value if delta_from_out else DELTA_ROW.value)
+        if dst_plan.num_chunks:
+            if not delta_from_out:
+                part_delta = utils.empty((dst_plan.num_chunks, heads), acc_dtype, device)
+                dst_pass(dst_plan.chunk_items(), True, DELTA_CHUNK.value, part_delta=part_delta)
+                segment_sum(part_delta, dst_plan, delta)
+            part_dq = utils.empty((dst_plan.num_chunks, heads, head_dim), acc_dtype, device)
+            dst_pass(dst_plan.chunk_items(), True, DELTA_GIVEN.value, part_dq=part_dq)
+            segment_sum(part_dq, dst_plan, dq)
+        if src_plan.num_whole:
+            src_pass(src_plan.whole_items(), False)
+        if src_plan.num_chunks:
+            part_dk = utils.empty((src_plan.num_chunks, heads, head_dim), acc_dtype, device)
+            part_dv = utils.empty((src_plan.num_chunks, heads, head_dim), acc_dtype, device)
+            src_pass(src_plan.chunk_items(), True, part_dk=part_dk, part_dv=part_dv)
+            segment_sum(part_dk, src_plan, dk)
+            segment_sum(part_dv, src_plan, dv)
+    ebt_grads = tuple(q.new_empty(0, dtype=acc_dtype) for _ in range(3))
+    if has_ebt:
+        totals = debt.sum(0)  # one deterministic reduction over the per-item rows
+        ebt_grads = tuple(totals[i].clone() for i in range(3))
+    return BackwardResult(dq, dk, dv, de, dbias, *ebt_grads)

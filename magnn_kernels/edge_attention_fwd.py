@@ -1,0 +1,330 @@
+"""Forward of the fused edge attention (SPEC §3-§4): kernels, then their launch wrapper.
+
+Softmax
+  Online (running max + running sum), fp32 accumulation. Besides the inputs and
+  node_out (an output, so no extra memory) only the per-node, per-head
+  log-sum-exp is saved, in two parts: `lse [N, 2, H]` holds the row max m and
+  log(sum_j exp(l_j - m)), and a = exp((l - m) - log_sum) stays exact for
+  logits of any finite size (m + log_sum would round log_sum away once |m| is
+  large, e.g. under a 1e30 bias); the backward recomputes the scores. A node
+  with nothing to attend to (no edges and no slot, or every logit -inf: SPEC §3)
+  gets lse = (+inf, 0), so every a = exp(-inf) = 0 and its output is exactly 0.
+
+Statistics (constexpr STATS; no work at all when off)
+  Reduced by `tile_stats` on every tile of edge_out the kernel stores. Histogram
+  counts go into a per-program register histogram over a window of bins
+  (tl.histogram) that is flushed once with integer atomics; values outside the
+  window are added with integer atomics directly. max_abs and its flat argmax
+  come from the per-edge row maxima after the kernels.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from magnn.core.binning import num_bins
+from magnn.core.contract import ForwardResult
+
+from . import utils
+from .edge_attention_common import (
+    EBT_SLOT, EBTS, MODE_ADDITIVE, MODE_GT, MODES,
+    dst_tile, head_lanes, load_ebt_params, load_lse, query_terms, segment_sum, store_lse, tile_stats, work_item,
+)
+
+
+@triton.jit
+def _edge_attention_fwd_kernel(
+    # inputs
+    q_ptr,  # [N, H, D] queries
+    k_ptr,  # [N, H, D] keys
+    v_ptr,  # [N, H, D] values
+    e_ptr,  # [E, H, D] edge features, caller's edge order
+    bias_ptr,  # [E] | [E, H] structural bias (HAS_BIAS)
+    ebt_k_ptr,  # [H, D] EBT k' (EBT != EBT_NONE)
+    ebt_e_ptr,  # [H, D] EBT e'
+    ebt_v_ptr,  # [H, D] EBT v'
+    rowptr_ptr,  # [N + 1] int64 CSR of the edges sorted by dst
+    col_ptr,  # [E] int64 source of each sorted edge
+    perm_ptr,  # [E] int64 sorted position -> caller's edge id
+    # work items: whole rows, or (PARTIAL) chunks of long rows
+    item_node_ptr,  # [I] int64 dst node of each item
+    item_start_ptr,  # [I] int64 first sorted edge of a chunk (PARTIAL)
+    item_end_ptr,  # [I] int64 one past its last (PARTIAL)
+    num_items,
+    # outputs
+    node_out_ptr,  # [N, H, D]
+    edge_out_ptr,  # [E, H, D] caller's edge order
+    lse_ptr,  # [N, 2, H] fp32 row max, log sum (written; read with LSE_GIVEN)
+    part_m_ptr,  # [I, H] fp32 a chunk's running max (PARTIAL)
+    part_l_ptr,  # [I, H] fp32 a chunk's running sum
+    part_acc_ptr,  # [I, H, D] fp32 a chunk's accumulator (PARTIAL: gt numerator / additive node_out part)
+    hist_abs_ptr,  # [num_bins] int64 |edge_out| counts (STATS)
+    hist_ratio_ptr,  # [num_bins] int64 ratio counts (STATS)
+    row_ratio_ptr,  # [E] fp32 per-edge ratio r_e (STATS)
+    row_max_ptr,  # [E] fp32 per-edge max |edge_out| (STATS)
+    row_argc_ptr,  # [E] int32 its channel (STATS)
+    nan_count_ptr,  # [] int64 (STATS)
+    H, D, scale, clamp_val,
+    MODE: tl.constexpr, EBT: tl.constexpr, HAS_BIAS: tl.constexpr, BIAS_PER_HEAD: tl.constexpr,
+    HAS_CLAMP: tl.constexpr, PARTIAL: tl.constexpr, LSE_GIVEN: tl.constexpr, MESSAGE_PASS: tl.constexpr,
+    STATS: tl.constexpr, MBITS: tl.constexpr, WINDOW: tl.constexpr, RATIO_BASE: tl.constexpr,
+    LOW_BIT: tl.constexpr,
+    BLOCK_E: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """One work item = a whole dst row (PARTIAL off) or a chunk of a long row (PARTIAL).
+
+    gt: one online-softmax pass writes edge_out = w and accumulates node_out.
+    additive: a logits pass gives lse, then a message pass (MESSAGE_PASS) writes
+    edge_out = a * msg and node_out; for chunks the message pass is a second
+    launch with the merged lse (LSE_GIVEN). The node's EBT slot is owned by the
+    chunk that starts the row.
+    """
+    pid = tl.program_id(0)
+    nprog = tl.num_programs(0)
+    HD = H * D
+    e_idx = tl.arange(0, BLOCK_E)
+    h_idx, h_mask, hd_off, hd_mask = head_lanes(H, D, BLOCK_H, BLOCK_D)
+    out_ty = edge_out_ptr.dtype.element_ty
+
+    ebt_k, ebt_e, ebt_v = load_ebt_params(ebt_k_ptr, ebt_e_ptr, ebt_v_ptr, hd_off, hd_mask, EBT, BLOCK_H, BLOCK_D)
+
+    hist_abs_loc = tl.zeros([WINDOW], tl.int32)
+    hist_ratio_loc = tl.zeros([WINDOW], tl.int32)
+    base_abs = tl.zeros([], tl.int32) - 1
+    nan_total = tl.zeros([], tl.int64)
+
+    for item in range(pid, num_items, nprog):
+        node, start, end, owns_node = work_item(item, item_node_ptr, item_start_ptr, item_end_ptr, rowptr_ptr,
+                                                PARTIAL)
+        q_i, beta, shift, msg_bias, slot_raw, slot_logit, slot_msg = query_terms(
+            q_ptr, node, hd_off, hd_mask, ebt_k, ebt_e, ebt_v, HD, scale, clamp_val,
+            MODE, EBT, HAS_CLAMP, BLOCK_H, BLOCK_D)
+
+        if not LSE_GIVEN:
+            m = tl.full([BLOCK_H], float("-inf"), tl.float32)
+            l_sum = tl.zeros([BLOCK_H], tl.float32)
+            acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
+            if EBT == EBT_SLOT:
+                m = tl.where(owns_node, slot_logit, m)
+                l_sum = tl.where(owns_node, 1.0, l_sum)
+                if MODE == MODE_GT:
+                    acc = tl.where(owns_node, slot_msg, acc)
+            for block_start in range(start, end, BLOCK_E):
+                emask, m3, src_off, eid, eid_off, k_t, e_t, x, raw, logit = dst_tile(
+                    block_start, end, e_idx, col_ptr, perm_ptr, k_ptr, e_ptr, bias_ptr, q_i, shift,
+                    hd_off, hd_mask, h_idx, H, HD, scale, clamp_val,
+                    MODE, EBT, HAS_BIAS, BIAS_PER_HEAD, HAS_CLAMP, BLOCK_E, BLOCK_H)
+                logit = tl.where(emask[:, None], logit, float("-inf"))
+                m_new = tl.maximum(m, tl.max(logit, axis=0))
+                m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+                alpha = tl.exp(m - m_safe)
+                p = tl.exp(logit - m_safe[None, :])
+                l_sum = l_sum * alpha + tl.sum(p, axis=0)
+                if MODE == MODE_GT:
+                    stored = x.to(out_ty)
+                    tl.store(edge_out_ptr + eid_off, stored, mask=m3)
+                    if STATS:
+                        hist_abs_loc, hist_ratio_loc, base_abs, nan_total = tile_stats(
+                            stored.to(tl.float32), m3, emask, eid, hd_off,
+                            hist_abs_loc, hist_ratio_loc, base_abs, nan_total,
+                            hist_abs_ptr, hist_ratio_ptr, row_ratio_ptr, row_max_ptr, row_argc_ptr,
+                            MBITS, WINDOW, RATIO_BASE, LOW_BIT, BLOCK_E, BLOCK_H, BLOCK_D)
+                    v_t = tl.load(v_ptr + src_off, mask=m3, other=0.0).to(tl.float32) + msg_bias[None, :, :]
+                    acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * v_t, axis=0)
+                m = m_new
+            if PARTIAL:
+                tl.store(part_m_ptr + item * H + h_idx, m, mask=h_mask)
+                tl.store(part_l_ptr + item * H + h_idx, l_sum, mask=h_mask)
+                if MODE == MODE_GT:
+                    tl.store(part_acc_ptr + item * HD + hd_off, acc, mask=hd_mask)
+            else:
+                l_safe = tl.where(l_sum == 0.0, 1.0, l_sum)
+                store_lse(lse_ptr, node, h_idx, h_mask, H, m, l_sum)
+                row_max = tl.where(l_sum == 0.0, float("inf"), m)
+                log_sum = tl.log(l_safe)
+                if MODE == MODE_GT:
+                    out = tl.where(l_sum[:, None] == 0.0, 0.0, acc / l_safe[:, None])
+                    tl.store(node_out_ptr + node * HD + hd_off, out.to(out_ty), mask=hd_mask)
+
+        if MESSAGE_PASS:
+            if LSE_GIVEN:
+                row_max, log_sum = load_lse(lse_ptr, node, h_idx, h_mask, H)
+            acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
+            if EBT == EBT_SLOT:
+                slot_a = tl.exp((slot_logit - row_max) - log_sum)
+                acc = tl.where(owns_node, slot_a[:, None] * slot_msg, acc)
+            for block_start in range(start, end, BLOCK_E):
+                emask, m3, src_off, eid, eid_off, k_t, e_t, x, raw, logit = dst_tile(
+                    block_start, end, e_idx, col_ptr, perm_ptr, k_ptr, e_ptr, bias_ptr, q_i, shift,
+                    hd_off, hd_mask, h_idx, H, HD, scale, clamp_val,
+                    MODE, EBT, HAS_BIAS, BIAS_PER_HEAD, HAS_CLAMP, BLOCK_E, BLOCK_H)
+                attn = tl.exp(tl.where(emask[:, None], (logit - row_max[None, :]) - log_sum[None, :], float("-inf")))
+                msg = tl.load(v_ptr + src_off, mask=m3, other=0.0).to(tl.float32) + x + msg_bias[None, :, :]
+                out = attn[:, :, None] * msg
+                stored = out.to(out_ty)
+                tl.store(edge_out_ptr + eid_off, stored, mask=m3)
+                if STATS:
+                    hist_abs_loc, hist_ratio_loc, base_abs, nan_total = tile_stats(
+                        stored.to(tl.float32), m3, emask, eid, hd_off,
+                        hist_abs_loc, hist_ratio_loc, base_abs, nan_total,
+                        hist_abs_ptr, hist_ratio_ptr, row_ratio_ptr, row_max_ptr, row_argc_ptr,
+                        MBITS, WINDOW, RATIO_BASE, LOW_BIT, BLOCK_E, BLOCK_H, BLOCK_D)
+                acc += tl.sum(tl.where(m3, out, 0.0), axis=0)
+            if LSE_GIVEN:
+                tl.store(part_acc_ptr + item * HD + hd_off, acc, mask=hd_mask)
+            else:
+                tl.store(node_out_ptr + node * HD + hd_off, acc.to(out_ty), mask=hd_mask)
+
+    if STATS:
+        w_idx = tl.arange(0, WINDOW)
+        tl.atomic_add(hist_abs_ptr + base_abs + w_idx, hist_abs_loc.to(tl.int64), mask=hist_abs_loc > 0,
+                      sem="relaxed")
+        tl.atomic_add(hist_ratio_ptr + RATIO_BASE + w_idx, hist_ratio_loc.to(tl.int64), mask=hist_ratio_loc > 0,
+                      sem="relaxed")
+        tl.atomic_add(nan_count_ptr, nan_total, sem="relaxed")
+
+
+@triton.jit
+def _edge_attention_fwd_merge_kernel(
+    part_m_ptr,  # [C, H] fp32 running max of each chunk
+    part_l_ptr,  # [C, H] fp32 running sum of each chunk
+    part_acc_ptr,  # [C, H, D] fp32 accumulator of each chunk (WITH_ACC)
+    seg_node_ptr,  # [S] int64 node of each split row
+    seg_ptr_ptr,  # [S + 1] int64 its chunks: seg_ptr[s]:seg_ptr[s + 1]
+    lse_ptr,  # [N, 2, H] fp32 row max, log sum
+    node_out_ptr,  # [N, H, D] (WITH_ACC)
+    H, D,
+    WITH_ACC: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """Merge the online-softmax partials of one split row, chunk by chunk in order."""
+    seg = tl.program_id(0)
+    node = tl.load(seg_node_ptr + seg).to(tl.int64)
+    lo = tl.load(seg_ptr_ptr + seg)
+    hi = tl.load(seg_ptr_ptr + seg + 1)
+    HD = H * D
+    h_idx, h_mask, hd_off, hd_mask = head_lanes(H, D, BLOCK_H, BLOCK_D)
+    m = tl.full([BLOCK_H], float("-inf"), tl.float32)
+    l_sum = tl.zeros([BLOCK_H], tl.float32)
+    acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
+    for item in range(lo, hi):
+        m_c = tl.load(part_m_ptr + item * H + h_idx, mask=h_mask, other=float("-inf"))
+        l_c = tl.load(part_l_ptr + item * H + h_idx, mask=h_mask, other=0.0)
+        m_new = tl.maximum(m, m_c)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp(m - m_safe)
+        alpha_c = tl.exp(m_c - m_safe)
+        l_sum = l_sum * alpha + l_c * alpha_c
+        if WITH_ACC:
+            acc_c = tl.load(part_acc_ptr + item * HD + hd_off, mask=hd_mask, other=0.0)
+            acc = acc * alpha[:, None] + acc_c * alpha_c[:, None]
+        m = m_new
+    l_safe = tl.where(l_sum == 0.0, 1.0, l_sum)
+    store_lse(lse_ptr, node, h_idx, h_mask, H, m, l_sum)
+    if WITH_ACC:
+        out = tl.where(l_sum[:, None] == 0.0, 0.0, acc / l_safe[:, None])
+        tl.store(node_out_ptr + node * HD + hd_off, out.to(node_out_ptr.dtype.element_ty), mask=hd_mask)
+
+
+# ---------------------------------------------------------------------------
+# launch wrapper
+# ---------------------------------------------------------------------------
+
+
+def _max_abs_and_argmax(row_max: torch.Tensor, row_argc: torch.Tensor, channels: int):
+    """(max |A|, its flat index e * C + c) from the per-edge maxima: the first edge holding the
+    maximum, as a flat argmax finds it; (-1, -1) when there is no value (or only NaN)."""
+    if row_max.shape[0] == 0:
+        return (torch.full((), -1.0, dtype=torch.float32, device=row_max.device),
+                torch.full((), -1, dtype=torch.int64, device=row_max.device))
+    row = torch.argmax(row_max).reshape(1)
+    best = row_max.gather(0, row).reshape(())
+    channel = row_argc.gather(0, row).reshape(()).long()
+    row = row.reshape(())
+    found = best >= 0  # rows that are all NaN report -1
+    argmax = torch.where(found, row * channels + channel, torch.full_like(row, -1))
+    max_abs = torch.where(found, best, torch.full_like(best, -1.0))
+    return max_abs, argmax
+
+
+def edge_attention_forward(q, k, v, e, rowptr, col, perm, bias, ebt_k, ebt_e, ebt_v, mode: str, ebt: str,
+                           clamp, mantissa_bits: int) -> ForwardResult:
+    """Launch the forward on contiguous inputs; mantissa_bits < 0: no statistics (empty stats outputs)."""
+    num_nodes, heads, head_dim = q.shape
+    num_edges = e.shape[0]
+    device = q.device
+    tile = utils.tiles(heads, head_dim)
+    mode_id, ebt_id = MODES[mode], EBTS[ebt]
+    stats = mantissa_bits >= 0
+    node_out = utils.empty(q.shape, q.dtype, device)
+    edge_out = utils.empty(e.shape, e.dtype, device)
+    lse = utils.empty((num_nodes, 2, heads), torch.float32, device)  # row max, log sum
+    if stats:
+        bins = num_bins(mantissa_bits)
+        hist_abs = torch.zeros(bins, dtype=torch.int64, device=device)
+        hist_ratio = torch.zeros(bins, dtype=torch.int64, device=device)
+        row_ratio = utils.empty((num_edges,), torch.float32, device)
+        row_max = utils.empty((num_edges,), torch.float32, device)
+        row_argc = utils.empty((num_edges,), torch.int32, device)
+        window, ratio_base = utils.hist_layout(mantissa_bits)
+    else:
+        # distinct empty tensors: a custom op's outputs may not alias each other
+        hist_abs, hist_ratio = (torch.empty(0, dtype=torch.int64, device=device) for _ in range(2))
+        row_ratio, row_max = (torch.empty(0, dtype=torch.float32, device=device) for _ in range(2))
+        row_argc = torch.empty(0, dtype=torch.int32, device=device)
+        window, ratio_base = 1, 0
+    nan_count = torch.zeros((), dtype=torch.int64, device=device)
+
+    def result() -> ForwardResult:
+        max_abs, argmax = _max_abs_and_argmax(row_max, row_argc, heads * head_dim)
+        return ForwardResult(node_out, edge_out, lse, hist_abs, hist_ratio, row_ratio, row_max, nan_count,
+                             max_abs, argmax)
+
+    if num_nodes == 0:
+        return result()
+
+    plan = utils.row_plan(rowptr, utils.row_split(num_edges, device, tile))
+    placeholder = lse  # stands in for every absent pointer
+    part_m = part_l = part_acc = placeholder
+    if plan.num_chunks:
+        part_m = utils.empty((plan.num_chunks, heads), torch.float32, device)
+        part_l = utils.empty((plan.num_chunks, heads), torch.float32, device)
+        part_acc = utils.empty((plan.num_chunks, heads, head_dim), torch.float32, device)
+    stats_out = {name: t if stats else placeholder for name, t in (
+        ("hist_abs_ptr", hist_abs), ("hist_ratio_ptr", hist_ratio), ("row_ratio_ptr", row_ratio),
+        ("row_max_ptr", row_max), ("row_argc_ptr", row_argc))}
+    common = dict(
+        q_ptr=q, k_ptr=k, v_ptr=v, e_ptr=e, bias_ptr=utils.or_placeholder(bias, placeholder),
+        ebt_k_ptr=utils.or_placeholder(ebt_k, placeholder), ebt_e_ptr=utils.or_placeholder(ebt_e, placeholder),
+        ebt_v_ptr=utils.or_placeholder(ebt_v, placeholder),
+        rowptr_ptr=rowptr, col_ptr=col, perm_ptr=perm,
+        node_out_ptr=node_out, edge_out_ptr=edge_out, lse_ptr=lse,
+        part_m_ptr=part_m, part_l_ptr=part_l, part_acc_ptr=part_acc, nan_count_ptr=nan_count, **stats_out,
+        H=heads, D=head_dim, scale=1.0 / math.sqrt(head_dim), clamp_val=0.0 if clamp is None else float(clamp),
+        MODE=mode_id, EBT=ebt_id, HAS_BIAS=bias is not None, BIAS_PER_HEAD=bias is not None and bias.dim() == 2,
+        HAS_CLAMP=clamp is not None, STATS=stats, MBITS=max(mantissa_bits, 0), WINDOW=window,
+        RATIO_BASE=ratio_base, LOW_BIT=utils.low_bit(e.dtype), **tile.launch_args(),
+    )
+    additive = mode_id == MODE_ADDITIVE.value
+
+    def launch(items: dict, partial: bool, lse_given: bool, message_pass: bool) -> None:
+        _edge_attention_fwd_kernel[utils.grid(items["num_items"], stats, device)](
+            **items, **common, PARTIAL=partial, LSE_GIVEN=lse_given, MESSAGE_PASS=message_pass,
+        )
+
+    with utils.device_ctx(device):
+        if plan.num_whole:
+            launch(plan.whole_items(), partial=False, lse_given=False, message_pass=additive)
+        if plan.num_chunks:
+            launch(plan.chunk_items(), partial=True, lse_given=False, message_pass=False)
+            _edge_attention_fwd_merge_kernel[(plan.num_split,)](
+                part_m_ptr=part_m, part_l_ptr=part_l, part_acc_ptr=part_acc, seg_node_ptr=plan.split_nodes,
+                seg_ptr_ptr=plan.split_ptr, lse_ptr=lse, node_out_ptr=node_out, H=heads, D=head_dim,
+                WITH_ACC=mode_id == MODE_GT.value, BLOCK_H=tile.block_h, BLOCK_D=tile.block_d,
+            )
+            if additive:
+                launch(plan.chunk_items(), partial=True, lse_given=True, message_pass=True)
+                segment_sum(part_acc, plan, node_out)
+    return result()

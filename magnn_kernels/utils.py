@@ -1,0 +1,206 @@
+"""Launch helpers of the edge-attention kernels: tiles, row-split plans, grids, devices, buffers.
+
+Host code only (no @triton.jit here). The tunables are module globals read at
+every launch, so tests shrink them (monkeypatch this module) to reach the
+multi-block and split-row paths on small graphs.
+
+Work decomposition
+  Every pass walks a CSR (the dst-sorted one for the forward and for dq, the
+  src-sorted reverse one for dk, dv, de). A row no longer than `row_split`
+  edges is one work item handled by one program, which loops over the row in
+  tiles of BLOCK_E edges x H heads x D channels (all heads together, so an
+  edge's H*D values are one contiguous load and the per-edge statistics see
+  the whole row). Longer rows (hubs) are cut into chunks; each chunk writes
+  partial results and a small combine kernel merges the chunks of a node in a
+  fixed order, so nothing needs a floating-point atomic and results are
+  deterministic. `RowPlan` lists both kinds of work items.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import triton
+from triton import knobs
+
+from magnn.core.binning import num_bins
+
+# Tunables.
+MAX_BLOCK_E = 64  # edges per tile (upper bound; shrunk so a tile holds <= TILE_ELEMENTS values)
+TILE_ELEMENTS = 1024  # values per tile: ~8 per thread at 4 warps keeps registers near 110 (ptxas, sm_90)
+ROW_SPLIT: Optional[int] = None  # edges per work item for long rows; None: chosen from E and the device
+HIST_WINDOW = 2048  # register-histogram bins per program
+
+# What triton.jit decides when it decorates the kernels (at their import, right after this module's):
+# under TRITON_INTERPRET=1 they run as Python on CPU (or CUDA) tensors.
+INTERPRETED = bool(knobs.runtime.interpret)
+
+
+# ---------------------------------------------------------------------------
+# tiles and grids
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Tiles:
+    """Block sizes of one launch: BLOCK_E edges x BLOCK_H heads x BLOCK_D channels, and its warps."""
+
+    block_e: int
+    block_h: int
+    block_d: int
+    num_warps: int
+
+    def launch_args(self) -> dict:
+        """BLOCK_E, BLOCK_H, BLOCK_D and num_warps, as keyword arguments of a launch."""
+        return dict(BLOCK_E=self.block_e, BLOCK_H=self.block_h, BLOCK_D=self.block_d, num_warps=self.num_warps)
+
+
+def tiles(heads: int, head_dim: int) -> Tiles:
+    block_h = triton.next_power_of_2(heads)
+    block_d = triton.next_power_of_2(head_dim)
+    per_edge = block_h * block_d
+    block_e = max(1, min(MAX_BLOCK_E, TILE_ELEMENTS // per_edge))
+    block_e = 1 << (block_e.bit_length() - 1)  # a power of two
+    return Tiles(block_e, block_h, block_d, 8 if block_e * per_edge >= 4096 else 4)
+
+
+def sm_count(device: torch.device) -> int:
+    if device.type == "cuda" and not INTERPRETED:
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 1
+
+
+def grid(items: int, persistent: bool, device: torch.device) -> tuple[int]:
+    """One program per item, or a persistent grid (stats: one histogram flush per program)."""
+    if INTERPRETED:
+        programs = min(items, 4)  # several items per program, so every test runs the persistent loop
+    elif persistent:
+        programs = min(items, sm_count(device) * 8)
+    else:
+        programs = items
+    return (max(programs, 1),)
+
+
+def device_ctx(device: torch.device):
+    """Triton launches on the current CUDA device: make it the tensors' device."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+# ---------------------------------------------------------------------------
+# row-split plans
+# ---------------------------------------------------------------------------
+
+
+def row_split(num_edges: int, device: torch.device, tile: Tiles) -> int:
+    """Edges per work item: rows longer than this are cut into chunks."""
+    if ROW_SPLIT is not None:
+        return max(1, int(ROW_SPLIT))
+    # a row longer than ~1/(32 x programs in flight) of the work would hold up the tail
+    return max(32 * tile.block_e, num_edges // (sm_count(device) * 32))
+
+
+@dataclass
+class RowPlan:
+    """Work items over one CSR: whole rows (by degree, longest first) and chunks of long rows."""
+
+    whole_nodes: torch.Tensor  # int64 [W]
+    chunk_node: torch.Tensor  # int64 [C]
+    chunk_start: torch.Tensor  # int64 [C]: first sorted edge of the chunk
+    chunk_end: torch.Tensor  # int64 [C]: one past its last
+    split_nodes: torch.Tensor  # int64 [S]
+    split_ptr: torch.Tensor  # int64 [S+1]: chunks of split_nodes[s] are split_ptr[s]:split_ptr[s+1]
+
+    @property
+    def num_whole(self) -> int:
+        return self.whole_nodes.shape[0]
+
+    @property
+    def num_chunks(self) -> int:
+        return self.chunk_node.shape[0]
+
+    @property
+    def num_split(self) -> int:
+        return self.split_nodes.shape[0]
+
+    def whole_items(self) -> dict:
+        """The work-item pointers of the whole rows (start / end are read from rowptr instead)."""
+        return dict(item_node_ptr=self.whole_nodes, item_start_ptr=self.whole_nodes, item_end_ptr=self.whole_nodes,
+                    num_items=self.num_whole)
+
+    def chunk_items(self) -> dict:
+        return dict(item_node_ptr=self.chunk_node, item_start_ptr=self.chunk_start, item_end_ptr=self.chunk_end,
+                    num_items=self.num_chunks)
+
+
+def _build_plan(rowptr: torch.Tensor, chunk: int) -> RowPlan:
+    degree = rowptr[1:] - rowptr[:-1]
+    split = degree > chunk
+    whole_nodes = torch.nonzero(~split).reshape(-1)
+    # longest rows first: the scheduler starts them early, so they do not form the tail
+    whole_nodes = whole_nodes[torch.argsort(degree[whole_nodes], descending=True, stable=True)]
+    split_nodes = torch.nonzero(split).reshape(-1)
+    pieces = (degree[split_nodes] + chunk - 1) // chunk
+    split_ptr = torch.zeros(split_nodes.shape[0] + 1, dtype=torch.long, device=rowptr.device)
+    torch.cumsum(pieces, 0, out=split_ptr[1:])
+    num_chunks = int(split_ptr[-1])
+    chunk_node = torch.repeat_interleave(split_nodes, pieces, output_size=num_chunks)
+    first = torch.repeat_interleave(split_ptr[:-1], pieces, output_size=num_chunks)
+    local = torch.arange(num_chunks, device=rowptr.device) - first
+    chunk_start = rowptr[chunk_node] + local * chunk
+    chunk_end = torch.minimum(chunk_start + chunk, rowptr[chunk_node + 1])
+    return RowPlan(whole_nodes, chunk_node, chunk_start, chunk_end, split_nodes, split_ptr)
+
+
+_PLAN_CACHE: list[tuple[tuple, torch.Tensor, RowPlan]] = []
+_PLAN_CACHE_SIZE = 16
+
+
+def row_plan(rowptr: torch.Tensor, chunk: int) -> RowPlan:
+    """The work items of a CSR, cached per CSR: building one syncs with the device. The cache
+    holds the rowptr tensor itself, so its memory cannot be reused under a stale key; in-place
+    edits bump its version."""
+    key = (rowptr.data_ptr(), rowptr.shape[0], rowptr._version, str(rowptr.device), chunk)
+    for entry_key, _, plan in _PLAN_CACHE:
+        if entry_key == key:
+            return plan
+    plan = _build_plan(rowptr, chunk)
+    _PLAN_CACHE.append((key, rowptr, plan))
+    if len(_PLAN_CACHE) > _PLAN_CACHE_SIZE:
+        _PLAN_CACHE.pop(0)
+    return plan
+
+
+# ---------------------------------------------------------------------------
+# statistics layout
+# ---------------------------------------------------------------------------
+
+
+def hist_layout(mantissa_bits: int) -> tuple[int, int]:
+    """(window, ratio window base): the ratio window starts 11/16 of its width below 1.0."""
+    bins = num_bins(mantissa_bits)
+    window = min(bins, HIST_WINDOW)
+    base = (127 << mantissa_bits) - (window * 11) // 16
+    return window, min(max(base, 0), bins - window)
+
+
+def low_bit(dtype: torch.dtype) -> int:
+    """Low float32 bits that a value stored in `dtype` always has zero (the median search skips them)."""
+    return {torch.bfloat16: 16, torch.float16: 13}.get(dtype, 0)
+
+
+# ---------------------------------------------------------------------------
+# buffers
+# ---------------------------------------------------------------------------
+
+
+def empty(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Every buffer that the kernels must write in full is allocated here (tests poison it)."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def or_placeholder(tensor: Optional[torch.Tensor], placeholder: torch.Tensor) -> torch.Tensor:
+    """`tensor`, or for an absent optional one a stand-in pointer that the kernel never
+    dereferences (the HAS_* / EBT / STATS flag that guards its loads and stores is off)."""
+    return placeholder if tensor is None else tensor
