@@ -20,7 +20,7 @@ from typing import Optional
 
 import torch
 
-from magnn.core.binning import num_bins
+from magnn.core import contract
 from magnn.core.contract import (
     NUM_DIFFERENTIABLE_OUTPUTS, OP_NAMESPACES, BackwardResult, ForwardResult,
 )
@@ -70,22 +70,7 @@ def edge_attention_fwd(
 @edge_attention_fwd.register_fake
 def _edge_attention_fwd_fake(q, k, v, e, rowptr, col, perm, rev_rowptr, rev_col, rev_perm,
                              bias, ebt_k, ebt_e, ebt_v, mode, ebt, clamp, mantissa_bits):
-    num_nodes, heads, _ = q.shape
-    stats = mantissa_bits >= 0
-    bins = num_bins(mantissa_bits) if stats else 0
-    rows = e.shape[0] if stats else 0
-    return tuple(ForwardResult(
-        node_out=torch.empty_like(q),
-        edge_out=torch.empty_like(e),
-        lse=q.new_empty((num_nodes, 2, heads), dtype=torch.float32),
-        hist_abs=q.new_empty((bins,), dtype=torch.int64),
-        hist_ratio=q.new_empty((bins,), dtype=torch.int64),
-        row_ratio=q.new_empty((rows,), dtype=torch.float32),
-        row_max_abs=q.new_empty((rows,), dtype=torch.float32),
-        nan_count=q.new_empty((), dtype=torch.int64),
-        max_abs=q.new_empty((), dtype=torch.float32),
-        argmax=q.new_empty((), dtype=torch.int64),
-    ))
+    return contract.fake_forward(q, e, mantissa_bits)
 
 
 # ---------------------------------------------------------------------------
@@ -111,17 +96,7 @@ def edge_attention_bwd(
 def _edge_attention_bwd_fake(grad_node, grad_edge, grad_lse, q, k, v, e, lse, node_out,
                              rowptr, col, perm, rev_rowptr, rev_col, rev_perm,
                              bias, ebt_k, ebt_e, ebt_v, mode, ebt, clamp):
-    def accumulation(t: Optional[Tensor]) -> Tensor:
-        return q.new_empty(t.shape if t is not None else (0,), dtype=torch.float32)
-
-    has_ebt = ebt != "none"
-    return tuple(BackwardResult(
-        dq=torch.empty_like(q), dk=torch.empty_like(k), dv=torch.empty_like(v), de=torch.empty_like(e),
-        dbias=accumulation(bias),
-        debt_k=accumulation(ebt_k if has_ebt else None),
-        debt_e=accumulation(ebt_e if has_ebt else None),
-        debt_v=accumulation(ebt_v if has_ebt else None),
-    ))
+    return contract.fake_backward(q, k, v, e, bias, ebt_k, ebt_e, ebt_v, ebt)
 
 
 # ---------------------------------------------------------------------------

@@ -30,7 +30,8 @@ from typing import Optional
 
 import torch
 
-from ..core.binning import RawStats, num_bins, reduce_rows
+from ..core import contract
+from ..core.binning import RawStats, reduce_rows
 from ..core.contract import (
     FORWARD_ARGS,
     NUM_DIFFERENTIABLE_OUTPUTS,
@@ -102,10 +103,6 @@ def _load(verbose: bool = False, retry: bool = False) -> str:
         return _library_path
 
 
-def _accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _register_python_impls() -> None:
     """The fake (shape-only) kernels and the autograd formula of the C++-defined ops, once per process.
 
@@ -123,37 +120,12 @@ def _register_python_impls() -> None:
 
 def _forward_fake(q, k, v, e, rowptr, col, perm, rev_rowptr, rev_col, rev_perm, bias, ebt_k, ebt_e, ebt_v,
                   mode, ebt, clamp, mantissa_bits):
-    stats = mantissa_bits >= 0
-    bins = num_bins(mantissa_bits) if stats else 0
-    rows = e.shape[0] if stats else 0
-    scalar = lambda dtype: q.new_empty((), dtype=dtype)
-    return tuple(ForwardResult(
-        node_out=torch.empty_like(q, memory_format=torch.contiguous_format),
-        edge_out=torch.empty_like(e, memory_format=torch.contiguous_format),
-        lse=q.new_empty((q.shape[0], 2, q.shape[1]), dtype=_accumulation_dtype(q.dtype)),
-        hist_abs=q.new_empty(bins, dtype=torch.int64),
-        hist_ratio=q.new_empty(bins, dtype=torch.int64),
-        row_ratio=q.new_empty(rows, dtype=torch.float32),
-        row_max_abs=q.new_empty(rows, dtype=torch.float32),
-        nan_count=scalar(torch.int64),
-        max_abs=scalar(torch.float32),
-        argmax=scalar(torch.int64),
-    ))
+    return contract.fake_forward(q, e, mantissa_bits)
 
 
 def _backward_fake(grad_node, grad_edge, grad_lse, q, k, v, e, lse, node_out, rowptr, col, perm,
                    rev_rowptr, rev_col, rev_perm, bias, ebt_k, ebt_e, ebt_v, mode, ebt, clamp):
-    accumulation = _accumulation_dtype(q.dtype)
-    like = lambda t: torch.empty_like(t, memory_format=torch.contiguous_format)
-    optional = lambda t: q.new_empty(t.shape if t is not None else (0,), dtype=accumulation)
-    with_ebt = ebt != "none"
-    return tuple(BackwardResult(
-        dq=like(q), dk=like(k), dv=like(v), de=like(e),
-        dbias=optional(bias),
-        debt_k=optional(ebt_k if with_ebt else None),
-        debt_e=optional(ebt_e if with_ebt else None),
-        debt_v=optional(ebt_v if with_ebt else None),
-    ))
+    return contract.fake_backward(q, k, v, e, bias, ebt_k, ebt_e, ebt_v, ebt)
 
 
 def _setup_context(ctx, inputs, output):

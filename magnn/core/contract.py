@@ -46,6 +46,8 @@ from typing import NamedTuple, Optional
 
 import torch
 
+from .binning import num_bins
+
 Tensor = torch.Tensor
 
 OP_NAMESPACES = {"cpu": "magnn_cpu", "triton": "magnn_triton"}
@@ -104,3 +106,44 @@ def logsumexp(lse: Tensor) -> Tensor:
     row_max = lse[:, 0].detach()
     total = row_max + lse[:, 1]
     return torch.where(row_max == float("inf"), torch.full_like(total, float("-inf")), total)
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of lse and of the bias / EBT gradients: float64 for float64 inputs, else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def fake_forward(q: Tensor, e: Tensor, mantissa_bits: int) -> tuple:
+    """The forward's outputs as empty tensors of the right shapes and dtypes: the
+    `register_fake` body of both compiled backends."""
+    stats = mantissa_bits >= 0
+    bins = num_bins(mantissa_bits) if stats else 0
+    rows = e.shape[0] if stats else 0
+    scalar = lambda dtype: q.new_empty((), dtype=dtype)  # noqa: E731
+    return tuple(ForwardResult(
+        node_out=torch.empty_like(q, memory_format=torch.contiguous_format),
+        edge_out=torch.empty_like(e, memory_format=torch.contiguous_format),
+        lse=q.new_empty((q.shape[0], 2, q.shape[1]), dtype=accumulation_dtype(q.dtype)),
+        hist_abs=q.new_empty((bins,), dtype=torch.int64),
+        hist_ratio=q.new_empty((bins,), dtype=torch.int64),
+        row_ratio=q.new_empty((rows,), dtype=torch.float32),
+        row_max_abs=q.new_empty((rows,), dtype=torch.float32),
+        nan_count=scalar(torch.int64),
+        max_abs=scalar(torch.float32),
+        argmax=scalar(torch.int64),
+    ))
+
+
+def fake_backward(q: Tensor, k: Tensor, v: Tensor, e: Tensor, bias: Optional[Tensor],
+                  ebt_k: Optional[Tensor], ebt_e: Optional[Tensor], ebt_v: Optional[Tensor], ebt: str) -> tuple:
+    """The backward's outputs as empty tensors (the `register_fake` body of both backends)."""
+    like = lambda t: torch.empty_like(t, memory_format=torch.contiguous_format)  # noqa: E731
+    accumulation = lambda t: q.new_empty(t.shape if t is not None else (0,), dtype=accumulation_dtype(q.dtype))  # noqa: E731
+    with_ebt = ebt != "none"
+    return tuple(BackwardResult(
+        dq=like(q), dk=like(k), dv=like(v), de=like(e),
+        dbias=accumulation(bias),
+        debt_k=accumulation(ebt_k if with_ebt else None),
+        debt_e=accumulation(ebt_e if with_ebt else None),
+        debt_v=accumulation(ebt_v if with_ebt else None),
+    ))
