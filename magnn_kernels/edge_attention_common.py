@@ -211,16 +211,19 @@ def clamp_gate(d_logit, raw, clamp_val, HAS_CLAMP: tl.constexpr):
 @triton.jit
 def store_lse(lse_ptr, node, h_idx, h_mask, H, m, l_sum):
     """Save a row's softmax as lse[node] = (row max, log sum) (lse_ptr: [N, 2, H] fp32);
-    (+inf, 0) when it attended to nothing."""
+    (+inf, 0) when it attended to nothing. Returns the two stored [BLOCK_H] vectors."""
     empty = l_sum == 0.0
-    tl.store(lse_ptr + node * 2 * H + h_idx, tl.where(empty, float("inf"), m), mask=h_mask)
-    tl.store(lse_ptr + node * 2 * H + H + h_idx, tl.where(empty, 0.0, tl.log(tl.where(empty, 1.0, l_sum))),
-             mask=h_mask)
+    row_max = tl.where(empty, float("inf"), m)
+    log_sum = tl.log(tl.where(empty, 1.0, l_sum))  # log 1 = 0 for an empty row
+    tl.store(lse_ptr + node * 2 * H + h_idx, row_max, mask=h_mask)
+    tl.store(lse_ptr + node * 2 * H + H + h_idx, log_sum, mask=h_mask)
+    return row_max, log_sum
 
 
 @triton.jit
 def load_lse(lse_ptr, node, h_idx, h_mask, H):
-    """(row max, log sum) of one node (lse_ptr: [N, 2, H] fp32), [BLOCK_H] each;
+    """(row max, log sum) of one node (lse_ptr: [N, 2, H] fp32), [BLOCK_H] each, or of a
+    tile of nodes (node [BLOCK_E, 1], h_idx [1, BLOCK_H], h_mask [BLOCK_E, BLOCK_H]);
     a = exp((l - row max) - log sum)."""
     row_max = tl.load(lse_ptr + node * 2 * H + h_idx, mask=h_mask, other=float("inf"))
     log_sum = tl.load(lse_ptr + node * 2 * H + H + h_idx, mask=h_mask, other=0.0)

@@ -142,9 +142,7 @@ def _edge_attention_fwd_kernel(
                     tl.store(part_acc_ptr + item * HD + hd_off, acc, mask=hd_mask)
             else:
                 l_safe = tl.where(l_sum == 0.0, 1.0, l_sum)
-                store_lse(lse_ptr, node, h_idx, h_mask, H, m, l_sum)
-                row_max = tl.where(l_sum == 0.0, float("inf"), m)
-                log_sum = tl.log(l_safe)
+                row_max, log_sum = store_lse(lse_ptr, node, h_idx, h_mask, H, m, l_sum)
                 if MODE == MODE_GT:
                     out = tl.where(l_sum[:, None] == 0.0, 0.0, acc / l_safe[:, None])
                     tl.store(node_out_ptr + node * HD + hd_off, out.to(out_ty), mask=hd_mask)
