@@ -22,7 +22,7 @@ import torch
 
 from magnn.core import contract
 from magnn.core.contract import (
-    NUM_DIFFERENTIABLE_OUTPUTS, OP_NAMESPACES, BackwardResult, ForwardResult,
+    OP_NAMESPACES, ForwardResult,
 )
 
 from .edge_attention_bwd import edge_attention_backward
@@ -67,12 +67,6 @@ def edge_attention_fwd(
                                         mode, ebt, clamp, mantissa_bits))
 
 
-@edge_attention_fwd.register_fake
-def _edge_attention_fwd_fake(q, k, v, e, rowptr, col, perm, rev_rowptr, rev_col, rev_perm,
-                             bias, ebt_k, ebt_e, ebt_v, mode, ebt, clamp, mantissa_bits):
-    return contract.fake_forward(q, e, mantissa_bits)
-
-
 # ---------------------------------------------------------------------------
 # backward op
 # ---------------------------------------------------------------------------
@@ -92,58 +86,8 @@ def edge_attention_bwd(
                                          bias, ebt_k, ebt_e, ebt_v, mode, ebt, clamp))
 
 
-@edge_attention_bwd.register_fake
-def _edge_attention_bwd_fake(grad_node, grad_edge, grad_lse, q, k, v, e, lse, node_out,
-                             rowptr, col, perm, rev_rowptr, rev_col, rev_perm,
-                             bias, ebt_k, ebt_e, ebt_v, mode, ebt, clamp):
-    return contract.fake_backward(q, k, v, e, bias, ebt_k, ebt_e, ebt_v, ebt)
-
-
-# ---------------------------------------------------------------------------
-# autograd
-# ---------------------------------------------------------------------------
-
-
-def _setup_context(ctx, inputs, output):
-    (q, k, v, e, rowptr, col, perm, rev_rowptr, rev_col, rev_perm,
-     bias, ebt_k, ebt_e, ebt_v, mode, ebt, clamp, _) = inputs
-    result = ForwardResult(*output)
-    ctx.save_for_backward(q, k, v, e, result.lse, result.node_out, rowptr, col, perm, rev_rowptr, rev_col, rev_perm,
-                          bias, ebt_k, ebt_e, ebt_v)
-    ctx.mode, ctx.ebt, ctx.clamp = mode, ebt, clamp
-    ctx.set_materialize_grads(False)  # an unused output's gradient stays None: no zero tensor is read
-    ctx.mark_non_differentiable(*output[NUM_DIFFERENTIABLE_OUTPUTS:])
-
-
-def _backward_formula(ctx, grad_node, grad_edge, grad_lse, *_stats_grads):
-    (q, k, v, e, lse, node_out, rowptr, col, perm, rev_rowptr, rev_col, rev_perm,
-     bias, ebt_k, ebt_e, ebt_v) = ctx.saved_tensors
-    no_grads = (None,) * 18
-    if grad_node is None and grad_edge is None and grad_lse is None:
-        return no_grads
-    if rev_rowptr is None:
-        raise RuntimeError(
-            f"{NAMESPACE}::edge_attention_fwd ran without the reverse CSR (no input required grad at call time); "
-            "call it with rev_rowptr/rev_col/rev_perm to differentiate it"
-        )
-    grads = BackwardResult(*edge_attention_bwd(
-        grad_node, grad_edge, grad_lse, q, k, v, e, lse, node_out,
-        rowptr, col, perm, rev_rowptr, rev_col, rev_perm, bias, ebt_k, ebt_e, ebt_v, ctx.mode, ctx.ebt, ctx.clamp,
-    ))
-    has_ebt = ctx.ebt != "none"
-
-    def like(grad: Tensor, t: Optional[Tensor], present: bool) -> Optional[Tensor]:
-        return grad.to(t.dtype) if present and t is not None else None  # accumulation -> the input's dtype
-
-    return (
-        grads.dq, grads.dk, grads.dv, grads.de, None, None, None, None, None, None,
-        like(grads.dbias, bias, True), like(grads.debt_k, ebt_k, has_ebt), like(grads.debt_e, ebt_e, has_ebt),
-        like(grads.debt_v, ebt_v, has_ebt),
-        None, None, None, None,
-    )
-
-
-edge_attention_fwd.register_autograd(_backward_formula, setup_context=_setup_context)
+# the fake kernels and the autograd formula: magnn.core.contract's, shared with the C++ ops
+contract.register_fakes_and_autograd(NAMESPACE)
 
 
 # ---------------------------------------------------------------------------

@@ -33,8 +33,6 @@ import torch
 from ..core import contract
 from ..core.binning import RawStats, reduce_rows
 from ..core.contract import (
-    FORWARD_ARGS,
-    NUM_DIFFERENTIABLE_OUTPUTS,
     BackwardResult,
     ForwardResult,
     ebt_name,
@@ -42,8 +40,6 @@ from ..core.contract import (
 )
 
 EXTENSION_NAME = "magnn_cpu_ops"
-FORWARD_OP = "magnn_cpu::edge_attention_fwd"
-BACKWARD_OP = "magnn_cpu::edge_attention_bwd"
 SUPPORTED_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 SOURCES = ("registration.cpp", "edge_attention.cpp", "row_stats.h")
 # where the sources are looked for, in order: shipped in the installed package
@@ -104,72 +100,13 @@ def _load(verbose: bool = False, retry: bool = False) -> str:
 
 
 def _register_python_impls() -> None:
-    """The fake (shape-only) kernels and the autograd formula of the C++-defined ops, once per process.
-
-    The same pattern as the Triton ops (`register_fake` + `register_autograd`), so
-    torch.compile, opcheck and autograd treat both compiled backends alike.
-    """
+    """The fake kernels and autograd formula of the C++-defined ops (magnn.core.contract's,
+    shared with the Triton ops), once per process."""
     global _python_impls_registered
     if _python_impls_registered:
         return
-    torch.library.register_fake(FORWARD_OP, _forward_fake)
-    torch.library.register_fake(BACKWARD_OP, _backward_fake)
-    torch.library.register_autograd(FORWARD_OP, _backward_formula, setup_context=_setup_context)
+    contract.register_fakes_and_autograd(contract.OP_NAMESPACES["cpu"])
     _python_impls_registered = True
-
-
-def _forward_fake(q, k, v, e, rowptr, col, perm, rev_rowptr, rev_col, rev_perm, bias, ebt_k, ebt_e, ebt_v,
-                  mode, ebt, clamp, mantissa_bits):
-    return contract.fake_forward(q, e, mantissa_bits)
-
-
-def _backward_fake(grad_node, grad_edge, grad_lse, q, k, v, e, lse, node_out, rowptr, col, perm,
-                   rev_rowptr, rev_col, rev_perm, bias, ebt_k, ebt_e, ebt_v, mode, ebt, clamp):
-    return contract.fake_backward(q, k, v, e, bias, ebt_k, ebt_e, ebt_v, ebt)
-
-
-def _setup_context(ctx, inputs, output):
-    (q, k, v, e, rowptr, col, perm, rev_rowptr, rev_col, rev_perm,
-     bias, ebt_k, ebt_e, ebt_v, mode, ebt, clamp, _mantissa_bits) = inputs
-    result = ForwardResult(*output)
-    # the backward recomputes the scores from lse [N, 2, H]: nothing of size E x H x D is kept
-    ctx.save_for_backward(q, k, v, e, result.lse, result.node_out, rowptr, col, perm, rev_rowptr, rev_col,
-                          rev_perm, bias, ebt_k, ebt_e, ebt_v)
-    ctx.mode, ctx.ebt, ctx.clamp = mode, ebt, clamp
-    ctx.set_materialize_grads(False)  # an unused output's gradient stays None: no [E, H, D] zeros
-    ctx.mark_non_differentiable(*output[NUM_DIFFERENTIABLE_OUTPUTS:])
-
-
-def _backward_formula(ctx, grad_node, grad_edge, grad_lse, *_stats_grads):
-    (q, k, v, e, lse, node_out, rowptr, col, perm, rev_rowptr, rev_col, rev_perm,
-     bias, ebt_k, ebt_e, ebt_v) = ctx.saved_tensors
-    nothing = (None,) * len(FORWARD_ARGS)
-    if grad_node is None and grad_edge is None and grad_lse is None:
-        return nothing
-    if rev_rowptr is None:
-        raise RuntimeError(
-            f"{FORWARD_OP} ran without the reverse CSR (no input required a gradient at call time); "
-            "pass rev_rowptr, rev_col, rev_perm to differentiate it"
-        )
-    grads = BackwardResult(*torch.ops.magnn_cpu.edge_attention_bwd(
-        grad_node, grad_edge, grad_lse, q, k, v, e, lse, node_out, rowptr, col, perm, rev_rowptr, rev_col, rev_perm,
-        bias, ebt_k, ebt_e, ebt_v, ctx.mode, ctx.ebt, ctx.clamp,
-    ))
-    need = ctx.needs_input_grad
-    cast = lambda grad, like, index: grad.to(like.dtype) if need[index] else None
-    with_ebt = ctx.ebt != "none"
-    return (
-        grads.dq if need[0] else None,
-        grads.dk if need[1] else None,
-        grads.dv if need[2] else None,
-        grads.de if need[3] else None,
-        None, None, None, None, None, None,  # rowptr, col, perm, rev_rowptr, rev_col, rev_perm
-        cast(grads.dbias, bias, 10) if bias is not None else None,
-        cast(grads.debt_k, ebt_k, 11) if with_ebt else None,
-        cast(grads.debt_e, ebt_e, 12) if with_ebt else None,
-        cast(grads.debt_v, ebt_v, 13) if with_ebt else None,
-        None, None, None, None,  # mode, ebt, clamp, mantissa_bits
-    )
 
 
 def edge_attention_fwd(q, k, v, e, rowptr, col, perm, rev_rowptr, rev_col, rev_perm, bias, ebt_k, ebt_e, ebt_v,

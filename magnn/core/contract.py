@@ -147,3 +147,74 @@ def fake_backward(q: Tensor, k: Tensor, v: Tensor, e: Tensor, bias: Optional[Ten
         debt_e=accumulation(ebt_e if with_ebt else None),
         debt_v=accumulation(ebt_v if with_ebt else None),
     ))
+
+
+# -- the registrations both backends share ----------------------------------------------
+
+def _forward_fake(q, k, v, e, rowptr, col, perm, rev_rowptr, rev_col, rev_perm, bias, ebt_k, ebt_e, ebt_v,
+                  mode, ebt, clamp, mantissa_bits):
+    return fake_forward(q, e, mantissa_bits)
+
+
+def _backward_fake(grad_node, grad_edge, grad_lse, q, k, v, e, lse, node_out, rowptr, col, perm,
+                   rev_rowptr, rev_col, rev_perm, bias, ebt_k, ebt_e, ebt_v, mode, ebt, clamp):
+    return fake_backward(q, k, v, e, bias, ebt_k, ebt_e, ebt_v, ebt)
+
+
+def _setup_context(ctx, inputs, output):
+    (q, k, v, e, rowptr, col, perm, rev_rowptr, rev_col, rev_perm,
+     bias, ebt_k, ebt_e, ebt_v, mode, ebt, clamp, _mantissa_bits) = inputs
+    result = ForwardResult(*output)
+    # the backward recomputes the scores from lse [N, 2, H]: nothing of size E x H x D is kept
+    ctx.save_for_backward(q, k, v, e, result.lse, result.node_out, rowptr, col, perm, rev_rowptr, rev_col,
+                          rev_perm, bias, ebt_k, ebt_e, ebt_v)
+    ctx.mode, ctx.ebt, ctx.clamp = mode, ebt, clamp
+    ctx.set_materialize_grads(False)  # an unused output's gradient stays None: no [E, H, D] zeros
+    ctx.mark_non_differentiable(*output[NUM_DIFFERENTIABLE_OUTPUTS:])
+
+
+def _backward_formula(namespace: str):
+    def formula(ctx, grad_node, grad_edge, grad_lse, *_stats_grads):
+        (q, k, v, e, lse, node_out, rowptr, col, perm, rev_rowptr, rev_col, rev_perm,
+         bias, ebt_k, ebt_e, ebt_v) = ctx.saved_tensors
+        if grad_node is None and grad_edge is None and grad_lse is None:
+            return (None,) * len(FORWARD_ARGS)
+        if rev_rowptr is None:
+            raise RuntimeError(
+                f"{namespace}::edge_attention_fwd ran without the reverse CSR (no input required a gradient at "
+                "call time); pass rev_rowptr, rev_col, rev_perm to differentiate it"
+            )
+        grads = BackwardResult(*getattr(torch.ops, namespace).edge_attention_bwd(
+            grad_node, grad_edge, grad_lse, q, k, v, e, lse, node_out, rowptr, col, perm,
+            rev_rowptr, rev_col, rev_perm, bias, ebt_k, ebt_e, ebt_v, ctx.mode, ctx.ebt, ctx.clamp,
+        ))
+        need = dict(zip(FORWARD_ARGS, ctx.needs_input_grad))
+        with_ebt = ctx.ebt != "none"
+
+        def cast(grad: Tensor, like: Optional[Tensor], name: str, present: bool = True) -> Optional[Tensor]:
+            # bias and EBT gradients come in the accumulation dtype; the input's dtype goes back
+            return grad.to(like.dtype) if present and like is not None and need[name] else None
+
+        given = {
+            "q": grads.dq if need["q"] else None,
+            "k": grads.dk if need["k"] else None,
+            "v": grads.dv if need["v"] else None,
+            "e": grads.de if need["e"] else None,
+            "bias": cast(grads.dbias, bias, "bias"),
+            "ebt_k": cast(grads.debt_k, ebt_k, "ebt_k", with_ebt),
+            "ebt_e": cast(grads.debt_e, ebt_e, "ebt_e", with_ebt),
+            "ebt_v": cast(grads.debt_v, ebt_v, "ebt_v", with_ebt),
+        }
+        return tuple(given.get(name) for name in FORWARD_ARGS)
+
+    return formula
+
+
+def register_fakes_and_autograd(namespace: str) -> None:
+    """The shape-only kernels and the autograd formula of `namespace`'s two ops, registered
+    through torch.library the same way for both compiled backends, so torch.compile,
+    opcheck and autograd treat them alike. Call once per process, after the ops exist."""
+    forward, backward = f"{namespace}::edge_attention_fwd", f"{namespace}::edge_attention_bwd"
+    torch.library.register_fake(forward, _forward_fake)
+    torch.library.register_fake(backward, _backward_fake)
+    torch.library.register_autograd(forward, _backward_formula(namespace), setup_context=_setup_context)
