@@ -2,8 +2,13 @@
 from __future__ import annotations
 
 import math
+import os
 
+import pytest
 import torch
+
+# backends CI demands (.ci/run sets cpu,triton): for those an unusable backend fails, never skips
+REQUIRED_BACKENDS = {name for name in os.environ.get("MAGNN_REQUIRE_BACKENDS", "").split(",") if name}
 
 
 def random_graph(num_nodes: int, num_edges: int, *, generator=None, isolated=0, self_loops=0, duplicates=0, hub=0,
@@ -113,3 +118,23 @@ def dense_edge_attention(q, k, v, e, edge_index, *, mode="gt", clamp=None, bias=
             else:
                 edge_out[edge] = attention[position].unsqueeze(-1) * messages[position]
     return node_out, edge_out
+
+
+def backend_unusable_reason(backend: str, device: torch.device, dtype=torch.float32):
+    """None if `backend` runs here on `device` tensors of `dtype`, else why not; fails the test
+    instead when MAGNN_REQUIRE_BACKENDS names the backend (a compiled path must not become a skip)."""
+    from magnn.functional import BACKENDS
+
+    if backend == "cpu" and device.type != "cpu":
+        return "the cpu backend runs on CPU tensors"
+    reason = BACKENDS[backend].reason_unavailable(device, dtype)
+    if reason is not None and backend in REQUIRED_BACKENDS:
+        pytest.fail(f"backend {backend!r} is required (MAGNN_REQUIRE_BACKENDS) but unusable: {reason}")
+    return reason
+
+
+def require_backend(backend: str, device: torch.device, dtype=torch.float32) -> None:
+    """Skips the test with the reason when `backend` cannot run here (fails if it is required)."""
+    reason = backend_unusable_reason(backend, device, dtype)
+    if reason is not None:
+        pytest.skip(f"backend {backend!r} unusable here: {reason}")

@@ -6,29 +6,21 @@ sets it), in which case the test fails: a compiled path must not silently
 turn into a skip.
 """
 import itertools
-import os
 
 import pytest
 import torch
 
-from helpers import random_graph, random_inputs
+from helpers import random_graph, random_inputs, require_backend
 from magnn import EdgeStats, Graph
-from magnn.functional import BACKENDS, edge_attention
+from magnn.functional import edge_attention
 from magnn.stats import reduce_rows
 
 FAST_BACKENDS = ["cpu", "triton"]
-REQUIRED = {name for name in os.environ.get("MAGNN_REQUIRE_BACKENDS", "").split(",") if name}
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _usable(backend: str, dtype=torch.float32):
-    if backend == "cpu" and DEVICE.type != "cpu":
-        pytest.skip("the cpu backend runs on CPU tensors")
-    reason = BACKENDS[backend].reason_unavailable(DEVICE, dtype)
-    if reason is not None:
-        if backend in REQUIRED:
-            pytest.fail(f"backend {backend!r} is required (MAGNN_REQUIRE_BACKENDS) but unusable: {reason}")
-        pytest.skip(f"backend {backend!r} unusable here: {reason}")
+    require_backend(backend, DEVICE, dtype)
 
 
 def _inputs(seed, mode, ebt, bias, dtype=torch.float32, scale=1.0):

@@ -1,25 +1,19 @@
 """Both compiled backends register one op contract (magnn/core/contract.py)."""
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
 
+from helpers import require_backend
 from magnn.core import contract
-from magnn.functional import BACKENDS
 
-REQUIRED = {name for name in os.environ.get("MAGNN_REQUIRE_BACKENDS", "").split(",") if name}
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _ops(backend: str):
     device = DEVICE if backend == "triton" else torch.device("cpu")
-    reason = BACKENDS[backend].reason_unavailable(device, torch.float32)
-    if reason is not None:
-        if backend in REQUIRED:
-            pytest.fail(f"backend {backend!r} is required (MAGNN_REQUIRE_BACKENDS) but unusable: {reason}")
-        pytest.skip(f"backend {backend!r} unusable here: {reason}")
+    require_backend(backend, device)
     namespace = getattr(torch.ops, contract.OP_NAMESPACES[backend])
     return namespace.edge_attention_fwd.default, namespace.edge_attention_bwd.default
 

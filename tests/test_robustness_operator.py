@@ -19,7 +19,6 @@ backend runs in the interpreter on CPU (tests/conftest.py sets TRITON_INTERPRET=
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 import torch
@@ -27,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import magnn.core.graph
-from helpers import random_graph, random_inputs
+from helpers import backend_unusable_reason, random_graph, random_inputs, require_backend
 from magnn import Graph
 from magnn.functional import BACKENDS, edge_attention
 from magnn.stats import reduce_rows
@@ -35,25 +34,17 @@ from magnn.stats import reduce_rows
 BACKEND_NAMES = ["torch", "cpu", "triton"]
 MODES = ["gt", "additive"]
 EBTS = [None, "edge", "slot"]
-REQUIRED = {name for name in os.environ.get("MAGNN_REQUIRE_BACKENDS", "").split(",") if name}
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 INF = math.inf
 
 
 def unusable_reason(backend: str):
     """None if `backend` runs here on float32; else why not (failing if it is required)."""
-    if backend == "cpu" and DEVICE.type != "cpu":
-        return "the cpu backend runs on CPU tensors"
-    reason = BACKENDS[backend].reason_unavailable(DEVICE, torch.float32)
-    if reason is not None and backend in REQUIRED:
-        pytest.fail(f"backend {backend!r} is required (MAGNN_REQUIRE_BACKENDS) but unusable: {reason}")
-    return reason
+    return backend_unusable_reason(backend, DEVICE)
 
 
 def usable(backend: str) -> None:
-    reason = unusable_reason(backend)
-    if reason is not None:
-        pytest.skip(f"backend {backend!r} unusable here: {reason}")
+    require_backend(backend, DEVICE)
 
 
 def leaves(q, k, v, e, bias=None, params=None, dtype=torch.float32):

@@ -15,8 +15,9 @@ import math
 import pytest
 import torch
 
+from helpers import require_backend
 from magnn.core.graph import Graph
-from magnn.functional import BACKENDS, edge_attention
+from magnn.functional import edge_attention
 from magnn.models import NON_EDGE_TYPE
 from magnn.models.san import (
     FakeEdges,
@@ -79,14 +80,9 @@ def _single_call_union(layer: SANAttention, x, graph: Graph, edge_attr, fake: Fa
     return node_out.reshape(num_nodes, -1), edge_out.reshape(num_union, -1)
 
 
-def _backend_params():
-    params = []
-    for name in ("torch", "cpu", "triton"):
-        dtype = torch.float32 if name == "triton" else torch.float64  # the Triton kernels take no float64
-        reason = BACKENDS[name].reason_unavailable(torch.device("cpu"), dtype)
-        marks = [pytest.mark.skip(reason=reason)] if reason else []
-        params.append(pytest.param(name, dtype, id=name, marks=marks))
-    return params
+# the Triton kernels take no float64: they run in float32
+BACKEND_DTYPES = [pytest.param(name, torch.float32 if name == "triton" else torch.float64, id=name)
+                  for name in ("torch", "cpu", "triton")]
 
 
 def _inputs(dtype, seed=0):
@@ -111,8 +107,9 @@ def _close(dtype):
 
 @pytest.mark.parametrize("fake_mode", ["full", "sampled"])
 @pytest.mark.parametrize("ebt", EBTS)
-@pytest.mark.parametrize("backend, dtype", _backend_params())
+@pytest.mark.parametrize("backend, dtype", BACKEND_DTYPES)
 def test_two_call_union_equals_the_single_call_union(backend, dtype, ebt, fake_mode):
+    require_backend(backend, torch.device("cpu"), dtype)
     torch.manual_seed(3)
     edge_index, batch, x, edge_attr, fake_attr = _inputs(dtype)
     layer = SANAttention(6, 2, 3, 4, ebt=ebt, clamp=2.0, backend=backend, ebt_init="standard_normal").to(dtype)
