@@ -1,18 +1,12 @@
 """Massive-activation statistics (SPEC §4): `EdgeStats`, `LogHistogram`, `collect`.
 
-A tapped tensor A ([rows, C] with C = H*D; rows are edges for the default tap
-`edge_out`) is reduced to a `RawStats`: plain integer histograms, a per-row
-ratio vector and a few scalars. Every backend produces the same `RawStats`;
-the reference computes it from the materialised tensor (`reduce_rows`), fast
-backends reduce it inside their kernels. `EdgeStats` owns the accumulated
-numbers and derives the rest (medians, max ratios, per-type counts).
+Every backend reduces a tapped tensor A ([rows, C], C = H*D) to a `RawStats`
+(`magnn.core.binning`: the binning, per-row lower medians and the reference
+reduction `reduce_rows` are defined there). `EdgeStats` owns the accumulated
+numbers and derives the rest (medians, max ratios, per-type counts); statistics
+reach it through `magnn.functional.edge_attention(stats=...)`, to which every
+`StatsTap` layer hands the collectors `collect` attached.
 
-Binning: a non-negative float32's bin is its bit pattern shifted right by
-23 - M (M mantissa bits kept), so each bin spans a relative width of 2^-M and
-histograms are exact integer counts that add across calls and processes.
-NaNs are counted, never binned. Per-row medians are lower medians
-(torch.median's convention) over the row's non-NaN values; a median of 0 is
-replaced by the smallest positive normal float32 so every ratio is finite.
 Statistics are taken on the values as stored (rounded to the output dtype),
 converted to float32.
 """
