@@ -13,8 +13,8 @@ import a backend directly.
 Statistics reach their `EdgeStats` here, in `edge_attention` (and, for the
 node tap of attention merged from several calls, in `merge_attention`):
 `stats=` takes one collector or several (e.g. nested `magnn.stats.collect`
-blocks). The backend reduces once per distinct tap, at the finest
-mantissa_bits asked for; each collector folds that in with `EdgeStats.add`,
+blocks). The backend reduces edge_out in its kernels (node_out, small, is
+reduced here when both taps are asked for), at the finest mantissa_bits asked for; each collector folds that in with `EdgeStats.add`,
 which coarsens the histograms exactly to its own resolution and applies its
 own threshold, min_abs, edge types and keep_edge_ratio.
 """
@@ -245,8 +245,8 @@ def edge_attention(
       ebt: None, "edge" or "slot"; ebt_params: (k', e', v'), each [H, D].
       stats: an `EdgeStats` to fill with this call's massive-activation statistics, or a
         list/tuple of them (each gets this call once, with its own settings). Collectors
-        with tap="edge" and tap="node" together cost one extra forward pass without
-        autograd for the second tap; different mantissa_bits cost nothing extra.
+        with tap="edge" and tap="node" together cost one reduction of node_out ([N, H*D]);
+        different mantissa_bits cost nothing extra.
       edge_types: per-edge types of this call for the per-type counts: an integer tensor
         [E] (caller's edge order) or one int for every edge. Collectors that count by
         edge type (those with `edge_types` set) use it for this call instead of their
@@ -276,29 +276,21 @@ def edge_attention(
         ebt=ebt,
         ebt_params=None if ebt is None else tuple(ebt_params),
     )
-    # one reduction per distinct tap, at the finest resolution any collector of that tap asks for
-    taps = []
-    for target in targets:
-        if target.tap not in taps:
-            taps.append(target.tap)
-    first_tap = taps[0] if taps else "edge"
+    # one reduction per tap, at the finest resolution any collector of that tap asks for: the
+    # backend reduces edge_out inside its kernels; node_out ([N, C], written anyway) is reduced
+    # here when edge-tap collectors take the backend's one in-kernel reduction
+    edge_bits, node_bits = _finest(targets, "edge"), _finest(targets, "node")
+    kernel_tap = "node" if edge_bits is None and node_bits is not None else "edge"
     # return_lse goes to the backend only when asked for: the default call is the plain contract
     node_out, edge_out, raw, *lse = implementation(
         q, k, v, e, graph, **options,
-        mantissa_bits=_finest(targets, first_tap), tap=first_tap,
+        mantissa_bits=edge_bits if kernel_tap == "edge" else node_bits, tap=kernel_tap,
         **({"return_lse": True} if return_lse else {}),
     )
     if targets:
-        raws = {first_tap: raw}
-        for tap in taps[1:]:
-            # the backend reduces one tap per pass: the other tap comes from a pass without autograd
-            with torch.no_grad():
-                detached = dict(options, bias=None if bias is None else bias.detach(),
-                                ebt_params=None if ebt is None else tuple(p.detach() for p in ebt_params))
-                _, _, raws[tap] = implementation(
-                    q.detach(), k.detach(), v.detach(), e.detach(), graph, **detached,
-                    mantissa_bits=_finest(targets, tap), tap=tap,
-                )
+        raws = {kernel_tap: raw}
+        if kernel_tap == "edge" and node_bits is not None:
+            raws["node"] = reduce_rows(node_out.detach().reshape(node_out.shape[0], q.shape[1] * q.shape[2]), node_bits)
         call_types = _call_edge_types(edge_types, graph.num_edges)
         add_to_all(targets, raws, heads=q.shape[1], edge_types=call_types)  # all collectors or none
     if return_lse:
