@@ -28,11 +28,9 @@ from .core.errors import (
     RunFailed,
     UserError,
     check_choice,
-    check_device,
-    check_output_folder,
+    check_environment,
     check_positive,
     check_seed,
-    input_folder,
     one_line,
     output_folder,
 )
@@ -233,9 +231,7 @@ def check_config(config: TrainConfig, *, environment: bool = True) -> None:
         if not config.fanouts or any(isinstance(f, bool) or not isinstance(f, int) or f < 1 for f in config.fanouts):
             raise UserError(f"--fanouts must be integers >= 1, got {config.fanouts!r}")
     if environment:
-        check_device(config.device)
-        input_folder(config.data_root, "--data-root")
-        check_output_folder(config.out, "--out")
+        check_environment(config.device, config.data_root, config.out)
 
 
 def _resolved_sizes(config: TrainConfig) -> dict:

@@ -128,6 +128,15 @@ def check_output_folder(path, option: str = "--out") -> None:
             break
 
 
+def check_environment(device: str, data_root, out) -> None:
+    """What a run's config depends on this machine for: the device exists, --data-root is
+    not a file, --out (when given) can become the output folder. Creates nothing."""
+    check_device(device)
+    input_folder(data_root, "--data-root")
+    if out is not None:
+        check_output_folder(out, "--out")
+
+
 def output_folder(path, option: str = "--out") -> Path:
     """Create the output folder `path` (and parents); UserError naming it when that is impossible."""
     check_output_folder(path, option)

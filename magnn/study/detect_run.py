@@ -13,10 +13,8 @@ from ..core.constants import MA_THRESHOLD, SPLITS
 from ..core.errors import (
     UserError,
     check_choice,
-    check_device,
-    check_output_folder,
+    check_environment,
     check_positive,
-    input_folder,
     output_folder,
 )
 
@@ -43,10 +41,7 @@ class DetectConfig:
         check_choice(self.split, SPLITS, "--split")
         check_positive(self.max_batches, "--max-batches", integer=True)
         check_positive(self.threshold, "--threshold")
-        check_device(self.device)
-        input_folder(self.data_root, "--data-root")
-        if self.out is not None:
-            check_output_folder(self.out, "--out")
+        check_environment(self.device, self.data_root, self.out)
         return self
 
 

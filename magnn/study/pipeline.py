@@ -28,11 +28,9 @@ from ..core.constants import (
 from ..core.errors import (
     UserError,
     check_choice,
-    check_device,
-    check_output_folder,
+    check_environment,
     check_positive,
     check_seed,
-    input_folder,
     output_folder,
 )
 
@@ -88,9 +86,7 @@ class StudyConfig:
         check_positive(self.threshold, "--threshold")
         check_positive(self.attack_steps, "--attack-steps", integer=True, allow_zero=True)
         check_seed(self.seed)
-        check_device(self.device)
-        input_folder(self.data_root, "--data-root")
-        check_output_folder(self.out, "--out")
+        check_environment(self.device, self.data_root, self.out)
         return self
 
 
