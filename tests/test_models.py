@@ -21,17 +21,8 @@ from magnn.models.san import SANAttention, full_fake_edges, sampled_fake_edges
 from magnn.stats import EdgeStats, collect
 
 # without the C++ CPU backend, backend="auto" falls back to the reference with a warning
-pytestmark = pytest.mark.filterwarnings("ignore:magnn. the cpu backend:RuntimeWarning")
-
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # the tensors here are tiny: extra intra-op threads only add contention (20x slower on a busy box)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [pytest.mark.filterwarnings("ignore:magnn. the cpu backend:RuntimeWarning"),
+              pytest.mark.usefixtures("one_thread")]
 
 
 INFOS = {

@@ -22,7 +22,8 @@ from magnn.core.graph import Graph
 from magnn.layers import FusedEdgeAttention
 from magnn.stats import EdgeStats, RawStats, add_to_all, coarsen_counts, collect, reduce_rows
 
-pytestmark = pytest.mark.filterwarnings("ignore:magnn. the cpu backend:RuntimeWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:magnn. the cpu backend:RuntimeWarning"),
+              pytest.mark.usefixtures("one_thread")]
 
 TOX21 = DatasetInfo("ogbg-moltox21", "graph_multilabel", 12, "ogb_atom", "ogb_bond")
 MODEL_NAMES = ("gt", "graphit", "san")
@@ -31,14 +32,6 @@ MODES = ("gt", "additive")
 SMALL = dict(num_layers=2, hidden=16, heads=4, backend="torch")
 # the class defaults (each model's positional encoding, SAN's fake edges) and the paper protocol
 CONFIGS = {"default": dict(pe_dim=4), "paper": dict(preset="paper")}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _molecule(num_nodes: int, bonds, generator) -> Data:

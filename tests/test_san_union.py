@@ -27,17 +27,10 @@ from magnn.models.san import (
 )
 from magnn.stats import EdgeStats, reduce_rows
 
-pytestmark = pytest.mark.filterwarnings("ignore:magnn. the cpu backend:RuntimeWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:magnn. the cpu backend:RuntimeWarning"),
+              pytest.mark.usefixtures("one_thread")]
 
 EBTS = (None, "edge", "slot")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _single_call_union(layer: SANAttention, x, graph: Graph, edge_attr, fake: FakeEdges, fake_attr, bias=None):
