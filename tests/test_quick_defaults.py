@@ -36,7 +36,7 @@ def test_cosine_schedule_warms_up_then_decays_to_one_percent():
 def test_quick_tox21_defaults_and_what_overrides_them():
     quick = TrainConfig(dataset="tox21", model="gt", preset="quick")
     assert training_settings(quick) == {
-        "lr": 1e-3, "schedule": "cosine", "warmup_epochs": 3, "batch_size": 128, "min_lr": 1e-6, "patience": 15}
+        "lr": 1e-3, "schedule": "cosine", "warmup_epochs": 3, "batch_size": 32, "min_lr": 1e-6, "patience": 15}
     assert model_overrides(quick)["dropout"] == 0.2 and model_overrides(quick)["num_layers"] == 4
     given = TrainConfig(dataset="tox21", model="gt", preset="quick", lr=5e-4, schedule="plateau",
                         overrides={"dropout": 0.0})
