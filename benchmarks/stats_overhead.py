@@ -12,13 +12,19 @@ steps of forward alone and of forward + backward (torch.autograd.grad of the inp
 the line printed is `IMPL fwd_ms fwdbwd_ms` (medians). Thread count: OMP_NUM_THREADS / torch's.
 
 Meant to be run as a whole process, twice in turn (A B A B ...), so that two
-implementations are compared pair by pair on a machine whose speed drifts.
+implementations are compared pair by pair on a machine whose speed drifts:
+
+    python benchmarks/stats_overhead.py --pair A B [--pairs 3]
+
+does that and prints the medians and the per-pair ratio B / A (median [min-max]).
 """
 from __future__ import annotations
 
 import argparse
 import math
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
@@ -86,13 +92,44 @@ def make_step(impl: str, nodes: int, edges: int):
     return step
 
 
+def run_once(impl: str, args) -> tuple[float, float]:
+    """One whole process of this script for `impl`: its (fwd_ms, fwdbwd_ms)."""
+    command = [sys.executable, __file__, impl, "--reps", str(args.reps), "--nodes", str(args.nodes),
+               "--edges", str(args.edges)]
+    fields = subprocess.run(command, capture_output=True, text=True, check=True).stdout.split()
+    return float(fields[1]), float(fields[2])
+
+
+def compare(first: str, second: str, args) -> None:
+    """`--pair A B`: A B A B ... as whole processes, --pairs times; prints each pair and, per pass,
+    both medians and the ratio B / A taken pair by pair: median [min-max]."""
+    rows = []
+    for _ in range(args.pairs):
+        rows.append((run_once(first, args), run_once(second, args)))
+        print(f"  {first} {rows[-1][0][0]:.1f} {rows[-1][0][1]:.1f} | {second} {rows[-1][1][0]:.1f} "
+              f"{rows[-1][1][1]:.1f}", flush=True)
+    for index, name in enumerate(("fwd", "fwd+bwd")):
+        a = [row[0][index] for row in rows]
+        b = [row[1][index] for row in rows]
+        ratios = [y / x for x, y in zip(a, b)]
+        print(f"{name}: {first} {statistics.median(a):.1f} ms, {second} {statistics.median(b):.1f} ms, "
+              f"{second}/{first} {statistics.median(ratios):.2f} [{min(ratios):.2f}-{max(ratios):.2f}]", flush=True)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("impl", choices=IMPLS)
+    parser.add_argument("impl", choices=IMPLS, nargs="?")
+    parser.add_argument("--pair", nargs=2, choices=IMPLS, metavar=("A", "B"),
+                        help="compare two implementations, alternated as whole processes")
+    parser.add_argument("--pairs", type=int, default=3, help="with --pair: how many A B rounds")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--nodes", type=int, default=20_000)
     parser.add_argument("--edges", type=int, default=300_000, help="undirected edges (directed: twice as many)")
     args = parser.parse_args(argv)
+    if (args.impl is None) == (args.pair is None):
+        parser.error("give one IMPL or --pair A B")
+    if args.pair:
+        return compare(*args.pair, args)
     step = make_step(args.impl, args.nodes, args.edges)
     step(True)  # warm-up: extension load, allocator, first-call paths
     times: dict[bool, list[float]] = {False: [], True: []}

@@ -41,6 +41,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <memory>
@@ -51,6 +52,10 @@
 #include <vector>
 
 #include "row_stats.h"
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 namespace magnn_cpu {
 namespace {
@@ -93,6 +98,28 @@ std::vector<int64_t> balanced_blocks(const int64_t* rowptr, int64_t num_nodes) {
   }
   bounds.push_back(num_nodes);
   return bounds;
+}
+
+// A new tensor like at::empty whose large buffer asks Linux for transparent huge pages before any
+// of it is touched (madvise MADV_HUGEPAGE on the 2 MB-aligned part; with THP in "madvise" mode, a
+// common default, nothing is huge otherwise). The [E, H, D] outputs are written, and the backward's
+// per-edge buffers read, in an order that jumps over the whole tensor: with 4 kB pages nearly every
+// row is a TLB miss, and a fresh buffer costs one page fault per 4 kB. Advice only: where the
+// kernel or the allocator does not follow it, the tensor is an ordinary one. MAGNN_NO_HUGEPAGES=1
+// turns it off (with THP's defrag setting "madvise", a fault in an advised region may compact
+// memory first, which can stall when memory is fragmented).
+Tensor empty_huge(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  Tensor t = at::empty(sizes, options);
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  const char* off = std::getenv("MAGNN_NO_HUGEPAGES");
+  if (off && off[0] && off[0] != '0') return t;
+  constexpr uintptr_t kHuge = uintptr_t(1) << 21;
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(t.data_ptr());
+  const uintptr_t end = begin + t.nbytes();
+  const uintptr_t first = (begin + kHuge - 1) & ~(kHuge - 1), last = end & ~(kHuge - 1);
+  if (t.nbytes() >= 2 * kHuge && last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);
+#endif
+  return t;
 }
 
 // Runs worker(claim) on every intra-op thread; claim() hands out the next
@@ -574,8 +601,12 @@ void edge_attention_fwd_kernel(const Problem<scalar_t, acc_t>& pb, const Endpoin
 // ---------------------------------------------------------------------------
 template <typename scalar_t, typename acc_t>
 struct Grads {
+  // gradients of the outputs, read in place as rows [H, D] at a fixed row stride (elements): C for
+  // a contiguous tensor, 0 for one broadcast over its rows (the gradient of out.sum()), see grad_rows
   const scalar_t* grad_node;  // never null (zeros when the output had no gradient)
   const scalar_t* grad_edge;  // may be null: zero
+  int64_t grad_node_stride;
+  int64_t grad_edge_stride;
   const acc_t* lse;
   const acc_t* grad_lse;  // [N, 2, H] (only [:, 1, :] is read); null: zero
   const int64_t* rev_rowptr;
@@ -666,7 +697,7 @@ void edge_attention_bwd_dst_kernel(const Problem<scalar_t, acc_t>& pb, const Gra
           continue;
         }
         load_query(pb, node, query.data(), beta.data(), shift.data());
-        for (int64_t c = 0; c < C; ++c) grad_out[c] = static_cast<acc_t>(g.grad_node[node * C + c]);
+        for (int64_t c = 0; c < C; ++c) grad_out[c] = static_cast<acc_t>(g.grad_node[node * g.grad_node_stride + c]);
         const acc_t* node_lse = g.lse + node * 2 * H;
         std::fill(delta.begin(), delta.end(), acc_t(0));
         std::fill(attention_sum.begin(), attention_sum.end(), acc_t(0));
@@ -691,14 +722,14 @@ void edge_attention_bwd_dst_kernel(const Problem<scalar_t, acc_t>& pb, const Gra
             prefetch_read(pb.e + ahead * C, row_bytes);
             prefetch_read(pb.k + ahead_src * C, row_bytes);
             prefetch_read(pb.v + ahead_src * C, row_bytes);
-            if (g.grad_edge) prefetch_read(g.grad_edge + ahead * C, row_bytes);
+            if (g.grad_edge_stride) prefetch_read(g.grad_edge + ahead * g.grad_edge_stride, row_bytes);
             prefetch_write(g.edge_grad + ahead * 2 * H, 2 * H * static_cast<int64_t>(sizeof(acc_t)));
           }
           const int64_t edge = pb.perm[p];
           edge_terms(pb, query.data(), shift.data(), pb.col[p], edge, logits.data(), msg.data(), term.data());
           // additive: edge_out = a * message, so its gradient joins the message's
           if (!gt && g.grad_edge) {
-            const scalar_t* grad_row = g.grad_edge + edge * C;
+            const scalar_t* grad_row = g.grad_edge + edge * g.grad_edge_stride;
             for (int64_t c = 0; c < C; ++c) msg[C + c] = (grad_out[c] + static_cast<acc_t>(grad_row[c])) * msg[c];
           } else {
             for (int64_t c = 0; c < C; ++c) msg[C + c] = grad_out[c] * msg[c];
@@ -752,7 +783,7 @@ void edge_attention_bwd_dst_kernel(const Problem<scalar_t, acc_t>& pb, const Gra
           if (g.dbias && !pb.bias_per_head) g.dbias[edge] = bias_grad;
           const scalar_t* key = pb.k + pb.col[p] * C;
           const scalar_t* feat = pb.e + edge * C;
-          const scalar_t* grad_row = g.grad_edge ? g.grad_edge + edge * C : nullptr;
+          const scalar_t* grad_row = g.grad_edge ? g.grad_edge + edge * g.grad_edge_stride : nullptr;
           if (gt) {
             if (grad_row)
               gt_dst_edge<true>(C, key, feat, grad_row, dl_c.data(), dq_acc.data(), dshift.data());
@@ -875,9 +906,9 @@ void edge_attention_bwd_src_kernel(const Problem<scalar_t, acc_t>& pb, const Gra
             const int64_t ahead = g.rev_perm[r + kPrefetchDistance];
             const int64_t ahead_dst = g.rev_col[r + kPrefetchDistance];
             if (gt) prefetch_read(pb.e + ahead * C, row_bytes);
-            if (g.grad_edge) prefetch_read(g.grad_edge + ahead * C, row_bytes);
+            if (g.grad_edge_stride) prefetch_read(g.grad_edge + ahead * g.grad_edge_stride, row_bytes);
             prefetch_read(pb.q + ahead_dst * C, row_bytes);
-            prefetch_read(g.grad_node + ahead_dst * C, row_bytes);
+            if (g.grad_node_stride) prefetch_read(g.grad_node + ahead_dst * g.grad_node_stride, row_bytes);
             prefetch_read(g.edge_grad + ahead * 2 * H, 2 * H * static_cast<int64_t>(sizeof(acc_t)));
             prefetch_write(g.de + ahead * C, row_bytes);
           }
@@ -891,8 +922,8 @@ void edge_attention_bwd_src_kernel(const Problem<scalar_t, acc_t>& pb, const Gra
             }
           }
           const scalar_t* query = pb.q + dst * C;
-          const scalar_t* grad_out = g.grad_node + dst * C;
-          const scalar_t* grad_row = g.grad_edge ? g.grad_edge + edge * C : nullptr;
+          const scalar_t* grad_out = g.grad_node + dst * g.grad_node_stride;
+          const scalar_t* grad_row = g.grad_edge ? g.grad_edge + edge * g.grad_edge_stride : nullptr;
           const scalar_t* feat = pb.e + edge * C;
           if (gt) {
             if (grad_row)
@@ -1055,12 +1086,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
   TORCH_CHECK(mantissa_bits <= 23, "magnn_cpu: mantissa_bits must be in [0, 23]");
   const auto acc_type = at::toOpMathType(q.scalar_type());
   Tensor node_out = at::empty_like(s.q);
-  Tensor edge_out = at::empty_like(s.e);
+  Tensor edge_out = empty_huge(s.e.sizes(), s.e.options());
   Tensor lse = at::empty({s.num_nodes, 2, s.heads}, q.options().dtype(acc_type));
   // per-edge logits between the caller-order and the CSR passes; freed on return
-  Tensor logit_buffer = at::empty({s.num_edges, s.heads}, q.options().dtype(acc_type));
+  Tensor logit_buffer = empty_huge({s.num_edges, s.heads}, q.options().dtype(acc_type));
   // each edge's src and dst in the caller's order, for the caller-order passes; freed on return
-  Tensor endpoints = at::empty({s.num_edges, 2}, q.options().dtype(at::kLong));
+  Tensor endpoints = empty_huge({s.num_edges, 2}, q.options().dtype(at::kLong));
   const Endpoints ends{endpoints.data_ptr<int64_t>()};
   scatter_endpoints(rowptr.data_ptr<int64_t>(), col.data_ptr<int64_t>(), perm.data_ptr<int64_t>(), s.num_nodes, ends);
   const bool with_stats = mantissa_bits >= 0;
@@ -1101,6 +1132,27 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
   return {node_out, edge_out, lse, hist_abs, hist_ratio, row_ratio, row_max_abs, nan_count, max_abs, argmax};
 }
 
+// An output gradient [rows, H, D] as rows the kernels read in place: the returned tensor's data
+// and *row_stride (elements between consecutive rows). Rows that are contiguous [H, D] blocks in
+// the wanted dtype are used where they lie, at the tensor's own row stride; a gradient broadcast
+// over its rows (row stride 0: the gradient of out.sum() or out.mean()) keeps stride 0, so its one
+// row is read for every edge instead of being materialised as [E, H, D]; anything else is copied
+// to a contiguous tensor (row stride H D).
+Tensor grad_rows(const Tensor& grad, at::ScalarType dtype, int64_t* row_stride) {
+  const int64_t heads = grad.size(1), head_dim = grad.size(2);
+  const bool rows_contiguous = (heads == 1 || grad.stride(1) == head_dim) && (head_dim == 1 || grad.stride(2) == 1);
+  if (grad.size(0) > 0 && grad.scalar_type() == dtype && rows_contiguous) {
+    *row_stride = grad.stride(0);
+    return grad;
+  }
+  if (grad.size(0) > 0 && grad.stride(0) == 0) {
+    *row_stride = 0;
+    return grad.select(0, 0).to(dtype).contiguous().unsqueeze(0);
+  }
+  *row_stride = heads * head_dim;
+  return grad.to(dtype).contiguous();
+}
+
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> edge_attention_bwd(
     const std::optional<Tensor>& grad_node, const std::optional<Tensor>& grad_edge,
     const std::optional<Tensor>& grad_lse, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& e,
@@ -1126,27 +1178,29 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> edge_
     grad_lse_c = grad_lse->to(acc_type).contiguous();
   }
   Tensor grad_node_c, grad_edge_c;
+  int64_t grad_node_stride = s.heads * s.head_dim, grad_edge_stride = s.heads * s.head_dim;
   if (grad_node.has_value() && grad_node->defined()) {
     TORCH_CHECK(grad_node->sizes() == q.sizes(), "magnn_cpu: grad_node must be [N, H, D]");
-    grad_node_c = grad_node->to(q.scalar_type()).contiguous();
+    grad_node_c = grad_rows(*grad_node, q.scalar_type(), &grad_node_stride);
   } else {
-    grad_node_c = at::zeros_like(s.q);  // [N, H, D] is small; it keeps the loops branch-free
+    grad_node_c = at::zeros({1, s.heads, s.head_dim}, s.q.options());  // one zero row for every node
+    grad_node_stride = 0;
   }
   if (grad_edge.has_value() && grad_edge->defined()) {
     TORCH_CHECK(grad_edge->sizes() == e.sizes(), "magnn_cpu: grad_edge must be [E, H, D]");
-    grad_edge_c = grad_edge->to(q.scalar_type()).contiguous();
+    grad_edge_c = grad_rows(*grad_edge, q.scalar_type(), &grad_edge_stride);
   }
   Tensor dq = at::empty_like(s.q);
   Tensor dk = at::empty_like(s.k);
   Tensor dv = at::empty_like(s.v);
-  Tensor de = at::empty_like(s.e);
+  Tensor de = empty_huge(s.e.sizes(), s.e.options());
   Tensor dbias = s.bias.defined() ? at::empty_like(s.bias) : at::empty({0}, q.options().dtype(acc_type));
   const auto param_options = q.options().dtype(acc_type);
   const bool with_ebt = s.ebt != Ebt::kNone;
   Tensor dk_b = at::empty(with_ebt ? std::vector<int64_t>{s.heads, s.head_dim} : std::vector<int64_t>{0}, param_options);
   Tensor de_b = at::empty_like(dk_b);
   Tensor dv_b = at::empty_like(dk_b);
-  Tensor edge_grad = at::empty({s.num_edges, 2, s.heads}, param_options);
+  Tensor edge_grad = empty_huge({s.num_edges, 2, s.heads}, param_options);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "edge_attention_bwd", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -1154,6 +1208,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> edge_
     Grads<scalar_t, acc_t> g;
     g.grad_node = grad_node_c.data_ptr<scalar_t>();
     g.grad_edge = grad_edge_c.defined() ? grad_edge_c.data_ptr<scalar_t>() : nullptr;
+    g.grad_node_stride = grad_node_stride;
+    g.grad_edge_stride = grad_edge_c.defined() ? grad_edge_stride : 0;
     g.lse = lse_c.data_ptr<acc_t>();
     g.grad_lse = grad_lse_c.defined() ? grad_lse_c.data_ptr<acc_t>() : nullptr;
     g.rev_rowptr = rev_rowptr.data_ptr<int64_t>();

@@ -181,13 +181,14 @@ __attribute__((target("avx512f"), always_inline)) inline void bitonic_stage(__m5
   }
 }
 
-template <int k, int j>
+// every stage from (k, j) on, up to blocks of kLast keys
+template <int k, int j, int kLast = 64>
 __attribute__((target("avx512f"), always_inline)) inline void bitonic_stages(__m512i* reg, __m512i lane) {
   bitonic_stage<k, j>(reg, lane);
   if constexpr (j > 1) {
-    bitonic_stages<k, j / 2>(reg, lane);
-  } else if constexpr (k < 64) {
-    bitonic_stages<2 * k, k>(reg, lane);
+    bitonic_stages<k, j / 2, kLast>(reg, lane);
+  } else if constexpr (k < kLast) {
+    bitonic_stages<2 * k, k, kLast>(reg, lane);
   }
 }
 
@@ -200,10 +201,27 @@ __attribute__((target("avx512f"))) inline uint32_t select_kth_bitonic64(const ui
     reg[r] = _mm512_mask_loadu_epi32(pad, valid, keys + 16 * r);
   }
   const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-  bitonic_stages<2, 1>(reg, lane);
+  // sorted halves (32 keys ascending, then 32 descending), then the last merge's first stage, which
+  // leaves the 32 smallest keys in registers 0 and 1
+  bitonic_stages<2, 1, 32>(reg, lane);
+  bitonic_stage<64, 32>(reg, lane);
+  if (kth == 31) return _mm512_reduce_max_epu32(_mm512_max_epu32(reg[0], reg[1]));  // 64 keys: the largest of those
+  bitonic_stages<64, 16>(reg, lane);
   alignas(64) uint32_t sorted[64];
   for (int r = 0; r < 4; ++r) _mm512_store_si512(sorted + 16 * r, reg[r]);
   return sorted[kth];
+}
+
+// The first index c < n with keys[c] == wanted (n if none), 16 keys per compare.
+__attribute__((target("avx512f"))) inline int64_t find_first_avx512(const uint32_t* keys, int64_t n, uint32_t wanted) {
+  const __m512i target = _mm512_set1_epi32(static_cast<int>(wanted));
+  for (int64_t base = 0; base < n; base += 16) {
+    const int64_t left = n - base;
+    const __mmask16 valid = left >= 16 ? __mmask16(0xffff) : __mmask16((1u << left) - 1);
+    const __mmask16 hit = _mm512_mask_cmpeq_epi32_mask(valid, _mm512_maskz_loadu_epi32(valid, keys + base), target);
+    if (hit) return base + __builtin_ctz(hit);
+  }
+  return n;
 }
 
 inline bool avx512_usable() {
@@ -284,6 +302,11 @@ struct RowStatsPartial {
     if (pending_rows == flush_rows) flush();
     ++pending_rows;
     const int64_t C = channels;
+    // locals: the counters are uint32_t, which may alias the int members, so the compiler would
+    // reload `shift` and the buffers' pointers after every increment
+    const int sh = shift;
+    uint32_t* __restrict__ abs_counts = count_abs.data();
+    uint32_t* __restrict__ ratio_counts = count_ratio.data();
     uint32_t* __restrict__ key = keys.data();
     // |a| as bit patterns: the sign cleared; a NaN is above the pattern of +inf
     constexpr uint32_t kInf = 0x7f800000u;
@@ -317,9 +340,22 @@ struct RowStatsPartial {
       row_ratio[row] = std::numeric_limits<float>::quiet_NaN();
       return;
     }
-    for (int64_t c = 0; c < n_valid; ++c) ++count_abs[select[c] >> shift];
+    {
+      uint32_t* __restrict__ bins = scratch.data();  // bins first (vectorised), then the increments
+      for (int64_t c = 0; c < n_valid; ++c) bins[c] = select[c] >> sh;
+#pragma GCC unroll 8
+      for (int64_t c = 0; c < n_valid; ++c) ++abs_counts[bins[c]];
+    }
     int64_t row_arg = 0;  // the first channel holding the row's max, like torch.argmax
+#ifdef MAGNN_X86_AVX512
+    if constexpr (kAvx512) {
+      row_arg = find_first_avx512(key, C, key_max);
+    } else {
+      while (key[row_arg] != key_max) ++row_arg;
+    }
+#else
     while (key[row_arg] != key_max) ++row_arg;
+#endif
     const float row_max = key_float(key_max);
     row_max_abs[row] = row_max;
     const int64_t flat = row * C + row_arg;
@@ -348,16 +384,17 @@ struct RowStatsPartial {
       for (int64_t c = 0; c < C; ++c) {
         // a NaN entry stays out; a NaN ratio from a valid entry (inf / inf) is binned
         if (key[c] > kInf) continue;
-        ++count_ratio[stats_bin(ratio[c], shift)];
+        ++ratio_counts[stats_bin(ratio[c], sh)];
       }
     } else {
       uint32_t* __restrict__ bins = scratch.data();  // free again after the selection
       for (int64_t c = 0; c < C; ++c) {
         uint32_t bits;
         std::memcpy(&bits, ratio + c, sizeof(bits));
-        bins[c] = (bits & 0x7fffffffu) >> shift;
+        bins[c] = (bits & 0x7fffffffu) >> sh;
       }
-      for (int64_t c = 0; c < C; ++c) ++count_ratio[bins[c]];
+#pragma GCC unroll 8
+      for (int64_t c = 0; c < C; ++c) ++ratio_counts[bins[c]];
     }
     // rounding is monotone, so max_c fl(|a_c| / med) = fl(max_c |a_c| / med); inf / inf gives NaN as amax would
     row_ratio[row] = row_max / median;

@@ -8,6 +8,7 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import nn
 
+from .core import hugepages
 from .core.constants import EBT_INITS, check_ebt, check_mode
 from .core.errors import UserError
 from .core.graph import Graph
@@ -154,7 +155,7 @@ class FusedEdgeAttention(StatsTap, nn.Module):
         q = self.lin_q(x).view(shape)
         k = self.lin_k(x).view(shape)
         v = self.lin_v(x).view(shape)
-        e = self.lin_e(edge_attr).view(edge_attr.shape[0], self.heads, self.head_dim)
+        e = hugepages.project(self.lin_e, edge_attr).view(edge_attr.shape[0], self.heads, self.head_dim)
         ebt_params = None if self.ebt is None else (self.ebt_k, self.ebt_e, self.ebt_v)
         targets = self.stats_targets(stats)
         num_nodes = None if isinstance(edge_index, Graph) else x.shape[0]
@@ -317,7 +318,7 @@ class TransformerConv(StatsTap, nn.Module):
         if self.lin_edge is not None:
             if edge_attr is None:
                 raise LayerInputError(f"this layer was built with edge_dim={self.edge_dim}: pass edge_attr [E, {self.edge_dim}]")
-            edge = self.lin_edge(edge_attr).view(-1, heads, channels)
+            edge = hugepages.project(self.lin_edge, edge_attr).view(-1, heads, channels)
         else:
             if edge_attr is not None:
                 raise LayerInputError("edge_attr given, but the layer was built without edge_dim; pass edge_dim= to use it")

@@ -228,6 +228,61 @@ def test_non_contiguous_inputs_and_mixed_bias_dtype():
     assert results["cpu"][6].dtype == torch.float64  # the bias gradient keeps the bias dtype
 
 
+def output_gradient_layouts(shape, gen):
+    """Gradients of one [rows, H, D] output in the layouts autograd hands the backward, each with
+    its contiguous float32 copy: broadcast over rows (out.sum()), rows at a larger stride (a slice),
+    transposed inner dims, another dtype, a single broadcast value."""
+    rows, heads, dim = shape
+    row = torch.randn(1, heads, dim, generator=gen)
+    wide = torch.randn(rows, heads, dim + 3, generator=gen)
+    swapped = torch.randn(rows, dim, heads, generator=gen).transpose(1, 2)
+    layouts = {
+        "broadcast": row.expand(rows, heads, dim),
+        "strided_rows": wide[:, :, :dim],
+        "every_other_row": torch.randn(2 * rows, heads, dim, generator=gen)[::2],
+        "transposed": swapped,
+        "float64": torch.randn(rows, heads, dim, generator=gen, dtype=torch.float64),
+        "broadcast_float64": row.double().expand(rows, heads, dim),
+        "scalar": torch.tensor(0.7).expand(rows, heads, dim),
+    }
+    return {name: (grad, grad.float().contiguous()) for name, grad in layouts.items()}
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("ebt", EBTS)
+def test_backward_reads_output_gradients_in_any_layout(mode, ebt):
+    """The backward reads broadcast and strided output gradients where they lie (no [E, H, D]
+    copy); every layout gives bit for bit the gradients of its contiguous copy."""
+    graph = tricky_graph(seed=31)
+    q, k, v, e, _, params = make_inputs(graph, dtype=torch.float32, ebt=ebt, seed=32)
+    gen = torch.Generator().manual_seed(33)
+    leaves = [q, k, v, e, *(params or ())]
+
+    def grads(grad_node, grad_edge):
+        node_out, edge_out = edge_attention(q, k, v, e, graph, mode=mode, ebt=ebt, ebt_params=params,
+                                            backend="cpu")
+        return torch.autograd.grad([node_out, edge_out], leaves, [grad_node, grad_edge])
+
+    node_layouts = output_gradient_layouts(tuple(q.shape), gen)
+    edge_layouts = output_gradient_layouts(tuple(e.shape), gen)
+    for name in edge_layouts:
+        (node_grad, node_copy), (edge_grad, edge_copy) = node_layouts[name], edge_layouts[name]
+        if name not in ("float64", "broadcast_float64"):
+            assert edge_grad.dtype == torch.float32 and not edge_grad.is_contiguous(), name
+        got, want = grads(node_grad, edge_grad), grads(node_copy, edge_copy)
+        for index, (a, b) in enumerate(zip(got, want)):
+            assert torch.equal(a, b), (name, index)
+    # the out.sum() case end to end, against the reference backend
+    reference = [t.detach().double().requires_grad_() for t in leaves]
+    out_ref = edge_attention(*reference[:4], graph, mode=mode, ebt=ebt,
+                             ebt_params=tuple(reference[4:]) or None, backend="torch")
+    want = torch.autograd.grad([o.sum() for o in out_ref], reference)
+    out = edge_attention(q, k, v, e, graph, mode=mode, ebt=ebt, ebt_params=params, backend="cpu")
+    got = torch.autograd.grad([o.sum() for o in out], leaves)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.double(), b, rtol=2e-4, atol=2e-4)
+
+
 @pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16))
 @pytest.mark.parametrize("mode", MODES)
 def test_half_precision_inputs(dtype, mode):
