@@ -53,6 +53,16 @@ def test_linear_falls_back_where_it_would_differ():
     assert torch.equal(grad_x, torch.autograd.grad(F.linear(x, weight.detach()).sum(), (x,))[0])
 
 
+def test_linear_runs_under_torch_func_transforms():
+    x, weight = big_inputs()
+    x, weight = x.detach(), weight.detach()
+    grad = torch.func.grad(lambda w: hugepages.linear(x, w).square().sum())(weight)
+    assert torch.equal(grad, torch.func.grad(lambda w: F.linear(x, w).square().sum())(weight))
+    stacked = x.view(2, -1, x.shape[1])
+    batched = torch.vmap(lambda rows: hugepages.linear(rows, weight))(stacked)
+    assert torch.equal(batched, torch.vmap(lambda rows: F.linear(rows, weight))(stacked))
+
+
 def test_project_keeps_module_hooks_and_subclasses():
     x, _ = big_inputs()
     linear = nn.Linear(x.shape[1], 64, bias=False)

@@ -103,14 +103,25 @@ class _HugePageLinear(torch.autograd.Function):
         return grad_x, grad_weight
 
 
+def _under_functorch(*tensors: torch.Tensor) -> bool:
+    """True inside torch.func transforms (vmap, grad, jvp, ...), which autograd.Functions without
+    their own transform rules cannot run under; unknown (an older or newer torch): assume yes."""
+    try:
+        from torch._C._functorch import is_functorch_wrapped_tensor
+    except ImportError:
+        return True
+    return any(is_functorch_wrapped_tensor(t) for t in tensors)
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """`F.linear(x, weight, bias)` whose [rows, out] result asks for huge pages: the edge
     projections feeding the kernels. Falls back to F.linear wherever that would not be the same
     computation or does not pay: a bias, another device, not 2-D, a non-contiguous x, mixed
-    dtypes, autocast, torch.compile tracing, results under 4 MB."""
+    dtypes, autocast, torch.compile tracing, torch.func transforms, results under 4 MB."""
     if (bias is not None or x.device.type != "cpu" or x.dim() != 2 or weight.dim() != 2 or not x.is_contiguous()
             or x.dtype != weight.dtype or x.shape[0] * weight.shape[0] * x.element_size() < MIN_BYTES
-            or torch.compiler.is_compiling() or _autocast_on() or _libc_madvise() is None or disabled()):
+            or torch.compiler.is_compiling() or _autocast_on() or _libc_madvise() is None or disabled()
+            or _under_functorch(x, weight)):
         return F.linear(x, weight, bias)
     return _HugePageLinear.apply(x, weight)
 
