@@ -45,6 +45,8 @@ import subprocess
 import sys
 import time
 
+from procstatus import status_kib  # benchmarks/procstatus.py, beside this script
+
 REAL_NODES = 132_534
 REAL_EDGES = 79_122_504  # directed
 HIDDEN = {"gt": 64, "graphit": 88, "san": 88}
@@ -160,14 +162,6 @@ def print_plan(limit_gb: float = 80.0) -> list[dict]:
 
 # -- measuring one step -------------------------------------------------------------------
 
-def _rss_kib(field: str) -> int:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
 def measure_step(model_name: str, device: str, dtype: str, checkpointing: bool, fused: bool, nodes: int,
                  degree: int, backend: str = "auto", steps: int = 1, stats: bool = True) -> dict:
     """One configuration, in this process: warm-up step, then `steps` measured steps."""
@@ -216,12 +210,12 @@ def measure_step(model_name: str, device: str, dtype: str, checkpointing: bool, 
     else:
         with open("/proc/self/clear_refs", "w") as handle:
             handle.write("5")  # reset the peak resident set mark
-        before = _rss_kib("VmRSS") * 1024
+        before = status_kib("VmRSS") * 1024
     times = [step(stats) for _ in range(steps)]
     if dev.type == "cuda":
         peak = torch.cuda.max_memory_allocated()
     else:
-        peak = _rss_kib("VmHWM") * 1024
+        peak = status_kib("VmHWM") * 1024
     other = [step(not stats) for _ in range(steps)] if dev.type == "cuda" else []
     result = {
         "model": model_name, "device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu",

@@ -28,19 +28,13 @@ import sys
 import time
 from pathlib import Path
 
+from procstatus import status_kib  # benchmarks/procstatus.py, beside this script
+
 IMPLS = ("cpu", "torch", "pyg")
 HEADS, HEAD_DIM, AVERAGE_DEGREE = 8, 8, 30
 # step peak in bytes per edge, measured on the 600k-edge graph and rounded up: what --max-gb is checked against
 PEAK_BYTES_PER_EDGE = {"cpu": 900, "torch": 4000, "pyg": 2200}
 DEFAULT_SIZES = "1e4,3e4,1e5,3e5,1e6,2e6,4e6"
-
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
 
 
 def measure_here(impl: str, num_edges: int, reps: int) -> dict:
@@ -80,9 +74,9 @@ def measure_here(impl: str, num_edges: int, reps: int) -> dict:
             outputs = edge_attention(q, k, v, e, graph, mode="gt", stats=EdgeStats(), backend=impl)
         torch.autograd.grad([o.sum() for o in outputs], inputs)
 
-    baseline = _status_kib("VmRSS")
+    baseline = status_kib("VmRSS")
     step()  # also the warm-up
-    peak = _status_kib("VmHWM")
+    peak = status_kib("VmHWM")
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()

@@ -25,6 +25,8 @@ import sys
 import pytest
 import torch
 
+from procstatus import status_kib  # benchmarks/procstatus.py, beside this script
+
 NUM_NODES, NUM_EDGES, HEADS, HEAD_DIM = 50_000, 1_000_000, 8, 8
 BACKENDS = ("torch", "cpu")
 
@@ -53,23 +55,15 @@ def step(problem, backend: str):
     return stats, grads
 
 
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
 def _measure_memory_in_this_process(backend: str) -> dict:
     if backend == "cpu":
         from magnn.backends import cpu as cpu_backend
 
         cpu_backend.build()  # load the library before the baseline: it is not the step's memory
     problem = make_problem()
-    baseline = _status_kib("VmRSS")
+    baseline = status_kib("VmRSS")
     step(problem, backend)
-    peak = _status_kib("VmHWM")
+    peak = status_kib("VmHWM")
     return {"peak_rss_mb": peak / 1024, "baseline_rss_mb": baseline / 1024, "step_peak_mb": (peak - baseline) / 1024}
 
 

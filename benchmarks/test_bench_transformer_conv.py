@@ -31,6 +31,8 @@ from functools import lru_cache
 import pytest
 import torch
 
+from procstatus import status_kib  # benchmarks/procstatus.py, beside this script
+
 HEADS, OUT_CHANNELS, IN_FEATURES = 8, 8, 64
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 WORKLOADS = {"molecules": 16, "proteins-cpu": 8}  # name -> edge feature width
@@ -106,14 +108,6 @@ def step(case, backward: bool):
 
 # -- memory: one step in a fresh interpreter ------------------------------------------
 
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
 def _measure_here(name: str, implementation: str, dropout: float, pass_: str) -> dict:
     if implementation == "magnn[cpu]":
         from magnn.backends import cpu as cpu_backend
@@ -127,9 +121,9 @@ def _measure_here(name: str, implementation: str, dropout: float, pass_: str) ->
         step(case, pass_ == "fwd+bwd")
         torch.cuda.synchronize()
         return {"step_peak_mb": (torch.cuda.max_memory_allocated() - before) / 2**20}
-    baseline = _status_kib("VmRSS")
+    baseline = status_kib("VmRSS")
     step(case, pass_ == "fwd+bwd")
-    peak = _status_kib("VmHWM")
+    peak = status_kib("VmHWM")
     return {"step_peak_mb": (peak - baseline) / 1024, "peak_rss_mb": peak / 1024}
 
 

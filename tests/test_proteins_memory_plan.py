@@ -12,6 +12,9 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "proteins_fullbatch
 
 @pytest.fixture(scope="module")
 def bench():
+    # the script imports its sibling benchmarks/procstatus.py, as it does when run directly
+    if str(BENCH.parent) not in sys.path:
+        sys.path.insert(0, str(BENCH.parent))
     spec = importlib.util.spec_from_file_location("proteins_fullbatch", BENCH)
     module = importlib.util.module_from_spec(spec)
     sys.modules["proteins_fullbatch"] = module
