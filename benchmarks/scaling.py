@@ -28,7 +28,8 @@ import sys
 import time
 from pathlib import Path
 
-from procstatus import status_kib  # benchmarks/procstatus.py, beside this script
+from peers import pyg_gt_attention  # benchmarks/peers.py and procstatus.py, beside this script
+from procstatus import status_kib
 
 IMPLS = ("cpu", "torch", "pyg")
 HEADS, HEAD_DIM, AVERAGE_DEGREE = 8, 8, 30
@@ -39,8 +40,6 @@ DEFAULT_SIZES = "1e4,3e4,1e5,3e5,1e6,2e6,4e6"
 
 def measure_here(impl: str, num_edges: int, reps: int) -> dict:
     """One (implementation, size) in this process: step peak RSS, then timed steps."""
-    import math
-
     import torch
 
     from magnn import EdgeStats, Graph
@@ -63,13 +62,7 @@ def measure_here(impl: str, num_edges: int, reps: int) -> dict:
 
     def step():
         if impl == "pyg":
-            from torch_geometric.utils import scatter, softmax
-
-            src, dst = edge_index
-            score = q[dst] * k[src] * e / math.sqrt(HEAD_DIM)
-            attention = softmax(score.sum(-1), dst, num_nodes=num_nodes)
-            node_out = scatter(attention.unsqueeze(-1) * v[src], dst, dim=0, dim_size=num_nodes, reduce="sum")
-            outputs = (node_out, score)
+            outputs = pyg_gt_attention(q, k, v, e, edge_index, num_nodes)
         else:
             outputs = edge_attention(q, k, v, e, graph, mode="gt", stats=EdgeStats(), backend=impl)
         torch.autograd.grad([o.sum() for o in outputs], inputs)

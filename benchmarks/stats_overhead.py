@@ -21,7 +21,6 @@ does that and prints the medians and the per-pair ratio B / A (median [min-max])
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import subprocess
 import sys
@@ -29,18 +28,10 @@ import time
 
 import torch
 
+from peers import pyg_gt_attention  # benchmarks/peers.py, beside this script
+
 HEADS, HEAD_DIM = 8, 8
 IMPLS = ("cpu", "cpu-stats", "pyg", "tconv-pyg", "tconv-magnn")
-
-
-def pyg_gt_attention(q, k, v, e, edge_index, num_nodes):
-    from torch_geometric.utils import scatter, softmax
-
-    src, dst = edge_index
-    score = q[dst] * k[src] * e / math.sqrt(q.shape[-1])
-    attention = softmax(score.sum(-1), dst, num_nodes=num_nodes)
-    node_out = scatter(attention.unsqueeze(-1) * v[src], dst, dim=0, dim_size=num_nodes, reduce="sum")
-    return node_out, score
 
 
 def make_step(impl: str, nodes: int, edges: int):

@@ -16,7 +16,6 @@ during the call on CPU) goes into extra_info.
 """
 from __future__ import annotations
 
-import math
 import os
 import threading
 from functools import lru_cache
@@ -26,6 +25,7 @@ import torch
 
 from magnn import EdgeStats, Graph
 from magnn.functional import BACKENDS, edge_attention
+from peers import pyg_gt_attention, torch_scatter_gt_attention  # benchmarks/peers.py
 
 HEADS, HEAD_DIM = 8, 8
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -164,26 +164,6 @@ def test_op_magnn(benchmark, name, backend, stats, pass_):
         _step(outputs, inputs, pass_ == "fwd+bwd")
 
     run_benchmark(benchmark, call, rounds_for(name))
-
-
-def pyg_gt_attention(q, k, v, e, edge_index, num_nodes):
-    """What a PyG user writes for gt-mode attention: gather, utils.softmax, scatter."""
-    from torch_geometric.utils import scatter, softmax
-
-    src, dst = edge_index
-    score = q[dst] * k[src] * e / math.sqrt(q.shape[-1])
-    attention = softmax(score.sum(-1), dst, num_nodes=num_nodes)
-    node_out = scatter(attention.unsqueeze(-1) * v[src], dst, dim=0, dim_size=num_nodes, reduce="sum")
-    return node_out, score
-
-
-def torch_scatter_gt_attention(q, k, v, e, edge_index, num_nodes):
-    from torch_scatter import scatter_add, scatter_softmax
-
-    src, dst = edge_index
-    score = q[dst] * k[src] * e / math.sqrt(q.shape[-1])
-    attention = scatter_softmax(score.sum(-1), dst, dim=0, dim_size=num_nodes)
-    return scatter_add(attention.unsqueeze(-1) * v[src], dst, dim=0, dim_size=num_nodes), score
 
 
 PEERS = {"pyg-softmax-scatter": pyg_gt_attention}
