@@ -15,7 +15,7 @@ from ..functional import check_backend_name, check_clamp
 from ..layers import FusedEdgeAttention, check_ebt_init, check_positive_int
 from ..stats import StatsTap
 from .block import NORMS
-from .encoders import NodeEncoder
+from .encoders import PROTEINS_NODE_INPUTS, EdgeEncoder, NodeEncoder
 from .heads import build_head
 from .positional import LaplacianPE, RandomWalkKernel
 
@@ -34,6 +34,9 @@ def graph_batch(data) -> tuple[Optional[torch.Tensor], int]:
     if num_graphs is None:
         num_graphs = int(batch.max()) + 1 if batch.numel() else 1
     return batch, int(num_graphs)
+
+
+FUSED_EDGE_NOISE = "edge_noise needs the edge embedding, which fused_edge_projection=True never builds"
 
 
 class GraphModel(nn.Module):
@@ -187,6 +190,48 @@ class GraphModel(nn.Module):
                 return layer(*inner_args, **inner_kwargs)
 
         return activation_checkpoint(run, *args, use_reentrant=False, **kwargs)
+
+    def use_node_input(self, node_input: str) -> None:
+        """The node input (PROTEINS_NODE_INPUTS): "species" is the MA paper's ogbn-proteins input
+        (the species embedding alone), "species+edge_mean" adds the mean incident edge features."""
+        if node_input not in PROTEINS_NODE_INPUTS:
+            raise ValueError(f"node_input must be one of {PROTEINS_NODE_INPUTS}, got {node_input!r}")
+        if node_input == "species":
+            self.node_encoder.drop_edge_mean()
+        self.node_input = node_input
+
+    def use_edge_encoders(self, layer_edge_encoders: Optional[bool], fused_edge_projection: bool) -> bool:
+        """GraphiT's and SAN's edge input: one EdgeEncoder shared by every layer (self.edge_encoder)
+        or one per layer (layer_edge_encoders; None: per layer only for edge_features="proteins"),
+        and whether the shared encoder's Linear is folded into the layers' edge projections (then
+        built by the caller, `fuse_edge_projections`). Returns the resolved layer_edge_encoders."""
+        if layer_edge_encoders is None:
+            layer_edge_encoders = self.info.edge_features == "proteins"
+        if fused_edge_projection and (layer_edge_encoders or self.info.edge_features != "proteins"):
+            raise ValueError("fused_edge_projection=True needs one shared Linear edge encoder "
+                             "(edge_features='proteins' and layer_edge_encoders=False)")
+        self.layer_edge_encoders, self.fused_edge_projection = layer_edge_encoders, fused_edge_projection
+        self.edge_encoder = None if layer_edge_encoders else EdgeEncoder(self.info, self.hidden)
+        return layer_edge_encoders
+
+    def shared_edge_input(self, data, edge_noise: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """The edge input every layer takes (see use_edge_encoders): the raw features when the
+        projection is fused, else the shared encoder's embedding plus edge_noise; None when each
+        layer encodes the features itself (`layer_edge_input`)."""
+        if self.fused_edge_projection:  # each layer's edge projection embeds the raw features itself
+            if edge_noise is not None:
+                raise ValueError(FUSED_EDGE_NOISE)
+            return data.edge_attr.float()
+        if self.edge_encoder is None:
+            return None
+        return self.add_noise(self.edge_encoder(data.edge_attr), edge_noise, "edge_noise")
+
+    def layer_edge_input(self, layer: nn.Module, data, shared: Optional[torch.Tensor],
+                         edge_noise: Optional[torch.Tensor]) -> torch.Tensor:
+        """One layer's edge input: the shared one, or the layer's own encoding plus edge_noise."""
+        if shared is not None:
+            return shared
+        return self.add_noise(layer.edge_encoder(data.edge_attr), edge_noise, "edge_noise")
 
     @staticmethod
     def add_noise(tensor: torch.Tensor, noise: Optional[torch.Tensor], name: str) -> torch.Tensor:

@@ -32,9 +32,9 @@ from torch import nn
 
 from ..data.info import DatasetInfo
 from ..core.graph import Graph
-from .base import GraphModel, graph_batch
+from .base import FUSED_EDGE_NOISE, GraphModel, graph_batch
 from .block import ResidualStream
-from .encoders import PROTEINS_NODE_INPUTS, EdgeEncoder, fuse_edge_projections
+from .encoders import EdgeEncoder, fuse_edge_projections
 
 __all__ = ["GraphTransformer", "GraphTransformerLayer"]
 
@@ -90,8 +90,6 @@ class GraphTransformer(GraphModel):
         fused_edge_projection: bool = False,
     ):
         num_layers, pe = self.resolve_defaults(info, num_layers, pe)
-        if node_input not in PROTEINS_NODE_INPUTS:
-            raise ValueError(f"node_input must be one of {PROTEINS_NODE_INPUTS}, got {node_input!r}")
         if fused_edge_projection and edge_stream:
             raise ValueError("fused_edge_projection=True needs edge_stream=False (every layer then takes the "
                              "same raw edge features)")
@@ -100,9 +98,8 @@ class GraphTransformer(GraphModel):
             dropout=dropout, ebt=ebt, ebt_init=ebt_init, pe=pe, pe_dim=pe_dim, readout=readout,
             clamp=clamp, backend=backend, checkpoint=checkpoint,
         )
-        if node_input == "species":
-            self.node_encoder.drop_edge_mean()
-        self.edge_stream, self.node_input, self.fused_edge_projection = edge_stream, node_input, fused_edge_projection
+        self.use_node_input(node_input)
+        self.edge_stream, self.fused_edge_projection = edge_stream, fused_edge_projection
         self.edge_encoder = EdgeEncoder(info, hidden)
         self.lap_pe = nn.Linear(pe_dim, hidden) if pe == "lap" else None
         self.layers = nn.ModuleList(
@@ -127,7 +124,7 @@ class GraphTransformer(GraphModel):
     def forward(self, data, *, node_noise: Optional[torch.Tensor] = None, edge_noise: Optional[torch.Tensor] = None):
         """Predictions; node_noise / edge_noise are added to the input embeddings (for attacks)."""
         if edge_noise is not None and self.fused_edge_projection:
-            raise ValueError("edge_noise needs the edge embedding, which fused_edge_projection=True never builds")
+            raise ValueError(FUSED_EDGE_NOISE)
         h, e = self.embed(data)
         h = self.add_noise(h, node_noise, "node_noise")
         e = self.add_noise(e, edge_noise, "edge_noise")

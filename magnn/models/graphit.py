@@ -46,7 +46,7 @@ from ..core.graph import Graph
 from .base import GraphModel, graph_batch
 from .block import ResidualStream
 from .compat import check_ebt_compat, gnn_mas_active, gnn_mas_node_out
-from .encoders import PROTEINS_NODE_INPUTS, EdgeEncoder, fuse_edge_projections
+from .encoders import EdgeEncoder, fuse_edge_projections
 
 __all__ = ["GraphiT", "GraphiTLayer"]
 
@@ -116,8 +116,6 @@ class GraphiT(GraphModel):
         ebt_compat: Optional[str] = None,
     ):
         num_layers, pe = self.resolve_defaults(info, num_layers, pe)
-        if node_input not in PROTEINS_NODE_INPUTS:
-            raise ValueError(f"node_input must be one of {PROTEINS_NODE_INPUTS}, got {node_input!r}")
         if isinstance(clamp, str) and clamp != "auto":
             raise ValueError(f"clamp must be 'auto', None (no clamp) or a positive number, got {clamp!r}")
         if isinstance(clamp, str):
@@ -128,16 +126,8 @@ class GraphiT(GraphModel):
             clamp=clamp, backend=backend, checkpoint=checkpoint,
         )
         self.kernel_p, self.kernel_gamma = kernel_p, kernel_gamma
-        if layer_edge_encoders is None:
-            layer_edge_encoders = info.edge_features == "proteins"
-        self.layer_edge_encoders = layer_edge_encoders
-        if fused_edge_projection and (layer_edge_encoders or info.edge_features != "proteins"):
-            raise ValueError("fused_edge_projection=True needs one shared Linear edge encoder "
-                             "(edge_features='proteins' and layer_edge_encoders=False)")
-        if node_input == "species":
-            self.node_encoder.drop_edge_mean()
-        self.node_input, self.fused_edge_projection = node_input, fused_edge_projection
-        self.edge_encoder = None if layer_edge_encoders else EdgeEncoder(info, hidden)
+        self.use_node_input(node_input)
+        layer_edge_encoders = self.use_edge_encoders(layer_edge_encoders, fused_edge_projection)
         self.lap_pe = nn.Linear(pe_dim, hidden) if pe == "lap" else None
         # row 0: self pair, row 1: another pair within p hops that is not an edge
         self.non_edge = nn.Embedding(2, hidden) if pe == "rw" else None
@@ -193,18 +183,9 @@ class GraphiT(GraphModel):
             graph, bias, extra_embedding = self._kernel_support(data, num_nodes)
         else:
             graph, bias, extra_embedding = Graph(data.edge_index, num_nodes=num_nodes), None, None
-        shared_edges = None
-        if self.fused_edge_projection:  # each layer's edge projection embeds the raw features itself
-            if edge_noise is not None:
-                raise ValueError("edge_noise needs the edge embedding, which fused_edge_projection=True never builds")
-            shared_edges = data.edge_attr.float()
-        elif self.edge_encoder is not None:
-            shared_edges = self.add_noise(self.edge_encoder(data.edge_attr), edge_noise, "edge_noise")
+        shared_edges = self.shared_edge_input(data, edge_noise)
         for layer in self.layers:
-            if shared_edges is None:
-                e = self.add_noise(layer.edge_encoder(data.edge_attr), edge_noise, "edge_noise")
-            else:
-                e = shared_edges
+            e = self.layer_edge_input(layer, data, shared_edges, edge_noise)
             num_real = e.shape[0]
             if extra_embedding is not None:
                 e = torch.cat([e, extra_embedding.to(e.dtype)])

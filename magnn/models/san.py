@@ -82,7 +82,7 @@ from .base import NON_EDGE_TYPE, GraphModel, graph_batch
 from .block import ResidualStream
 from .compat import check_ebt_compat, gnn_mas_active, gnn_mas_node_out
 from .positional import SANEigenPE
-from .encoders import PROTEINS_NODE_INPUTS, EdgeEncoder, fuse_edge_projections
+from .encoders import EdgeEncoder, fuse_edge_projections
 
 __all__ = ["SAN", "SANAttention", "SANLayer", "FakeEdges", "LearnedLaplacianPE", "full_fake_edges", "sampled_fake_edges"]
 
@@ -366,8 +366,6 @@ class SAN(GraphModel):
         ebt_compat: Optional[str] = None,
     ):
         num_layers, pe = self.resolve_defaults(info, num_layers, pe)
-        if node_input not in PROTEINS_NODE_INPUTS:
-            raise ValueError(f"node_input must be one of {PROTEINS_NODE_INPUTS}, got {node_input!r}")
         super().__init__(
             info, num_layers=num_layers, hidden=hidden, heads=heads, norm=norm, residual=residual,
             dropout=dropout, ebt=ebt, ebt_init=ebt_init, pe=pe, pe_dim=pe_dim, readout=readout,
@@ -383,16 +381,8 @@ class SAN(GraphModel):
             raise ValueError("fake_samples and max_fake_nodes must be >= 1")
         self.full_graph, self.gamma = full_graph, gamma
         self.fake_edges, self.max_fake_nodes, self.fake_samples = fake_edges, max_fake_nodes, fake_samples
-        if layer_edge_encoders is None:
-            layer_edge_encoders = info.edge_features == "proteins"
-        self.layer_edge_encoders = layer_edge_encoders
-        if fused_edge_projection and (layer_edge_encoders or info.edge_features != "proteins"):
-            raise ValueError("fused_edge_projection=True needs one shared Linear edge encoder "
-                             "(edge_features='proteins' and layer_edge_encoders=False)")
-        if node_input == "species":
-            self.node_encoder.drop_edge_mean()
-        self.node_input, self.fused_edge_projection = node_input, fused_edge_projection
-        self.edge_encoder = None if layer_edge_encoders else EdgeEncoder(info, hidden)
+        self.use_node_input(node_input)
+        layer_edge_encoders = self.use_edge_encoders(layer_edge_encoders, fused_edge_projection)
         self.lpe = LearnedLaplacianPE(pe_dim, hidden, lpe_dim, lpe_layers, lpe_heads) if pe == "lap" else None
         self.fake_edge = nn.Embedding(1, hidden) if full_graph else None
         self.layers = nn.ModuleList(
@@ -449,18 +439,9 @@ class SAN(GraphModel):
         graph = Graph(data.edge_index, num_nodes=num_nodes)
         fake = self.build_fake_edges(data, num_nodes)
         fake_attr = self.fake_edge.weight if self.fake_edge is not None else None
-        shared_edges = None
-        if self.fused_edge_projection:  # each layer's edge projection embeds the raw features itself
-            if edge_noise is not None:
-                raise ValueError("edge_noise needs the edge embedding, which fused_edge_projection=True never builds")
-            shared_edges = data.edge_attr.float()
-        elif self.edge_encoder is not None:
-            shared_edges = self.add_noise(self.edge_encoder(data.edge_attr), edge_noise, "edge_noise")
+        shared_edges = self.shared_edge_input(data, edge_noise)
         for layer in self.layers:
-            if shared_edges is None:
-                e = self.add_noise(layer.edge_encoder(data.edge_attr), edge_noise, "edge_noise")
-            else:
-                e = shared_edges
+            e = self.layer_edge_input(layer, data, shared_edges, edge_noise)
             h = self.run_layer(layer, h, e, graph, fake, fake_attr)
         return self.predict(h, data)
 
