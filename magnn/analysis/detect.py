@@ -181,6 +181,16 @@ class LayerReport:
         }
 
 
+def forward_with_stats(model, batch, threshold: float, **collect_kwargs) -> dict:
+    """One forward of `batch` with statistics on every attention layer, counted by the batch's
+    per-edge `edge_type` where it has one; returns what `collect` yields (name -> EdgeStats)."""
+    if getattr(batch, "edge_type", None) is not None:
+        collect_kwargs["edge_types"] = batch.edge_type
+    with collect(model, threshold=threshold, **collect_kwargs) as stats:
+        model(batch)
+    return stats
+
+
 def record_batch(reports: dict, stats: dict) -> None:
     """Folds one batch's collected `EdgeStats` (name -> stats, as `collect` yields them) into
     the per-layer reports: the batch's max ratios appended, its statistics merged."""
@@ -242,13 +252,7 @@ def detect(model, graphs, *, batch_size: int = 1, device="cpu", threshold: float
         for position, batch in enumerate(tqdm(loader, total=total, desc=desc, disable=not progress, leave=False)):
             if max_batches is not None and position >= max_batches:
                 break
-            batch = batch.to(device)
-            kwargs = {"threshold": threshold}
-            if getattr(batch, "edge_type", None) is not None:
-                kwargs["edge_types"] = batch.edge_type
-            with collect(model, **kwargs) as stats:
-                model(batch)
-                record_batch(reports, stats)
+            record_batch(reports, forward_with_stats(model, batch.to(device), threshold))
     finally:
         sampler.remove()
     merged = all_reduce_stats({name: r.stats for name, r in reports.items()})
@@ -336,12 +340,7 @@ def detect_seed_subgraphs(model, data, seeds=None, *, fanouts=PAPER_FANOUTS, max
         one = torch.tensor([node])
         generator = seed_generator(seed, node)  # the same subgraph however the seeds are sharded
         batch = subgraph(data, one, sample_edges(graph, one, fanouts, generator)).to(device)
-        kwargs = {"threshold": threshold}
-        if getattr(batch, "edge_type", None) is not None:
-            kwargs["edge_types"] = batch.edge_type
-        with collect(model, **kwargs) as stats:
-            model(batch)
-        record_batch(reports, stats)
+        record_batch(reports, forward_with_stats(model, batch, threshold))
     merged = all_reduce_stats({name: r.stats for name, r in reports.items()})
     if world > 1:  # every rank's per-seed maxima, rank by rank
         import torch.distributed as dist
@@ -433,12 +432,7 @@ def detect_full_graph(model, data, *, device="cpu", threshold: float = MA_THRESH
 
     check_node_graph(data, "detection")
     model.eval().to(device)
-    batch = data.to(device)
-    kwargs = {"threshold": threshold, "keep_edge_ratio": True}
-    if getattr(batch, "edge_type", None) is not None:
-        kwargs["edge_types"] = batch.edge_type
-    with collect(model, **kwargs) as stats:
-        model(batch)
+    stats = forward_with_stats(model, data.to(device), threshold, keep_edge_ratio=True)
     num_edges = data.edge_index.shape[1]
     dst = data.edge_index[1].cpu()
     generator = torch.Generator().manual_seed(seed)
