@@ -64,18 +64,15 @@ def pair_folder(out, dataset: str, model: str) -> Path:
 
 def _finished_training(folder: Path):
     """best.pt of a training run whose metrics.json holds test results (it finished), else None."""
-    metrics = folder / "metrics.json"
-    try:
-        if (folder / "best.pt").is_file() and json.loads(metrics.read_text()).get("test"):
-            return str(folder / "best.pt")
-    except (OSError, ValueError):
-        pass
+    if (folder / "best.pt").is_file() and (_read_json(folder / "metrics.json") or {}).get("test"):
+        return str(folder / "best.pt")
     return None
 
 
-def _read_report(folder: Path):
+def _read_json(path: Path):
+    """The JSON document at path, or None if it is missing or unreadable (an unfinished run)."""
     try:
-        return json.loads((folder / "report.json").read_text())
+        return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
 
@@ -89,7 +86,7 @@ def run_grid(config: GridConfig) -> dict:
         for model in config.models:
             key = f"{dataset}/{model}"
             folder = pair_folder(out, dataset, model)
-            if _read_report(folder) is not None:
+            if _read_json(folder / "report.json") is not None:
                 log.info(f"== grid: {key} finished before, skipping ({folder / 'report.json'})")
                 status[key] = {"status": "skipped (finished)", "folder": folder.name}
                 continue
@@ -112,13 +109,6 @@ def run_grid(config: GridConfig) -> dict:
     (out / "grid.json").write_text(report_json(summary))
     (out / "grid.md").write_text(grid_markdown(summary))
     return summary
-
-
-def _curves(folder: Path):
-    try:
-        return json.loads((folder / "curves.json").read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def _max_over_layers(layers: dict) -> np.ndarray:
@@ -161,7 +151,7 @@ def assemble(out, datasets, models, *, fig4_base: str = "own", ebt: str = "edge"
     for dataset in datasets:
         for model in models:
             folder = pair_folder(out, dataset, model)
-            report = _read_report(folder)
+            report = _read_json(folder / "report.json")
             paper = PAPER_TABLE1.get((dataset, model), (None, None))
             row = {"dataset": dataset, "model": model, "paper_no_ebt": paper[0], "paper_ebt": paper[1], "done": False}
             if report is not None:
@@ -173,7 +163,7 @@ def assemble(out, datasets, models, *, fig4_base: str = "own", ebt: str = "edge"
                 row.update(done=True, ebt=tag, final_no_ebt=loss(final, "no_ebt"), final_ebt=loss(final, tag),
                            best_no_ebt=loss(best, "no_ebt"), best_ebt=loss(best, tag), profile=report.get("profile"),
                            ebt_compat=report.get("ebt_compat"), peak_max_ratio=peak)
-                curves = _curves(folder)
+                curves = _read_json(folder / "curves.json")
                 if curves:
                     base_ebt = "base no_ebt" if fig4_base == "no_ebt" else f"base {tag}"
                     fig2[(dataset, model)] = {
