@@ -51,6 +51,17 @@ def _base_band(curves) -> tuple:
             return np.arange(1, width + 1), np.nanmin(stacked, 0), np.nanmax(stacked, 0)
 
 
+def _layer_panels(count: int, *, sharey: bool = False):
+    """One panel per layer, up to 5 a row: (figure, the `count` panels in order, panels per row);
+    the grid's unused cells are blanked."""
+    cols = min(5, max(count, 1))
+    rows = int(np.ceil(count / cols)) or 1
+    fig, grid = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False, sharey=sharey)
+    for index in range(count, rows * cols):
+        grid[index // cols][index % cols].axis("off")
+    return fig, [grid[index // cols][index % cols] for index in range(count)], cols
+
+
 def plot_sorted_ratios(reports: dict, path, *, title: str = "", threshold: float = MA_THRESHOLD,
                        ascending: bool = True, base_band: bool = True) -> Path:
     """Per layer: each batch's max edge ratio, sorted (paper Fig. 2 / 4: ascending).
@@ -66,11 +77,8 @@ def plot_sorted_ratios(reports: dict, path, *, title: str = "", threshold: float
                 for label, report in reports.items() if label.startswith("base") for l in report.layers]
         band = _base_band(base)
         reports = {label: report for label, report in reports.items() if not label.startswith("base")} or reports
-    cols = min(5, len(names))
-    rows = int(np.ceil(len(names) / cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False, sharey=True)
-    for index, name in enumerate(names):
-        ax = axes[index // cols][index % cols]
+    fig, panels, cols = _layer_panels(len(names), sharey=True)
+    for index, (name, ax) in enumerate(zip(names, panels)):
         notes = []
         for label, report in reports.items():
             layer = next((l for l in report.layers if l.name == name), None)
@@ -94,9 +102,7 @@ def plot_sorted_ratios(reports: dict, path, *, title: str = "", threshold: float
         if index % cols == 0:
             ax.set_ylabel("max |a| / median (edge)", fontsize=8)
         ax.tick_params(labelsize=7)
-    for index in range(len(names), rows * cols):
-        axes[index // cols][index % cols].axis("off")
-    axes[0][0].legend(fontsize=7, loc="upper left")  # a fixed place: "best" is slow with many points
+    panels[0].legend(fontsize=7, loc="upper left")  # a fixed place: "best" is slow with many points
     fig.suptitle(title + f"  (dotted: MA threshold {threshold:g})", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
@@ -147,11 +153,8 @@ def plot_edge_ratios_by_layer(ratios_by_label: dict, path, *, title: str = "", t
         if base:
             band = (np.min(base, 0), np.max(base, 0))
         lines = {label: layers for label, layers in ratios_by_label.items() if not label.startswith("base")} or lines
-    cols = min(5, max(len(names), 1))
-    rows = int(np.ceil(len(names) / cols)) or 1
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False, sharey=True)
-    for index, name in enumerate(names):
-        ax = axes[index // cols][index % cols]
+    fig, panels, cols = _layer_panels(len(names), sharey=True)
+    for index, (name, ax) in enumerate(zip(names, panels)):
         for label, layers in lines.items():
             if name in layers and (values := curve(layers[name])) is not None:
                 color, dash = _style(label)
@@ -166,10 +169,8 @@ def plot_edge_ratios_by_layer(ratios_by_label: dict, path, *, title: str = "", t
         if index % cols == 0:
             ax.set_ylabel("r_e = max_c |a| / median_c |a|", fontsize=8)
         ax.tick_params(labelsize=7)
-    for index in range(len(names), rows * cols):
-        axes[index // cols][index % cols].axis("off")
-    if names:
-        axes[0][0].legend(fontsize=7, loc="upper left")
+    if panels:
+        panels[0].legend(fontsize=7, loc="upper left")
     fig.suptitle(title + f"  (dotted: threshold {threshold:g})", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
@@ -220,11 +221,8 @@ def plot_layer_histograms(report, path, *, title: str = "") -> Path:
     from matplotlib.collections import PolyCollection
 
     layers = [l for l in report.layers if l.stats is not None]
-    cols = min(5, max(len(layers), 1))
-    rows = int(np.ceil(len(layers) / cols)) or 1
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
-    for index, layer in enumerate(layers):
-        ax = axes[index // cols][index % cols]
+    fig, panels, _ = _layer_panels(len(layers))
+    for layer, ax in zip(layers, panels):
         low, high, counts = neg_log10_edges(layer.stats.hist_ratio)
         if _all_nan_note(layer):
             ax.text(0.5, 0.5, _all_nan_note(layer), transform=ax.transAxes, ha="center", va="center", fontsize=7,
@@ -250,8 +248,6 @@ def plot_layer_histograms(report, path, *, title: str = "") -> Path:
         ax.tick_params(labelsize=7)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=6, loc="upper right")  # a fixed place: "best" is slow with many bins
-    for index in range(len(layers), rows * cols):
-        axes[index // cols][index % cols].axis("off")
     fig.suptitle(title or f"-log10(|a| / edge median); dotted line at ratio {MA_THRESHOLD:g}", fontsize=10)
     fig.tight_layout()
     return _save(fig, path)
