@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import require_backend
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "proteins_fullbatch.py"
 
@@ -56,12 +57,9 @@ def test_plan_scales_with_edges_and_width(bench):
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux's peak-RSS reset")
 def test_one_measured_cpu_step_is_within_15_percent_of_the_plan(bench):
-    from magnn.functional import BACKENDS
-
     import torch
 
-    if BACKENDS["cpu"].reason_unavailable(torch.device("cpu"), torch.float32) is not None:
-        pytest.skip("the C++ CPU backend (the fused kernels the plan models) is not built here")
+    require_backend("cpu", torch.device("cpu"))  # the fused kernels the plan models; a failure when CI requires them
     result = bench.measure_in_subprocess(model_name="gt", device="cpu", dtype="fp32", checkpointing=True,
                                          fused=True, nodes=3000, degree=100, backend="cpu")
     assert abs(result["plan_error"]) <= 0.15, result
