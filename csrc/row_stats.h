@@ -13,16 +13,22 @@
 // +inf). On x86-64 CPUs with AVX-512 (checked at run time; the build itself
 // targets plain x86-64) the same code is compiled a second time for AVX-512
 // and the median uses a bitonic sorting network (up to 64 non-NaN channels)
-// or a vector quickselect (more); all paths give the same bits.
+// or a vector quickselect (more); rows of exactly 64 channels without NaN
+// (the usual 8 heads x 8) wait in batches of 16 that share one transposed
+// network (median64_of_16_rows). All paths give the same bits. What is left
+// of a row's cost is mostly its 128 histogram increments (64 |a|, 64 ratios;
+// about 0.3 ns each on a Zen 4 core, by perf and by leaving them out).
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <mutex>
+#include <utility>
 #include <vector>
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -224,6 +230,91 @@ __attribute__((target("avx512f"))) inline int64_t find_first_avx512(const uint32
   return n;
 }
 
+// Rows of exactly 64 channels are reduced 16 at a time (RowStatsPartial::add_row_batched):
+// the 16 rows are transposed into 64 vectors whose lane r holds row r's keys, so a sorting
+// network needs no shuffles at all: each compare-exchange is one min and one max acting on
+// 16 rows at once (Batcher's odd-even merge sort of 32 keys: 191 of them per half), and the
+// lower median of 64 is the largest of the 32 smallest, max_i min(X_i, Y_31-i) over the two
+// sorted halves (the half-cleaner). About a quarter of the work of the per-row network.
+struct CompareExchange {
+  int lo, hi;
+};
+
+// Batcher's odd-even merge sort of n (a power of two) keys, ascending: the pairs in order.
+constexpr int oddeven_merge_sort_count(int n) {
+  int count = 0;
+  for (int p = 1; p < n; p *= 2)
+    for (int k = p; k >= 1; k /= 2)
+      for (int j = k % p; j <= n - 1 - k; j += 2 * k)
+        for (int i = 0; i <= std::min(k - 1, n - j - k - 1); ++i) count += (i + j) / (2 * p) == (i + j + k) / (2 * p);
+  return count;
+}
+
+template <int n>
+constexpr std::array<CompareExchange, oddeven_merge_sort_count(n)> oddeven_merge_sort_network() {
+  std::array<CompareExchange, oddeven_merge_sort_count(n)> net{};
+  int m = 0;
+  for (int p = 1; p < n; p *= 2)
+    for (int k = p; k >= 1; k /= 2)
+      for (int j = k % p; j <= n - 1 - k; j += 2 * k)
+        for (int i = 0; i <= std::min(k - 1, n - j - k - 1); ++i)
+          if ((i + j) / (2 * p) == (i + j + k) / (2 * p)) net[m++] = CompareExchange{i + j, i + j + k};
+  return net;
+}
+
+inline constexpr auto kSortNetwork32 = oddeven_merge_sort_network<32>();
+
+template <int lo, int hi>
+__attribute__((target("avx512f"), always_inline)) inline void compare_exchange(__m512i* v) {
+  const __m512i low = _mm512_min_epu32(v[lo], v[hi]);
+  v[hi] = _mm512_max_epu32(v[lo], v[hi]);
+  v[lo] = low;
+}
+
+// all indices constant: the keys stay in registers (or spill to the stack)
+template <size_t... I>
+__attribute__((target("avx512f"), always_inline)) inline void sort32_transposed(__m512i* v,
+                                                                                 std::index_sequence<I...>) {
+  (compare_exchange<kSortNetwork32[I].lo, kSortNetwork32[I].hi>(v), ...);
+}
+
+// rows[i * stride + j] for i, j < 16 -> out[j] with lane i = rows[i * stride + j]
+__attribute__((target("avx512f"), always_inline)) inline void transpose16x16(const uint32_t* rows, int64_t stride,
+                                                                             __m512i* out) {
+  __m512i a[16], b[16];
+  for (int i = 0; i < 16; i += 2) {
+    const __m512i r0 = _mm512_loadu_si512(rows + i * stride), r1 = _mm512_loadu_si512(rows + (i + 1) * stride);
+    a[i] = _mm512_unpacklo_epi32(r0, r1);  // per 128-bit lane L: columns 4L, 4L + 1 of rows i, i + 1
+    a[i + 1] = _mm512_unpackhi_epi32(r0, r1);  // columns 4L + 2, 4L + 3
+  }
+  for (int k = 0; k < 4; ++k) {  // b[4k + m], lane L: column 4L + m of rows 4k .. 4k + 3
+    b[4 * k + 0] = _mm512_unpacklo_epi64(a[4 * k], a[4 * k + 2]);
+    b[4 * k + 1] = _mm512_unpackhi_epi64(a[4 * k], a[4 * k + 2]);
+    b[4 * k + 2] = _mm512_unpacklo_epi64(a[4 * k + 1], a[4 * k + 3]);
+    b[4 * k + 3] = _mm512_unpackhi_epi64(a[4 * k + 1], a[4 * k + 3]);
+  }
+  for (int m = 0; m < 4; ++m) {  // the 4 x 4 transpose of 128-bit lanes among b[m], b[4 + m], b[8 + m], b[12 + m]
+    const __m512i c0 = _mm512_shuffle_i32x4(b[m], b[4 + m], 0x44), c1 = _mm512_shuffle_i32x4(b[m], b[4 + m], 0xee);
+    const __m512i c2 = _mm512_shuffle_i32x4(b[8 + m], b[12 + m], 0x44);
+    const __m512i c3 = _mm512_shuffle_i32x4(b[8 + m], b[12 + m], 0xee);
+    out[m] = _mm512_shuffle_i32x4(c0, c2, 0x88);
+    out[4 + m] = _mm512_shuffle_i32x4(c0, c2, 0xdd);
+    out[8 + m] = _mm512_shuffle_i32x4(c1, c3, 0x88);
+    out[12 + m] = _mm512_shuffle_i32x4(c1, c3, 0xdd);
+  }
+}
+
+// The lower median of each of 16 rows of 64 keys (keys[r * 64 + c]), lane r.
+__attribute__((target("avx512f"))) inline __m512i median64_of_16_rows(const uint32_t* keys) {
+  __m512i v[64];
+  for (int block = 0; block < 4; ++block) transpose16x16(keys + 16 * block, 64, v + 16 * block);
+  sort32_transposed(v, std::make_index_sequence<kSortNetwork32.size()>{});
+  sort32_transposed(v + 32, std::make_index_sequence<kSortNetwork32.size()>{});
+  __m512i median = _mm512_min_epu32(v[0], v[63]);
+  for (int i = 1; i < 32; ++i) median = _mm512_max_epu32(median, _mm512_min_epu32(v[i], v[63 - i]));
+  return median;
+}
+
 inline bool avx512_usable() {
   // every extension add_row_avx512 is compiled for, so the vectorised loops cannot fault
   static const bool usable = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
@@ -250,6 +341,14 @@ struct RowStatsPartial {
   std::vector<uint32_t> keys, select_keys, scratch, ratio_keys;  // 16 spare entries: whole-vector stores
   std::vector<float> ratios;
   bool use_avx512;
+  // 64-channel rows without NaN wait here, 16 at a time, for median64_of_16_rows (AVX-512)
+  static constexpr int kBatch = 16;
+  bool batched;
+  std::vector<uint32_t> batch_keys;  // [kBatch, 64] |a| bit patterns
+  int64_t batch_rows[kBatch];
+  int batch_size = 0;
+  float* batch_row_ratio = nullptr;
+  float* batch_row_max_abs = nullptr;
   int64_t nan_count = 0;
   float max_abs = -1.0f;
   int64_t argmax = -1;
@@ -267,7 +366,17 @@ struct RowStatsPartial {
         scratch(channels_ + 16),
         ratio_keys(channels_ + 16),
         ratios(channels_),
-        use_avx512(channels_ >= 16 && avx512_usable()) {}  // below 16 channels the scalar code is as fast
+        use_avx512(channels_ >= 16 && avx512_usable()),  // below 16 channels the scalar code is as fast
+        batched(use_avx512 && channels_ == 64),
+        batch_keys(batched ? kBatch * 64 : 0) {}
+
+  // the worker's max |a| and its flat index (ties: the smaller index)
+  void take_max(float value, int64_t flat) {
+    if (value > max_abs || (value == max_abs && flat < argmax)) {
+      max_abs = value;
+      argmax = flat;
+    }
+  }
 
   // adds the pending 32-bit counts to the histograms (also done by RowStatsTotal::merge)
   void flush() {
@@ -281,11 +390,21 @@ struct RowStatsPartial {
   }
 
   // values: the row as stored, in float32; row: its index in the caller's order.
+  // Rows may be held back in a batch: their outputs are written by drain() at the latest
+  // (RowStatsTotal::merge calls it).
   void add_row(const float* values, int64_t row, float* row_ratio, float* row_max_abs) {
 #ifdef MAGNN_X86_AVX512
+    if (batched) return add_row_batched(values, row, row_ratio, row_max_abs);
     if (use_avx512) return add_row_avx512(values, row, row_ratio, row_max_abs);
 #endif
     add_row_impl<false>(values, row, row_ratio, row_max_abs);
+  }
+
+  // the rows still waiting in a batch, one by one
+  void drain() {
+#ifdef MAGNN_X86_AVX512
+    if (batched) drain_avx512();
+#endif
   }
 
 #ifdef MAGNN_X86_AVX512
@@ -293,6 +412,77 @@ struct RowStatsPartial {
   __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,popcnt"), noinline)) void add_row_avx512(
       const float* values, int64_t row, float* row_ratio, float* row_max_abs) {
     add_row_impl<true>(values, row, row_ratio, row_max_abs);
+  }
+
+  // 64 channels: a row with a NaN goes through add_row_avx512 at once; the others join the
+  // batch as |a| bit patterns (the statistics depend on |a| only), 16 of them share one
+  // transposed median network, then each finishes with its median known.
+  __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,popcnt"), noinline)) void add_row_batched(
+      const float* values, int64_t row, float* row_ratio, float* row_max_abs) {
+    const __m512i magnitude = _mm512_set1_epi32(0x7fffffff), inf = _mm512_set1_epi32(0x7f800000);
+    __m512i key[4];
+    __mmask16 nan = 0;
+    for (int r = 0; r < 4; ++r) {
+      key[r] = _mm512_and_si512(_mm512_loadu_si512(values + 16 * r), magnitude);
+      nan |= _mm512_cmpgt_epu32_mask(key[r], inf);
+    }
+    if (nan) return add_row_impl<true>(values, row, row_ratio, row_max_abs);
+    uint32_t* slot = batch_keys.data() + 64 * batch_size;
+    for (int r = 0; r < 4; ++r) _mm512_storeu_si512(slot + 16 * r, key[r]);
+    batch_rows[batch_size] = row;
+    batch_row_ratio = row_ratio;
+    batch_row_max_abs = row_max_abs;
+    if (++batch_size < kBatch) return;
+    alignas(64) uint32_t medians[kBatch];
+    _mm512_store_si512(medians, median64_of_16_rows(batch_keys.data()));
+    batch_size = 0;
+    for (int r = 0; r < kBatch; ++r) finish_batched_row(batch_keys.data() + 64 * r, batch_rows[r], medians[r]);
+  }
+
+  // add_row_impl for a batched row: 64 keys without NaN, the median known
+  __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,popcnt"), always_inline)) inline void
+  finish_batched_row(const uint32_t* key, int64_t row, uint32_t median_key) {
+    if (pending_rows == flush_rows) flush();
+    ++pending_rows;
+    const __m128i shift_count = _mm_cvtsi32_si128(shift);
+    uint32_t* __restrict__ abs_counts = count_abs.data();
+    uint32_t* __restrict__ ratio_counts = count_ratio.data();
+    __m512i k[4];
+    for (int r = 0; r < 4; ++r) k[r] = _mm512_loadu_si512(key + 16 * r);
+    count_bins(k, shift_count, abs_counts);
+    const uint32_t key_max = _mm512_reduce_max_epu32(_mm512_max_epu32(_mm512_max_epu32(k[0], k[1]),
+                                                                     _mm512_max_epu32(k[2], k[3])));
+    const float row_max = key_float(key_max);
+    batch_row_max_abs[row] = row_max;
+    if (row_max >= max_abs) take_max(row_max, row * 64 + find_first_avx512(key, 64, key_max));
+    float median = key_float(median_key);
+    if (median == 0.0f) median = std::numeric_limits<float>::min();  // 2**-126
+    const __m512 divisor = _mm512_set1_ps(median);
+    __m512i ratio[4];
+    for (int r = 0; r < 4; ++r) {
+      // a ratio is never negative: its sign bit is clear except for NaN (inf / inf), as in stats_bin
+      ratio[r] = _mm512_and_si512(_mm512_castps_si512(_mm512_div_ps(_mm512_castsi512_ps(k[r]), divisor)),
+                                  _mm512_set1_epi32(0x7fffffff));
+    }
+    count_bins(ratio, shift_count, ratio_counts);
+    batch_row_ratio[row] = row_max / median;
+  }
+
+  // ++counts[bits >> shift] for 64 non-negative bit patterns
+  __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,popcnt"), always_inline)) inline void count_bins(
+      const __m512i* bits, __m128i shift_count, uint32_t* __restrict__ counts) {
+    alignas(64) uint32_t bins[64];
+    for (int r = 0; r < 4; ++r) _mm512_store_si512(bins + 16 * r, _mm512_srl_epi32(bits[r], shift_count));
+#pragma GCC unroll 8
+    for (int c = 0; c < 64; ++c) ++counts[bins[c]];
+  }
+
+  __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,popcnt"), noinline)) void drain_avx512() {
+    const int waiting = batch_size;
+    batch_size = 0;
+    for (int r = 0; r < waiting; ++r)
+      add_row_impl<true>(reinterpret_cast<const float*>(batch_keys.data() + 64 * r), batch_rows[r],
+                         batch_row_ratio, batch_row_max_abs);
   }
 #endif
 
@@ -332,9 +522,8 @@ struct RowStatsPartial {
         key_max = std::max(key_max, k);
       }
       nan_count += C - n_valid;
-    } else {
-      std::memcpy(select, key, C * sizeof(uint32_t));
     }
+    const uint32_t* __restrict__ valid_keys = any_nan ? select : key;
     if (n_valid == 0) {  // all NaN (or no channels)
       row_max_abs[row] = -1.0f;
       row_ratio[row] = std::numeric_limits<float>::quiet_NaN();
@@ -342,40 +531,43 @@ struct RowStatsPartial {
     }
     {
       uint32_t* __restrict__ bins = scratch.data();  // bins first (vectorised), then the increments
-      for (int64_t c = 0; c < n_valid; ++c) bins[c] = select[c] >> sh;
+      for (int64_t c = 0; c < n_valid; ++c) bins[c] = valid_keys[c] >> sh;
 #pragma GCC unroll 8
       for (int64_t c = 0; c < n_valid; ++c) ++abs_counts[bins[c]];
     }
-    int64_t row_arg = 0;  // the first channel holding the row's max, like torch.argmax
-#ifdef MAGNN_X86_AVX512
-    if constexpr (kAvx512) {
-      row_arg = find_first_avx512(key, C, key_max);
-    } else {
-      while (key[row_arg] != key_max) ++row_arg;
-    }
-#else
-    while (key[row_arg] != key_max) ++row_arg;
-#endif
     const float row_max = key_float(key_max);
     row_max_abs[row] = row_max;
-    const int64_t flat = row * C + row_arg;
-    if (row_max > max_abs || (row_max == max_abs && flat < argmax)) {
-      max_abs = row_max;
-      argmax = flat;
+    if (row_max >= max_abs) {  // only a row that may hold the worker's max needs its argmax
+      int64_t row_arg = 0;     // the first channel holding the row's max, like torch.argmax
+#ifdef MAGNN_X86_AVX512
+      if constexpr (kAvx512) {
+        row_arg = find_first_avx512(key, C, key_max);
+      } else {
+        while (key[row_arg] != key_max) ++row_arg;
+      }
+#else
+      while (key[row_arg] != key_max) ++row_arg;
+#endif
+      take_max(row_max, row * C + row_arg);
     }
     // torch.median's lower middle value of the non-NaN entries
+    // (the selections that reorder their input get a copy)
     uint32_t median_key;
+    const int64_t kth = (n_valid - 1) / 2;
 #ifdef MAGNN_X86_AVX512
     if constexpr (kAvx512) {
-      median_key = n_valid <= 64
-                       ? select_kth_bitonic64(select, n_valid, (n_valid - 1) / 2)
-                       : select_kth_avx512(select, scratch.data(), ratio_keys.data(), n_valid, (n_valid - 1) / 2);
-    } else {
-      median_key = select_kth(select, scratch.data(), n_valid, (n_valid - 1) / 2);
-    }
-#else
-    median_key = select_kth(select, scratch.data(), n_valid, (n_valid - 1) / 2);
+      if (n_valid <= 64) {
+        median_key = select_kth_bitonic64(valid_keys, n_valid, kth);
+      } else {
+        if (!any_nan) std::memcpy(select, key, C * sizeof(uint32_t));
+        median_key = select_kth_avx512(select, scratch.data(), ratio_keys.data(), n_valid, kth);
+      }
+    } else
 #endif
+    {
+      if (!any_nan) std::memcpy(select, key, C * sizeof(uint32_t));
+      median_key = select_kth(select, scratch.data(), n_valid, kth);
+    }
     float median = key_float(median_key);
     if (median == 0.0f) median = std::numeric_limits<float>::min();  // 2**-126
     float* __restrict__ ratio = ratios.data();
@@ -412,6 +604,7 @@ struct RowStatsTotal {
 
   // once per worker, at its end
   void merge(RowStatsPartial& part) {
+    part.drain();
     part.flush();
     std::lock_guard<std::mutex> guard(lock);
     for (int64_t b = 0; b < num_bins; ++b) {
