@@ -13,9 +13,9 @@
 // +inf). On x86-64 CPUs with AVX-512 (checked at run time; the build itself
 // targets plain x86-64) the same code is compiled a second time for AVX-512
 // and the median uses a bitonic sorting network (up to 64 non-NaN channels)
-// or a vector quickselect (more); rows of exactly 64 channels without NaN
-// (the usual 8 heads x 8) wait in batches of 16 that share one transposed
-// network (median64_of_16_rows). All paths give the same bits. What is left
+// or a vector quickselect (more); rows of exactly 32 or 64 channels without
+// NaN (64: the usual 8 heads x 8) wait in batches of 16 that share one
+// transposed network (median_of_16_rows). All paths give the same bits. What is left
 // of a row's cost is mostly its 128 histogram increments (64 |a|, 64 ratios;
 // about 0.3 ns each on a Zen 4 core, by perf and by leaving them out).
 #pragma once
@@ -230,12 +230,13 @@ __attribute__((target("avx512f"))) inline int64_t find_first_avx512(const uint32
   return n;
 }
 
-// Rows of exactly 64 channels are reduced 16 at a time (RowStatsPartial::add_row_batched):
-// the 16 rows are transposed into 64 vectors whose lane r holds row r's keys, so a sorting
+// Rows of exactly 32 or 64 channels are reduced 16 at a time (RowStatsPartial::add_row_batched):
+// the 16 rows are transposed into C vectors whose lane r holds row r's keys, so a sorting
 // network needs no shuffles at all: each compare-exchange is one min and one max acting on
-// 16 rows at once (Batcher's odd-even merge sort of 32 keys: 191 of them per half), and the
-// lower median of 64 is the largest of the 32 smallest, max_i min(X_i, Y_31-i) over the two
-// sorted halves (the half-cleaner). About a quarter of the work of the per-row network.
+// 16 rows at once (Batcher's odd-even merge sort of each half: 191 comparators for 32 keys,
+// 63 for 16), and the lower median of C is the largest of the C/2 smallest,
+// max_i min(X_i, Y_C/2-1-i) over the two sorted halves (the half-cleaner). For 64 channels
+// that is about a quarter of the work of the per-row network.
 struct CompareExchange {
   int lo, hi;
 };
@@ -262,6 +263,7 @@ constexpr std::array<CompareExchange, oddeven_merge_sort_count(n)> oddeven_merge
   return net;
 }
 
+inline constexpr auto kSortNetwork16 = oddeven_merge_sort_network<16>();
 inline constexpr auto kSortNetwork32 = oddeven_merge_sort_network<32>();
 
 template <int lo, int hi>
@@ -272,10 +274,21 @@ __attribute__((target("avx512f"), always_inline)) inline void compare_exchange(_
 }
 
 // all indices constant: the keys stay in registers (or spill to the stack)
-template <size_t... I>
-__attribute__((target("avx512f"), always_inline)) inline void sort32_transposed(__m512i* v,
-                                                                                 std::index_sequence<I...>) {
-  (compare_exchange<kSortNetwork32[I].lo, kSortNetwork32[I].hi>(v), ...);
+template <const auto& kNetwork, size_t... I>
+__attribute__((target("avx512f"), always_inline)) inline void sort_transposed(__m512i* v,
+                                                                               std::index_sequence<I...>) {
+  (compare_exchange<kNetwork[I].lo, kNetwork[I].hi>(v), ...);
+}
+
+// ascending sort of v[0 .. n), n = 16 or 32
+template <int n>
+__attribute__((target("avx512f"), always_inline)) inline void sort_half(__m512i* v) {
+  static_assert(n == 16 || n == 32, "the batched rows have 32 or 64 channels");
+  if constexpr (n == 16) {
+    sort_transposed<kSortNetwork16>(v, std::make_index_sequence<kSortNetwork16.size()>{});
+  } else {
+    sort_transposed<kSortNetwork32>(v, std::make_index_sequence<kSortNetwork32.size()>{});
+  }
 }
 
 // rows[i * stride + j] for i, j < 16 -> out[j] with lane i = rows[i * stride + j]
@@ -304,14 +317,15 @@ __attribute__((target("avx512f"), always_inline)) inline void transpose16x16(con
   }
 }
 
-// The lower median of each of 16 rows of 64 keys (keys[r * 64 + c]), lane r.
-__attribute__((target("avx512f"))) inline __m512i median64_of_16_rows(const uint32_t* keys) {
-  __m512i v[64];
-  for (int block = 0; block < 4; ++block) transpose16x16(keys + 16 * block, 64, v + 16 * block);
-  sort32_transposed(v, std::make_index_sequence<kSortNetwork32.size()>{});
-  sort32_transposed(v + 32, std::make_index_sequence<kSortNetwork32.size()>{});
-  __m512i median = _mm512_min_epu32(v[0], v[63]);
-  for (int i = 1; i < 32; ++i) median = _mm512_max_epu32(median, _mm512_min_epu32(v[i], v[63 - i]));
+// The lower median of each of 16 rows of C keys (keys[r * C + c]), lane r.
+template <int C>
+__attribute__((target("avx512f"), noinline)) __m512i median_of_16_rows(const uint32_t* keys) {
+  __m512i v[C];
+  for (int block = 0; block < C / 16; ++block) transpose16x16(keys + 16 * block, C, v + 16 * block);
+  sort_half<C / 2>(v);
+  sort_half<C / 2>(v + C / 2);
+  __m512i median = _mm512_min_epu32(v[0], v[C - 1]);
+  for (int i = 1; i < C / 2; ++i) median = _mm512_max_epu32(median, _mm512_min_epu32(v[i], v[C - 1 - i]));
   return median;
 }
 
@@ -341,10 +355,10 @@ struct RowStatsPartial {
   std::vector<uint32_t> keys, select_keys, scratch, ratio_keys;  // 16 spare entries: whole-vector stores
   std::vector<float> ratios;
   bool use_avx512;
-  // 64-channel rows without NaN wait here, 16 at a time, for median64_of_16_rows (AVX-512)
+  // 32- and 64-channel rows without NaN wait here, 16 at a time, for median_of_16_rows (AVX-512)
   static constexpr int kBatch = 16;
   bool batched;
-  std::vector<uint32_t> batch_keys;  // [kBatch, 64] |a| bit patterns
+  std::vector<uint32_t> batch_keys;  // [kBatch, C] |a| bit patterns
   int64_t batch_rows[kBatch];
   int batch_size = 0;
   float* batch_row_ratio = nullptr;
@@ -367,8 +381,8 @@ struct RowStatsPartial {
         ratio_keys(channels_ + 16),
         ratios(channels_),
         use_avx512(channels_ >= 16 && avx512_usable()),  // below 16 channels the scalar code is as fast
-        batched(use_avx512 && channels_ == 64),
-        batch_keys(batched ? kBatch * 64 : 0) {}
+        batched(use_avx512 && (channels_ == 32 || channels_ == 64)),
+        batch_keys(batched ? kBatch * channels_ : 0) {}
 
   // the worker's max |a| and its flat index (ties: the smaller index)
   void take_max(float value, int64_t flat) {
@@ -394,7 +408,10 @@ struct RowStatsPartial {
   // (RowStatsTotal::merge calls it).
   void add_row(const float* values, int64_t row, float* row_ratio, float* row_max_abs) {
 #ifdef MAGNN_X86_AVX512
-    if (batched) return add_row_batched(values, row, row_ratio, row_max_abs);
+    if (batched) {
+      return channels == 64 ? add_row_batched<64>(values, row, row_ratio, row_max_abs)
+                            : add_row_batched<32>(values, row, row_ratio, row_max_abs);
+    }
     if (use_avx512) return add_row_avx512(values, row, row_ratio, row_max_abs);
 #endif
     add_row_impl<false>(values, row, row_ratio, row_max_abs);
@@ -414,74 +431,82 @@ struct RowStatsPartial {
     add_row_impl<true>(values, row, row_ratio, row_max_abs);
   }
 
-  // 64 channels: a row with a NaN goes through add_row_avx512 at once; the others join the
-  // batch as |a| bit patterns (the statistics depend on |a| only), 16 of them share one
-  // transposed median network, then each finishes with its median known.
+  // C = 32 or 64 channels: a row with a NaN goes through add_row_avx512 at once; the others
+  // join the batch as |a| bit patterns (the statistics depend on |a| only), 16 of them share
+  // one transposed median network, then each finishes with its median known.
+  template <int C>
   __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,popcnt"), noinline)) void add_row_batched(
       const float* values, int64_t row, float* row_ratio, float* row_max_abs) {
+    constexpr int kVectors = C / 16;
     const __m512i magnitude = _mm512_set1_epi32(0x7fffffff), inf = _mm512_set1_epi32(0x7f800000);
-    __m512i key[4];
+    __m512i key[kVectors];
     __mmask16 nan = 0;
-    for (int r = 0; r < 4; ++r) {
+    for (int r = 0; r < kVectors; ++r) {
       key[r] = _mm512_and_si512(_mm512_loadu_si512(values + 16 * r), magnitude);
       nan |= _mm512_cmpgt_epu32_mask(key[r], inf);
     }
     if (nan) return add_row_impl<true>(values, row, row_ratio, row_max_abs);
-    uint32_t* slot = batch_keys.data() + 64 * batch_size;
-    for (int r = 0; r < 4; ++r) _mm512_storeu_si512(slot + 16 * r, key[r]);
+    uint32_t* slot = batch_keys.data() + C * batch_size;
+    for (int r = 0; r < kVectors; ++r) _mm512_storeu_si512(slot + 16 * r, key[r]);
     batch_rows[batch_size] = row;
     batch_row_ratio = row_ratio;
     batch_row_max_abs = row_max_abs;
     if (++batch_size < kBatch) return;
     alignas(64) uint32_t medians[kBatch];
-    _mm512_store_si512(medians, median64_of_16_rows(batch_keys.data()));
+    _mm512_store_si512(medians, median_of_16_rows<C>(batch_keys.data()));
     batch_size = 0;
-    for (int r = 0; r < kBatch; ++r) finish_batched_row(batch_keys.data() + 64 * r, batch_rows[r], medians[r]);
+    for (int r = 0; r < kBatch; ++r) finish_batched_row<C>(batch_keys.data() + C * r, batch_rows[r], medians[r]);
   }
 
-  // add_row_impl for a batched row: 64 keys without NaN, the median known
+  // add_row_impl for a batched row: C keys without NaN, the median known
+  template <int C>
   __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,popcnt"), always_inline)) inline void
   finish_batched_row(const uint32_t* key, int64_t row, uint32_t median_key) {
+    constexpr int kVectors = C / 16;
     if (pending_rows == flush_rows) flush();
     ++pending_rows;
     const __m128i shift_count = _mm_cvtsi32_si128(shift);
     uint32_t* __restrict__ abs_counts = count_abs.data();
     uint32_t* __restrict__ ratio_counts = count_ratio.data();
-    __m512i k[4];
-    for (int r = 0; r < 4; ++r) k[r] = _mm512_loadu_si512(key + 16 * r);
-    count_bins(k, shift_count, abs_counts);
-    const uint32_t key_max = _mm512_reduce_max_epu32(_mm512_max_epu32(_mm512_max_epu32(k[0], k[1]),
-                                                                     _mm512_max_epu32(k[2], k[3])));
+    __m512i k[kVectors];
+    __m512i all_max = _mm512_setzero_si512();
+    for (int r = 0; r < kVectors; ++r) {
+      k[r] = _mm512_loadu_si512(key + 16 * r);
+      all_max = _mm512_max_epu32(all_max, k[r]);
+    }
+    count_bins<kVectors>(k, shift_count, abs_counts);
+    const uint32_t key_max = _mm512_reduce_max_epu32(all_max);
     const float row_max = key_float(key_max);
     batch_row_max_abs[row] = row_max;
-    if (row_max >= max_abs) take_max(row_max, row * 64 + find_first_avx512(key, 64, key_max));
+    if (row_max >= max_abs) take_max(row_max, row * C + find_first_avx512(key, C, key_max));
     float median = key_float(median_key);
     if (median == 0.0f) median = std::numeric_limits<float>::min();  // 2**-126
     const __m512 divisor = _mm512_set1_ps(median);
-    __m512i ratio[4];
-    for (int r = 0; r < 4; ++r) {
+    __m512i ratio[kVectors];
+    for (int r = 0; r < kVectors; ++r) {
       // a ratio is never negative: its sign bit is clear except for NaN (inf / inf), as in stats_bin
       ratio[r] = _mm512_and_si512(_mm512_castps_si512(_mm512_div_ps(_mm512_castsi512_ps(k[r]), divisor)),
                                   _mm512_set1_epi32(0x7fffffff));
     }
-    count_bins(ratio, shift_count, ratio_counts);
+    count_bins<kVectors>(ratio, shift_count, ratio_counts);
     batch_row_ratio[row] = row_max / median;
   }
 
-  // ++counts[bits >> shift] for 64 non-negative bit patterns
+  // ++counts[bits >> shift] for 16 * kVectors non-negative bit patterns
+  template <int kVectors>
   __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,popcnt"), always_inline)) inline void count_bins(
       const __m512i* bits, __m128i shift_count, uint32_t* __restrict__ counts) {
-    alignas(64) uint32_t bins[64];
-    for (int r = 0; r < 4; ++r) _mm512_store_si512(bins + 16 * r, _mm512_srl_epi32(bits[r], shift_count));
+    alignas(64) uint32_t bins[16 * kVectors];
+    for (int r = 0; r < kVectors; ++r) _mm512_store_si512(bins + 16 * r, _mm512_srl_epi32(bits[r], shift_count));
 #pragma GCC unroll 8
-    for (int c = 0; c < 64; ++c) ++counts[bins[c]];
+    for (int c = 0; c < 16 * kVectors; ++c) ++counts[bins[c]];
   }
 
   __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,popcnt"), noinline)) void drain_avx512() {
     const int waiting = batch_size;
     batch_size = 0;
     for (int r = 0; r < waiting; ++r)
-      add_row_impl<true>(reinterpret_cast<const float*>(batch_keys.data() + 64 * r), batch_rows[r],
+      add_row_impl<true>(reinterpret_cast<const float*>(batch_keys.data() + channels * r), batch_rows[r],
                          batch_row_ratio, batch_row_max_abs);
   }
 #endif

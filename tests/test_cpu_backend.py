@@ -728,34 +728,33 @@ def test_reduce_rows_op_equals_torch_reduce_rows(channels, portable, monkeypatch
     assert_stats_equal(cpu_backend.reduce_rows_cpu(rows.reshape(200, 1, channels), 7), reduce_rows(rows, 7))
 
 
-def test_batched_64_channel_rows_equal_the_row_by_row_path(monkeypatch):
-    # Rows of exactly 64 channels without NaN are reduced 16 at a time by a transposed sorting
-    # network (AVX-512 CPUs); rows with NaN, the last partial batch and other widths go row by row.
-    # Both must give the same bits as the portable code and as the torch reference.
+@pytest.mark.parametrize("channels", (32, 64))
+def test_batched_rows_equal_the_row_by_row_path(channels, monkeypatch):
+    # Rows of exactly 32 or 64 channels without NaN are reduced 16 at a time by a transposed
+    # sorting network (AVX-512 CPUs); rows with NaN, the last partial batch and other widths go
+    # row by row. Both must give the same bits as the portable code and as the torch reference.
     gen = torch.Generator().manual_seed(11)
-    count = 16 * 13 + 5  # a partial batch left at the end
-    rows = torch.randn(count, 64, generator=gen) * torch.randn(count, 64, generator=gen).exp()
+    count, half = 16 * 13 + 5, channels // 2  # a partial batch left at the end
+    rows = torch.randn(count, channels, generator=gen) * torch.randn(count, channels, generator=gen).exp()
     rows[3] = 0.0  # median 0 -> 2**-126, ratios up to 1e38 / 2**-126 = inf
     rows[3, :5] = torch.tensor([1e38, -3e38, 1.0, 1e-40, -1e-45])
-    rows[17, 40:] = float("nan")  # NaN rows between batched ones
+    rows[17, half + 8:] = float("nan")  # NaN rows between batched ones
     rows[18, 7] = float("nan")
-    rows[50] = torch.randint(-2, 3, (64,), generator=gen).float()  # ties and +-0
-    rows[51] = 3.4e38 * torch.rand(64, generator=gen)  # near float32's max: ratios overflow to inf
+    rows[50] = torch.randint(-2, 3, (channels,), generator=gen).float()  # ties and +-0
+    rows[51] = 3.4e38 * torch.rand(channels, generator=gen)  # near float32's max: ratios overflow to inf
     rows[52, 1::3] = -float("inf")  # some infinities, no NaN
     rows[count - 2] = float("nan")
-    # the network sorts channels 0-31 and 32-63 apart: rows where the lower median is the top of
-    # one half, or the only value of the other half among the 32 smallest
-    rows[70] = torch.arange(64.0)
-    rows[71] = torch.arange(64.0).flip(0)
-    rows[72] = torch.arange(64.0)
-    rows[72, 40] = 0.5
-    rows[73] = torch.arange(64.0).flip(0)
+    # the network sorts the two halves of the channels apart: rows where the lower median is the
+    # top of one half, or the only value of the other half among the smallest half
+    ascending = torch.arange(float(channels))
+    rows[70], rows[71], rows[72], rows[73] = ascending, ascending.flip(0), ascending, ascending.flip(0)
+    rows[72, half + 8] = 0.5
     rows[73, 10] = -0.25
     # the maximum tied between a batched row and a later row with a NaN, which is reduced first
     rows[20, 5] = rows[25, 2] = float("inf")
     rows[25, 9] = float("nan")
     native = cpu_backend.reduce_rows_cpu(rows, 7)
-    assert int(native.argmax) == 20 * 64 + 5  # the first one wins
+    assert int(native.argmax) == 20 * channels + 5  # the first one wins
     assert_stats_equal(native, reduce_rows(rows, 7))
     for mantissa_bits in (7, 0, 12):
         monkeypatch.delenv("MAGNN_CPU_NO_AVX512", raising=False)
@@ -764,7 +763,7 @@ def test_batched_64_channel_rows_equal_the_row_by_row_path(monkeypatch):
         assert_stats_equal(native, cpu_backend.reduce_rows_cpu(rows, mantissa_bits))
     # more than half the row infinite: the median is inf and inf / inf is NaN (binned with its sign
     # cleared), which the torch reference cannot bin; the two C++ paths must still agree
-    rows[60:90, :40] = float("inf")
+    rows[60:90, :half + 8] = float("inf")
     monkeypatch.delenv("MAGNN_CPU_NO_AVX512")
     native = cpu_backend.reduce_rows_cpu(rows, 7)
     assert native.row_ratio[60:90].isnan().all()
