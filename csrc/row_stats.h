@@ -56,6 +56,13 @@ inline float key_float(uint32_t key) {
   return value;
 }
 
+// The divisor of a row's ratios: its median, or the smallest positive normal float32 for a
+// median of 0, so that every ratio is finite (SPEC §4).
+inline float ratio_divisor(uint32_t median_key) {
+  const float median = key_float(median_key);
+  return median == 0.0f ? std::numeric_limits<float>::min() : median;
+}
+
 // The kth smallest (0-based) of n keys, by quickselect with a branch-free
 // three-way partition: per-row medians of random data would otherwise spend
 // most of their time in mispredicted branches. Reorders `keys`; `scratch`
@@ -241,13 +248,20 @@ struct CompareExchange {
   int lo, hi;
 };
 
-// Batcher's odd-even merge sort of n (a power of two) keys, ascending: the pairs in order.
-constexpr int oddeven_merge_sort_count(int n) {
-  int count = 0;
+// Batcher's odd-even merge sort of n (a power of two) keys, ascending: visit(lo, hi) for each
+// compare-exchange, in order.
+template <typename Visit>
+constexpr void oddeven_merge_sort_pairs(int n, Visit visit) {
   for (int p = 1; p < n; p *= 2)
     for (int k = p; k >= 1; k /= 2)
       for (int j = k % p; j <= n - 1 - k; j += 2 * k)
-        for (int i = 0; i <= std::min(k - 1, n - j - k - 1); ++i) count += (i + j) / (2 * p) == (i + j + k) / (2 * p);
+        for (int i = 0; i <= std::min(k - 1, n - j - k - 1); ++i)
+          if ((i + j) / (2 * p) == (i + j + k) / (2 * p)) visit(i + j, i + j + k);
+}
+
+constexpr int oddeven_merge_sort_count(int n) {
+  int count = 0;
+  oddeven_merge_sort_pairs(n, [&count](int, int) { ++count; });
   return count;
 }
 
@@ -255,16 +269,12 @@ template <int n>
 constexpr std::array<CompareExchange, oddeven_merge_sort_count(n)> oddeven_merge_sort_network() {
   std::array<CompareExchange, oddeven_merge_sort_count(n)> net{};
   int m = 0;
-  for (int p = 1; p < n; p *= 2)
-    for (int k = p; k >= 1; k /= 2)
-      for (int j = k % p; j <= n - 1 - k; j += 2 * k)
-        for (int i = 0; i <= std::min(k - 1, n - j - k - 1); ++i)
-          if ((i + j) / (2 * p) == (i + j + k) / (2 * p)) net[m++] = CompareExchange{i + j, i + j + k};
+  oddeven_merge_sort_pairs(n, [&net, &m](int lo, int hi) { net[m++] = CompareExchange{lo, hi}; });
   return net;
 }
 
-inline constexpr auto kSortNetwork16 = oddeven_merge_sort_network<16>();
-inline constexpr auto kSortNetwork32 = oddeven_merge_sort_network<32>();
+template <int n>
+inline constexpr auto kSortNetwork = oddeven_merge_sort_network<n>();
 
 template <int lo, int hi>
 __attribute__((target("avx512f"), always_inline)) inline void compare_exchange(__m512i* v) {
@@ -280,15 +290,10 @@ __attribute__((target("avx512f"), always_inline)) inline void sort_transposed(__
   (compare_exchange<kNetwork[I].lo, kNetwork[I].hi>(v), ...);
 }
 
-// ascending sort of v[0 .. n), n = 16 or 32
+// ascending sort of v[0 .. n)
 template <int n>
 __attribute__((target("avx512f"), always_inline)) inline void sort_half(__m512i* v) {
-  static_assert(n == 16 || n == 32, "the batched rows have 32 or 64 channels");
-  if constexpr (n == 16) {
-    sort_transposed<kSortNetwork16>(v, std::make_index_sequence<kSortNetwork16.size()>{});
-  } else {
-    sort_transposed<kSortNetwork32>(v, std::make_index_sequence<kSortNetwork32.size()>{});
-  }
+  sort_transposed<kSortNetwork<n>>(v, std::make_index_sequence<kSortNetwork<n>.size()>{});
 }
 
 // rows[i * stride + j] for i, j < 16 -> out[j] with lane i = rows[i * stride + j]
@@ -479,8 +484,7 @@ struct RowStatsPartial {
     const float row_max = key_float(key_max);
     batch_row_max_abs[row] = row_max;
     if (row_max >= max_abs) take_max(row_max, row * C + find_first_avx512(key, C, key_max));
-    float median = key_float(median_key);
-    if (median == 0.0f) median = std::numeric_limits<float>::min();  // 2**-126
+    const float median = ratio_divisor(median_key);
     const __m512 divisor = _mm512_set1_ps(median);
     __m512i ratio[kVectors];
     for (int r = 0; r < kVectors; ++r) {
@@ -593,8 +597,7 @@ struct RowStatsPartial {
       if (!any_nan) std::memcpy(select, key, C * sizeof(uint32_t));
       median_key = select_kth(select, scratch.data(), n_valid, kth);
     }
-    float median = key_float(median_key);
-    if (median == 0.0f) median = std::numeric_limits<float>::min();  // 2**-126
+    const float median = ratio_divisor(median_key);
     float* __restrict__ ratio = ratios.data();
     for (int64_t c = 0; c < C; ++c) ratio[c] = key_float(key[c]) / median;
     if (any_nan) {
