@@ -417,6 +417,7 @@ void gt_scores_fwd_kernel(const Problem<scalar_t, acc_t>& pb, const Endpoints& e
   const int64_t row_bytes = C * static_cast<int64_t>(sizeof(scalar_t));
   run_blocks((E + kEdgeChunk - 1) / kEdgeChunk, [&](auto& claim) {
     std::vector<acc_t> query(C), beta(H), shift(C), score(C), logits(H);
+    std::vector<scalar_t> unkept(edge_out ? 0 : C);  // a row for the statistics when edge_out is not kept
     RowReducer<scalar_t> reducer(stats, C);
     for (int64_t chunk = claim(); chunk >= 0; chunk = claim()) {
       const int64_t end = std::min(E, (chunk + 1) * kEdgeChunk);
@@ -427,10 +428,11 @@ void gt_scores_fwd_kernel(const Problem<scalar_t, acc_t>& pb, const Endpoints& e
         }
         load_query(pb, ends.dst(edge), query.data(), beta.data(), shift.data());
         gt_score(pb, query.data(), shift.data(), ends.src(edge), edge, score.data(), logits.data());
-        scalar_t* __restrict__ out_row = edge_out + edge * C;
+        for (int64_t h = 0; h < H; ++h) logit_buffer[edge * H + h] = logits[h];
+        if (!edge_out && !stats) continue;
+        scalar_t* __restrict__ out_row = edge_out ? edge_out + edge * C : unkept.data();
         const acc_t* __restrict__ values = score.data();
         for (int64_t c = 0; c < C; ++c) out_row[c] = static_cast<scalar_t>(values[c]);
-        for (int64_t h = 0; h < H; ++h) logit_buffer[edge * H + h] = logits[h];
         reducer.add(out_row, edge);
       }
     }
@@ -551,6 +553,7 @@ void additive_messages_fwd_kernel(const Problem<scalar_t, acc_t>& pb, const Endp
   const bool edge_ebt = pb.ebt == Ebt::kEdge;
   run_blocks((E + kEdgeChunk - 1) / kEdgeChunk, [&](auto& claim) {
     std::vector<acc_t> query(C), beta(H), shift(C), shifted_feat(C), msg(C);
+    std::vector<scalar_t> unkept(edge_out ? 0 : C);  // a row for the statistics when edge_out is not kept
     RowReducer<scalar_t> reducer(stats, C);
     for (int64_t chunk = claim(); chunk >= 0; chunk = claim()) {
       const int64_t end = std::min(E, (chunk + 1) * kEdgeChunk);
@@ -569,7 +572,7 @@ void additive_messages_fwd_kernel(const Problem<scalar_t, acc_t>& pb, const Endp
           for (int64_t c = 0; c < C; ++c) shifted_feat[c] = static_cast<acc_t>(feat[c]);
         }
         edge_message(pb, ends.src(edge), shifted_feat.data(), msg.data());
-        scalar_t* __restrict__ out_row = edge_out + edge * C;
+        scalar_t* __restrict__ out_row = edge_out ? edge_out + edge * C : unkept.data();
         for (int64_t h = 0; h < H; ++h) {
           const acc_t attention =
               attention_of(logit_buffer[edge * H + h], lse + dst * 2 * H, H, h) * pb.keep(edge, h);
@@ -592,7 +595,8 @@ void edge_attention_fwd_kernel(const Problem<scalar_t, acc_t>& pb, const Endpoin
     softmax_fwd_kernel(pb, node_out, lse, logit_buffer);
   } else {
     softmax_fwd_kernel(pb, node_out, lse, logit_buffer);
-    additive_messages_fwd_kernel(pb, ends, lse, logit_buffer, edge_out, stats);
+    // edge_out = a (v + e) only exists for the caller or the statistics
+    if (edge_out || stats) additive_messages_fwd_kernel(pb, ends, lse, logit_buffer, edge_out, stats);
   }
 }
 
@@ -1073,7 +1077,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
     const Tensor& perm, const std::optional<Tensor>& rev_rowptr, const std::optional<Tensor>& rev_col,
     const std::optional<Tensor>& rev_perm, const std::optional<Tensor>& bias, const std::optional<Tensor>& ebt_k,
     const std::optional<Tensor>& ebt_e, const std::optional<Tensor>& ebt_v, c10::string_view mode,
-    c10::string_view ebt, std::optional<double> clamp, double dropout, int64_t seed, int64_t mantissa_bits) {
+    c10::string_view ebt, std::optional<double> clamp, double dropout, int64_t seed, int64_t mantissa_bits,
+    bool need_edge_out) {
   const Setup s = prepare(q, k, v, e, rowptr, col, perm, bias, ebt_k, ebt_e, ebt_v, mode, ebt, clamp, dropout, seed);
   // the reverse CSR only travels with the forward for the backward; checked when given
   TORCH_CHECK(rev_rowptr.has_value() == rev_col.has_value() && rev_col.has_value() == rev_perm.has_value(),
@@ -1086,7 +1091,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
   TORCH_CHECK(mantissa_bits <= 23, "magnn_cpu: mantissa_bits must be in [0, 23]");
   const auto acc_type = at::toOpMathType(q.scalar_type());
   Tensor node_out = at::empty_like(s.q);
-  Tensor edge_out = empty_huge(s.e.sizes(), s.e.options());
+  Tensor edge_out = need_edge_out ? empty_huge(s.e.sizes(), s.e.options())
+                                  : at::empty({0, s.heads, s.head_dim}, s.e.options());
   Tensor lse = at::empty({s.num_nodes, 2, s.heads}, q.options().dtype(acc_type));
   // per-edge logits between the caller-order and the CSR passes; freed on return
   Tensor logit_buffer = empty_huge({s.num_edges, s.heads}, q.options().dtype(acc_type));
@@ -1112,7 +1118,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
     using acc_t = at::opmath_type<scalar_t>;
     const auto pb = make_problem<scalar_t, acc_t>(s, rowptr, col, perm);
     edge_attention_fwd_kernel<scalar_t, acc_t>(pb, ends,
-                                               node_out.data_ptr<scalar_t>(), edge_out.data_ptr<scalar_t>(),
+                                               node_out.data_ptr<scalar_t>(),
+                                               need_edge_out ? edge_out.data_ptr<scalar_t>() : nullptr,
                                                lse.data_ptr<acc_t>(), logit_buffer.data_ptr<acc_t>(),
                                                with_stats ? &stats : nullptr);
   });

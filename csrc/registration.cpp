@@ -13,14 +13,17 @@ TORCH_LIBRARY(magnn_cpu, m) {
   // the backward (None when no input needs a gradient). mode: "gt" |
   // "additive"; ebt: "none" | "edge" | "slot"; mantissa_bits < 0 skips the
   // statistics (their outputs are then empty). dropout, seed: attention dropout
-  // (SPEC §3; dropout 0 means none). k, v have N_src rows, q N_dst (bipartite). Returns node_out, edge_out, lse
+  // (SPEC §3; dropout 0 means none). k, v have N_src rows, q N_dst (bipartite). need_edge_out false:
+  // edge_out is not written (an empty [0, H, D] comes back), the statistics are still reduced from its
+  // rows, and additive mode skips its edge_out pass when there are none. Returns node_out, edge_out, lse
   // [N, 2, H] (per (node, head) the row max and the log sum that backward
   // recomputes the softmax from), then the RawStats fields of the edge_out tap:
   // hist_abs, hist_ratio, row_ratio, row_max_abs, nan_count, max_abs, argmax.
   m.def(
       "edge_attention_fwd(Tensor q, Tensor k, Tensor v, Tensor e, Tensor rowptr, Tensor col, Tensor perm, "
       "Tensor? rev_rowptr, Tensor? rev_col, Tensor? rev_perm, Tensor? bias, Tensor? ebt_k, Tensor? ebt_e, "
-      "Tensor? ebt_v, str mode, str ebt, float? clamp, float dropout, int seed, int mantissa_bits) -> (Tensor, "
+      "Tensor? ebt_v, str mode, str ebt, float? clamp, float dropout, int seed, int mantissa_bits, "
+      "bool need_edge_out=True) -> (Tensor, "
       "Tensor, Tensor, Tensor, "
       "Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   // Backward from lse: gradients of q, k, v, e (input dtype) and of bias,

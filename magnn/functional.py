@@ -227,7 +227,7 @@ def attention_weights(q, k, e, graph: Graph, lse, edge_out, *, mode, clamp, bias
     work = lse.dtype
     head_dim = q.shape[2]
     src, dst = graph.src, graph.dst
-    if mode == "gt" and edge_out.dtype in (torch.float32, torch.float64):
+    if mode == "gt" and edge_out is not None and edge_out.dtype in (torch.float32, torch.float64):
         logits = edge_out.to(work).sum(-1)
     else:
         scale = 1.0 / math.sqrt(head_dim)
@@ -292,6 +292,7 @@ def edge_attention(
     dropout: float = 0.0,
     seed: Optional[int] = None,
     return_alpha: bool = False,
+    need_edge_out: bool = True,
     backend: str = "auto",
 ):
     """Fused edge attention over incoming edges (SPEC §3).
@@ -327,9 +328,13 @@ def edge_attention(
         generator when dropout > 0, so `torch.manual_seed` makes runs repeatable.
       return_alpha: also return the attention weights alpha [E, H] (caller's edge order,
         before dropout) from the saved log-sum-exp (no second softmax pass); differentiable.
+      need_edge_out: False when the caller discards edge_out (PyG's TransformerConv does):
+        it is then not written and None is returned in its place; the statistics of the
+        edge tap are still reduced from its rows as the kernels compute them, and without
+        them additive mode skips its edge_out pass. node_out, lse and alpha are unchanged.
       backend: "auto", "torch", "cpu" or "triton".
 
-    Returns (node_out [N_dst, H, D], edge_out [E, H, D]) in the caller's edge order;
+    Returns (node_out [N_dst, H, D], edge_out [E, H, D] or None) in the caller's edge order;
     return_lse appends lse [N_dst, H], return_alpha appends alpha [E, H]:
     (node_out, edge_out[, lse][, alpha]).
     """
@@ -345,6 +350,8 @@ def edge_attention(
     _check_edge_types(edge_types, graph.num_edges)
     check_dropout(dropout)
     _check_seed(seed)
+    if not isinstance(need_edge_out, bool):
+        raise TypeError(f"need_edge_out must be True or False, got {need_edge_out!r}")
     dropout = float(dropout)
     if dropout > 0 and seed is None:
         seed = int(torch.randint(SEED_BOUND, (), dtype=torch.int64))
@@ -369,6 +376,8 @@ def edge_attention(
         mantissa_bits=edge_bits if kernel_tap == "edge" else node_bits, tap=kernel_tap,
         **({"return_lse": True} if want_lse else {}),
         **({"dropout": dropout, "seed": int(seed)} if dropout > 0 else {}),
+        # gt's alpha is read off edge_out (the score), so it is kept for that
+        **({} if need_edge_out or (return_alpha and mode == "gt") else {"need_edge_out": False}),
     )
     if targets:
         raws = {kernel_tap: raw}
@@ -376,7 +385,7 @@ def edge_attention(
             raws["node"] = reduce_rows(node_out.detach().reshape(node_out.shape[0], q.shape[1] * q.shape[2]), node_bits)
         call_types = _call_edge_types(edge_types, graph.num_edges)
         add_to_all(targets, raws, heads=q.shape[1], edge_types=call_types)  # all collectors or none
-    result = (node_out, edge_out)
+    result = (node_out, edge_out if need_edge_out else None)
     if return_lse:
         result += (lse[0],)
     if return_alpha:

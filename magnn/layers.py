@@ -329,8 +329,8 @@ class TransformerConv(StatsTap, nn.Module):
         node_out, _, *alpha = edge_attention(
             query, key, value, edge, graph, mode="additive",
             dropout=self.dropout if self.training else 0.0,
-            stats=targets or None, return_alpha=want_alpha, backend=self.backend,
-        )
+            stats=targets or None, return_alpha=want_alpha, need_edge_out=False, backend=self.backend,
+        )  # PyG's layer has no edge output: edge_out is never written (collectors still see its rows)
         out = node_out.reshape(-1, heads * channels) if self.concat else node_out.mean(dim=1)
         if self.root_weight:
             root = self.lin_skip(x_dst)

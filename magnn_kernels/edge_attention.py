@@ -37,7 +37,8 @@ NAMESPACE = OP_NAMESPACES["triton"]
 FORWARD_SCHEMA = (
     "(Tensor q, Tensor k, Tensor v, Tensor e, Tensor rowptr, Tensor col, Tensor perm, "
     "Tensor? rev_rowptr, Tensor? rev_col, Tensor? rev_perm, Tensor? bias, Tensor? ebt_k, Tensor? ebt_e, "
-    "Tensor? ebt_v, str mode, str ebt, float? clamp, float dropout, int seed, int mantissa_bits) -> "
+    "Tensor? ebt_v, str mode, str ebt, float? clamp, float dropout, int seed, int mantissa_bits, "
+    "bool need_edge_out=True) -> "
     "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
 )
 BACKWARD_SCHEMA = (
@@ -60,14 +61,16 @@ def edge_attention_fwd(
     rev_rowptr: Optional[Tensor], rev_col: Optional[Tensor], rev_perm: Optional[Tensor],
     bias: Optional[Tensor], ebt_k: Optional[Tensor], ebt_e: Optional[Tensor], ebt_v: Optional[Tensor],
     mode: str, ebt: str, clamp: Optional[float], dropout: float, seed: int, mantissa_bits: int,
+    need_edge_out: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The fields of `ForwardResult`. The reverse CSR is only carried for the backward;
     mantissa_bits < 0: no statistics (the per-bin and per-edge outputs are empty,
     nan_count 0, max_abs and argmax -1). Edge order is the caller's. Bipartite: q and the
     outputs over N_dst nodes, k and v over N_src. dropout > 0 drops attention weights
-    with the mask of `magnn.core.dropout.keep_mask(seed, edge id, head)`."""
+    with the mask of `magnn.core.dropout.keep_mask(seed, edge id, head)`. need_edge_out False:
+    edge_out is not stored (an empty [0, H, D]); the statistics still see its rows."""
     return tuple(edge_attention_forward(q, k, v, e, rowptr, col, perm, bias, ebt_k, ebt_e, ebt_v,
-                                        mode, ebt, clamp, dropout, seed, mantissa_bits))
+                                        mode, ebt, clamp, dropout, seed, mantissa_bits, need_edge_out))
 
 
 # ---------------------------------------------------------------------------
@@ -103,7 +106,8 @@ def edge_attention(q: Tensor, k: Tensor, v: Tensor, e: Tensor, rowptr: Tensor, c
                    rev_perm: Optional[Tensor] = None, *, bias: Optional[Tensor] = None,
                    ebt_k: Optional[Tensor] = None, ebt_e: Optional[Tensor] = None, ebt_v: Optional[Tensor] = None,
                    mode: str = "gt", ebt: str = "none", clamp: Optional[float] = None,
-                   dropout: float = 0.0, seed: int = 0, mantissa_bits: int = -1) -> ForwardResult:
+                   dropout: float = 0.0, seed: int = 0, mantissa_bits: int = -1,
+                   need_edge_out: bool = True) -> ForwardResult:
     """Run `magnn_triton::edge_attention_fwd` on contiguous copies of the inputs; the named outputs.
 
     Differentiable when given the reverse CSR (rev_*); without it a backward raises.
@@ -116,5 +120,5 @@ def edge_attention(q: Tensor, k: Tensor, v: Tensor, e: Tensor, rowptr: Tensor, c
     return ForwardResult(*edge_attention_fwd(
         q.contiguous(), k.contiguous(), v.contiguous(), e.contiguous(), rowptr, col, perm, rev_rowptr, rev_col,
         rev_perm, contiguous(bias), contiguous(ebt_k), contiguous(ebt_e), contiguous(ebt_v),
-        mode, ebt, clamp, float(dropout), op_seed(seed), mantissa_bits,
+        mode, ebt, clamp, float(dropout), op_seed(seed), mantissa_bits, bool(need_edge_out),
     ))

@@ -64,7 +64,7 @@ def _edge_attention_fwd_kernel(
     num_items,
     # outputs
     node_out_ptr,  # [N_dst, H, D]
-    edge_out_ptr,  # [E, H, D] caller's edge order
+    edge_out_ptr,  # [E, H, D] caller's edge order (STORE_EDGE)
     lse_ptr,  # [N_dst, 2, H] fp32 row max, log sum (written; read with LSE_GIVEN)
     part_m_ptr,  # [I, H] fp32 a chunk's running max (PARTIAL)
     part_l_ptr,  # [I, H] fp32 a chunk's running sum
@@ -79,7 +79,7 @@ def _edge_attention_fwd_kernel(
     seed_lo, seed_hi, drop_threshold, keep_scale,  # attention dropout (DROPOUT): utils.dropout_args
     MODE: tl.constexpr, EBT: tl.constexpr, HAS_BIAS: tl.constexpr, BIAS_PER_HEAD: tl.constexpr,
     HAS_CLAMP: tl.constexpr, DROPOUT: tl.constexpr,
-    PARTIAL: tl.constexpr, LSE_GIVEN: tl.constexpr, MESSAGE_PASS: tl.constexpr,
+    PARTIAL: tl.constexpr, LSE_GIVEN: tl.constexpr, MESSAGE_PASS: tl.constexpr, STORE_EDGE: tl.constexpr,
     STATS: tl.constexpr, MBITS: tl.constexpr, WINDOW: tl.constexpr, RATIO_BASE: tl.constexpr,
     LOW_BIT: tl.constexpr,
     BLOCK_E: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -98,7 +98,7 @@ def _edge_attention_fwd_kernel(
     HD = H * D
     e_idx = tl.arange(0, BLOCK_E)
     h_idx, h_mask, hd_off, hd_mask = head_lanes(H, D, BLOCK_H, BLOCK_D)
-    out_ty = edge_out_ptr.dtype.element_ty
+    out_ty = e_ptr.dtype.element_ty  # of node_out and edge_out; edge_out_ptr is a placeholder without STORE_EDGE
 
     ebt_k, ebt_e, ebt_v = load_ebt_params(ebt_k_ptr, ebt_e_ptr, ebt_v_ptr, hd_off, hd_mask, EBT, BLOCK_H, BLOCK_D)
 
@@ -136,7 +136,8 @@ def _edge_attention_fwd_kernel(
                 l_sum = l_sum * alpha + tl.sum(p, axis=0)
                 if MODE == MODE_GT:
                     stored = x.to(out_ty)
-                    tl.store(edge_out_ptr + eid_off, stored, mask=m3)
+                    if STORE_EDGE:
+                        tl.store(edge_out_ptr + eid_off, stored, mask=m3)
                     if STATS:
                         hist_abs_loc, hist_ratio_loc, base_abs, nan_total = tile_stats(
                             stored.to(tl.float32), m3, emask, eid, hd_off,
@@ -179,7 +180,8 @@ def _edge_attention_fwd_kernel(
                 msg = tl.load(v_ptr + src_off, mask=m3, other=0.0).to(tl.float32) + x + msg_bias[None, :, :]
                 out = attn[:, :, None] * msg
                 stored = out.to(out_ty)
-                tl.store(edge_out_ptr + eid_off, stored, mask=m3)
+                if STORE_EDGE:
+                    tl.store(edge_out_ptr + eid_off, stored, mask=m3)
                 if STATS:
                     hist_abs_loc, hist_ratio_loc, base_abs, nan_total = tile_stats(
                         stored.to(tl.float32), m3, emask, eid, hd_off,
@@ -264,8 +266,10 @@ def _max_abs_and_argmax(row_max: torch.Tensor, row_argc: torch.Tensor, channels:
 
 
 def edge_attention_forward(q, k, v, e, rowptr, col, perm, bias, ebt_k, ebt_e, ebt_v, mode: str, ebt: str,
-                           clamp, dropout: float, seed: int, mantissa_bits: int) -> ForwardResult:
-    """Launch the forward on contiguous inputs; mantissa_bits < 0: no statistics (empty stats outputs).
+                           clamp, dropout: float, seed: int, mantissa_bits: int,
+                           need_edge_out: bool = True) -> ForwardResult:
+    """Launch the forward on contiguous inputs; mantissa_bits < 0: no statistics (empty stats outputs);
+    need_edge_out False: edge_out is not stored (an empty [0, H, D] comes back).
 
     Bipartite: q is [N_dst, H, D] (rowptr [N_dst + 1]), k and v [N_src, H, D]; every launch
     walks the N_dst rows, so N_src only bounds the indices in col."""
@@ -277,7 +281,7 @@ def edge_attention_forward(q, k, v, e, rowptr, col, perm, bias, ebt_k, ebt_e, eb
     drop = utils.dropout_args(dropout, seed)
     stats = mantissa_bits >= 0
     node_out = utils.empty(q.shape, q.dtype, device)
-    edge_out = utils.empty(e.shape, e.dtype, device)
+    edge_out = utils.empty(e.shape if need_edge_out else (0, heads, head_dim), e.dtype, device)
     lse = utils.empty((num_nodes, 2, heads), torch.float32, device)  # row max, log sum
     if stats:
         bins = num_bins(mantissa_bits)
@@ -318,11 +322,12 @@ def edge_attention_forward(q, k, v, e, rowptr, col, perm, bias, ebt_k, ebt_e, eb
         ebt_k_ptr=utils.or_placeholder(ebt_k, placeholder), ebt_e_ptr=utils.or_placeholder(ebt_e, placeholder),
         ebt_v_ptr=utils.or_placeholder(ebt_v, placeholder),
         rowptr_ptr=rowptr, col_ptr=col, perm_ptr=perm,
-        node_out_ptr=node_out, edge_out_ptr=edge_out, lse_ptr=lse,
+        node_out_ptr=node_out, edge_out_ptr=edge_out if need_edge_out else placeholder, lse_ptr=lse,
         part_m_ptr=part_m, part_l_ptr=part_l, part_acc_ptr=part_acc, nan_count_ptr=nan_count, **stats_out,
         H=heads, D=head_dim, scale=1.0 / math.sqrt(head_dim), clamp_val=0.0 if clamp is None else float(clamp),
         MODE=mode_id, EBT=ebt_id, HAS_BIAS=bias is not None, BIAS_PER_HEAD=bias is not None and bias.dim() == 2,
-        HAS_CLAMP=clamp is not None, **drop, STATS=stats, MBITS=max(mantissa_bits, 0), WINDOW=window,
+        HAS_CLAMP=clamp is not None, **drop, STORE_EDGE=bool(need_edge_out), STATS=stats,
+        MBITS=max(mantissa_bits, 0), WINDOW=window,
         RATIO_BASE=ratio_base, LOW_BIT=utils.low_bit(e.dtype), **tile.launch_args(),
     )
     additive = mode_id == MODE_ADDITIVE.value

@@ -137,6 +137,60 @@ def test_empty_edge_set(backend, ebt):
     assert stats.count == want_stats.count == 0 and stats.hist_abs.total == 0
 
 
+# need_edge_out=False on every backend, the compiled ones in a half dtype too (their rows are
+# reduced as stored, i.e. rounded, also when nothing is stored)
+UNKEPT_CASES = [("torch", torch.float32), ("cpu", torch.float32), ("cpu", torch.bfloat16),
+                ("triton", torch.float32), ("triton", torch.float16)]
+
+
+def _stats_fields(stats: EdgeStats) -> tuple:
+    return (stats.calls, stats.count, stats.nan_count, stats.max_abs, stats.argmax, stats.max_edge_ratio,
+            stats.hist_abs.counts.tolist(), stats.hist_ratio.counts.tolist(), stats.hist_edge_ratio.counts.tolist(),
+            stats.edge_ratio.tolist())
+
+
+@pytest.mark.parametrize("backend,dtype", UNKEPT_CASES, ids=lambda x: str(x).replace("torch.", ""))
+@pytest.mark.parametrize("mode,ebt,dropout", [("gt", "edge", 0.0), ("additive", None, 0.0), ("additive", "slot", 0.3)])
+def test_unkept_edge_out_changes_nothing_else(backend, dtype, mode, ebt, dropout):
+    """need_edge_out=False (what TransformerConv asks for): edge_out comes back None, and node_out,
+    lse, alpha, every gradient and every statistic equal those of the same call that keeps it, bit
+    for bit: on a graph with isolated nodes, self loops, duplicates and a hub row, a NaN row, with
+    and without statistics (additive mode then skips its edge_out pass altogether)."""
+    _usable(backend, dtype)
+    tensors, _, params, graph = _inputs(21, mode, ebt, None, dtype=dtype)
+    with torch.no_grad():
+        tensors[3][7, 0, 1] = float("nan")  # one NaN edge feature: a NaN row for the statistics
+    kwargs = dict(mode=mode, ebt=ebt, ebt_params=params, clamp=4.0, dropout=dropout, seed=12345,
+                  return_lse=True, backend=backend)
+    leaves = list(tensors) + list(params or ())
+    gen = torch.Generator().manual_seed(3)
+    up = [torch.randn(shape, generator=gen).to(DEVICE) for shape in
+          (tensors[0].shape, (graph.num_nodes, tensors[0].shape[1]), (graph.num_edges, tensors[0].shape[1]))]
+
+    def call(keep: bool, with_stats: bool, with_alpha: bool):
+        stats = EdgeStats(keep_edge_ratio=True) if with_stats else None
+        node_out, edge_out, lse, *alpha = edge_attention(*tensors, graph, stats=stats, need_edge_out=keep,
+                                                         return_alpha=with_alpha, **kwargs)
+        alpha = alpha[0] if with_alpha else torch.zeros(())
+        finite_lse = torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)
+        loss = ((node_out.float() * up[0]).nansum() + (finite_lse.float() * up[1]).sum()
+                + (alpha.float() * (up[2] if with_alpha else 1.0)).nansum())
+        grads = torch.autograd.grad(loss, leaves)
+        return node_out, edge_out, lse, alpha, grads, stats
+
+    # gt's alpha is read off edge_out, so only the calls without alpha leave gt's rows unstored
+    for with_stats, with_alpha in itertools.product((True, False), (True, False)):
+        kept = call(True, with_stats, with_alpha)
+        unkept = call(False, with_stats, with_alpha)
+        assert kept[1] is not None and kept[1].shape == tensors[3].shape and unkept[1] is None
+        for got, want in zip((unkept[0], unkept[2], unkept[3], *unkept[4]), (kept[0], kept[2], kept[3], *kept[4])):
+            assert got.dtype == want.dtype and got.shape == want.shape
+            assert torch.equal(got.nan_to_num(), want.nan_to_num()) and torch.equal(got.isnan(), want.isnan())
+        if with_stats:
+            assert unkept[5].nan_count > 0 and unkept[5].count == graph.num_edges * tensors[0].shape[1] * tensors[0].shape[2]
+            assert str(_stats_fields(unkept[5])) == str(_stats_fields(kept[5]))  # NaN == NaN as text
+
+
 def _bipartite_inputs(seed, ebt, bias, dtype=torch.float32):
     """A bipartite graph (more sources than destinations, isolated destinations, a hub) and inputs."""
     gen = torch.Generator().manual_seed(seed)

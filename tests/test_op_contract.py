@@ -85,3 +85,32 @@ def test_bipartite_dropout_ops_pass_opcheck(backend):
     torch.library.opcheck(bwd, bwd_args, test_utils=("test_schema", "test_faketensor"))
     grads = contract.BackwardResult(*bwd(*bwd_args))
     assert grads.dq.shape == q.shape and grads.dk.shape == grads.dv.shape == (num_src, 2, 4)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+@pytest.mark.parametrize("mode,mantissa_bits", [("gt", 7), ("additive", -1), ("additive", 7)])
+def test_unkept_edge_out_is_empty_in_both_ops_and_their_fakes(backend, mode, mantissa_bits):
+    """need_edge_out=False (the schema's last argument, default True): edge_out comes back as
+    [0, H, D] from the real op and from its fake kernel alike, the autograd registration holds,
+    and the statistics still count every edge's row."""
+    from magnn import Graph
+
+    device = DEVICE if backend == "triton" else torch.device("cpu")
+    fwd, _ = _ops(backend)
+    default = fwd._schema.arguments[-1]
+    assert default.name == "need_edge_out" and default.default_value is True
+    gen = torch.Generator().manual_seed(8)
+    num_nodes, num_edges = 6, 17
+    graph = Graph(torch.randint(0, num_nodes, (2, num_edges), generator=gen), num_nodes).to(device)
+    q, k, v = (torch.randn(num_nodes, 2, 4, generator=gen).to(device).requires_grad_() for _ in range(3))
+    e = torch.randn(num_edges, 2, 4, generator=gen).to(device).requires_grad_()
+    csr = (graph.rowptr, graph.col, graph.perm, graph.rev_rowptr, graph.rev_col, graph.rev_perm)
+    args = (q, k, v, e, *csr, None, None, None, None, mode, "none", None, 0.0, 0, mantissa_bits, False)
+    torch.library.opcheck(fwd, args, test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+    result = contract.ForwardResult(*fwd(*[a.detach() if torch.is_tensor(a) else a for a in args]))
+    kept = contract.ForwardResult(*fwd(*[a.detach() if torch.is_tensor(a) else a for a in args[:-1]]))
+    assert result.edge_out.shape == (0, 2, 4) and kept.edge_out.shape == (num_edges, 2, 4)
+    assert torch.equal(result.node_out, kept.node_out) and torch.equal(result.lse, kept.lse)
+    if mantissa_bits >= 0:
+        assert int(result.hist_abs.sum()) == num_edges * 8 and torch.equal(result.hist_abs, kept.hist_abs)
+        assert torch.equal(result.row_ratio, kept.row_ratio) and torch.equal(result.hist_ratio, kept.hist_ratio)

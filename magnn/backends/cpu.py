@@ -20,8 +20,9 @@ checkout or an editable install uses `csrc/` beside the package.
 Backend contract (see `magnn.functional`)::
 
     run_cpu_backend(q, k, v, e, graph, *, mode, clamp, bias, ebt, ebt_params,
-                    mantissa_bits, tap, return_lse=False, dropout=0.0, seed=0)
-        -> (node_out, edge_out, RawStats | None[, lse [N, H]])
+                    mantissa_bits, tap, return_lse=False, dropout=0.0, seed=0,
+                    need_edge_out=True)
+        -> (node_out, edge_out | None, RawStats | None[, lse [N, H]])
 """
 from __future__ import annotations
 
@@ -160,11 +161,11 @@ def reduce_rows_cpu(tapped: torch.Tensor, mantissa_bits: int = 7) -> RawStats:
 
 def edge_attention_fwd(q, k, v, e, rowptr, col, perm, rev_rowptr, rev_col, rev_perm, bias, ebt_k, ebt_e, ebt_v,
                        mode: str, ebt: str, clamp: Optional[float], dropout: float, seed: int,
-                       mantissa_bits: int) -> ForwardResult:
+                       mantissa_bits: int, need_edge_out: bool = True) -> ForwardResult:
     """`torch.ops.magnn_cpu.edge_attention_fwd` (arguments: `contract.FORWARD_ARGS`) as a `ForwardResult`."""
     return ForwardResult(*torch.ops.magnn_cpu.edge_attention_fwd(
         q, k, v, e, rowptr, col, perm, rev_rowptr, rev_col, rev_perm, bias, ebt_k, ebt_e, ebt_v,
-        mode, ebt, clamp, dropout, seed, mantissa_bits,
+        mode, ebt, clamp, dropout, seed, mantissa_bits, need_edge_out,
     ))
 
 
@@ -237,10 +238,11 @@ def unavailable_reason(device, dtype) -> Optional[str]:
 
 
 def run_cpu_backend(q, k, v, e, graph, *, mode, clamp, bias, ebt, ebt_params, mantissa_bits, tap,
-                    return_lse: bool = False, dropout: float = 0.0, seed: int = 0):
+                    return_lse: bool = False, dropout: float = 0.0, seed: int = 0, need_edge_out: bool = True):
     """Backend entry point: the same contract as `magnn.backends.reference.run_torch_backend`.
 
-    Returns (node_out, edge_out, RawStats | None), and with `return_lse=True` also the
+    Returns (node_out, edge_out, RawStats | None) (edge_out None with need_edge_out=False: not
+    written, its rows still reduced for the statistics), and with `return_lse=True` also the
     [N, H] log-sum-exp of each (node, head)'s softmax (-inf where nothing is attended),
     differentiable. `dropout` > 0 drops attention weights with the counter-based mask of
     (seed, edge id, head) (SPEC §3); the graph may be bipartite (k, v over its num_src_nodes).
@@ -257,9 +259,9 @@ def run_cpu_backend(q, k, v, e, graph, *, mode, clamp, bias, ebt, ebt_params, ma
     result = edge_attention_fwd(
         q, k, v, e, graph.rowptr, graph.col, graph.perm, *reverse, bias, ebt_k, ebt_e, ebt_v,
         mode, ebt_name(ebt), clamp, float(dropout), op_seed(seed) if dropout > 0 else 0,
-        mantissa_bits if in_kernel_stats else -1,
+        mantissa_bits if in_kernel_stats else -1, need_edge_out,
     )
-    node_out, edge_out = result.node_out, result.edge_out
+    node_out, edge_out = result.node_out, result.edge_out if need_edge_out else None
     raw: Optional[RawStats] = None
     if in_kernel_stats:
         channels = q.shape[1] * q.shape[2]
@@ -270,7 +272,7 @@ def run_cpu_backend(q, k, v, e, graph, *, mode, clamp, bias, ebt, ebt_params, ma
             nan_count=result.nan_count,
             max_abs=result.max_abs,
             argmax=result.argmax,
-            count=edge_out.shape[0] * channels,
+            count=graph.num_edges * channels,
             channels=channels,
             row_max_abs=result.row_max_abs,
         )

@@ -133,10 +133,11 @@ def edge_attention_reference(
 
 def run_torch_backend(
     q, k, v, e, graph, *, mode, clamp, bias, ebt, ebt_params, mantissa_bits, tap, return_lse: bool = False,
-    dropout: float = 0.0, seed: int = 0,
+    dropout: float = 0.0, seed: int = 0, need_edge_out: bool = True,
 ):
     """Backend entry point: outputs plus the reference reduction of the tap, and with
-    return_lse the [N, H] log-sum-exp: (node_out, edge_out, raw, lse)."""
+    return_lse the [N, H] log-sum-exp: (node_out, edge_out, raw, lse); edge_out is None with
+    need_edge_out=False (the reference still computes it, for the statistics)."""
     graph.check_index_bounds()  # torch indexing would wrap a negative index around silently
     node_out, edge_out, *lse = edge_attention_reference(
         q, k, v, e, graph, mode=mode, clamp=clamp, bias=bias, ebt=ebt, ebt_params=ebt_params, return_lse=return_lse,
@@ -147,6 +148,8 @@ def run_torch_backend(
         tapped = edge_out if tap == "edge" else node_out
         channels = q.shape[1] * q.shape[2]  # explicit: reshape(-1) cannot infer it for zero rows
         raw = reduce_rows(tapped.reshape(tapped.shape[0], channels), mantissa_bits)
+    if not need_edge_out:
+        edge_out = None
     if return_lse:
         return node_out, edge_out, raw, lse[0]
     return node_out, edge_out, raw

@@ -1,8 +1,8 @@
 """The Triton backend: magnn.functional's backend contract over the `magnn_triton::` ops (magnn_kernels/).
 
     run_triton_backend(q, k, v, e, graph, *, mode, clamp, bias, ebt, ebt_params,
-                       mantissa_bits, tap, return_lse=False, dropout=0.0, seed=0)
-        -> (node_out, edge_out, RawStats | None) [+ lse with return_lse]
+                       mantissa_bits, tap, return_lse=False, dropout=0.0, seed=0, need_edge_out=True)
+        -> (node_out, edge_out | None, RawStats | None) [+ lse with return_lse]
 
 Bipartite graphs: q over graph.num_nodes destinations, k and v over graph.num_src_nodes
 sources. Attention dropout (dropout > 0) draws magnn.core.dropout's mask inside the kernels.
@@ -43,20 +43,21 @@ def unavailable_reason(device: torch.device, dtype: torch.dtype) -> Optional[str
     return f"the Triton kernels run on CUDA tensors, got {device.type} tensors"
 
 
-def _raw_stats(result: ForwardResult, channels: int) -> RawStats:
+def _raw_stats(result: ForwardResult, num_edges: int, channels: int) -> RawStats:
     """The edge_out tap's statistics, as the kernels reduced them."""
     return RawStats(
         hist_abs=result.hist_abs, hist_ratio=result.hist_ratio, row_ratio=result.row_ratio,
         nan_count=result.nan_count, max_abs=result.max_abs, argmax=result.argmax,
-        count=result.edge_out.shape[0] * channels, channels=channels, row_max_abs=result.row_max_abs,
+        count=num_edges * channels, channels=channels, row_max_abs=result.row_max_abs,
     )
 
 
 def run_triton_backend(q, k, v, e, graph, *, mode, clamp, bias, ebt, ebt_params, mantissa_bits, tap,
-                       return_lse: bool = False, dropout: float = 0.0, seed: int = 0):
+                       return_lse: bool = False, dropout: float = 0.0, seed: int = 0, need_edge_out: bool = True):
     """Backend entry point: (node_out, edge_out, RawStats | None), same contract as the torch reference;
     with return_lse, also the [N_dst, H] log-sum-exp of each (node, head)'s softmax before dropout
-    (-inf where nothing is attended), differentiable."""
+    (-inf where nothing is attended), differentiable. need_edge_out=False: edge_out is None (not
+    stored; its rows still reduced for the statistics)."""
     graph.check_index_bounds()  # an unvalidated graph's indices, once: the kernels do not bound-check them
     ebt_k = ebt_e = ebt_v = None
     if ebt is not None:
@@ -68,7 +69,7 @@ def run_triton_backend(q, k, v, e, graph, *, mode, clamp, bias, ebt, ebt_params,
     result = edge_attention(
         q, k, v, e, graph.rowptr, graph.col, graph.perm, *reverse, bias=bias, ebt_k=ebt_k, ebt_e=ebt_e, ebt_v=ebt_v,
         mode=mode, ebt=ebt_name(ebt), clamp=clamp, dropout=dropout, seed=seed,
-        mantissa_bits=mantissa_bits if edge_stats else -1,
+        mantissa_bits=mantissa_bits if edge_stats else -1, need_edge_out=need_edge_out,
     )
     raw = None
     if mantissa_bits is not None:
@@ -76,7 +77,8 @@ def run_triton_backend(q, k, v, e, graph, *, mode, clamp, bias, ebt, ebt_params,
             # node_out is small and written anyway; its rows are nodes
             raw = reduce_rows(result.node_out.reshape(result.node_out.shape[0], -1), mantissa_bits)
         else:
-            raw = _raw_stats(result, q.shape[1] * q.shape[2])
+            raw = _raw_stats(result, graph.num_edges, q.shape[1] * q.shape[2])
+    edge_out = result.edge_out if need_edge_out else None
     if return_lse:
-        return result.node_out, result.edge_out, raw, logsumexp(result.lse)
-    return result.node_out, result.edge_out, raw
+        return result.node_out, edge_out, raw, logsumexp(result.lse)
+    return result.node_out, edge_out, raw

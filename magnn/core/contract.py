@@ -27,6 +27,10 @@ Forward ``edge_attention_fwd``::
                                dropout == 0); the mask is
                                `magnn.core.dropout.keep_mask(seed, perm value, head)`
     mantissa_bits  int         histogram resolution M; < 0: no statistics
+    need_edge_out  bool        False: edge_out is not written (returned as an empty [0, H, D]); the
+                               statistics, if asked for, are still reduced from its rows as the
+                               kernel computes them, and additive mode skips its edge_out pass
+                               when they are not
 
 returns the fields of `ForwardResult`, in that order.
 
@@ -65,13 +69,13 @@ FORWARD_ARGS = (
     "q", "k", "v", "e",
     "rowptr", "col", "perm", "rev_rowptr", "rev_col", "rev_perm",
     "bias", "ebt_k", "ebt_e", "ebt_v",
-    "mode", "ebt", "clamp", "dropout", "seed", "mantissa_bits",
+    "mode", "ebt", "clamp", "dropout", "seed", "mantissa_bits", "need_edge_out",
 )
 
 
 class ForwardResult(NamedTuple):
     node_out: Tensor     # [N, H, D] input dtype (differentiable)
-    edge_out: Tensor     # [E, H, D] input dtype, caller's order (differentiable)
+    edge_out: Tensor     # [E, H, D] input dtype, caller's order (differentiable); [0, H, D] unless need_edge_out
     lse: Tensor          # [N, 2, H] accumulation dtype: row max, log-sum (differentiable, see above)
     hist_abs: Tensor     # int64 [num_bins(M)]: |edge_out|; empty without statistics
     hist_ratio: Tensor   # int64 [num_bins(M)]: |A_ec| / med_e
@@ -122,7 +126,7 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def fake_forward(q: Tensor, e: Tensor, mantissa_bits: int) -> tuple:
+def fake_forward(q: Tensor, e: Tensor, mantissa_bits: int, need_edge_out: bool = True) -> tuple:
     """The forward's outputs as empty tensors of the right shapes and dtypes: the
     `register_fake` body of both compiled backends."""
     stats = mantissa_bits >= 0
@@ -131,7 +135,8 @@ def fake_forward(q: Tensor, e: Tensor, mantissa_bits: int) -> tuple:
     scalar = lambda dtype: q.new_empty((), dtype=dtype)  # noqa: E731
     return tuple(ForwardResult(
         node_out=torch.empty_like(q, memory_format=torch.contiguous_format),
-        edge_out=torch.empty_like(e, memory_format=torch.contiguous_format),
+        edge_out=(torch.empty_like(e, memory_format=torch.contiguous_format) if need_edge_out
+                  else e.new_empty((0, *e.shape[1:]))),
         lse=q.new_empty((q.shape[0], 2, q.shape[1]), dtype=accumulation_dtype(q.dtype)),
         hist_abs=q.new_empty((bins,), dtype=torch.int64),
         hist_ratio=q.new_empty((bins,), dtype=torch.int64),
@@ -161,8 +166,8 @@ def fake_backward(q: Tensor, k: Tensor, v: Tensor, e: Tensor, bias: Optional[Ten
 # -- the registrations both backends share ----------------------------------------------
 
 def _forward_fake(q, k, v, e, rowptr, col, perm, rev_rowptr, rev_col, rev_perm, bias, ebt_k, ebt_e, ebt_v,
-                  mode, ebt, clamp, dropout, seed, mantissa_bits):
-    return fake_forward(q, e, mantissa_bits)
+                  mode, ebt, clamp, dropout, seed, mantissa_bits, need_edge_out=True):
+    return fake_forward(q, e, mantissa_bits, need_edge_out)
 
 
 def _backward_fake(grad_node, grad_edge, grad_lse, q, k, v, e, lse, node_out, rowptr, col, perm,
@@ -172,7 +177,7 @@ def _backward_fake(grad_node, grad_edge, grad_lse, q, k, v, e, lse, node_out, ro
 
 def _setup_context(ctx, inputs, output):
     (q, k, v, e, rowptr, col, perm, rev_rowptr, rev_col, rev_perm,
-     bias, ebt_k, ebt_e, ebt_v, mode, ebt, clamp, dropout, seed, _mantissa_bits) = inputs
+     bias, ebt_k, ebt_e, ebt_v, mode, ebt, clamp, dropout, seed, _mantissa_bits, *_need_edge_out) = inputs
     result = ForwardResult(*output)
     # the backward recomputes the scores from lse [N, 2, H]: nothing of size E x H x D is kept
     ctx.save_for_backward(q, k, v, e, result.lse, result.node_out, rowptr, col, perm, rev_rowptr, rev_col,
@@ -187,6 +192,8 @@ def _backward_formula(namespace: str):
     def formula(ctx, grad_node, grad_edge, grad_lse, *_stats_grads):
         (q, k, v, e, lse, node_out, rowptr, col, perm, rev_rowptr, rev_col, rev_perm,
          bias, ebt_k, ebt_e, ebt_v) = ctx.saved_tensors
+        if grad_edge is not None and grad_edge.shape[0] == 0:
+            grad_edge = None  # an edge_out of no rows (E = 0, or need_edge_out=False) carries no gradient
         if grad_node is None and grad_edge is None and grad_lse is None:
             return (None,) * len(FORWARD_ARGS)
         if rev_rowptr is None:

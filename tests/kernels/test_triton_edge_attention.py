@@ -518,7 +518,8 @@ def test_op_outputs_follow_the_contract():
     assert torch.equal(without.edge_out, with_stats.edge_out)
     assert all(t.numel() == 0 for t in (without.hist_abs, without.hist_ratio, without.row_ratio, without.row_max_abs))
     assert int(without.nan_count) == 0 and float(without.max_abs) == -1.0 and int(without.argmax) == -1
-    assert torch.ops.magnn_triton.edge_attention_fwd.default._schema.arguments[-1].name == "mantissa_bits"
+    assert [a.name for a in torch.ops.magnn_triton.edge_attention_fwd.default._schema.arguments[-2:]] == [
+        "mantissa_bits", "need_edge_out"]
 
 
 def test_unavailable_reason():
@@ -576,13 +577,15 @@ def compile_for_sm90(kernel, constexprs, data="bf16"):
 GT, ADD = common.MODE_GT.value, common.MODE_ADDITIVE.value
 NONE, EDGE, SLOT = common.EBT_NONE.value, common.EBT_EDGE.value, common.EBT_SLOT.value
 tile = dict(BLOCK_E=16, BLOCK_H=8, BLOCK_D=8)
-# the dropout variants (uint32 hash arithmetic) next to the unchanged no-dropout ones
-for mode, ebt, stats, partial, lse_given, drop in [(GT, EDGE, 1, 0, 0, 1), (ADD, SLOT, 1, 1, 1, 1),
-                                                   (ADD, NONE, 0, 0, 0, 0), (GT, SLOT, 0, 1, 0, 0)]:
+# the dropout variants (uint32 hash arithmetic) next to the unchanged no-dropout ones; edge_out
+# stored or not (need_edge_out), with and without statistics on the rows
+for mode, ebt, stats, partial, lse_given, drop, store in [(GT, EDGE, 1, 0, 0, 1, 1), (ADD, SLOT, 1, 1, 1, 1, 0),
+                                                          (ADD, NONE, 0, 0, 0, 0, 0), (GT, SLOT, 0, 1, 0, 0, 1),
+                                                          (GT, NONE, 1, 0, 0, 0, 0)]:
     compile_for_sm90(fwd._edge_attention_fwd_kernel, dict(
         MODE=mode, EBT=ebt, HAS_BIAS=True, BIAS_PER_HEAD=mode == ADD, HAS_CLAMP=True, DROPOUT=bool(drop),
         PARTIAL=bool(partial), LSE_GIVEN=bool(lse_given), MESSAGE_PASS=mode == ADD and (not partial or lse_given),
-        STATS=bool(stats),
+        STORE_EDGE=bool(store), STATS=bool(stats),
         MBITS=7, WINDOW=2048 if stats else 1, RATIO_BASE=ku.hist_layout(7)[1], LOW_BIT=16, **tile))
 for mode, ebt, partial, delta, grad_lse, drop in [(GT, EDGE, False, common.DELTA_GIVEN, True, True),
                                                   (ADD, SLOT, False, common.DELTA_ROW, True, True),
