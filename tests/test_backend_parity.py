@@ -189,6 +189,9 @@ def test_unkept_edge_out_changes_nothing_else(backend, dtype, mode, ebt, dropout
         if with_stats:
             assert unkept[5].nan_count > 0 and unkept[5].count == graph.num_edges * tensors[0].shape[1] * tensors[0].shape[2]
             assert str(_stats_fields(unkept[5])) == str(_stats_fields(kept[5]))  # NaN == NaN as text
+    if backend == "torch":
+        with pytest.raises(TypeError, match="need_edge_out must be True or False"):
+            edge_attention(*tensors, graph, mode=mode, ebt=ebt, ebt_params=params, need_edge_out=0)
 
 
 def _bipartite_inputs(seed, ebt, bias, dtype=torch.float32):
