@@ -207,6 +207,10 @@ def add_train(commands) -> None:
                         help="stop after this many MINUTES of training (checked after each epoch, as the paper's code)")
     parser.add_argument("--ebt-compat", choices=("gnn-mas",), default=None,
                         help="SAN/GraphiT: compute EBT as the paper's published code does (see magnn study --help)")
+    parser.add_argument("--architecture", choices=("paper", "magnn"), default=None,
+                        help="ogbn-proteins: the paper's model inputs (species only, one shared edge Linear; the "
+                             "default) or magnn's first form (mean edge features in the node input, GT edge stream, "
+                             "per-layer edge Linears), as in magnn study")
     parser.add_argument("--tensorboard", metavar="DIR", default=default("tensorboard"),
                         help="write TensorBoard event files to DIR every epoch: loss, metrics, learning rate and "
                              "per-layer MA figures (max edge ratio, median |a|, log10 ratio histogram); "
@@ -225,6 +229,14 @@ def train_config(args):
                  if getattr(args, option, None) is not None}
     if getattr(args, "ebt_compat", None) and args.model != "gt":  # GT's paper code computes the formula
         overrides["ebt_compat"] = args.ebt_compat
+    if getattr(args, "architecture", None) is not None:
+        from .core.errors import UserError
+        from .models.presets import proteins_architecture
+
+        if args.dataset != "ogbn-proteins":
+            raise UserError(f"--architecture chooses between ogbn-proteins' two model forms; drop it for "
+                            f"--dataset {args.dataset}")
+        overrides = {**proteins_architecture(args.model, args.architecture), **overrides}  # explicit sizes win
     return TrainConfig(
         dataset=args.dataset, model=args.model, ebt=None if args.ebt == "none" else args.ebt,
         epochs=args.epochs, out=args.out, data_root=args.data_root, device=args.device, seed=args.seed,

@@ -454,6 +454,23 @@ def test_cli_defaults_are_the_configs_defaults():
     assert parsed.ebt == "slot" and parsed.overrides == {"num_layers": 3} and parsed.fanouts == (2, 4)
 
 
+def test_train_takes_the_proteins_architecture_as_study_does():
+    from magnn.cli import build_parser, train_config
+    from magnn.models.presets import proteins_architecture
+
+    parser = build_parser()
+    for model in ("gt", "graphit", "san"):
+        for name in ("paper", "magnn"):
+            argv = ["train", "--dataset", "ogbn-proteins", "--model", model, "--architecture", name]
+            assert train_config(parser.parse_args(argv)).overrides == proteins_architecture(model, name)
+    # explicit sizes stay the user's; without the flag the preset's paper form applies (no overrides)
+    argv = ["train", "--dataset", "ogbn-proteins", "--architecture", "magnn", "--layers", "2"]
+    assert train_config(parser.parse_args(argv)).overrides == {**proteins_architecture("gt", "magnn"), "num_layers": 2}
+    assert train_config(parser.parse_args(["train", "--dataset", "ogbn-proteins"])).overrides == {}
+    with pytest.raises(UserError, match="--architecture chooses between ogbn-proteins"):
+        train_config(parser.parse_args(["train", "--dataset", "zinc", "--architecture", "paper"]))
+
+
 def test_backend_names_are_the_ones_functional_dispatches():
     from magnn.core.constants import BACKEND_NAMES
     from magnn.functional import backend_choices
