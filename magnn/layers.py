@@ -143,10 +143,14 @@ class FusedEdgeAttention(StatsTap, nn.Module):
         bias: Optional[torch.Tensor] = None,
         stats: Union[EdgeStats, Sequence[EdgeStats], None] = None,
         edge_types=None,
+        need_edge_out: bool = True,
     ):
         """(x_out [N, H*D], e_out [E, H*D]); edge_types: this call's per-edge types for
         the statistics (see `magnn.functional.edge_attention`), e.g. when the edges
-        attended are more than the batch's real edges."""
+        attended are more than the batch's real edges. need_edge_out=False: the caller
+        drops e_out (a model without an edge stream), so the kernels do not write it and
+        None comes back, unless a forward hook may read this layer's output (then e_out
+        is kept for it); the statistics are the same either way."""
         if x.dim() != 2 or x.shape[1] != self.in_channels:
             raise ValueError(f"x must be [N, {self.in_channels}], got {list(x.shape)}")
         if edge_attr.dim() != 2 or edge_attr.shape[1] != self.edge_dim:
@@ -163,11 +167,19 @@ class FusedEdgeAttention(StatsTap, nn.Module):
             q, k, v, e, edge_index,
             num_nodes=num_nodes, mode=self.mode, clamp=self.clamp, bias=bias,
             ebt=self.ebt, ebt_params=ebt_params, stats=targets or None, edge_types=edge_types,
-            backend=self.backend,
+            need_edge_out=need_edge_out or self.output_observed(), backend=self.backend,
         )
         # explicit widths: reshape(0, -1) is ambiguous for a graph without edges (or nodes)
         width = self.heads * self.head_dim
-        return node_out.reshape(x.shape[0], width), edge_out.reshape(edge_attr.shape[0], width)
+        edge_out = None if edge_out is None else edge_out.reshape(edge_attr.shape[0], width)
+        return node_out.reshape(x.shape[0], width), edge_out
+
+    def output_observed(self) -> bool:
+        """Whether a forward hook (this module's or a global one) may read this call's output,
+        e.g. `magnn.analysis.detect.ExactRatioSampler` taking edge rows from it."""
+        from torch.nn.modules import module as module_hooks
+
+        return bool(self._forward_hooks) or bool(module_hooks._global_forward_hooks)
 
     def extra_repr(self) -> str:
         return (

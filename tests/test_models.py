@@ -604,3 +604,58 @@ def test_xavier_reset_goes_through_the_layers_and_draws_as_one_linear_loop(name)
                 torch.nn.init.zeros_(module.bias)
     for (key, got), want in zip(model.state_dict().items(), twin.state_dict().values()):
         assert torch.equal(got, want), key
+
+
+# -- models whose edge_out only feeds the statistics ------------------------------------------
+# (model, input kind, overrides): GraphiT and SAN always drop the attention's edge_out, SAN with
+# fake edges too (full graph), GT when it has no edge stream (the paper's ogbn-proteins form)
+DISCARDING = [("graphit", "zinc", {}), ("san", "zinc", {"full_graph": False}), ("san", "zinc", {"full_graph": True}),
+              ("gt", "proteins", {"edge_stream": False})]
+
+
+@pytest.mark.parametrize("name,kind,overrides", DISCARDING,
+                         ids=["graphit", "san", "san-full-graph", "gt-no-edge-stream"])
+def test_models_that_drop_edge_out_never_have_it_written(name, kind, overrides, monkeypatch):
+    """The kernels are told (need_edge_out=False) when a model drops every layer's edge_out, and
+    outputs, gradients and statistics are those of the same model while a forward hook observes
+    its attention layers, which keeps edge_out for the hook (the detection's exact-ratio sampler
+    reads its rows from there, and still gets them)."""
+    import magnn.layers
+    import magnn.models.san
+    from magnn.analysis.detect import ExactRatioSampler
+
+    asked = []
+    for module in (magnn.layers, magnn.models.san):
+        def spy(*args, _original=module.edge_attention, **kwargs):
+            asked.append(kwargs.get("need_edge_out", True))
+            return _original(*args, **kwargs)
+        monkeypatch.setattr(module, "edge_attention", spy)
+    torch.manual_seed(3)
+    batch = make_batch(name, kind, **overrides)
+    model = models.build_model(name, INFOS[kind], **{**SMALL, **overrides}).eval()  # no random sign flips
+
+    def run():
+        with collect(model, keep_edge_ratio=True) as stats:
+            out = model(batch)
+        grads = torch.autograd.grad(out.sum(), list(model.parameters()), allow_unused=True)
+        return out, grads, {key: (s.count, s.max_abs, s.hist_abs.counts, s.hist_ratio.counts, s.edge_ratio)
+                            for key, s in stats.items()}
+
+    out, grads, stats = run()
+    assert len(asked) >= model.num_layers and not any(asked)
+    asked.clear()
+    sampler = ExactRatioSampler(model, limit=20)
+    try:
+        observed = run()
+    finally:
+        sampler.remove()
+    assert len(asked) >= model.num_layers and all(asked)
+    assert torch.equal(out, observed[0])
+    for got, want in zip(grads, observed[1]):
+        assert (got is None and want is None) or torch.equal(got, want)
+    assert stats.keys() == observed[2].keys()
+    for key in stats:
+        assert all(torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+                   for a, b in zip(stats[key], observed[2][key]))
+    assert len(sampler.parts) == model.num_layers
+    assert all(sampler.ratios(layer).shape[0] > 0 for layer in sampler.parts)

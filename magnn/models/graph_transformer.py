@@ -47,8 +47,8 @@ class GraphTransformerLayer(nn.Module):
         self.edge = ResidualStream(hidden, norm=norm, residual=residual, dropout=dropout) if edge_stream else None
 
     def forward(self, h: torch.Tensor, e: torch.Tensor, graph: Graph):
-        node_out, edge_out = self.attention(h, graph, e)
-        if self.edge is None:  # no edge stream: the next layer gets the same edge input
+        node_out, edge_out = self.attention(h, graph, e, need_edge_out=self.edge is not None)
+        if self.edge is None:  # no edge stream: the next layer gets the same edge input (edge_out unwritten)
             return self.node(h, node_out), e
         return self.node(h, node_out), self.edge(e, edge_out)
 

@@ -67,7 +67,7 @@ class GraphiTLayer(nn.Module):
         if self.gnn_mas:
             node_out, _ = gnn_mas_node_out(self.attention, h, graph, e, bias=bias, edge_types=edge_types)
         else:
-            node_out, _ = self.attention(h, graph, e, bias=bias, edge_types=edge_types)
+            node_out, _ = self.attention(h, graph, e, bias=bias, edge_types=edge_types, need_edge_out=False)
         return self.node(h, node_out)
 
 

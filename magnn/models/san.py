@@ -225,9 +225,11 @@ class SANAttention(FusedEdgeAttention):
         bias: Optional[torch.Tensor] = None,
         stats: Union[EdgeStats, Sequence[EdgeStats], None] = None,
         edge_types=None,
+        need_edge_out: bool = True,
     ):
         if fake is None or fake.num_edges == 0:
-            return super().forward(x, edge_index, edge_attr, bias=bias, stats=stats, edge_types=edge_types)
+            return super().forward(x, edge_index, edge_attr, bias=bias, stats=stats, edge_types=edge_types,
+                                   need_edge_out=need_edge_out)
         if x.dim() != 2 or x.shape[1] != self.in_channels:
             raise ValueError(f"x must be [N, {self.in_channels}], got {list(x.shape)}")
         if edge_attr.dim() != 2 or edge_attr.shape[1] != self.edge_dim:
@@ -235,9 +237,11 @@ class SANAttention(FusedEdgeAttention):
         if fake_attr is None or fake_attr.shape != (1, self.edge_dim):
             raise ValueError(f"fake_attr must be the [1, {self.edge_dim}] fake-edge embedding")
         graph = edge_index if isinstance(edge_index, Graph) else Graph(edge_index, num_nodes=x.shape[0])
-        return self._union_forward(x, graph, edge_attr, fake, fake_attr, bias, stats, edge_types)
+        return self._union_forward(x, graph, edge_attr, fake, fake_attr, bias, stats, edge_types,
+                                   need_edge_out or self.output_observed())
 
-    def _union_forward(self, x, graph: Graph, edge_attr, fake: FakeEdges, fake_attr, bias, stats, edge_types):
+    def _union_forward(self, x, graph: Graph, edge_attr, fake: FakeEdges, fake_attr, bias, stats, edge_types,
+                       need_edge_out: bool = True):
         num_nodes, heads, head_dim = x.shape[0], self.heads, self.head_dim
         shape = (num_nodes, heads, head_dim)
         q, k, v = (lin(x).view(shape) for lin in (self.lin_q, self.lin_k, self.lin_v))
@@ -251,7 +255,7 @@ class SANAttention(FusedEdgeAttention):
         targets = self.stats_targets(stats)
         edge_targets = tuple(t for t in targets if t.tap == "edge") or None
         node_targets = tuple(t for t in targets if t.tap == "node") or None
-        common = dict(mode="gt", clamp=self.clamp, return_lse=True, backend=self.backend)
+        common = dict(mode="gt", clamp=self.clamp, return_lse=True, need_edge_out=need_edge_out, backend=self.backend)
         real_out, real_edge_out, real_lse = edge_attention(
             q, k, v, e, graph, bias=bias, ebt=self.ebt, ebt_params=ebt_params,
             stats=edge_targets, edge_types=edge_types, **common,
@@ -264,6 +268,8 @@ class SANAttention(FusedEdgeAttention):
             (real_out, fake_out), (real_lse, fake_lse), (None, fake.node_log_weight(num_nodes)), stats=node_targets
         )
         width = heads * head_dim
+        if not need_edge_out:  # neither edge_out is written, and nothing is concatenated
+            return node_out.reshape(num_nodes, width), None
         edge_out = torch.cat([real_edge_out, fake_edge_out])
         return node_out.reshape(num_nodes, width), edge_out.reshape(edge_out.shape[0], width)
 
@@ -306,7 +312,7 @@ class SANLayer(nn.Module):
                 raise ValueError("ebt_compat='gnn-mas' reproduces the paper's sparse protocol: use full_graph=False")
             node_out, _ = gnn_mas_node_out(self.attention, h, graph, e)
             return self.node(h, node_out)
-        node_out, _ = self.attention(h, graph, e, fake=fake, fake_attr=fake_attr)
+        node_out, _ = self.attention(h, graph, e, fake=fake, fake_attr=fake_attr, need_edge_out=False)
         return self.node(h, node_out)
 
 
