@@ -1,7 +1,6 @@
 """Scaffolding shared by the three models: config checks, encoders, PE, head, checkpointing."""
 from __future__ import annotations
 
-import contextlib
 from typing import Optional
 
 import torch
@@ -13,7 +12,6 @@ from ..core.constants import check_ebt
 from ..data.info import DatasetInfo
 from ..functional import check_backend_name, check_clamp
 from ..layers import FusedEdgeAttention, check_ebt_init, check_positive_int
-from ..stats import StatsTap
 from .block import NORMS
 from .encoders import PROTEINS_NODE_INPUTS, EdgeEncoder, NodeEncoder
 from .heads import build_head
@@ -175,21 +173,8 @@ class GraphModel(nn.Module):
     def run_layer(self, layer: nn.Module, *args, **kwargs):
         if not (self.checkpoint and self.training and torch.is_grad_enabled()):
             return layer(*args, **kwargs)
-        calls = 0
-
-        def run(*inner_args, **inner_kwargs):
-            nonlocal calls
-            calls += 1
-            if calls == 1:
-                return layer(*inner_args, **inner_kwargs)
-            # the backward pass recomputes the layer: its statistics were taken in forward
-            with contextlib.ExitStack() as paused:
-                for module in layer.modules():
-                    if isinstance(module, StatsTap):
-                        paused.enter_context(module.paused_collection())
-                return layer(*inner_args, **inner_kwargs)
-
-        return activation_checkpoint(run, *args, use_reentrant=False, **kwargs)
+        # the backward pass recomputes the layer; magnn.stats skips a recomputation's statistics itself
+        return activation_checkpoint(layer, *args, use_reentrant=False, **kwargs)
 
     def use_node_input(self, node_input: str) -> None:
         """The node input (PROTEINS_NODE_INPUTS): "species" is the MA paper's ogbn-proteins input
