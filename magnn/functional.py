@@ -36,6 +36,7 @@ import torch
 from .core.binning import reduce_rows
 from .core.dropout import SEED_BOUND
 from .core.constants import EBT_VARIANTS, MODES, check_ebt, check_mode  # noqa: F401  (MODES, EBT_VARIANTS re-exported)
+from .core.errors import UserError
 from .core.graph import Graph, as_graph
 from .stats import EdgeStats, StatsArg, add_to_all, stats_targets
 
@@ -87,6 +88,29 @@ def backend_choices() -> tuple[str, ...]:
     return ("auto", *BACKENDS)
 
 
+BACKEND_ENV = "MAGNN_BACKEND"
+
+
+class BackendSettingError(UserError, ValueError):
+    """$MAGNN_BACKEND names no backend."""
+
+
+def preferred_backend() -> Optional[str]:
+    """The backend $MAGNN_BACKEND asks backend="auto" to try first (None: unset, empty or "auto").
+
+    It is a preference, not a demand: when that backend cannot run on a call's device or dtype,
+    "auto" warns once and falls back as usual (an explicit backend= raises instead). A value that
+    names no backend raises BackendSettingError listing the choices."""
+    value = os.environ.get(BACKEND_ENV, "").strip()
+    if value in ("", "auto"):
+        return None
+    if value not in BACKENDS:
+        raise BackendSettingError(
+            f"{BACKEND_ENV}={value!r} names no magnn backend; set it to one of "
+            f"{', '.join(map(repr, backend_choices()))} (the backend that backend=\"auto\" tries first), or unset it")
+    return value
+
+
 def check_backend_name(name) -> None:
     """Raises ValueError unless `name` is "auto" or a key of BACKENDS (availability is checked at run time)."""
     if not isinstance(name, str) or name not in backend_choices():
@@ -132,8 +156,9 @@ def select_backend(name: str, device: torch.device, dtype: torch.dtype) -> Backe
     """The backend `name` resolves to for tensors on `device` of `dtype`."""
     if name == "auto":
         order = AUTO_ORDER.get(device.type, ("torch",))
-        if os.environ.get("MAGNN_BACKEND"):
-            order = (os.environ["MAGNN_BACKEND"],) + order
+        preferred = preferred_backend()
+        if preferred is not None:
+            order = (preferred,) + order
         for candidate in order:
             backend = BACKENDS[candidate]
             reason = backend.reason_unavailable(device, dtype)
