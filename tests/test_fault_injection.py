@@ -299,3 +299,20 @@ def test_magnn_backend_is_validated_with_the_choices(monkeypatch):
     assert select_backend("auto", torch.device("cpu"), torch.float32).name == "torch"
     monkeypatch.setenv("MAGNN_BACKEND", "auto")
     assert select_backend("auto", torch.device("cpu"), torch.float32).name in ("cpu", "torch")
+
+
+@pytest.mark.parametrize("cache_file", ["pre_transform.pt", "geometric_data_processed.pt"])
+def test_crafted_ogbn_proteins_cache_runs_no_code(tmp_path, monkeypatch, cache_file):
+    # ogb's processed file and PyG's pre_transform.pt beside it are read as weights only too
+    from magnn.data import UntrustedFileError, load_ogbn_proteins, write_ogb_proteins_raw
+
+    monkeypatch.delenv("MAGNN_ALLOW_PICKLE", raising=False)
+    write_ogb_proteins_raw(tmp_path, num_nodes=60, num_edges_undirected=200, seed=3)
+    load_ogbn_proteins(tmp_path)  # processes once
+    crafted = next((tmp_path / "ogbn_proteins" / "processed").glob(cache_file))
+    marker = tmp_path / "code_ran"
+    torch.save(_Marker(marker), crafted)
+    with pytest.raises(UntrustedFileError) as caught:
+        load_ogbn_proteins(tmp_path)
+    assert str(crafted) in str(caught.value) and "MAGNN_ALLOW_PICKLE=1" in str(caught.value)
+    assert not marker.exists()
