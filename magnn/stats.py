@@ -26,7 +26,7 @@ from .core.binning import (  # noqa: F401  (re-exported: magnn.stats is where us
     mantissa_bits_of, num_bins, reduce_rows, row_lower_median,
 )
 from .core.constants import DEFAULT_MANTISSA_BITS, MA_THRESHOLD, TAPS
-from .core.errors import UserError
+from .core.errors import NothingToCollect, UserError
 
 
 @dataclass
@@ -469,10 +469,6 @@ class StatsTap:
     def stats_targets(self, stats: StatsArg = None) -> tuple["EdgeStats", ...]:
         """Everything one call fills: `stats` (one EdgeStats or a sequence), then the active collectors."""
         return stats_targets([*stats_targets(stats), *self.collectors])
-
-
-class NothingToCollect(UserError, ValueError):
-    """`collect` found nothing to attach to, or a `modules=` name is not in the model."""
 
 
 # rows of a PyG message reduced at once: bounds the transient float32 copies of the reduction

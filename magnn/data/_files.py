@@ -7,7 +7,7 @@ import os
 import zlib
 from pathlib import Path
 
-from ..core.errors import UserError
+from ..core.errors import CorruptDataError, MissingDataError  # noqa: F401  (defined there; importable here)
 
 __all__ = [
     "MissingDataError",
@@ -18,14 +18,6 @@ __all__ = [
     "sha256_file",
     "scan_gzip_csv",
 ]
-
-
-class MissingDataError(UserError, FileNotFoundError):
-    """Dataset files are absent (and magnn never downloads them)."""
-
-
-class CorruptDataError(UserError, ValueError):
-    """Dataset files exist but are unreadable, truncated or inconsistent."""
 
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"

@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
 from torch_geometric.transforms import Compose
 
+from ..core.errors import ArgumentTypeError
 from ..data.info import DatasetInfo
 from ..layers import FusedEdgeAttention
 from ..stats import StatsTap
@@ -67,7 +68,7 @@ class GraphModel(nn.Module):
     def make_config(cls, info: DatasetInfo, config: ModelConfig) -> ModelConfig:
         """`config` with its dataset-dependent defaults resolved, checked for this class."""
         if not isinstance(info, DatasetInfo):
-            raise TypeError(f"info must be a magnn.data.DatasetInfo, got {type(info).__name__}")
+            raise ArgumentTypeError(f"info must be a magnn.data.DatasetInfo, got {type(info).__name__}")
         config = config.resolve(info, cls.DEFAULT_PE)
         config.check(cls.__name__, cls.PE_CHOICES, info)
         return config

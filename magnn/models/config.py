@@ -8,9 +8,9 @@ from dataclasses import dataclass, fields, replace
 from typing import Optional, Union
 
 from ..data.info import DatasetInfo
-from ..functional import check_backend_name, check_clamp
-from ..core.constants import check_ebt
-from ..layers import check_ebt_init, check_positive_int
+from ..core.errors import ArgumentError
+from ..core.validation import check_clamp, check_ebt, check_ebt_init, check_positive_int
+from ..functional import check_backend_name
 from .block import NORMS
 from .compat import check_ebt_compat, gnn_mas_active
 from .encoders import PROTEINS_NODE_INPUTS
@@ -70,21 +70,21 @@ class ModelConfig:
         check_positive_int("heads", self.heads)
         check_positive_int("hidden", self.hidden)
         if self.hidden % self.heads:
-            raise ValueError(f"hidden ({self.hidden}) must be a positive multiple of heads ({self.heads})")
+            raise ArgumentError(f"hidden ({self.hidden}) must be a positive multiple of heads ({self.heads})")
         check_clamp(self.clamp)
         check_backend_name(self.backend)
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+            raise ArgumentError(f"dropout must be in [0, 1), got {self.dropout}")
         if self.norm not in NORMS and self.norm is not None:
-            raise ValueError(f"unknown norm {self.norm!r}; choose one of {NORMS}")
+            raise ArgumentError(f"unknown norm {self.norm!r}; choose one of {NORMS}")
         check_ebt(self.ebt)
         check_ebt_init(self.ebt_init)
         if self.pe not in pe_choices:
-            raise ValueError(f"{owner} supports pe in {pe_choices}, got {self.pe!r}")
+            raise ArgumentError(f"{owner} supports pe in {pe_choices}, got {self.pe!r}")
         if self.pe is not None and self.pe_dim < 1:
-            raise ValueError(f"pe_dim must be >= 1, got {self.pe_dim}")
+            raise ArgumentError(f"pe_dim must be >= 1, got {self.pe_dim}")
         if self.node_input not in PROTEINS_NODE_INPUTS:
-            raise ValueError(f"node_input must be one of {PROTEINS_NODE_INPUTS}, got {self.node_input!r}")
+            raise ArgumentError(f"node_input must be one of {PROTEINS_NODE_INPUTS}, got {self.node_input!r}")
 
 
 @dataclass
@@ -95,7 +95,7 @@ class GraphTransformerConfig(ModelConfig):
 
     def check(self, owner: str, pe_choices: tuple, info: DatasetInfo) -> None:
         if self.fused_edge_projection and self.edge_stream:
-            raise ValueError("fused_edge_projection=True needs edge_stream=False (every layer then takes the "
+            raise ArgumentError("fused_edge_projection=True needs edge_stream=False (every layer then takes the "
                              "same raw edge features)")
         super().check(owner, pe_choices, info)
 
@@ -117,7 +117,7 @@ class _EdgeEncodedConfig(ModelConfig):
     def check(self, owner: str, pe_choices: tuple, info: DatasetInfo) -> None:
         super().check(owner, pe_choices, info)
         if self.fused_edge_projection and (self.layer_edge_encoders or info.edge_features != "proteins"):
-            raise ValueError("fused_edge_projection=True needs one shared Linear edge encoder "
+            raise ArgumentError("fused_edge_projection=True needs one shared Linear edge encoder "
                              "(edge_features='proteins' and layer_edge_encoders=False)")
 
     def paper_code(self, edge_features: Optional[str]) -> bool:
@@ -135,7 +135,7 @@ class GraphiTConfig(_EdgeEncodedConfig):
     def resolve(self, info: DatasetInfo, default_pe: Optional[str]) -> "GraphiTConfig":
         """Also clamp="auto": no clamp with the kernel bias (pe="rw"), else the GT code's 5."""
         if isinstance(self.clamp, str) and self.clamp != "auto":
-            raise ValueError(f"clamp must be 'auto', None (no clamp) or a positive number, got {self.clamp!r}")
+            raise ArgumentError(f"clamp must be 'auto', None (no clamp) or a positive number, got {self.clamp!r}")
         config = super().resolve(info, default_pe)
         if isinstance(config.clamp, str):
             config = replace(config, clamp=None if config.pe == "rw" else DEFAULT_CLAMP)
@@ -144,7 +144,7 @@ class GraphiTConfig(_EdgeEncodedConfig):
     def check(self, owner: str, pe_choices: tuple, info: DatasetInfo) -> None:
         super().check(owner, pe_choices, info)
         if self.fused_edge_projection and self.pe == "rw":
-            raise ValueError("fused_edge_projection=True attends over the real edges only: use pe=None")
+            raise ArgumentError("fused_edge_projection=True attends over the real edges only: use pe=None")
         check_ebt_compat(self.ebt_compat, self.ebt)
 
 
@@ -168,14 +168,14 @@ class SANConfig(_EdgeEncodedConfig):
         for name in ("lpe_dim", "lpe_layers", "lpe_heads"):
             check_positive_int(name, getattr(self, name))
         if self.gamma < 0:
-            raise ValueError(f"gamma must be >= 0, got {self.gamma}")
+            raise ArgumentError(f"gamma must be >= 0, got {self.gamma}")
         if self.fake_edges not in FAKE_EDGE_MODES:
-            raise ValueError(f"unknown fake_edges {self.fake_edges!r}; choose one of {FAKE_EDGE_MODES}")
+            raise ArgumentError(f"unknown fake_edges {self.fake_edges!r}; choose one of {FAKE_EDGE_MODES}")
         if self.fake_samples < 1 or self.max_fake_nodes < 1:
-            raise ValueError("fake_samples and max_fake_nodes must be >= 1")
+            raise ArgumentError("fake_samples and max_fake_nodes must be >= 1")
         super().check(owner, pe_choices, info)
         if self.fused_edge_projection and self.full_graph:
-            raise ValueError("fused_edge_projection=True attends over the real edges only: use full_graph=False")
+            raise ArgumentError("fused_edge_projection=True attends over the real edges only: use full_graph=False")
         check_ebt_compat(self.ebt_compat, self.ebt)
         if self.paper_code(info.edge_features) and self.full_graph:
-            raise ValueError("ebt_compat='gnn-mas' reproduces the paper's sparse protocol: use full_graph=False")
+            raise ArgumentError("ebt_compat='gnn-mas' reproduces the paper's sparse protocol: use full_graph=False")
