@@ -122,7 +122,8 @@ class FusedEdgeAttention(StatsTap, nn.Module):
             std = EBT_INIT_STD[self.ebt_init]
             with torch.no_grad():
                 for parameter in (self.ebt_k, self.ebt_e, self.ebt_v):
-                    # randn * std, not normal_(0, std): the same numbers as before reset_parameters existed
+                    # randn * std (normal_(0, std) would draw other numbers from the same generator):
+                    # this draw defines the EBT parameters' initial values for a seed
                     parameter.copy_(torch.randn(parameter.shape, dtype=parameter.dtype, device=parameter.device) * std)
 
     def forward(

@@ -460,12 +460,6 @@ class StatsTap:
         """The collectors the next call fills (none while paused for a recomputation)."""
         return () if self._collection_paused else tuple(self._collectors)
 
-    @property
-    def collector(self) -> Optional["EdgeStats"]:
-        """The innermost active collector, or None (read-only; kept for older callers)."""
-        collectors = self.collectors
-        return collectors[-1] if collectors else None
-
     def stats_targets(self, stats: StatsArg = None) -> tuple["EdgeStats", ...]:
         """Everything one call fills: `stats` (one EdgeStats or a sequence), then the active collectors."""
         return stats_targets([*stats_targets(stats), *self.collectors])

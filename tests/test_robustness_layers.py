@@ -298,10 +298,10 @@ def test_nested_collect_on_a_layer_records_every_call_with_its_own_settings():
         with collect(layer, **SETTINGS[1]) as middle:
             with collect(layer, **SETTINGS[2]) as inner:
                 run(calls[1])
-                assert len(layer.collectors) == 3 and layer.collector is inner[""]
+                assert len(layer.collectors) == 3 and layer.collectors[-1] is inner[""]
             run(calls[2])
         assert layer.collectors == (outer[""],)
-    assert layer.collectors == () and layer.collector is None
+    assert layer.collectors == ()
     for got, settings, used in ((outer, SETTINGS[0], calls), (middle, SETTINGS[1], calls[1:]),
                                 (inner, SETTINGS[2], calls[1:2])):
         want = EdgeStats(**settings)
@@ -397,7 +397,7 @@ def test_explicit_stats_and_collectors_both_receive_the_call():
         layer(x, edge_index, edge_attr, stats=explicit)
     _stats_equal(explicit, collected[""])
     with pytest.raises(AttributeError):
-        layer.collector = EdgeStats()  # read-only: use collect() or attach_collector()
+        layer.collectors = (EdgeStats(),)  # read-only: use collect() or attach_collector()
 
 
 def test_compiled_layer_still_traces_as_one_graph():

@@ -71,9 +71,6 @@ class Graph:
       rev_rowptr [N_src+1], rev_col [E] (= dst), rev_perm [E]: the same sorted by src.
     """
 
-    # set per instance in __init__; False here covers graphs unpickled from before it existed
-    _index_bounds_checked = False
-
     def __init__(self, edge_index: torch.Tensor, num_nodes: int | None = None, *, num_src_nodes: int | None = None,
                  validate: bool = True):
         if validate:
@@ -109,7 +106,7 @@ class Graph:
     @property
     def num_src_nodes(self) -> int:
         """The number of source nodes (rows of k and v); num_nodes unless bipartite."""
-        return self.__dict__.get("_num_src_nodes", self.num_nodes)  # graphs pickled before it existed
+        return self._num_src_nodes
 
     @property
     def is_bipartite(self) -> bool:
