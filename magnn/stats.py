@@ -407,11 +407,16 @@ StatsArg = Union["EdgeStats", Sequence["EdgeStats"], None]
 
 
 def stats_targets(stats: StatsArg) -> tuple[EdgeStats, ...]:
-    """`stats=` as a tuple of distinct EdgeStats (None -> (); one -> (one,); duplicates dropped)."""
+    """`stats=` as a tuple of distinct EdgeStats (None -> (); one -> (one,); duplicates dropped).
+
+    Always () while autograd recomputes a forward (`recomputing()`: activation checkpointing in
+    either mode): that call's statistics were taken when it first ran. Every call that fills
+    statistics (`edge_attention`, `merge_attention`, each `StatsTap` layer's collectors) goes
+    through here, so a recomputation adds nothing whoever asked for the statistics."""
     if stats is None:
         return ()
     if isinstance(stats, EdgeStats):
-        return (stats,)
+        return () if recomputing() else (stats,)
     if isinstance(stats, (list, tuple)):
         targets: list[EdgeStats] = []
         for item in stats:
@@ -419,7 +424,7 @@ def stats_targets(stats: StatsArg) -> tuple[EdgeStats, ...]:
                 raise TypeError(f"stats must hold magnn.stats.EdgeStats objects, got {type(item).__name__}")
             if not any(item is seen for seen in targets):
                 targets.append(item)
-        return tuple(targets)
+        return () if recomputing() else tuple(targets)
     raise TypeError(f"stats must be a magnn.stats.EdgeStats, a list/tuple of them or None, got {type(stats).__name__}")
 
 
@@ -448,7 +453,8 @@ class StatsTap:
 
     @contextlib.contextmanager
     def paused_collection(self):
-        """No statistics while inside (e.g. while activation checkpointing recomputes the layer)."""
+        """No statistics from this layer while inside (a recomputation in backward needs no pause:
+        `stats_targets` skips it whatever asked for the statistics, see `recomputing`)."""
         self._collection_paused += 1
         try:
             yield
@@ -525,8 +531,17 @@ def _cpu_reduction_usable(tapped: torch.Tensor, build: bool = True) -> bool:
     return cpu.unavailable_reason(tapped.device, tapped.dtype) is None
 
 
-def _in_backward() -> bool:
-    """True while autograd runs a backward pass (activation checkpointing recomputing a forward)."""
+def recomputing() -> bool:
+    """True while the autograd engine runs a backward pass on this thread: a forward that runs then is
+    a recomputation (`torch.utils.checkpoint` re-runs the checkpointed forward inside backward, from
+    `CheckpointFunction.backward` with use_reentrant=True, from the saved-tensor unpack hook with
+    use_reentrant=False) whose statistics were taken when it first ran, so collection skips it.
+
+    The signal is the engine's own (the graph task being executed, thread-local), not a guess from
+    grad mode: the reentrant recomputation runs with grad enabled, and a forward under no_grad (an
+    evaluation) is a real forward that must count. torch.func transforms and torch.compile run the
+    forward once (AOTAutograd's recomputation happens inside the compiled backward, without Python
+    side effects), so nothing needs skipping there."""
     try:
         return torch._C._current_graph_task_id() != -1
     except AttributeError:  # an older torch without the query: never skip
@@ -567,7 +582,7 @@ def _fill(target: EdgeStats, tensor: torch.Tensor, heads: int) -> None:
 def _message_hook(target: EdgeStats):
     """PyG message-forward hook: reduce the per-edge messages [E, ...] (heads = dim 1 of [E, H, D])."""
     def hook(module, inputs, message):
-        if isinstance(message, torch.Tensor) and message.dim() >= 1 and not _in_backward():
+        if isinstance(message, torch.Tensor) and message.dim() >= 1 and not recomputing():
             _fill(target, message, message.shape[1] if message.dim() == 3 else 1)
     return hook
 
@@ -576,7 +591,7 @@ def _output_hook(target: EdgeStats):
     """Forward hook on a module: its output as rows [-1, last dim] (node-level statistics)."""
     def hook(module, inputs, output):
         tensor = _first_tensor(output)
-        if tensor is not None and tensor.dim() >= 1 and not _in_backward():
+        if tensor is not None and tensor.dim() >= 1 and not recomputing():
             _fill(target, tensor.reshape(-1, tensor.shape[-1]) if tensor.dim() > 1 else tensor.reshape(-1, 1), 1)
     return hook
 
@@ -606,7 +621,9 @@ def collect(model: torch.nn.Module, *, modules: Sequence[str] = (), **stats_kwar
     Blocks nest: each layer keeps a list of its active collectors, and every
     call of the layer is added to each of them (with each one's own settings);
     leaving a block detaches only that block's collectors. Calls made while autograd
-    recomputes a forward (activation checkpointing) add nothing.
+    recomputes a forward add nothing (activation checkpointing, use_reentrant True or False,
+    around magnn layers, PyG layers or whole models: see `recomputing`), so a checkpointed
+    model reports the statistics of an uncheckpointed one.
     """
     message_passing = _message_passing_class()
     named = list(model.named_modules())

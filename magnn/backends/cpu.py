@@ -26,10 +26,14 @@ Backend contract (see `magnn.functional`)::
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import math
 import os
 import shutil
 import threading
+import time
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -194,18 +198,130 @@ def _compile_and_load(verbose: bool) -> str:
             f"or {CHECKOUT_CSRC_DIR} (source checkout); reinstall magnn"
         )
     cflags, ldflags = _build_flags()
-    path = cpp_extension.load(
-        name=EXTENSION_NAME,
-        sources=[str(folder / name) for name in SOURCES if name.endswith(".cpp")],
-        extra_cflags=cflags,
-        extra_ldflags=ldflags,
-        extra_include_paths=[str(folder)],
-        is_python_module=False,
-        verbose=verbose,
-    )
+    directory = build_directory()
+    with build_guard(directory):
+        path = cpp_extension.load(
+            name=EXTENSION_NAME,
+            sources=[str(folder / name) for name in SOURCES if name.endswith(".cpp")],
+            extra_cflags=cflags,
+            extra_ldflags=ldflags,
+            extra_include_paths=[str(folder)],
+            build_directory=str(directory),
+            is_python_module=False,
+            verbose=verbose,
+        )
     if not hasattr(torch.ops.magnn_cpu, "edge_attention_fwd"):
         raise RuntimeError(f"{path} loaded but did not register torch.ops.magnn_cpu")
     return str(path)
+
+
+# -- an interrupted build must not block every later one ------------------------------------
+# torch.utils.cpp_extension serialises builds with a FileBaton: an empty file "lock" in the build
+# folder, created with O_EXCL and removed when the build ends. A build killed (kill -9, OOM, a
+# closed terminal) leaves it behind and every later load waits for it forever, silently. magnn
+# therefore holds its own lock around the whole build: an flock on OWNER_LOCK, which the kernel
+# releases when its process dies however it dies, with the holder's pid written inside. Holding
+# it means no magnn build is running, so a FileBaton lock found then is stale: it is removed (with
+# a warning naming it). A build that is really running is waited for, and named within seconds.
+TORCH_BUILD_LOCK = "lock"
+OWNER_LOCK = "magnn-build.lock"
+OWNER_WAIT_REPORT_S = 2.0  # a wait for another process's build is reported after this long
+# without flock (Windows): a FileBaton lock older than this is taken for stale (a build takes minutes)
+STALE_LOCK_AGE_S = 30 * 60
+
+
+class BuildLockWarning(RuntimeWarning):
+    """The C++ build found a stale lock and removed it, or waits for another process's build."""
+
+
+def build_directory() -> Path:
+    """The folder the extension is built in: torch's own choice for it ($TORCH_EXTENSIONS_DIR/<name>,
+    else torch's default root), created if missing."""
+    from torch.utils import cpp_extension
+
+    find = getattr(cpp_extension, "_get_build_directory", None)
+    if find is not None:
+        return Path(find(EXTENSION_NAME, False))
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or cpp_extension.get_default_build_root()
+    directory = Path(root) / EXTENSION_NAME
+    directory.mkdir(parents=True, exist_ok=True)
+    return directory
+
+
+def _owner_of(path: Path) -> str:
+    try:
+        owner = json.loads(path.read_text() or "{}")
+    except (OSError, ValueError):
+        owner = {}
+    if "pid" not in owner:
+        return "another process"
+    started = owner.get("started")
+    since = f", started {time.time() - started:.0f} s ago" if isinstance(started, (int, float)) else ""
+    return f"process {owner['pid']}{' on ' + owner['host'] if owner.get('host') else ''}{since}"
+
+
+@contextlib.contextmanager
+def build_guard(directory: Path, *, report_after: float = OWNER_WAIT_REPORT_S):
+    """Held around `cpp_extension.load`: waits for a live build by another process (saying so after
+    `report_after` seconds, with its pid and the lock's path), then removes a stale FileBaton lock."""
+    try:
+        import fcntl
+    except ImportError:  # no flock here: judge the FileBaton lock by its age alone
+        _clear_stale_lock(Path(directory), None, max_age=STALE_LOCK_AGE_S)
+        yield
+        return
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    owner_path = directory / OWNER_LOCK
+    with open(owner_path, "a+") as handle:
+        started, reported = time.monotonic(), False
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not reported and time.monotonic() - started >= report_after:
+                    warnings.warn(
+                        f"magnn: waiting for the C++ extension build of {_owner_of(owner_path)} to finish "
+                        f"(it holds {owner_path}); it continues on its own when that build ends. If that "
+                        "process is stuck, end it: the lock goes with it", BuildLockWarning, stacklevel=4)
+                    reported = True
+                time.sleep(0.1)
+        try:
+            _clear_stale_lock(directory, owner_path)
+            handle.seek(0)
+            handle.truncate()
+            handle.write(json.dumps({"pid": os.getpid(), "host": os.uname().nodename if hasattr(os, "uname") else "",
+                                     "started": time.time()}))
+            handle.flush()
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _clear_stale_lock(directory: Path, owner_path: Optional[Path], max_age: Optional[float] = None) -> None:
+    """Removes torch's FileBaton lock in `directory`: always when we hold `owner_path` (no magnn build
+    runs), else (no flock) only when it is older than `max_age` seconds."""
+    lock = Path(directory) / TORCH_BUILD_LOCK
+    try:
+        age = time.time() - lock.stat().st_mtime
+    except FileNotFoundError:
+        return
+    if owner_path is None and (max_age is None or age < max_age):
+        warnings.warn(
+            f"magnn: the C++ extension build lock {lock} exists ({age:.0f} s old): a build is running, or one "
+            f"was interrupted; the build waits for it. If no build is running, delete {lock}",
+            BuildLockWarning, stacklevel=4)
+        return
+    try:
+        lock.unlink()
+    except FileNotFoundError:
+        return
+    why = f"no build holds {owner_path}" if owner_path is not None else f"older than {max_age:.0f} s"
+    warnings.warn(
+        f"magnn: removed the stale C++ extension build lock {lock} ({age:.0f} s old; {why}): an earlier "
+        "build was interrupted (e.g. killed) and left it, which would make every build wait forever",
+        BuildLockWarning, stacklevel=4)
 
 
 def _describe_failure(error: Exception) -> str:

@@ -60,6 +60,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from .binning import num_bins
+from .errors import DoubleBackwardError  # noqa: F401  (importable here)
 
 Tensor = torch.Tensor
 
@@ -188,10 +189,29 @@ def _setup_context(ctx, inputs, output):
     ctx.mark_non_differentiable(*output[NUM_DIFFERENTIABLE_OUTPUTS:])
 
 
+def double_backward_message(namespace: str) -> str:
+    backend = next((name for name, space in OP_NAMESPACES.items() if space == namespace), namespace)
+    return (
+        f"the {backend!r} backend of magnn's edge attention ({namespace}::edge_attention_fwd) has no double "
+        "backward: its backward kernels are not differentiable, so a gradient taken with create_graph=True "
+        "(a gradient penalty, a Hessian-vector product, MAML) would silently miss their second-order terms. "
+        "Run the layers that this goes through with backend=\"torch\" (the pure-PyTorch reference, "
+        "which supports it), e.g. FusedEdgeAttention(..., backend=\"torch\"), "
+        "magnn.layers.TransformerConv(..., backend=\"torch\") or MAGNN_BACKEND=torch for backend=\"auto\""
+    )
+
+
 def _backward_formula(namespace: str):
     def formula(ctx, grad_node, grad_edge, grad_lse, *_stats_grads):
         (q, k, v, e, lse, node_out, rowptr, col, perm, rev_rowptr, rev_col, rev_perm,
          bias, ebt_k, ebt_e, ebt_v) = ctx.saved_tensors
+        # create_graph=True runs this with grad mode on; the gradients would then be expected to
+        # carry a graph back to these tensors, which the backward op cannot give: refuse, never
+        # return gradients whose own gradients are silently wrong
+        if torch.is_grad_enabled() and any(
+                t is not None and t.requires_grad
+                for t in (grad_node, grad_edge, grad_lse, q, k, v, e, bias, ebt_k, ebt_e, ebt_v)):
+            raise DoubleBackwardError(double_backward_message(namespace))
         if grad_edge is not None and grad_edge.shape[0] == 0:
             grad_edge = None  # an edge_out of no rows (E = 0, or need_edge_out=False) carries no gradient
         if grad_node is None and grad_edge is None and grad_lse is None:

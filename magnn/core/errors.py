@@ -9,6 +9,7 @@ One hierarchy, every class a `MagnnError`::
     │   ├── MissingDataError      (also FileNotFoundError) dataset files are absent
     │   ├── CorruptDataError      (also ValueError) dataset files are unreadable or inconsistent
     │   ├── NothingToCollect      (also ValueError) `magnn.stats.collect` found nothing to attach to
+    │   ├── DoubleBackwardError   (also RuntimeError) a compiled backend was asked for a double backward
     │   └── LayerInputError       (also ArgumentError) a layer got inputs that do not fit how it was built
     ├── ArgumentError             (also ValueError) a call's argument is outside its domain
     └── ArgumentTypeError         (also TypeError) a call's argument has the wrong type
@@ -36,6 +37,7 @@ __all__ = [
     "CorruptDataError",
     "NothingToCollect",
     "LayerInputError",
+    "DoubleBackwardError",
     "ArgumentError",
     "ArgumentTypeError",
     "check_positive",
@@ -90,6 +92,10 @@ class CorruptDataError(UserError, ValueError):
 
 class NothingToCollect(UserError, ValueError):
     """`collect` found nothing to attach to, or a `modules=` name is not in the model."""
+
+
+class DoubleBackwardError(UserError, RuntimeError):
+    """A gradient of a compiled backend's gradient was asked for (create_graph=True): refused."""
 
 
 class LayerInputError(UserError, ArgumentError):

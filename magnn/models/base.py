@@ -7,7 +7,6 @@ attention layers, and the task head. `forward` runs them in that order.
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import asdict
 from typing import Optional
 
@@ -19,7 +18,6 @@ from torch_geometric.transforms import Compose
 from ..core.errors import ArgumentTypeError
 from ..data.info import DatasetInfo
 from ..layers import FusedEdgeAttention
-from ..stats import StatsTap
 from .config import ModelConfig, resolve_depth_and_pe
 from .encoders import FUSED_EDGE_NOISE, EdgeEncoder, NodeEncoder, edge_input, fuse_edge_projections
 from .heads import build_head
@@ -153,21 +151,8 @@ class GraphModel(nn.Module):
         """layer(*args, **kwargs), under activation checkpointing when `checkpoint` is set and training."""
         if not (self.checkpoint and self.training and torch.is_grad_enabled()):
             return layer(*args, **kwargs)
-        calls = 0
-
-        def run(*inner_args, **inner_kwargs):
-            nonlocal calls
-            calls += 1
-            if calls == 1:
-                return layer(*inner_args, **inner_kwargs)
-            # the backward pass recomputes the layer: its statistics were taken in forward
-            with contextlib.ExitStack() as paused:
-                for module in layer.modules():
-                    if isinstance(module, StatsTap):
-                        paused.enter_context(module.paused_collection())
-                return layer(*inner_args, **inner_kwargs)
-
-        return activation_checkpoint(run, *args, use_reentrant=False, **kwargs)
+        # the backward pass recomputes the layer; magnn.stats skips a recomputation's statistics itself
+        return activation_checkpoint(layer, *args, use_reentrant=False, **kwargs)
 
     def predict(self, h: torch.Tensor, data) -> torch.Tensor:
         """The head on the last node states: [num_graphs, num_tasks] or [N, num_tasks]."""
