@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import importlib
 import math
-import numbers
 import os
 import warnings
 from dataclasses import dataclass

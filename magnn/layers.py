@@ -2,14 +2,12 @@
 `TransformerConv`: a drop-in for PyG's TransformerConv on the same operator."""
 from __future__ import annotations
 
-import numbers
 from typing import Optional, Sequence, Union
 
 import torch
 from torch import nn
 
 from .core import hugepages
-from .core.constants import EBT_INITS
 from .core.errors import ArgumentError, LayerInputError  # noqa: F401  (LayerInputError importable here)
 from .core.graph import Graph
 from .core.validation import (  # noqa: F401  (check_ebt_init, check_positive_int re-exported)

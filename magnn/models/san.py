@@ -81,7 +81,7 @@ from ..stats import EdgeStats
 from .base import NON_EDGE_TYPE, GraphModel
 from .block import ResidualStream
 from .compat import gnn_mas_node_out
-from .config import FAKE_EDGE_MODES, SANConfig
+from .config import FAKE_EDGE_MODES, SANConfig  # noqa: F401  (FAKE_EDGE_MODES importable here)
 from .encoders import EdgeEncoder
 from .positional import LearnedLaplacianPE, SANEigenPE
 
