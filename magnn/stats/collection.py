@@ -38,7 +38,8 @@ def stats_targets(stats: StatsArg) -> tuple[EdgeStats, ...]:
                 raise TypeError(f"stats must hold magnn.stats.EdgeStats objects, got {type(item).__name__}")
             if not any(item is seen for seen in targets):
                 targets.append(item)
-        return () if recomputing() else tuple(targets)
+        # no targets: nothing to skip, and no engine query for torch.compile to trace
+        return () if not targets or recomputing() else tuple(targets)
     raise TypeError(f"stats must be a magnn.stats.EdgeStats, a list/tuple of them or None, got {type(stats).__name__}")
 
 
