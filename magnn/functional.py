@@ -35,7 +35,7 @@ import torch
 from .core.binning import reduce_rows
 from .core.dropout import SEED_BOUND
 from .core.constants import EBT_VARIANTS, MODES  # noqa: F401  (re-exported)
-from .core.errors import ArgumentError, ArgumentTypeError
+from .core.errors import ArgumentError, ArgumentTypeError, BackendSettingError  # noqa: F401  (BackendSettingError importable here)
 from .core.graph import Graph, as_graph
 from .core.validation import (  # noqa: F401  (check_clamp, check_dropout, FLOAT_DTYPES re-exported)
     FLOAT_DTYPES, check_attention_inputs, check_clamp, check_dropout, check_edge_types, check_seed_argument,
@@ -89,6 +89,25 @@ def backend_choices() -> tuple[str, ...]:
     return ("auto", *BACKENDS)
 
 
+BACKEND_ENV = "MAGNN_BACKEND"
+
+
+def preferred_backend() -> Optional[str]:
+    """The backend $MAGNN_BACKEND asks backend="auto" to try first (None: unset, empty or "auto").
+
+    It is a preference, not a demand: when that backend cannot run on a call's device or dtype,
+    "auto" warns once and falls back as usual (an explicit backend= raises instead). A value that
+    names no backend raises BackendSettingError listing the choices."""
+    value = os.environ.get(BACKEND_ENV, "").strip()
+    if value in ("", "auto"):
+        return None
+    if value not in BACKENDS:
+        raise BackendSettingError(
+            f"{BACKEND_ENV}={value!r} names no magnn backend; set it to one of "
+            f"{', '.join(map(repr, backend_choices()))} (the backend that backend=\"auto\" tries first), or unset it")
+    return value
+
+
 def check_backend_name(name) -> None:
     """Raises ValueError unless `name` is "auto" or a key of BACKENDS (availability is checked at run time)."""
     if not isinstance(name, str) or name not in backend_choices():
@@ -124,8 +143,9 @@ def select_backend(name: str, device: torch.device, dtype: torch.dtype) -> Backe
     """The backend `name` resolves to for tensors on `device` of `dtype`."""
     if name == "auto":
         order = AUTO_ORDER.get(device.type, ("torch",))
-        if os.environ.get("MAGNN_BACKEND"):
-            order = (os.environ["MAGNN_BACKEND"],) + order
+        preferred = preferred_backend()
+        if preferred is not None:
+            order = (preferred,) + order
         for candidate in order:
             backend = BACKENDS[candidate]
             reason = backend.reason_unavailable(device, dtype)

@@ -8,6 +8,7 @@ join this module once those parts move (see issue 28).
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -116,3 +117,185 @@ def test_a_live_build_is_waited_for_and_named(built_copy):
         assert waited > 0.5
     finally:
         holder.wait(timeout=60)
+
+
+# -- item 1: no code from data files -------------------------------------------------------------
+
+class _Marker:
+    """Unpickling this creates `path` (open(path, "w")): the proof that a file's code ran."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def _zinc_source(count=4):
+    from magnn.data import load_zinc
+
+    bundled = load_zinc(source="bundled")
+    return {split: [bundled[split][i] for i in range(count)] for split in ("train", "val", "test")}
+
+
+def _write_zinc_raw(raw, source, extra=None, edit=None):
+    """benchmarking-gnns raw files (see tests/test_data.py); `extra` is appended to train.pickle's
+    list, `edit(split, molecules)` may change the molecules before they are written."""
+    import pickle
+
+    raw.mkdir(parents=True, exist_ok=True)
+    for split, graphs in source.items():
+        molecules = []
+        for graph in graphs:
+            adjacency = torch.zeros(graph.num_nodes, graph.num_nodes, dtype=torch.long)
+            adjacency[graph.edge_index[0], graph.edge_index[1]] = graph.edge_type
+            molecules.append({"atom_type": graph.x.view(-1).clone(), "bond_type": adjacency,
+                              "logP_SA_cycle_normalized": graph.y.clone()})
+        if edit is not None:
+            edit(split, molecules)
+        if extra is not None and split == "train":
+            molecules.append(extra)
+        with open(raw / f"{split}.pickle", "wb") as f:
+            pickle.dump(molecules, f)
+        (raw / f"{split}.index").write_text(",".join(str(i) for i in range(len(graphs))) + "\n")
+
+
+def test_crafted_zinc_raw_pickle_runs_no_code(tmp_path, monkeypatch):
+    from magnn.data import UntrustedFileError, load_dataset, load_zinc
+
+    monkeypatch.delenv("MAGNN_ALLOW_PICKLE", raising=False)
+    marker = tmp_path / "code_ran"
+    raw = tmp_path / "data" / "ZINC" / "raw"
+    _write_zinc_raw(raw, _zinc_source(), extra=_Marker(marker))
+    for load in (lambda: load_zinc(root=tmp_path / "data"), lambda: load_dataset("zinc", root=tmp_path / "data")):
+        with pytest.raises(UntrustedFileError) as caught:
+            load()
+        message = str(caught.value)
+        assert str(raw / "train.pickle") in message and re.search(r"asks for \w+\.open\b", message)
+        assert "allow_pickle=True" in message and "MAGNN_ALLOW_PICKLE=1" in message and "runs" in message
+        assert not marker.exists()
+    # the opt-in is what lets a pickle's code run: with it the same file does run it
+    monkeypatch.setenv("MAGNN_ALLOW_PICKLE", "1")
+    load_zinc(root=tmp_path / "data")  # (the marker object is no indexed molecule: the rest loads)
+    assert marker.exists()
+
+
+def test_plain_zinc_raw_pickles_load_without_opting_in(tmp_path, monkeypatch):
+    # the official files hold tensors and plain data only: read as such, nothing to opt in to
+    from magnn.data import load_zinc
+
+    monkeypatch.delenv("MAGNN_ALLOW_PICKLE", raising=False)
+    source = _zinc_source()
+    _write_zinc_raw(tmp_path / "ZINC" / "raw", source)
+    splits = load_zinc(root=tmp_path, source="official")
+    assert [len(splits[s]) for s in ("train", "val", "test")] == [4, 4, 4]
+    assert torch.equal(splits["val"][2].x, source["val"][2].x) and torch.equal(splits["val"][2].y, source["val"][2].y)
+
+
+@pytest.mark.parametrize("cache_file", ["pre_transform.pt", "pre_filter.pt", "train.pt"])
+def test_crafted_processed_zinc_cache_runs_no_code(tmp_path, monkeypatch, cache_file):
+    # PyG reads pre_transform.pt / pre_filter.pt with weights_only=False and falls back to it for its
+    # caches: under magnn every one of them is read as weights only
+    from magnn.data import UntrustedFileError, load_zinc
+
+    monkeypatch.delenv("MAGNN_ALLOW_PICKLE", raising=False)
+    _write_zinc_raw(tmp_path / "ZINC" / "raw", _zinc_source())
+    load_zinc(root=tmp_path, source="official")  # builds the processed cache
+    crafted = tmp_path / "ZINC" / "subset" / "processed" / cache_file
+    assert crafted.exists()
+    marker = tmp_path / "code_ran"
+    torch.save(_Marker(marker), crafted)
+    with pytest.raises(UntrustedFileError, match="MAGNN_ALLOW_PICKLE=1") as caught:
+        load_zinc(root=tmp_path, source="official")
+    assert str(crafted) in str(caught.value)
+    assert not marker.exists()
+
+
+TOX21_HEADER = ("NR-AR,NR-AR-LBD,NR-AhR,NR-Aromatase,NR-ER,NR-ER-LBD,NR-PPAR-gamma,SR-ARE,SR-ATAD5,SR-HSE,"
+                "SR-MMP,SR-p53,mol_id,smiles")
+TOX21_SMILES = ("CCO", "c1ccccc1O", "CC(=O)O", "c1ccncc1", "CCN(CC)CC", "C1CCCCC1", "OC(=O)c1ccccc1",
+                "CC(C)O", "c1ccc2ccccc2c1", "NCCO")
+
+
+def _tox21_csv(path, labels=None):
+    rows = [TOX21_HEADER]
+    for i, smiles in enumerate(TOX21_SMILES):
+        values = (labels or {}).get(i, ["0", "1", "", "0", "1", "0", "", "1", "0", "0", "1", "0"])
+        rows.append(",".join(values) + f",TOX{i},{smiles}")
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_tox21_reads_the_csv_in_the_data_root_and_its_cache_runs_no_code(tmp_path, monkeypatch):
+    from magnn.data import UntrustedFileError, load_dataset
+
+    monkeypatch.delenv("MAGNN_ALLOW_PICKLE", raising=False)
+    _tox21_csv(tmp_path / "tox21.csv")
+    splits, _ = load_dataset("tox21", root=tmp_path)
+    molecules = sorted(graph.smiles for split in splits.values() for graph in split)
+    assert molecules == sorted(TOX21_SMILES)  # the user's CSV, not the bundled 7,831 molecules
+    processed = next((tmp_path / "tox21" / "processed").iterdir())
+    marker = tmp_path / "code_ran"
+    torch.save(_Marker(marker), processed / "pre_transform.pt")
+    with pytest.raises(UntrustedFileError) as caught:
+        load_dataset("tox21", root=tmp_path)
+    assert str(processed / "pre_transform.pt") in str(caught.value) and "allow_pickle=True" in str(caught.value)
+    assert not marker.exists()
+
+
+# -- item 7: corrupt dataset entries, named ------------------------------------------------------
+
+@pytest.mark.parametrize("field,value,words", [
+    ("atom_type", 40, "atom type 40, outside 0..27"),
+    ("atom_type", -1, "atom type -1, outside 0..27"),
+    ("bond_type", 7, "bond type 7, outside 1..3"),
+    ("logP_SA_cycle_normalized", float("nan"), "label (logP_SA_cycle_normalized) nan, not finite"),
+    ("logP_SA_cycle_normalized", float("inf"), "label (logP_SA_cycle_normalized) inf, not finite"),
+])
+def test_corrupt_zinc_entry_names_the_file_and_graph(tmp_path, field, value, words):
+    from magnn.data import CorruptDataError, load_zinc
+
+    def edit(split, molecules):
+        if split == "val":
+            molecule = molecules[2]
+            if field == "bond_type":
+                src, dst = molecule["bond_type"].nonzero()[0].tolist()
+                molecule["bond_type"][src, dst] = value
+            elif field == "atom_type":
+                molecule["atom_type"][1] = value
+            else:
+                molecule[field] = torch.tensor([value])
+
+    raw = tmp_path / "ZINC" / "raw"
+    _write_zinc_raw(raw, _zinc_source(), edit=edit)
+    with pytest.raises(CorruptDataError) as caught:
+        load_zinc(root=tmp_path, source="official")
+    message = str(caught.value)
+    assert f"ZINC val graph 2 (molecule 2 of {raw / 'val.pickle'})" in message, message
+    assert words in message and "delete" in message
+
+
+def test_non_finite_tox21_label_names_the_row_and_column(tmp_path):
+    from magnn.data import CorruptDataError, TOX21
+
+    labels = {3: ["0", "1", "", "0", "inf", "0", "", "1", "0", "0", "1", "0"]}
+    csv = _tox21_csv(tmp_path / "mine.csv", labels)
+    with pytest.raises(CorruptDataError) as caught:
+        TOX21(root=tmp_path, csv_path=csv)
+    message = str(caught.value)
+    assert str(csv) in message and "row 4 (line 5, mol_id TOX3), column NR-ER" in message and "inf" in message
+
+
+def test_magnn_backend_is_validated_with_the_choices(monkeypatch):
+    from magnn.core.errors import UserError
+    from magnn.functional import edge_attention, select_backend
+
+    edge_index = torch.tensor([[0, 1], [1, 0]])
+    q = torch.randn(2, 1, 2)
+    monkeypatch.setenv("MAGNN_BACKEND", "fast")
+    with pytest.raises(UserError, match=r"MAGNN_BACKEND='fast'.*'auto', 'torch', 'triton', 'cpu'"):
+        edge_attention(q, q, q, torch.randn(2, 1, 2), edge_index)
+    monkeypatch.setenv("MAGNN_BACKEND", "torch")
+    assert select_backend("auto", torch.device("cpu"), torch.float32).name == "torch"
+    monkeypatch.setenv("MAGNN_BACKEND", "auto")
+    assert select_backend("auto", torch.device("cpu"), torch.float32).name in ("cpu", "torch")

@@ -189,3 +189,17 @@ def test_torch_func_grad_counts_once(kind):
     call(x, edge_index, edge_attr).square().sum().backward()
     for name, parameter in layer.named_parameters():
         torch.testing.assert_close(grads[name], parameter.grad)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["plain", "non_reentrant"])
+def test_torch_compile_counts_once(how):
+    # dynamo runs the layer's statistics eagerly (graph breaks), AOTAutograd recomputes inside the compiled backward
+    layer, call = _layer("magnn_transformer_conv", "torch")
+    want, want_grads = _run(layer, call, how)
+    torch._dynamo.reset()
+    compiled = torch.compile(call)
+    got, got_grads = _run(layer, compiled, how)
+    _assert_same_stats(got, want)
+    for g, w in zip(got_grads, want_grads):
+        torch.testing.assert_close(g, w)

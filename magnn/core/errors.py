@@ -8,6 +8,8 @@ One hierarchy, every class a `MagnnError`::
     │   ├── MissingFileError      (also FileNotFoundError) a file the user named is absent
     │   ├── MissingDataError      (also FileNotFoundError) dataset files are absent
     │   ├── CorruptDataError      (also ValueError) dataset files are unreadable or inconsistent
+    │   │   └── UntrustedFileError    a data file would need unpickling beyond tensors and plain data
+    │   ├── BackendSettingError   (also ValueError) $MAGNN_BACKEND names no backend
     │   ├── NothingToCollect      (also ValueError) `magnn.stats.collect` found nothing to attach to
     │   ├── DoubleBackwardError   (also RuntimeError) a compiled backend was asked for a double backward
     │   └── LayerInputError       (also ArgumentError) a layer got inputs that do not fit how it was built
@@ -37,6 +39,8 @@ __all__ = [
     "CorruptDataError",
     "NothingToCollect",
     "LayerInputError",
+    "UntrustedFileError",
+    "BackendSettingError",
     "DoubleBackwardError",
     "ArgumentError",
     "ArgumentTypeError",
@@ -88,6 +92,14 @@ class MissingDataError(UserError, FileNotFoundError):
 
 class CorruptDataError(UserError, ValueError):
     """Dataset files exist but are unreadable, truncated or inconsistent."""
+
+
+class UntrustedFileError(CorruptDataError):
+    """A data file would have to be unpickled beyond tensors and plain data to be read: refused."""
+
+
+class BackendSettingError(UserError, ValueError):
+    """$MAGNN_BACKEND names no backend."""
 
 
 class NothingToCollect(UserError, ValueError):

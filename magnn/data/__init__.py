@@ -14,7 +14,8 @@ from torch_geometric.data import Data, Dataset
 
 from ..core.constants import DATASETS as DATASET_NAMES  # the names load_dataset takes (defined once, in core)
 from ..core.constants import SPLITS
-from ._files import CorruptDataError, MissingDataError, bundled_path, default_root
+from ._files import (ALLOW_PICKLE_ENV, CorruptDataError, MissingDataError, UntrustedFileError, bundled_path,
+                     default_root)
 from .info import DatasetInfo
 from .proteins import (build_proteins_data, check_node_graph, check_proteins_raw, check_proteins_splits,
                        evaluate_rocauc, load_ogbn_proteins, proteins_dataset_dir, proteins_info)
@@ -28,6 +29,8 @@ __all__ = [
     "DATASET_NAMES",
     "MissingDataError",
     "CorruptDataError",
+    "UntrustedFileError",
+    "ALLOW_PICKLE_ENV",
     "default_root",
     "bundled_path",
     "TOX21",
@@ -71,10 +74,17 @@ def load_dataset(name: str, root: str | os.PathLike | None = None, *, max_graphs
     `ZINC/raw/` (official ZINC files, optional), `ogbn_proteins/` (ogb's folder).
 
     - "tox21": splits are PyG datasets (scaffold split of TOX21); kwargs go to
-      TOX21 (e.g. csv_path=..., force_reload=True).
+      TOX21 (e.g. csv_path=..., force_reload=True). A user's own CSV in the MoleculeNet
+      layout: csv_path=FILE, or put it at `root/tox21.csv` (or .csv.gz), used when present.
     - "zinc": splits are PyG datasets; kwargs go to load_zinc (source="auto" |
       "official" | "bundled"). The bundled fallback is not comparable to
       ZINC-12k results (BUNDLED_ZINC_NOTE).
+
+    Nothing is unpickled beyond tensors and plain data (raw ZINC pickles, processed caches):
+    a file that needs more raises UntrustedFileError naming it, unless allow_pickle=True
+    (tox21, zinc) or MAGNN_ALLOW_PICKLE=1 says the user trusts it. Corrupt entries (an atom
+    or bond type the models cannot embed, a non-finite label) raise CorruptDataError naming
+    the file and the graph or row.
     - "ogbn-proteins": one full graph; every split is a shallow copy of it
       (tensors shared) whose `mask` (bool [N]) selects that split's nodes;
       train_mask/val_mask/test_mask are there too. max_graphs does not apply.

@@ -24,7 +24,7 @@ from ogb.nodeproppred import PygNodePropPredDataset
 from torch_geometric.data import Data
 from torch_geometric.utils import scatter
 
-from ._files import CorruptDataError, MissingDataError, default_root, scan_gzip_csv
+from ._files import CorruptDataError, MissingDataError, default_root, scan_gzip_csv, weights_only_loads
 from .info import DatasetInfo
 
 __all__ = [
@@ -253,7 +253,8 @@ class OfflinePygNodePropPredDataset(PygNodePropPredDataset):
     """
 
     def __init__(self, name: str, root: str | os.PathLike, **kwargs) -> None:
-        with _no_stdin_prompt(), _ogb_torch_load():
+        # weights only: ogb's processed file and PyG's pre_transform.pt / pre_filter.pt checks run no code
+        with _no_stdin_prompt(), _ogb_torch_load(), weights_only_loads():
             super().__init__(name=name, root=str(root), **kwargs)
 
     def get_idx_split(self, split_type: str | None = None) -> dict[str, torch.Tensor]:

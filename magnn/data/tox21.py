@@ -25,7 +25,8 @@ from rdkit.Chem.Scaffolds import MurckoScaffold
 from torch_geometric.data import Data, InMemoryDataset
 from tqdm import tqdm
 
-from ._files import CorruptDataError, MissingDataError, bundled_path, default_root, sha256_file
+from ._files import (CorruptDataError, MissingDataError, bundled_path, default_root, sha256_file,
+                     weights_only_loads)
 from .info import DatasetInfo
 
 __all__ = [
@@ -122,10 +123,40 @@ def _read_tox21_csv(path: Path) -> pd.DataFrame:
         values = labels.to_numpy(dtype=np.float64)
     except (TypeError, ValueError) as exc:
         raise CorruptDataError(f"TOX21 CSV {path}: non-numeric label values ({exc})") from exc
-    present = values[~np.isnan(values)]
-    if not np.isin(present, (0.0, 1.0)).all():
-        raise CorruptDataError(f"TOX21 CSV {path}: labels must be 0, 1 or empty")
+    bad = ~np.isnan(values) & ~np.isin(values, (0.0, 1.0))  # inf, -inf, 2, 0.5 ...
+    if bad.any():
+        row, column = (int(i) for i in np.argwhere(bad)[0])
+        mol_id = f", mol_id {frame['mol_id'].iloc[row]}" if "mol_id" in frame.columns else ""
+        raise CorruptDataError(
+            f"TOX21 CSV {path}: row {row + 1} (line {row + 2}{mol_id}), column {TOX21_TASKS[column]}: label "
+            f"{labels.iloc[row, column]!r} is not 0, 1 or empty (empty = not measured); "
+            f"{int(bad.sum())} such label(s) in all. Fix them, or leave them empty")
     return frame
+
+
+def _check_cached_labels(y: torch.Tensor, folder: str) -> None:
+    """The cache's labels must be 0, 1 or NaN (missing), like the CSV's: an edited or stale cache with
+    an inf would otherwise reach training as 'training diverged'."""
+    if y is None or y.numel() == 0:
+        return
+    bad = ~torch.isnan(y) & (y != 0) & (y != 1)
+    if bool(bad.any()):
+        graph, column = (int(i) for i in bad.nonzero()[0])
+        raise CorruptDataError(
+            f"processed TOX21 cache in {folder}: graph {graph} has label {float(y[graph, column])} for task "
+            f"{TOX21_TASKS[column]}, not 0, 1 or missing; delete {folder} (it is rebuilt from the CSV) "
+            "or pass force_reload=True")
+
+
+CSV_NAMES_IN_ROOT = ("tox21.csv", "tox21.csv.gz")
+
+
+def csv_in_root(root: Path) -> Path | None:
+    """A user's own MoleculeNet tox21 CSV directly in the data root (tox21.csv, else tox21.csv.gz), if any."""
+    for name in CSV_NAMES_IN_ROOT:
+        if (root / name).is_file():
+            return root / name
+    return None
 
 
 def _check_split(split, num_graphs: int, folder: str) -> None:
@@ -160,8 +191,12 @@ class TOX21(InMemoryDataset):
     Args:
         root: cache root; processed files go to `root/tox21/processed/<version>-<csv sha256>/`
             (default: `magnn.data.default_root()`, i.e. ~/.cache/magnn).
-        csv_path: a MoleculeNet tox21 CSV (.csv or .csv.gz); default: the bundled copy.
+        csv_path: a MoleculeNet tox21 CSV (.csv or .csv.gz: columns NR-AR ... SR-p53 with 0, 1 or
+            empty, mol_id optional, smiles); default: `root/tox21.csv` (or `tox21.csv.gz`) when the
+            root holds one, else the bundled copy. The cache is keyed by the CSV's sha256.
         transform, pre_transform, pre_filter, force_reload: as in PyG's InMemoryDataset.
+        allow_pickle: read the processed cache with plain pickle (code in it runs); default (and
+            without MAGNN_ALLOW_PICKLE=1): tensors and plain data only, anything else is refused.
 
     Each graph: `x` long [N, 9] (OGB atom features), `edge_index` long [2, E]
     (both directions), `edge_attr` long [E, 3] (OGB bond features),
@@ -184,7 +219,14 @@ class TOX21(InMemoryDataset):
         pre_transform: Callable | None = None,
         pre_filter: Callable | None = None,
         force_reload: bool = False,
+        *,
+        allow_pickle: bool | None = None,
     ) -> None:
+        root = Path(root).expanduser() if root is not None else default_root()
+        if csv_path is None:
+            csv_path = csv_in_root(root)
+            if csv_path is not None:
+                logger.info("TOX21: using %s (found in the data root) instead of the bundled CSV", csv_path)
         if csv_path is None:
             self.csv_path = bundled_path("tox21.csv.gz")
         else:
@@ -194,20 +236,23 @@ class TOX21(InMemoryDataset):
                     f"TOX21 CSV not found: {self.csv_path}. Pass csv_path=None to use the bundled "
                     "MoleculeNet tox21.csv.gz, or point it at a MoleculeNet-format tox21 CSV")
         self.csv_sha256 = sha256_file(self.csv_path)
-        root = Path(root).expanduser() if root is not None else default_root()
-        super().__init__(str(root / "tox21"), transform, pre_transform, pre_filter,
-                         force_reload=force_reload)
-        data_path, split_path, meta_path = self.processed_paths
-        try:
-            self.load(data_path)
-            split = torch.load(split_path, weights_only=True)
-            with open(meta_path) as f:
-                meta = json.load(f)
-        except Exception as exc:  # any unreadable cache file means the same fix
-            raise CorruptDataError(
-                f"processed TOX21 cache in {self.processed_dir} is unreadable ({exc}); delete that "
-                "folder or pass force_reload=True") from exc
+        with weights_only_loads(allow_pickle):  # PyG's pre_transform.pt check and the cache: no code runs
+            super().__init__(str(root / "tox21"), transform, pre_transform, pre_filter,
+                             force_reload=force_reload)
+            data_path, split_path, meta_path = self.processed_paths
+            try:
+                self.load(data_path)
+                split = torch.load(split_path, weights_only=True)
+                with open(meta_path) as f:
+                    meta = json.load(f)
+            except CorruptDataError:  # UntrustedFileError: says itself what to do
+                raise
+            except Exception as exc:  # any unreadable cache file means the same fix
+                raise CorruptDataError(
+                    f"processed TOX21 cache in {self.processed_dir} is unreadable ({exc}); delete that "
+                    "folder or pass force_reload=True") from exc
         _check_split(split, len(self), self.processed_dir)
+        _check_cached_labels(getattr(self._data, "y", None), self.processed_dir)
         self.split_idx: dict[str, torch.Tensor] = split
         self.num_skipped: int = meta["num_skipped"]
         self.skipped_mol_ids: list[str] = meta["skipped_mol_ids"]

@@ -18,7 +18,8 @@ import torch
 from torch_geometric.data import Data, InMemoryDataset
 from torch_geometric.datasets import ZINC as PygZINC
 
-from ._files import CorruptDataError, MissingDataError, bundled_path, default_root
+from ._files import (CorruptDataError, MissingDataError, UntrustedFileError, bundled_path, default_root,
+                     load_tensor_pickle, weights_only_loads)
 from .info import DatasetInfo
 
 __all__ = [
@@ -46,6 +47,7 @@ ZINC_INFO = DatasetInfo(
     edge_type_names=ZINC_BOND_TYPE_NAMES,
 )
 
+ZINC_NUM_ATOM_TYPES = 28  # atom types 0..27 (the models embed that many); bonds 1..3 (ZINC_BOND_TYPE_NAMES)
 ZINC_RAW_FILES = ("train.pickle", "val.pickle", "test.pickle", "train.index", "val.index", "test.index")
 
 BUNDLED_ZINC_NOTE = (
@@ -159,15 +161,26 @@ class OfflineZINC(PygZINC):
 
     Data come in magnn's layout (edge_attr [E, 1], edge_type [E]) through a
     transform, so the processed files stay those of plain PyG.
+
+    No code from files: the raw pickles are read as tensors and plain data only (a pickle that
+    names anything else is refused, UntrustedFileError), and the processed cache with torch.load's
+    weights_only=True, PyG's own pre_transform.pt / pre_filter.pt checks included; allow_pickle=True
+    (or MAGNN_ALLOW_PICKLE=1) lifts both for files the user trusts. Every load checks the values the
+    models index with: atom types 0..27, bond types 1..3, finite labels (CorruptDataError naming the
+    split, the graph and its molecule in the raw pickle).
     """
 
     info = ZINC_INFO
     note = "Official ZINC (benchmarking-gnns split) read by torch_geometric.datasets.ZINC."
 
     def __init__(self, root: str | os.PathLike, subset: bool = True, split: str = "train",
-                 transform: Callable | None = None, **kwargs) -> None:
-        super().__init__(str(root), subset=subset, split=split,
-                         transform=_MagnnLayout(transform), **kwargs)
+                 transform: Callable | None = None, *, allow_pickle: bool | None = None, **kwargs) -> None:
+        self.allow_pickle = allow_pickle
+        with weights_only_loads(allow_pickle):
+            super().__init__(str(root), subset=subset, split=split,
+                             transform=_MagnnLayout(transform), **kwargs)
+        self.split = split
+        _check_zinc_values(self, Path(self.raw_dir), split, Path(self.processed_dir))
 
     def download(self) -> None:
         raise MissingDataError(_missing_zinc_message(Path(self.root)))
@@ -179,13 +192,15 @@ class OfflineZINC(PygZINC):
                 _check_index_file(raw / f"{split}.index")
         failure = None
         try:
-            super().process()
+            for split in ("train", "val", "test"):
+                self.save(self._read_split(raw, split), os.path.join(self.processed_dir, f"{split}.pt"))
+        except UntrustedFileError:
+            raise
         except Exception as exc:  # pickles of anything else fail in many ways; the remedy is the same
             failure = f"{type(exc).__name__}: {exc}"
-        # raised here, not in the except block: the failed frame (and PyG's open progress bar) is
-        # released first, so nothing is written to stderr after the error message
+        # raised here, not in the except block: the failed frame is released first
         if failure is not None and failure.startswith("IndexError") and self.subset:
-            failure = _index_out_of_range(raw) or failure
+            failure = _index_out_of_range(raw, self.allow_pickle) or failure
         if failure is not None:
             raise CorruptDataError(
                 f"ZINC raw files in {raw} cannot be processed ({failure}); they must be the "
@@ -193,15 +208,69 @@ class OfflineZINC(PygZINC):
                 "logP_SA_cycle_normalized; train/val/test.index: the subset's indices). Replace the damaged files, "
                 f"or move {raw.parent} away to use the bundled subset")
 
+    def _read_split(self, raw: Path, split: str) -> list[Data]:
+        """One split's graphs, as PyG's ZINC builds them, from a pickle read as tensors only."""
+        molecules = load_tensor_pickle(raw / f"{split}.pickle", self.allow_pickle)
+        indices = _subset_indices(raw, split) if self.subset else range(len(molecules))
+        graphs = []
+        for index in indices:
+            molecule = molecules[index]
+            adjacency = molecule["bond_type"]
+            edge_index = adjacency.nonzero(as_tuple=False).t().contiguous()
+            data = Data(x=molecule["atom_type"].to(torch.long).view(-1, 1), edge_index=edge_index,
+                        edge_attr=adjacency[edge_index[0], edge_index[1]].to(torch.long),
+                        y=molecule["logP_SA_cycle_normalized"].to(torch.float))
+            if self.pre_filter is not None and not self.pre_filter(data):
+                continue
+            if self.pre_transform is not None:
+                data = self.pre_transform(data)
+            graphs.append(data)
+        return graphs
 
-def _index_out_of_range(raw: Path) -> str | None:
+
+def _subset_indices(raw: Path, split: str) -> list[int]:
+    # the file's last character is its newline (_check_index_file)
+    return [int(part) for part in (raw / f"{split}.index").read_text()[:-1].split(",")]
+
+
+def _check_zinc_values(dataset: InMemoryDataset, raw: Path, split: str, processed: Path) -> None:
+    """CorruptDataError naming the first graph whose atom type, bond type or label the models cannot take
+    (an embedding index out of range, a non-finite target), with its molecule in the raw pickle."""
+    data, slices = dataset._data, dataset.slices
+    checks = (
+        ("x", "atom type", lambda v: (v < 0) | (v >= ZINC_NUM_ATOM_TYPES), f"outside 0..{ZINC_NUM_ATOM_TYPES - 1}"),
+        ("edge_attr", "bond type", lambda v: (v < 1) | (v >= len(ZINC_BOND_TYPE_NAMES)),
+         f"outside 1..{len(ZINC_BOND_TYPE_NAMES) - 1} (single, double, triple)"),
+        ("y", "label (logP_SA_cycle_normalized)", lambda v: ~torch.isfinite(v), "not finite"),
+    )
+    for key, what, is_bad, why in checks:
+        values = getattr(data, key, None)
+        if values is None or key not in slices or values.numel() == 0:
+            continue
+        flat = values.reshape(values.shape[0], -1)
+        bad = is_bad(flat.float() if key == "y" else flat).any(dim=1)
+        if not bool(bad.any()):
+            continue
+        row = int(bad.nonzero()[0, 0])
+        graph = int(torch.searchsorted(slices[key], torch.tensor(row), right=True)) - 1
+        value = flat[row].tolist()
+        value = value[0] if len(value) == 1 else value
+        try:
+            molecule = _subset_indices(raw, split)[graph] if dataset.subset else graph
+            where = f"molecule {molecule} of {raw / (split + '.pickle')}"
+        except (OSError, ValueError, IndexError):
+            where = f"in {raw / (split + '.pickle')}"
+        raise CorruptDataError(
+            f"ZINC {split} graph {graph} ({where}) has {what} {value}, {why}: the file is damaged or not "
+            f"benchmarking-gnns ZINC. Fix or remove that molecule, then delete {processed} so the cache is "
+            "rebuilt (or move the raw folder away to use the bundled subset)")
+
+
+def _index_out_of_range(raw: Path, allow_pickle: bool | None = None) -> str | None:
     """After an IndexError: which index file points past the end of its pickle (None if none found)."""
-    import pickle
-
     for split in ("train", "val", "test"):
         try:
-            with open(raw / f"{split}.pickle", "rb") as f:
-                count = len(pickle.load(f))
+            count = len(load_tensor_pickle(raw / f"{split}.pickle", allow_pickle))
             largest = max(int(part) for part in (raw / f"{split}.index").read_text()[:-1].split(","))
         except Exception:  # unreadable here too: the generic message stands
             continue
@@ -240,7 +309,7 @@ def _official_zinc_root(root: Path) -> Path:
 
 
 def load_zinc(root: str | os.PathLike | None = None, source: str = "auto",
-              transform: Callable | None = None) -> dict[str, InMemoryDataset]:
+              transform: Callable | None = None, *, allow_pickle: bool | None = None) -> dict[str, InMemoryDataset]:
     """ZINC splits {"train", "val", "test"}.
 
     source:
@@ -250,6 +319,9 @@ def load_zinc(root: str | os.PathLike | None = None, source: str = "auto",
       "auto" (default): official when its raw files are present, else bundled
         (with a logged warning that says where the official files would go).
     root: shared data root (default: magnn.data.default_root()).
+    allow_pickle: read the official raw pickles and PyG's processed cache with plain pickle
+      (code in them runs). Default: only tensors and plain data are read from them, anything else is
+      refused with UntrustedFileError; MAGNN_ALLOW_PICKLE=1 opts in too.
     """
     if source not in ("auto", "official", "bundled"):
         raise ValueError(f"source must be 'auto', 'official' or 'bundled', got {source!r}")
@@ -266,7 +338,7 @@ def load_zinc(root: str | os.PathLike | None = None, source: str = "auto",
     if not zinc_root_has_raw_files(zinc_root):
         raise MissingDataError(_missing_zinc_message(zinc_root))
     try:
-        return {split: OfflineZINC(zinc_root, subset=True, split=split, transform=transform)
+        return {split: OfflineZINC(zinc_root, subset=True, split=split, transform=transform, allow_pickle=allow_pickle)
                 for split in ("train", "val", "test")}
     except (MissingDataError, CorruptDataError):
         raise

@@ -6,8 +6,9 @@ reduction `reduce_rows` are defined there). Three modules, bottom up:
 
 * `reduction`: `reduce_tensor`, a materialised tensor to `RawStats` (C++ or torch).
 * `types`: `LogHistogram`, `EdgeStats` (the accumulated numbers and what derives
-  from them) and `add_to_all`.
-* `collection`: how statistics reach an EdgeStats: through
+  from them).
+* `collection`: how statistics reach an EdgeStats (`add_to_all`, which skips a
+  forward that autograd recomputes): through
   `magnn.functional.edge_attention(stats=...)`, to which every `StatsTap` layer
   hands the collectors `collect` attached, or through PyG's hooks.
 
@@ -20,9 +21,9 @@ from ..core.binning import (  # noqa: F401  (re-exported: magnn.stats is where u
     mantissa_bits_of, num_bins, reduce_rows, row_lower_median,
 )
 from ..core.errors import NothingToCollect  # noqa: F401
-from .collection import StatsArg, StatsTap, collect, recomputing, stats_targets  # noqa: F401
+from .collection import StatsArg, StatsTap, add_to_all, collect, recomputing, stats_targets  # noqa: F401
 from .reduction import REDUCE_CHUNK_VALUES, reduce_tensor  # noqa: F401
-from .types import EdgeStats, LogHistogram, add_to_all  # noqa: F401
+from .types import EdgeStats, LogHistogram  # noqa: F401
 
 __all__ = [
     "EdgeStats", "LogHistogram", "add_to_all", "collect", "StatsTap", "StatsArg", "stats_targets", "recomputing",

@@ -1,36 +1,32 @@
-"""How statistics reach an `EdgeStats`: `stats_targets` (the funnel every call that fills
-statistics goes through), the `StatsTap` mix-in of magnn's attention layers, PyG's message
+"""How statistics reach an `EdgeStats`: `stats_targets` (who a call fills), `add_to_all` (the
+one place every call's statistics are added), the `StatsTap` mix-in of magnn's attention layers, PyG's message
 and output hooks, and the `collect` context manager that attaches them; `recomputing`
 keeps a forward that autograd recomputes from counting twice.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Optional, Sequence, Union
+from typing import Iterator, Mapping, Optional, Sequence, Union
 
 import torch
 
+from ..core.binning import RawStats
 from ..core.errors import NothingToCollect, UserError
 from .reduction import reduce_tensor
 from .types import EdgeStats
 
-__all__ = ["StatsArg", "stats_targets", "StatsTap", "recomputing", "collect"]
+__all__ = ["StatsArg", "stats_targets", "add_to_all", "StatsTap", "recomputing", "collect"]
 
 
 StatsArg = Union["EdgeStats", Sequence["EdgeStats"], None]
 
 
 def stats_targets(stats: StatsArg) -> tuple[EdgeStats, ...]:
-    """`stats=` as a tuple of distinct EdgeStats (None -> (); one -> (one,); duplicates dropped).
-
-    Always () while autograd recomputes a forward (`recomputing()`: activation checkpointing in
-    either mode): that call's statistics were taken when it first ran. Every call that fills
-    statistics (`edge_attention`, `merge_attention`, each `StatsTap` layer's collectors) goes
-    through here, so a recomputation adds nothing whoever asked for the statistics."""
+    """`stats=` as a tuple of distinct EdgeStats (None -> (); one -> (one,); duplicates dropped)."""
     if stats is None:
         return ()
     if isinstance(stats, EdgeStats):
-        return () if recomputing() else (stats,)
+        return (stats,)
     if isinstance(stats, (list, tuple)):
         targets: list[EdgeStats] = []
         for item in stats:
@@ -38,9 +34,45 @@ def stats_targets(stats: StatsArg) -> tuple[EdgeStats, ...]:
                 raise TypeError(f"stats must hold magnn.stats.EdgeStats objects, got {type(item).__name__}")
             if not any(item is seen for seen in targets):
                 targets.append(item)
-        # no targets: nothing to skip, and no engine query for torch.compile to trace
-        return () if not targets or recomputing() else tuple(targets)
+        return tuple(targets)
     raise TypeError(f"stats must be a magnn.stats.EdgeStats, a list/tuple of them or None, got {type(stats).__name__}")
+
+
+def add_to_all(
+    targets: Sequence[EdgeStats],
+    raw: Union[RawStats, Mapping[str, RawStats]],
+    heads: int,
+    *,
+    edge_types: Optional[torch.Tensor] = None,
+) -> None:
+    """Folds one call's statistics into every EdgeStats of `targets`, all or nothing: every
+    target checks the call first (settings, channels, edge_types length), then all add.
+
+    raw: the call's `RawStats`, or a dict tap -> RawStats when the targets tap different
+    tensors (each target takes its own tap's; histograms may be finer than it keeps).
+    edge_types: the call's per-edge types, for the targets that count by edge type
+    (instead of their own `edge_types`).
+
+    Adds nothing while autograd recomputes a forward (`recomputing()`: activation checkpointing
+    in either mode): that call's statistics were taken when it first ran. Every call that fills
+    statistics comes here (`edge_attention`, `merge_attention`, `collect`'s PyG and output hooks),
+    so a recomputation adds nothing whoever asked for the statistics; the recomputation itself
+    runs the same code as the first pass (the same kernels, statistics included), as the
+    checkpointing's check of the tensors saved for backward demands (under torch.compile too).
+    """
+    if recomputing():
+        return
+
+    def raw_for(target: EdgeStats) -> RawStats:
+        if isinstance(raw, RawStats):
+            return raw
+        if target.tap not in raw:
+            raise ValueError(f"no statistics for tap {target.tap!r} (have {sorted(raw)})")
+        return raw[target.tap]
+
+    parts = [target._from_raw(raw_for(target), heads, edge_types) for target in targets]
+    for target, part in zip(targets, parts):
+        target._absorb(part)
 
 
 class StatsTap:
@@ -69,7 +101,7 @@ class StatsTap:
     @contextlib.contextmanager
     def paused_collection(self):
         """No statistics from this layer while inside (a recomputation in backward needs no pause:
-        `stats_targets` skips it whatever asked for the statistics, see `recomputing`)."""
+        `add_to_all` skips it whatever asked for the statistics, see `recomputing`)."""
         self._collection_paused += 1
         try:
             yield
@@ -131,13 +163,13 @@ def _fill(target: EdgeStats, tensor: torch.Tensor, heads: int) -> None:
             f"collect(edge_types=...): a layer's messages have {rows} rows but edge_types has "
             f"{edge_types.shape[0]} entries (the layer adds or removes edges, e.g. GATConv's self-loops); "
             "collect without edge_types, or build the layer so that it keeps the graph's edges (add_self_loops=False)")
-    target.add(reduce_tensor(tensor, target.mantissa_bits), heads)
+    add_to_all((target,), reduce_tensor(tensor, target.mantissa_bits), heads)  # (nothing when recomputing)
 
 
 def _message_hook(target: EdgeStats):
     """PyG message-forward hook: reduce the per-edge messages [E, ...] (heads = dim 1 of [E, H, D])."""
     def hook(module, inputs, message):
-        if isinstance(message, torch.Tensor) and message.dim() >= 1 and not recomputing():
+        if isinstance(message, torch.Tensor) and message.dim() >= 1:
             _fill(target, message, message.shape[1] if message.dim() == 3 else 1)
     return hook
 
@@ -146,7 +178,7 @@ def _output_hook(target: EdgeStats):
     """Forward hook on a module: its output as rows [-1, last dim] (node-level statistics)."""
     def hook(module, inputs, output):
         tensor = _first_tensor(output)
-        if tensor is not None and tensor.dim() >= 1 and not recomputing():
+        if tensor is not None and tensor.dim() >= 1:
             _fill(target, tensor.reshape(-1, tensor.shape[-1]) if tensor.dim() > 1 else tensor.reshape(-1, 1), 1)
     return hook
 

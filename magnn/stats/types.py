@@ -1,5 +1,4 @@
-"""The statistics' data types: `LogHistogram` and `EdgeStats`, and `add_to_all`, which folds
-one call's `RawStats` into several EdgeStats at once (SPEC §4).
+"""The statistics' data types (SPEC §4): `LogHistogram` and `EdgeStats`.
 
 `EdgeStats` owns the accumulated numbers and derives the rest (medians, max ratios,
 per-type counts). Statistics are taken on the values as stored (rounded to the output
@@ -11,7 +10,7 @@ import copy
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Mapping, Optional, Sequence, Union
+from typing import Optional
 
 import torch
 
@@ -19,7 +18,7 @@ from ..core.binning import SMALLEST_NORMAL, RawStats, bin_index, bin_lower_bound
 from ..core.constants import DEFAULT_MANTISSA_BITS, MA_THRESHOLD, TAPS
 from . import reduction
 
-__all__ = ["LogHistogram", "EdgeStats", "add_to_all"]
+__all__ = ["LogHistogram", "EdgeStats"]
 
 
 @dataclass
@@ -367,30 +366,3 @@ class EdgeStats:
             f"EdgeStats(calls={self.calls}, count={self.count}, max_abs={self.max_abs:.4g}, "
             f"median_abs~{self.median_abs()[0]:.4g}, max_ratio(edge)={self.max_ratio('edge'):.4g})"
         )
-
-
-def add_to_all(
-    targets: Sequence[EdgeStats],
-    raw: Union[RawStats, Mapping[str, RawStats]],
-    heads: int,
-    *,
-    edge_types: Optional[torch.Tensor] = None,
-) -> None:
-    """Folds one call's statistics into every EdgeStats of `targets`, all or nothing: every
-    target checks the call first (settings, channels, edge_types length), then all add.
-
-    raw: the call's `RawStats`, or a dict tap -> RawStats when the targets tap different
-    tensors (each target takes its own tap's; histograms may be finer than it keeps).
-    edge_types: the call's per-edge types, for the targets that count by edge type
-    (instead of their own `edge_types`).
-    """
-    def raw_for(target: EdgeStats) -> RawStats:
-        if isinstance(raw, RawStats):
-            return raw
-        if target.tap not in raw:
-            raise ValueError(f"no statistics for tap {target.tap!r} (have {sorted(raw)})")
-        return raw[target.tap]
-
-    parts = [target._from_raw(raw_for(target), heads, edge_types) for target in targets]
-    for target, part in zip(targets, parts):
-        target._absorb(part)
