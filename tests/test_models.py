@@ -684,3 +684,26 @@ def test_a_model_keeps_its_resolved_config_and_reads_its_transforms_from_it():
     assert model.config.layer_edge_encoders is False  # None: per-layer encoders only for proteins inputs
     (kernel,) = model.pre_transforms().transforms
     assert (kernel.p, kernel.gamma) == (model.config.kernel_p, model.config.kernel_gamma)
+
+
+@pytest.mark.parametrize("name", ["gt", "graphit", "san"])
+def test_reset_parameters_redraws_every_drawn_parameter_and_keeps_the_keys(name):
+    from magnn.data import load_dataset
+    from magnn.models import build_model
+
+    _, info = load_dataset("zinc", max_graphs=4)
+    torch.manual_seed(0)
+    model = build_model(name, info, num_layers=2, hidden=16, heads=2, ebt="edge")
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    torch.manual_seed(1)
+    model.reset_parameters()
+    after = model.state_dict()
+    assert list(after) == list(before)
+    drawn = [key for key, value in before.items() if value.is_floating_point() and value.numel() > 1
+             and float(value.std()) > 0 and "running" not in key]
+    assert drawn and all(not torch.equal(before[key], after[key]) for key in drawn), \
+        [key for key in drawn if torch.equal(before[key], after[key])]
+    again = {key: value.clone() for key, value in after.items()}
+    torch.manual_seed(1)
+    model.reset_parameters()
+    assert all(torch.equal(again[key], value) for key, value in model.state_dict().items())  # seeded: repeatable

@@ -30,6 +30,20 @@ __all__ = ["GraphModel", "NON_EDGE_TYPE", "graph_batch", "FUSED_EDGE_NOISE"]
 NON_EDGE_TYPE = -1
 
 
+def reset_children(module: nn.Module) -> None:
+    """Calls `reset_parameters()` on each child that has one (it resets what it holds) and
+    recurses into the others; a child with torch's private `_reset_parameters()` instead
+    (MultiheadAttention: its own weights, not its out_proj's draw) gets its children reset
+    first, then its own rule."""
+    for child in module.children():
+        if hasattr(child, "reset_parameters"):
+            child.reset_parameters()
+            continue
+        reset_children(child)
+        if hasattr(child, "_reset_parameters"):
+            child._reset_parameters()
+
+
 class GraphModel(nn.Module):
     """Base class: a subclass builds its parts from its config and runs them in `forward`.
 
@@ -85,6 +99,12 @@ class GraphModel(nn.Module):
         self.node_encoder = NodeEncoder(info, config.hidden, node_input=config.node_input)
         self.head = build_head(info, config.hidden, config.readout)
         self.readout = getattr(self.head, "readout", None)
+
+    def reset_parameters(self) -> None:
+        """Re-draws every parameter with its part's own initialisation, PyG's way: each child that
+        has `reset_parameters()` resets itself and what it holds; other children are walked into.
+        (The values differ from a fresh build's with the same seed: the order of the draws does.)"""
+        reset_children(self)
 
     # -- parts the subclasses build --------------------------------------------
     def make_attention(self) -> FusedEdgeAttention:
