@@ -707,3 +707,19 @@ def test_reset_parameters_redraws_every_drawn_parameter_and_keeps_the_keys(name)
     torch.manual_seed(1)
     model.reset_parameters()
     assert all(torch.equal(again[key], value) for key, value in model.state_dict().items())  # seeded: repeatable
+
+
+def test_a_copied_model_embeds_edges_with_its_own_encoder():
+    import copy
+
+    from magnn.data import load_dataset
+    from magnn.models import build_model
+
+    _, info = load_dataset("zinc", max_graphs=4)
+    model = build_model("san", info, num_layers=1, hidden=16, heads=2, pe=None, full_graph=False)
+    twin = copy.deepcopy(model)
+    assert twin.edge_input.encoder is twin.edge_encoder and twin.edge_encoder is not model.edge_encoder
+    with torch.no_grad():
+        for parameter in twin.edge_encoder.parameters():
+            parameter.add_(1.0)
+    assert not torch.equal(twin.edge_input.encoder.bond.weight, model.edge_encoder.bond.weight)
