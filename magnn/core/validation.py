@@ -35,18 +35,21 @@ def check_ebt(ebt) -> None:
     if ebt not in EBT_VARIANTS:
         raise ArgumentError(f"unknown ebt {ebt!r}; choose None, 'edge' or 'slot'")
 
+
 def check_ebt_init(ebt_init) -> None:
-    """Raises ValueError unless `ebt_init` is one of EBT_INITS."""
+    """Raises ArgumentError unless `ebt_init` is one of EBT_INITS."""
     if ebt_init not in EBT_INITS:
         raise ArgumentError(f"unknown ebt_init {ebt_init!r}; choose one of {', '.join(map(repr, EBT_INITS))}")
 
+
 def check_positive_int(name: str, value) -> None:
-    """Raises ValueError unless `value` is an int >= 1 (bool excluded)."""
+    """Raises ArgumentError unless `value` is an int >= 1 (bool excluded)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ArgumentError(f"{name} must be a positive integer (>= 1), got {value!r}")
 
+
 def check_clamp(clamp) -> None:
-    """Raises ValueError unless `clamp` is None or a number > 0 (the logit bound c of clip(l, -c, c))."""
+    """Raises ArgumentError unless `clamp` is None or a number > 0 (the logit bound c of clip(l, -c, c))."""
     if clamp is None:
         return
     if isinstance(clamp, bool) or not isinstance(clamp, numbers.Real):
@@ -54,8 +57,9 @@ def check_clamp(clamp) -> None:
     if not float(clamp) > 0:  # also rejects NaN
         raise ArgumentError(f"clamp must be None (no clamp) or a positive number, got {clamp!r}")
 
+
 def check_edge_types(edge_types, num_edges: int) -> None:
-    """Raises unless `edge_types` is None, an int, or an integer tensor [E] of the call."""
+    """Raises ArgumentError unless `edge_types` is None, an int, or an integer tensor [E] of the call."""
     if edge_types is None or (isinstance(edge_types, numbers.Integral) and not isinstance(edge_types, bool)):
         return
     if not isinstance(edge_types, torch.Tensor) or edge_types.dtype.is_floating_point or edge_types.is_complex() \
@@ -63,6 +67,7 @@ def check_edge_types(edge_types, num_edges: int) -> None:
         raise ArgumentError("edge_types must be an int (one type for every edge) or an integer tensor of shape [E]")
     if edge_types.shape[0] != num_edges:
         raise ArgumentError(f"edge_types has {edge_types.shape[0]} entries but the call has {num_edges} edges")
+
 
 def check_count(name: str, value) -> int | None:
     """`value` as an int (None stays None); ArgumentError when it is negative."""
@@ -140,6 +145,7 @@ def check_edge_index_one_set(edge_index, num_nodes: int | None) -> int:
         )
     return num_nodes
 
+
 def check_attention_inputs(q, k, v, e, graph, mode, clamp, bias, ebt, ebt_params) -> None:
     """The checks of `magnn.functional.edge_attention`'s inputs: types, dtypes, shapes against
     the `Graph` (num_nodes, num_src_nodes, num_edges, device), devices, and the mode / ebt / clamp / bias / ebt_params settings."""
@@ -198,7 +204,7 @@ def check_attention_inputs(q, k, v, e, graph, mode, clamp, bias, ebt, ebt_params
 
 
 def check_dropout(dropout) -> None:
-    """Raises ValueError unless `dropout` is a number in [0, 1) (the attention dropout probability)."""
+    """Raises ArgumentError unless `dropout` is a number in [0, 1) (the attention dropout probability)."""
     if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0.0 <= float(dropout) < 1.0:
         raise ArgumentError(f"dropout must be a probability in [0, 1), got {dropout!r}")
 
