@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import importlib
 import math
-import numbers
 import os
 import warnings
 from dataclasses import dataclass
@@ -35,12 +34,14 @@ import torch
 
 from .core.binning import reduce_rows
 from .core.dropout import SEED_BOUND
-from .core.constants import EBT_VARIANTS, MODES, check_ebt, check_mode  # noqa: F401  (MODES, EBT_VARIANTS re-exported)
-from .core.errors import UserError
+from .core.constants import EBT_VARIANTS, MODES  # noqa: F401  (re-exported)
+from .core.errors import ArgumentError, ArgumentTypeError, BackendSettingError  # noqa: F401  (BackendSettingError importable here)
 from .core.graph import Graph, as_graph
+from .core.validation import (  # noqa: F401  (check_clamp, check_dropout, FLOAT_DTYPES re-exported)
+    FLOAT_DTYPES, check_attention_inputs, check_clamp, check_dropout, check_edge_types, check_seed_argument,
+)
 from .stats import EdgeStats, StatsArg, add_to_all, stats_targets
 
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 @dataclass(frozen=True)
@@ -91,10 +92,6 @@ def backend_choices() -> tuple[str, ...]:
 BACKEND_ENV = "MAGNN_BACKEND"
 
 
-class BackendSettingError(UserError, ValueError):
-    """$MAGNN_BACKEND names no backend."""
-
-
 def preferred_backend() -> Optional[str]:
     """The backend $MAGNN_BACKEND asks backend="auto" to try first (None: unset, empty or "auto").
 
@@ -114,17 +111,7 @@ def preferred_backend() -> Optional[str]:
 def check_backend_name(name) -> None:
     """Raises ValueError unless `name` is "auto" or a key of BACKENDS (availability is checked at run time)."""
     if not isinstance(name, str) or name not in backend_choices():
-        raise ValueError(f"unknown backend {name!r}; choose one of {', '.join(map(repr, backend_choices()))}")
-
-
-def check_clamp(clamp) -> None:
-    """Raises ValueError unless `clamp` is None or a number > 0 (the logit bound c of clip(l, -c, c))."""
-    if clamp is None:
-        return
-    if isinstance(clamp, bool) or not isinstance(clamp, numbers.Real):
-        raise ValueError(f"clamp must be None (no clamp) or a positive number, got {clamp!r}")
-    if not float(clamp) > 0:  # also rejects NaN
-        raise ValueError(f"clamp must be None (no clamp) or a positive number, got {clamp!r}")
+        raise ArgumentError(f"unknown backend {name!r}; choose one of {', '.join(map(repr, backend_choices()))}")
 
 
 def _implementation(name: str) -> Callable:
@@ -179,72 +166,6 @@ def select_backend(name: str, device: torch.device, dtype: torch.dtype) -> Backe
     return backend
 
 
-def _check_inputs(q, k, v, e, graph: Graph, mode, clamp, bias, ebt, ebt_params):
-    for name, tensor in (("q", q), ("k", k), ("v", v), ("e", e)):
-        if not isinstance(tensor, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
-        if tensor.dtype not in FLOAT_DTYPES:
-            raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {tensor.dtype}")
-        if tensor.dim() != 3:
-            raise ValueError(f"{name} must have shape [{'E' if name == 'e' else 'N'}, H, D], got {list(tensor.shape)}")
-    if not (q.dtype == k.dtype == v.dtype == e.dtype):
-        raise TypeError(f"q, k, v, e must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}, {e.dtype}")
-    devices = {t.device for t in (q, k, v, e)} | {graph.device}
-    if len(devices) > 1:
-        raise ValueError(f"q, k, v, e and the graph must be on one device, got {sorted(map(str, devices))}")
-    if k.shape != v.shape or q.shape[1:] != k.shape[1:]:
-        raise ValueError(
-            f"q must be [N_dst, H, D] and k, v [N_src, H, D] with the same H and D (k and v the same shape), "
-            f"got {list(q.shape)}, {list(k.shape)}, {list(v.shape)}"
-        )
-    num_nodes, heads, head_dim = q.shape
-    if head_dim == 0 or heads == 0:
-        raise ValueError(f"H and D must be positive, got H={heads}, D={head_dim}")
-    if num_nodes != graph.num_nodes:
-        raise ValueError(f"q has {num_nodes} nodes but the graph has num_nodes={graph.num_nodes}")
-    if k.shape[0] != graph.num_src_nodes:
-        raise ValueError(
-            f"k and v have {k.shape[0]} rows but the graph has num_src_nodes={graph.num_src_nodes} source nodes; "
-            "build the Graph with num_src_nodes= (or size=(N_src, N_dst)) for a bipartite graph"
-        )
-    if e.shape[0] != graph.num_edges:
-        raise ValueError(f"e has {e.shape[0]} rows but edge_index has {graph.num_edges} edges")
-    if e.shape[1:] != q.shape[1:]:
-        raise ValueError(f"e must be [E, H={heads}, D={head_dim}] like q, got {list(e.shape)}")
-    check_mode(mode)
-    check_ebt(ebt)
-    check_clamp(clamp)
-    if bias is not None:
-        if not isinstance(bias, torch.Tensor) or not bias.is_floating_point():
-            raise TypeError("bias must be a floating-point tensor of shape [E] or [E, H]")
-        if bias.shape not in (torch.Size([graph.num_edges]), torch.Size([graph.num_edges, heads])):
-            raise ValueError(f"bias must have shape [E]={[graph.num_edges]} or [E, H]={[graph.num_edges, heads]}, got {list(bias.shape)}")
-        if bias.device != q.device:
-            raise ValueError(f"bias is on {bias.device} but q is on {q.device}")
-    if ebt is not None:
-        if ebt_params is None or len(ebt_params) != 3:
-            raise ValueError("ebt needs ebt_params=(k_b, e_b, v_b), each of shape [H, D]")
-        for name, param in zip(("k_b", "e_b", "v_b"), ebt_params):
-            if not isinstance(param, torch.Tensor) or param.shape != (heads, head_dim):
-                shape = list(param.shape) if isinstance(param, torch.Tensor) else type(param).__name__
-                raise ValueError(f"ebt_params {name} must have shape [H, D]={[heads, head_dim]}, got {shape}")
-            if param.device != q.device:
-                raise ValueError(f"ebt_params {name} is on {param.device} but q is on {q.device}")
-    elif ebt_params is not None:
-        raise ValueError("ebt_params given but ebt is None; pass ebt='edge' or 'slot'")
-
-
-def check_dropout(dropout) -> None:
-    """Raises ValueError unless `dropout` is a number in [0, 1) (the attention dropout probability)."""
-    if isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0.0 <= float(dropout) < 1.0:
-        raise ValueError(f"dropout must be a probability in [0, 1), got {dropout!r}")
-
-
-def _check_seed(seed) -> None:
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
-        raise ValueError(f"seed must be None (drawn from torch's generator) or an int, got {seed!r}")
-
-
 def attention_weights(q, k, e, graph: Graph, lse, edge_out, *, mode, clamp, bias, ebt, ebt_params):
     """alpha [E, H] (caller's order, before dropout) from the saved log-sum-exp: alpha_ij =
     exp(l_ij - lse_i) with the clamped logit l_ij recomputed per edge in torch (gt: from
@@ -278,17 +199,6 @@ def attention_weights(q, k, e, graph: Graph, lse, edge_out, *, mode, clamp, bias
     empty = torch.isinf(lse_dst) & (lse_dst < 0)  # nothing attended: no exp(-inf - -inf) NaN
     safe = torch.where(empty, torch.zeros_like(lse_dst), lse_dst)
     return torch.where(empty, torch.zeros_like(logits), torch.exp(logits - safe))
-
-
-def _check_edge_types(edge_types, num_edges: int) -> None:
-    """Raises unless `edge_types` is None, an int, or an integer tensor [E] of the call."""
-    if edge_types is None or (isinstance(edge_types, numbers.Integral) and not isinstance(edge_types, bool)):
-        return
-    if not isinstance(edge_types, torch.Tensor) or edge_types.dtype.is_floating_point or edge_types.is_complex() \
-            or edge_types.dtype == torch.bool or edge_types.dim() != 1:
-        raise ValueError("edge_types must be an int (one type for every edge) or an integer tensor of shape [E]")
-    if edge_types.shape[0] != num_edges:
-        raise ValueError(f"edge_types has {edge_types.shape[0]} entries but the call has {num_edges} edges")
 
 
 def _call_edge_types(edge_types, num_edges: int) -> Optional[torch.Tensor]:
@@ -371,12 +281,12 @@ def edge_attention(
                 and k.shape[0] != q.shape[0]:
             num_src_nodes = k.shape[0]  # bipartite: the source count comes from k
     graph = as_graph(edge_index_or_graph, num_nodes, num_src_nodes)
-    _check_inputs(q, k, v, e, graph, mode, clamp, bias, ebt, ebt_params)
-    _check_edge_types(edge_types, graph.num_edges)
+    check_attention_inputs(q, k, v, e, graph, mode, clamp, bias, ebt, ebt_params)
+    check_edge_types(edge_types, graph.num_edges)
     check_dropout(dropout)
-    _check_seed(seed)
+    check_seed_argument(seed)
     if not isinstance(need_edge_out, bool):
-        raise TypeError(f"need_edge_out must be True or False, got {need_edge_out!r}")
+        raise ArgumentTypeError(f"need_edge_out must be True or False, got {need_edge_out!r}")
     dropout = float(dropout)
     if dropout > 0 and seed is None:
         seed = int(torch.randint(SEED_BOUND, (), dtype=torch.int64))
@@ -448,19 +358,19 @@ def merge_attention(
     node_outs, lses = list(node_outs), list(lses)
     weights = [None] * len(node_outs) if log_weights is None else list(log_weights)
     if not node_outs or not (len(node_outs) == len(lses) == len(weights)):
-        raise ValueError("merge_attention needs one node_out, one lse (and one log_weight or None) per part")
+        raise ArgumentError("merge_attention needs one node_out, one lse (and one log_weight or None) per part")
     shape = node_outs[0].shape
     for out, lse, weight in zip(node_outs, lses, weights):
         if out.dim() != 3 or out.shape != shape or lse.shape != shape[:2]:
-            raise ValueError(
+            raise ArgumentError(
                 f"every part needs node_out [N, H, D]={list(shape)} and lse [N, H]={list(shape[:2])}, "
                 f"got {list(out.shape)} and {list(lse.shape)}"
             )
         if weight is not None and weight.shape not in (shape[:1], shape[:2]):
-            raise ValueError(f"a log_weight must be [N]={list(shape[:1])} or [N, H]={list(shape[:2])}, got {list(weight.shape)}")
+            raise ArgumentError(f"a log_weight must be [N]={list(shape[:1])} or [N, H]={list(shape[:2])}, got {list(weight.shape)}")
     targets = stats_targets(stats)
     if any(target.tap != "node" for target in targets):
-        raise ValueError("merge_attention fills tap='node' collectors only; edge rows come from each part's edge_attention")
+        raise ArgumentError("merge_attention fills tap='node' collectors only; edge rows come from each part's edge_attention")
     work = lses[0].dtype
     shifted = torch.stack([
         lse.to(work) if weight is None else lse.to(work) + (weight.unsqueeze(-1) if weight.dim() == 1 else weight).to(work)

@@ -2,29 +2,24 @@
 `TransformerConv`: a drop-in for PyG's TransformerConv on the same operator."""
 from __future__ import annotations
 
-import numbers
 from typing import Optional, Sequence, Union
 
 import torch
 from torch import nn
 
 from .core import hugepages
-from .core.constants import EBT_INITS, check_ebt, check_mode
-from .core.errors import UserError
+from .core.errors import ArgumentError, LayerInputError  # noqa: F401  (LayerInputError importable here)
 from .core.graph import Graph
-from .functional import check_backend_name, check_clamp, check_dropout, edge_attention
+from .core.validation import (  # noqa: F401  (check_ebt_init, check_positive_int re-exported)
+    check_clamp, check_dropout, check_ebt, check_ebt_init, check_mode, check_positive_int,
+)
+from .functional import check_backend_name, edge_attention
 from .stats import EdgeStats, StatsTap
 
 # reset_parameters(init=...): "default" is each parameter's own rule (nn.Linear's, the EBT's
 # ebt_init); "xavier" is SPEC §6's base model: Xavier-uniform projection weights, zero biases
 RESET_INITS = ("default", "xavier")
 EBT_INIT_STD = {"normal_0.02": 0.02, "standard_normal": 1.0}
-
-
-def check_ebt_init(ebt_init) -> None:
-    """Raises ValueError unless `ebt_init` is one of EBT_INITS."""
-    if ebt_init not in EBT_INITS:
-        raise ValueError(f"unknown ebt_init {ebt_init!r}; choose one of {', '.join(map(repr, EBT_INITS))}")
 
 
 def projection(in_features: int, out_features: int, bias: bool) -> nn.Linear:
@@ -36,19 +31,13 @@ def projection(in_features: int, out_features: int, bias: bool) -> nn.Linear:
 def reset_projection(linear: nn.Linear, init: str = "default") -> None:
     """Re-initialises one projection: nn.Linear's own rule, or Xavier-uniform weight and zero bias."""
     if init not in RESET_INITS:
-        raise ValueError(f"unknown init {init!r}; choose one of {', '.join(map(repr, RESET_INITS))}")
+        raise ArgumentError(f"unknown init {init!r}; choose one of {', '.join(map(repr, RESET_INITS))}")
     if init == "default":
         linear.reset_parameters()
         return
     nn.init.xavier_uniform_(linear.weight)
     if linear.bias is not None:
         nn.init.zeros_(linear.bias)
-
-
-def check_positive_int(name: str, value) -> None:
-    """Raises ValueError unless `value` is an int >= 1 (bool excluded)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer (>= 1), got {value!r}")
 
 
 class FusedEdgeAttention(StatsTap, nn.Module):
@@ -131,7 +120,8 @@ class FusedEdgeAttention(StatsTap, nn.Module):
             std = EBT_INIT_STD[self.ebt_init]
             with torch.no_grad():
                 for parameter in (self.ebt_k, self.ebt_e, self.ebt_v):
-                    # randn * std, not normal_(0, std): the same numbers as before reset_parameters existed
+                    # randn * std (normal_(0, std) would draw other numbers from the same generator):
+                    # this draw defines the EBT parameters' initial values for a seed
                     parameter.copy_(torch.randn(parameter.shape, dtype=parameter.dtype, device=parameter.device) * std)
 
     def forward(
@@ -152,9 +142,9 @@ class FusedEdgeAttention(StatsTap, nn.Module):
         None comes back, unless a forward hook may read this layer's output (then e_out
         is kept for it); the statistics are the same either way."""
         if x.dim() != 2 or x.shape[1] != self.in_channels:
-            raise ValueError(f"x must be [N, {self.in_channels}], got {list(x.shape)}")
+            raise ArgumentError(f"x must be [N, {self.in_channels}], got {list(x.shape)}")
         if edge_attr.dim() != 2 or edge_attr.shape[1] != self.edge_dim:
-            raise ValueError(f"edge_attr must be [E, {self.edge_dim}], got {list(edge_attr.shape)}")
+            raise ArgumentError(f"edge_attr must be [E, {self.edge_dim}], got {list(edge_attr.shape)}")
         shape = (x.shape[0], self.heads, self.head_dim)
         q = self.lin_q(x).view(shape)
         k = self.lin_k(x).view(shape)
@@ -186,10 +176,6 @@ class FusedEdgeAttention(StatsTap, nn.Module):
             f"{self.in_channels}, heads={self.heads}, head_dim={self.head_dim}, edge_dim={self.edge_dim}, "
             f"mode={self.mode!r}, ebt={self.ebt!r}, clamp={self.clamp}, backend={self.backend!r}"
         )
-
-
-class LayerInputError(UserError, ValueError):
-    """A layer got inputs that do not fit how it was built; the message says what to pass."""
 
 
 def _channel_pair(in_channels) -> tuple[int, int]:

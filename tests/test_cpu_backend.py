@@ -812,7 +812,7 @@ def test_reduce_tensor_uses_the_cpu_reduction(monkeypatch):
 def test_edge_stats_add_summarizes_ratios_like_the_torch_path(monkeypatch):
     # EdgeStats.add derives hist_edge_ratio, max_edge_ratio and the massive edges from row_ratio with
     # magnn_cpu::summarize_ratios when the cpu backend is usable: the same numbers as its torch path
-    from magnn import stats as stats_module
+    from magnn.stats import reduction as stats_module
 
     gen = torch.Generator().manual_seed(9)
     rows = 3000
@@ -822,9 +822,9 @@ def test_edge_stats_add_summarizes_ratios_like_the_torch_path(monkeypatch):
     row_max_abs = torch.randn(rows, generator=gen).abs() * 200
     types = torch.randint(0, 4, (rows,), generator=gen)
 
-    usable = stats_module._cpu_reduction_usable
+    usable = stats_module.cpu_reduction_usable
     cpu_path = [True]
-    monkeypatch.setattr(stats_module, "_cpu_reduction_usable",
+    monkeypatch.setattr(stats_module, "cpu_reduction_usable",
                         lambda tensor, build=True: cpu_path[0] and usable(tensor, build))
 
     def collected(fast: bool, values, **options):

@@ -8,6 +8,7 @@ pyg_nn = pytest.importorskip("torch_geometric.nn")
 
 import magnn.detect  # noqa: E402
 from magnn.core.errors import UserError  # noqa: E402
+from edge_cases import all_nan_stats, filled  # noqa: E402
 from magnn.stats import collect  # noqa: E402
 
 
@@ -84,3 +85,26 @@ def test_run_takes_a_loader_a_base_model_and_says_what_is_wrong():
         magnn.detect.run(model, [], forward=forward)
     with pytest.raises(UserError, match="no 'kind' attribute"):
         magnn.detect.run(model, graphs, forward=forward, edge_type_attr="kind")
+
+
+def test_report_json_and_cells_say_a_layer_was_all_nan(tmp_path):
+    from magnn.analysis.detect import DetectionReport, LayerReport
+    from magnn.analysis.figures import plot_layer_histograms, plot_sorted_ratios
+    from magnn.study.report import layer_cell, report_json
+
+    nan_layer = LayerReport("layers.0.attention", [float("nan")], [float("nan")], all_nan_stats())
+    fine_stats = filled(torch.randn(6, 4))
+    fine_layer = LayerReport("layers.1.attention", [fine_stats.max_ratio()], [fine_stats.max_ratio("layer")],
+                             fine_stats)
+    detection = DetectionReport([nan_layer, fine_layer])
+    report = {"threshold": float("inf"), "detection": {"trained no_ebt": detection.to_dict()}, "path": tmp_path}
+    text = report_json(report)
+    loaded = json.loads(text)
+    assert loaded["threshold"] is None and loaded["path"] == str(tmp_path)
+    layers = loaded["detection"]["trained no_ebt"]["layers"]
+    assert layers[0]["max_ratio_edge"] is None and layers[0]["stats"]["all_nan"] is True
+    assert layer_cell(layers[0]) == "all NaN (20 values)"
+    assert layer_cell(detection.to_dict()["layers"][0]) == "all NaN (20 values)"
+    assert layer_cell(layers[1]) == f"{fine_stats.max_ratio():.4g}"
+    plot_sorted_ratios({"trained no_ebt": detection}, tmp_path / "sorted.png")
+    plot_layer_histograms(detection, tmp_path / "hist.png")

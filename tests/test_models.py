@@ -432,7 +432,7 @@ def test_graphit_kernel_batches_and_feeds_the_bias():
     batch = make_batch("graphit", "zinc", kernel_p=2)
     model = models.build_model("graphit", info, **SMALL, kernel_p=2).eval()
     assert model.clamp is None  # "auto": no clamp with the kernel bias (module docstring)
-    graph, bias, extra = model._kernel_support(batch, batch.num_nodes)
+    graph, bias, extra = model.attention_support(batch, batch.num_nodes)
     assert graph.num_edges == batch.edge_index.shape[1] + batch.kernel_extra_index.shape[1] == bias.shape[0]
     # every node has its self pair after batching offsets the extra pairs
     loops = graph.edge_index[0] == graph.edge_index[1]
@@ -659,3 +659,67 @@ def test_models_that_drop_edge_out_never_have_it_written(name, kind, overrides, 
                    for a, b in zip(stats[key], observed[2][key]))
     assert len(sampler.parts) == model.num_layers
     assert all(sampler.ratios(layer).shape[0] > 0 for layer in sampler.parts)
+
+
+def test_each_model_config_holds_exactly_its_constructor_arguments():
+    import inspect
+    from dataclasses import fields
+
+    from magnn.models import SAN, GraphiT, GraphTransformer
+    from magnn.models.config import GraphiTConfig, GraphTransformerConfig, SANConfig
+
+    for model, config in ((GraphTransformer, GraphTransformerConfig), (GraphiT, GraphiTConfig), (SAN, SANConfig)):
+        arguments = {p.name for p in inspect.signature(model.__init__).parameters.values()
+                     if p.kind is inspect.Parameter.KEYWORD_ONLY}
+        assert arguments == {field.name for field in fields(config)}, model.__name__
+
+
+def test_a_model_keeps_its_resolved_config_and_reads_its_transforms_from_it():
+    from magnn.data import load_dataset
+    from magnn.models import build_model
+
+    _, info = load_dataset("zinc", max_graphs=4)
+    model = build_model("graphit", info, num_layers=2, hidden=16, heads=2)
+    assert model.config.pe == "rw" and model.config.clamp is None  # "auto" resolved by the kernel
+    assert model.config.layer_edge_encoders is False  # None: per-layer encoders only for proteins inputs
+    (kernel,) = model.pre_transforms().transforms
+    assert (kernel.p, kernel.gamma) == (model.config.kernel_p, model.config.kernel_gamma)
+
+
+@pytest.mark.parametrize("name", ["gt", "graphit", "san"])
+def test_reset_parameters_redraws_every_drawn_parameter_and_keeps_the_keys(name):
+    from magnn.data import load_dataset
+    from magnn.models import build_model
+
+    _, info = load_dataset("zinc", max_graphs=4)
+    torch.manual_seed(0)
+    model = build_model(name, info, num_layers=2, hidden=16, heads=2, ebt="edge")
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    torch.manual_seed(1)
+    model.reset_parameters()
+    after = model.state_dict()
+    assert list(after) == list(before)
+    drawn = [key for key, value in before.items() if value.is_floating_point() and value.numel() > 1
+             and float(value.std()) > 0 and "running" not in key]
+    assert drawn and all(not torch.equal(before[key], after[key]) for key in drawn), \
+        [key for key in drawn if torch.equal(before[key], after[key])]
+    again = {key: value.clone() for key, value in after.items()}
+    torch.manual_seed(1)
+    model.reset_parameters()
+    assert all(torch.equal(again[key], value) for key, value in model.state_dict().items())  # seeded: repeatable
+
+
+def test_a_copied_model_embeds_edges_with_its_own_encoder():
+    import copy
+
+    from magnn.data import load_dataset
+    from magnn.models import build_model
+
+    _, info = load_dataset("zinc", max_graphs=4)
+    model = build_model("san", info, num_layers=1, hidden=16, heads=2, pe=None, full_graph=False)
+    twin = copy.deepcopy(model)
+    assert twin.edge_input.encoder is twin.edge_encoder and twin.edge_encoder is not model.edge_encoder
+    with torch.no_grad():
+        for parameter in twin.edge_encoder.parameters():
+            parameter.add_(1.0)
+    assert not torch.equal(twin.edge_input.encoder.bond.weight, model.edge_encoder.bond.weight)

@@ -160,7 +160,7 @@ def test_collect_attaches_one_collector_per_layer():
         model(x, edge_index, edge_attr)
     assert set(stats) == {"first", "second"}
     assert all(s.calls == 1 and s.count == 30 * 8 for s in stats.values())
-    assert model.first.collector is None  # detached after the block
+    assert model.first.collectors == ()  # detached after the block
     model(x, edge_index, edge_attr)
     assert stats["first"].calls == 1
     with pytest.raises(ValueError, match="no magnn attention layer"):

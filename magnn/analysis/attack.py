@@ -73,10 +73,6 @@ class AttackResult:
     protocol: Optional[dict] = None
 
     @property
-    def steps(self) -> int:  # kept for callers of the old field name: epochs run
-        return self.epochs
-
-    @property
     def gain(self) -> float:
         return self.loss_optimised / self.loss_random - 1.0
 

@@ -14,12 +14,3 @@ MODEL_NAMES = ("gt", "graphit", "san")
 SPLITS = ("train", "val", "test")
 BACKEND_NAMES = ("auto", "torch", "cpu", "triton")  # "auto": the fastest usable one (magnn.functional decides)
 
-
-def check_mode(mode) -> None:
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(map(repr, MODES))}")
-
-
-def check_ebt(ebt) -> None:
-    if ebt not in EBT_VARIANTS:
-        raise ValueError(f"unknown ebt {ebt!r}; choose None, 'edge' or 'slot'")

@@ -60,7 +60,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from .binning import num_bins
-from .errors import UserError
+from .errors import DoubleBackwardError  # noqa: F401  (importable here)
 
 Tensor = torch.Tensor
 
@@ -187,10 +187,6 @@ def _setup_context(ctx, inputs, output):
     ctx.dropout, ctx.seed = dropout, seed  # the backward regenerates the dropout mask from these
     ctx.set_materialize_grads(False)  # an unused output's gradient stays None: no [E, H, D] zeros
     ctx.mark_non_differentiable(*output[NUM_DIFFERENTIABLE_OUTPUTS:])
-
-
-class DoubleBackwardError(UserError, RuntimeError):
-    """A gradient of a compiled backend's gradient was asked for (create_graph=True): refused."""
 
 
 def double_backward_message(namespace: str) -> str:

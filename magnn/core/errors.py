@@ -1,11 +1,28 @@
-"""Errors the user can fix, and the checks that raise them.
+"""magnn's exceptions, and the checks of command-line options and files that raise them.
 
-`UserError` is the one exception type the command line turns into a single
-line on stderr (`magnn <command>: error: ...`) and an exit code, without a
-traceback (`magnn.cli.main` is the only place that catches it). The message
-names the option or file at fault and says what to do. Library code raises it
-(or a subclass: the data loaders' MissingDataError and CorruptDataError) where
-the cause is the input, not a bug.
+One hierarchy, every class a `MagnnError`::
+
+    MagnnError
+    ├── UserError                 an option, file or setting the user must fix (exit code 2)
+    │   ├── RunFailed             the inputs were fine but the run could not finish (exit code 1)
+    │   ├── MissingFileError      (also FileNotFoundError) a file the user named is absent
+    │   ├── MissingDataError      (also FileNotFoundError) dataset files are absent
+    │   ├── CorruptDataError      (also ValueError) dataset files are unreadable or inconsistent
+    │   │   └── UntrustedFileError    a data file would need unpickling beyond tensors and plain data
+    │   ├── BackendSettingError   (also ValueError) $MAGNN_BACKEND names no backend
+    │   ├── NothingToCollect      (also ValueError) `magnn.stats.collect` found nothing to attach to
+    │   ├── DoubleBackwardError   (also RuntimeError) a compiled backend was asked for a double backward
+    │   └── LayerInputError       (also ArgumentError) a layer got inputs that do not fit how it was built
+    ├── ArgumentError             (also ValueError) a call's argument is outside its domain
+    └── ArgumentTypeError         (also TypeError) a call's argument has the wrong type
+
+The built-in mix-ins keep ``except ValueError`` / ``except FileNotFoundError``
+callers working. `UserError` is what the command line turns into a single line
+on stderr (`magnn <command>: error: ...`) and its `exit_code`, without a
+traceback (`magnn.cli.main` is the only place that catches it); the message
+names the option or file at fault and says what to do. `ArgumentError` and
+`ArgumentTypeError` come from the operator, layer and model argument checks
+(`magnn.core.validation`).
 """
 from __future__ import annotations
 
@@ -14,9 +31,19 @@ import os
 from pathlib import Path
 
 __all__ = [
+    "MagnnError",
     "UserError",
     "RunFailed",
     "MissingFileError",
+    "MissingDataError",
+    "CorruptDataError",
+    "NothingToCollect",
+    "LayerInputError",
+    "UntrustedFileError",
+    "BackendSettingError",
+    "DoubleBackwardError",
+    "ArgumentError",
+    "ArgumentTypeError",
     "check_positive",
     "check_choice",
     "check_seed",
@@ -31,10 +58,22 @@ __all__ = [
 MAX_SEED = 2**32 - 1  # numpy's limit; seed * 1000 + epoch still fits torch's 64-bit generator seed
 
 
-class UserError(Exception):
+class MagnnError(Exception):
+    """Base of every exception magnn raises on purpose."""
+
+
+class UserError(MagnnError):
     """A bad option, file or setting: the CLI prints the message on one line and exits with `exit_code`."""
 
     exit_code = 2
+
+
+class ArgumentError(MagnnError, ValueError):
+    """An argument of an operator, layer or model is outside its domain; the message says what to pass."""
+
+
+class ArgumentTypeError(MagnnError, TypeError):
+    """An argument of an operator, layer or model has the wrong type; the message says what to pass."""
 
 
 class RunFailed(UserError):
@@ -45,6 +84,34 @@ class RunFailed(UserError):
 
 class MissingFileError(UserError, FileNotFoundError):
     """A file the user named (or that a previous step should have written) does not exist."""
+
+
+class MissingDataError(UserError, FileNotFoundError):
+    """Dataset files are absent (and magnn never downloads them)."""
+
+
+class CorruptDataError(UserError, ValueError):
+    """Dataset files exist but are unreadable, truncated or inconsistent."""
+
+
+class UntrustedFileError(CorruptDataError):
+    """A data file would have to be unpickled beyond tensors and plain data to be read: refused."""
+
+
+class BackendSettingError(UserError, ValueError):
+    """$MAGNN_BACKEND names no backend."""
+
+
+class NothingToCollect(UserError, ValueError):
+    """`collect` found nothing to attach to, or a `modules=` name is not in the model."""
+
+
+class DoubleBackwardError(UserError, RuntimeError):
+    """A gradient of a compiled backend's gradient was asked for (create_graph=True): refused."""
+
+
+class LayerInputError(UserError, ArgumentError):
+    """A layer got inputs that do not fit how it was built; the message says what to pass."""
 
 
 def check_positive(value, option: str, *, integer: bool = False, allow_zero: bool = False) -> None:

@@ -19,80 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-
-def _check_count(name: str, value) -> int | None:
-    if value is None:
-        return None
-    if int(value) < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-    return int(value)
-
-
-def _check_edge_index(edge_index, num_nodes: int | None, num_src_nodes: int | None = None) -> tuple[int, int]:
-    """(num_nodes, num_src_nodes) after checking edge_index: destinations (row 1) must lie in
-    [0, num_nodes) and sources (row 0) in [0, num_src_nodes); a None count is inferred (the
-    source count defaults to the destination count, one node set)."""
-    if num_src_nodes is None:
-        num_nodes = _check_edge_index_one_set(edge_index, num_nodes)
-        return num_nodes, num_nodes
-    num_src_nodes = _check_count("num_src_nodes", num_src_nodes)
-    num_nodes = _check_count("num_nodes", num_nodes)
-    _check_edge_index_one_set(edge_index, None)  # type and shape
-    if edge_index.shape[1] == 0:
-        return (0 if num_nodes is None else num_nodes), num_src_nodes
-    low, high = torch.aminmax(edge_index, dim=1)
-    (src_low, dst_low), (src_high, dst_high) = low.tolist(), high.tolist()
-    if min(src_low, dst_low) < 0:
-        raise ValueError(f"edge_index holds a negative node index ({min(src_low, dst_low)}); indices must be >= 0")
-    if src_high >= num_src_nodes:
-        raise ValueError(
-            f"edge_index[0] (sources) refers to node {src_high}, but num_src_nodes is {num_src_nodes}; "
-            f"source indices must be in [0, {num_src_nodes}) (pass the right size or fix the edges)"
-        )
-    if num_nodes is None:
-        return dst_high + 1, num_src_nodes
-    if dst_high >= num_nodes:
-        raise ValueError(
-            f"edge_index[1] (destinations) refers to node {dst_high}, but num_nodes is {num_nodes}; "
-            f"destination indices must be in [0, {num_nodes}) (pass the right size or fix the edges)"
-        )
-    return num_nodes, num_src_nodes
-
-
-def _check_edge_index_one_set(edge_index, num_nodes: int | None) -> int:
-    if not isinstance(edge_index, torch.Tensor):
-        raise TypeError(
-            f"edge_index must be a torch.Tensor of shape [2, E], got {type(edge_index).__name__}"
-        )
-    if edge_index.is_floating_point() or edge_index.dtype == torch.bool or edge_index.is_complex():
-        raise TypeError(
-            f"edge_index must hold integer node indices (torch.int64), got dtype {edge_index.dtype}; "
-            "convert it with edge_index.long()"
-        )
-    if edge_index.dim() != 2 or edge_index.shape[0] != 2:
-        hint = ""
-        if edge_index.dim() == 2 and edge_index.shape[1] == 2:
-            hint = " (it looks like [E, 2]: pass edge_index.t().contiguous())"
-        raise ValueError(f"edge_index must have shape [2, E], got {list(edge_index.shape)}{hint}")
-    num_edges = edge_index.shape[1]
-    if num_nodes is not None:
-        if int(num_nodes) < 0:
-            raise ValueError(f"num_nodes must be >= 0, got {num_nodes}")
-        num_nodes = int(num_nodes)
-    if num_edges == 0:
-        return 0 if num_nodes is None else num_nodes
-    low = int(edge_index.min())
-    high = int(edge_index.max())
-    if low < 0:
-        raise ValueError(f"edge_index holds a negative node index ({low}); indices must be in [0, num_nodes)")
-    if num_nodes is None:
-        return high + 1
-    if high >= num_nodes:
-        raise ValueError(
-            f"edge_index refers to node {high}, but num_nodes is {num_nodes}; "
-            f"indices must be in [0, {num_nodes}) (pass the right num_nodes or fix the edges)"
-        )
-    return num_nodes
+from .errors import ArgumentError, ArgumentTypeError
+from .validation import check_edge_index
 
 
 class cached_view:
@@ -143,13 +71,10 @@ class Graph:
       rev_rowptr [N_src+1], rev_col [E] (= dst), rev_perm [E]: the same sorted by src.
     """
 
-    # set per instance in __init__; False here covers graphs unpickled from before it existed
-    _index_bounds_checked = False
-
     def __init__(self, edge_index: torch.Tensor, num_nodes: int | None = None, *, num_src_nodes: int | None = None,
                  validate: bool = True):
         if validate:
-            num_nodes, num_src_nodes = _check_edge_index(edge_index, num_nodes, num_src_nodes)
+            num_nodes, num_src_nodes = check_edge_index(edge_index, num_nodes, num_src_nodes)
             edge_index = edge_index.long()
         else:
             if num_nodes is None:
@@ -172,16 +97,16 @@ class Graph:
         `num_nodes` (destinations) and `num_src_nodes` (sources, default: num_nodes)."""
         if size is not None:
             if num_nodes is not None or num_src_nodes is not None:
-                raise ValueError("pass either size=(N_src, N_dst) or num_nodes / num_src_nodes, not both")
+                raise ArgumentError("pass either size=(N_src, N_dst) or num_nodes / num_src_nodes, not both")
             if not isinstance(size, (tuple, list)) or len(size) != 2:
-                raise ValueError(f"size must be a pair (N_src, N_dst), got {size!r}")
+                raise ArgumentError(f"size must be a pair (N_src, N_dst), got {size!r}")
             num_src_nodes, num_nodes = size
         return cls(edge_index, num_nodes, num_src_nodes=num_src_nodes, validate=validate)
 
     @property
     def num_src_nodes(self) -> int:
         """The number of source nodes (rows of k and v); num_nodes unless bipartite."""
-        return self.__dict__.get("_num_src_nodes", self.num_nodes)  # graphs pickled before it existed
+        return self._num_src_nodes
 
     @property
     def is_bipartite(self) -> bool:
@@ -310,9 +235,9 @@ def _check_index_bounds_once(graph: Graph) -> bool:
     num_nodes = graph.num_nodes
     limits = (graph.num_src_nodes, num_nodes)
     if edge_index.dim() != 2 or edge_index.shape[0] != 2:
-        raise ValueError(f"edge_index must have shape [2, E], got {list(edge_index.shape)}")
+        raise ArgumentError(f"edge_index must have shape [2, E], got {list(edge_index.shape)}")
     if edge_index.is_floating_point() or edge_index.dtype == torch.bool or edge_index.is_complex():
-        raise TypeError(
+        raise ArgumentTypeError(
             f"edge_index must hold integer node indices (torch.int64), got dtype {edge_index.dtype}; "
             "convert it with edge_index.long()"
         )
@@ -324,13 +249,13 @@ def _check_index_bounds_once(graph: Graph) -> bool:
             name = f"edge_index[{row}] ({'src' if row == 0 else 'dst'})"
             count = "num_src_nodes" if row == 0 and graph.is_bipartite else "num_nodes"
             if low[row] < 0:
-                raise ValueError(
+                raise ArgumentError(
                     f"{name} holds {low[row]}, but node indices must be in [0, {count}={limits[row]}); "
                     "fix the edges, or build the Graph with validate=True to have them checked when it is built"
                 )
             if high[row] >= limits[row]:
                 wanted = high[row] + 1 if graph.is_bipartite else max(high) + 1
-                raise ValueError(
+                raise ArgumentError(
                     f"{name} holds {high[row]} but {count}={limits[row]}; pass {count}={wanted} "
                     "(or more) or fix the edges, or build the Graph with validate=True to have them checked "
                     "when it is built"
@@ -350,9 +275,9 @@ def as_graph(edge_index_or_graph, num_nodes: int | None, num_src_nodes: int | No
     if isinstance(edge_index_or_graph, Graph):
         graph = edge_index_or_graph
         if num_nodes is not None and int(num_nodes) != graph.num_nodes:
-            raise ValueError(f"num_nodes={num_nodes} disagrees with the Graph's num_nodes={graph.num_nodes}")
+            raise ArgumentError(f"num_nodes={num_nodes} disagrees with the Graph's num_nodes={graph.num_nodes}")
         if num_src_nodes is not None and int(num_src_nodes) != graph.num_src_nodes:
-            raise ValueError(
+            raise ArgumentError(
                 f"num_src_nodes={num_src_nodes} disagrees with the Graph's num_src_nodes={graph.num_src_nodes}"
             )
         return graph

@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 import torch
 
-from ..core.errors import UserError
+from ..core.errors import CorruptDataError, MissingDataError, UntrustedFileError  # noqa: F401  (defined there; importable here)
 
 __all__ = [
     "MissingDataError",
@@ -33,24 +33,12 @@ __all__ = [
 ]
 
 
-class MissingDataError(UserError, FileNotFoundError):
-    """Dataset files are absent (and magnn never downloads them)."""
-
-
-class CorruptDataError(UserError, ValueError):
-    """Dataset files exist but are unreadable, truncated or inconsistent."""
-
-
-# -- no code from data files (issue 28) -------------------------------------------------------
+# -- no code from data files -------------------------------------------------------------------
 # Unpickling runs whatever callables a file names, so magnn reads dataset files and caches as
 # tensors and plain data only: torch.load with weights_only=True, and ZINC's raw pickles through an
 # unpickler that knows tensors and nothing else. Anything more is refused, naming the file, unless
 # the user says they trust it (allow_pickle=True, or this variable set to 1).
 ALLOW_PICKLE_ENV = "MAGNN_ALLOW_PICKLE"
-
-
-class UntrustedFileError(CorruptDataError):
-    """A data file would have to be unpickled beyond tensors and plain data to be read: refused."""
 
 
 def pickle_allowed(allow_pickle: Optional[bool] = None) -> bool:

@@ -68,8 +68,8 @@ def proteins_dataset_dir(root: str | os.PathLike | None = None) -> Path:
     root = Path(root).expanduser() if root is not None else default_root()
     if root.name in ("ogbn_proteins", "ogbn_proteins_pyg") and (root / "raw").is_dir():
         return root
-    legacy = root / "ogbn_proteins_pyg"
-    return legacy if legacy.is_dir() else root / "ogbn_proteins"
+    pyg_folder = root / "ogbn_proteins_pyg"  # PygNodePropPredDataset's name for it
+    return pyg_folder if pyg_folder.is_dir() else root / "ogbn_proteins"
 
 
 def proteins_info(num_species: int = 8) -> DatasetInfo:

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 from .base import NON_EDGE_TYPE
+from .config import GraphiTConfig, GraphTransformerConfig, ModelConfig, SANConfig
 from .graph_transformer import GraphTransformer
 from .graphit import GraphiT
 from .positional import LaplacianPE, RandomWalkKernel, SANEigenPE
@@ -19,5 +20,5 @@ from .san import SAN
 __all__ = [
     "GraphTransformer", "GraphiT", "SAN", "MODELS", "build_model", "transforms_for", "model_config",
     "LaplacianPE", "SANEigenPE", "RandomWalkKernel", "PRESETS", "Preset", "get_preset", "dataset_key",
-    "NON_EDGE_TYPE",
+    "NON_EDGE_TYPE", "ModelConfig", "GraphTransformerConfig", "GraphiTConfig", "SANConfig",
 ]

@@ -1,6 +1,13 @@
-"""Scaffolding shared by the three models: config checks, encoders, PE, head, checkpointing."""
+"""What the three models share: the common settings, input encoders, head and layer execution.
+
+A model is composed of parts chosen once, when it is built, from its config
+(`magnn.models.config`): the node encoder and positional encoding that embed
+the nodes, an `EdgeInput` that gives each layer its edge features, the
+attention layers, and the task head. `forward` runs them in that order.
+"""
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Optional
 
 import torch
@@ -8,39 +15,39 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
 from torch_geometric.transforms import Compose
 
-from ..core.constants import check_ebt
+from ..core.errors import ArgumentTypeError
 from ..data.info import DatasetInfo
-from ..functional import check_backend_name, check_clamp
-from ..layers import FusedEdgeAttention, check_ebt_init, check_positive_int
-from .block import NORMS
-from .encoders import PROTEINS_NODE_INPUTS, EdgeEncoder, NodeEncoder
+from ..layers import FusedEdgeAttention
+from .config import ModelConfig, resolve_depth_and_pe
+from .encoders import FUSED_EDGE_NOISE, EdgeEncoder, NodeEncoder, edge_input, fuse_edge_projections
 from .heads import build_head
+from .inputs import add_noise, graph_batch, random_signs, require
 from .positional import LaplacianPE, RandomWalkKernel
 
-__all__ = ["GraphModel", "NON_EDGE_TYPE", "graph_batch"]
+__all__ = ["GraphModel", "NON_EDGE_TYPE", "graph_batch", "FUSED_EDGE_NOISE"]
 
 # edge type of attention rows that are not real edges (GraphiT's kernel pairs, SAN's fake edges)
 NON_EDGE_TYPE = -1
 
 
-def graph_batch(data) -> tuple[Optional[torch.Tensor], int]:
-    """(batch vector or None, number of graphs) of a PyG Data or Batch."""
-    batch = getattr(data, "batch", None)
-    if batch is None:
-        return None, 1
-    num_graphs = getattr(data, "num_graphs", None)
-    if num_graphs is None:
-        num_graphs = int(batch.max()) + 1 if batch.numel() else 1
-    return batch, int(num_graphs)
-
-
-FUSED_EDGE_NOISE = "edge_noise needs the edge embedding, which fused_edge_projection=True never builds"
+def reset_children(module: nn.Module) -> None:
+    """Calls `reset_parameters()` on each child that has one (it resets what it holds) and
+    recurses into the others; a child with torch's private `_reset_parameters()` instead
+    (MultiheadAttention: its own weights, not its out_proj's draw) gets its children reset
+    first, then its own rule."""
+    for child in module.children():
+        if hasattr(child, "reset_parameters"):
+            child.reset_parameters()
+            continue
+        reset_children(child)
+        if hasattr(child, "_reset_parameters"):
+            child._reset_parameters()
 
 
 class GraphModel(nn.Module):
-    """Base class: subclasses build `self.layers` (one attention layer each) and `forward`.
+    """Base class: a subclass builds its parts from its config and runs them in `forward`.
 
-    Common arguments:
+    Common arguments (fields of `ModelConfig`):
       info: the dataset's `DatasetInfo` (encoders and head follow from it).
       num_layers, hidden, heads: depth (None: 10, or 3 for node-level datasets),
         width (hidden = heads * head_dim), heads.
@@ -54,75 +61,52 @@ class GraphModel(nn.Module):
         backend ("auto" or a key of magnn.functional.BACKENDS). Bad values fail here.
       checkpoint: recompute each layer in backward (activation checkpointing)
         while training; the recomputation adds no statistics.
+      node_input: on ogbn-proteins-like inputs, "species" (the MA paper's: the species
+        embedding alone) or "species+edge_mean" (adds a Linear of the mean incoming edge features).
+      fused_edge_projection: fold the one shared edge Linear into each layer's edge
+        projection (same function, no [E, hidden] shared embedding in memory).
     """
 
     PE_CHOICES: tuple = (None,)
     DEFAULT_PE: Optional[str] = None
+    LAP_PE = LaplacianPE  # the eigenvector transform pe="lap" reads (SAN: SANEigenPE)
 
     @classmethod
     def resolve_defaults(cls, info: DatasetInfo, num_layers: Optional[int], pe) -> tuple[int, Optional[str]]:
-        """num_layers=None and pe="auto" by dataset: node-level datasets (one large graph, as
-        ogbn-proteins) get 3 layers and no eigenvector encoding (an eigsh on the full graph is
-        costly and no paper defines it there); graph datasets get 10 layers and the class's PE."""
-        large = info.task == "node_multilabel"
-        if num_layers is None:
-            num_layers = 3 if large else 10
-        if pe == "auto":
-            pe = None if large and cls.DEFAULT_PE == "lap" else cls.DEFAULT_PE
-        return num_layers, pe
+        """(num_layers, pe) with None / "auto" filled in for `info` (`config.resolve_depth_and_pe`)."""
+        return resolve_depth_and_pe(info, num_layers, pe, cls.DEFAULT_PE)
 
-    def __init__(
-        self,
-        info: DatasetInfo,
-        *,
-        num_layers: Optional[int],
-        hidden: int,
-        heads: int,
-        norm: Optional[str],
-        residual: bool,
-        dropout: float,
-        ebt: Optional[str],
-        ebt_init: str,
-        pe: Optional[str],
-        pe_dim: int,
-        readout: Optional[str],
-        clamp: Optional[float],
-        backend: str,
-        checkpoint: bool,
-    ):
-        super().__init__()
+    @classmethod
+    def make_config(cls, info: DatasetInfo, config: ModelConfig) -> ModelConfig:
+        """`config` with its dataset-dependent defaults resolved, checked for this class."""
         if not isinstance(info, DatasetInfo):
-            raise TypeError(f"info must be a magnn.data.DatasetInfo, got {type(info).__name__}")
-        num_layers, pe = self.resolve_defaults(info, num_layers, pe)
-        check_positive_int("num_layers", num_layers)
-        check_positive_int("heads", heads)
-        check_positive_int("hidden", hidden)
-        if hidden % heads:
-            raise ValueError(f"hidden ({hidden}) must be a positive multiple of heads ({heads})")
-        check_clamp(clamp)
-        check_backend_name(backend)
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        if norm not in NORMS and norm is not None:
-            raise ValueError(f"unknown norm {norm!r}; choose one of {NORMS}")
-        check_ebt(ebt)
-        check_ebt_init(ebt_init)
-        if pe not in self.PE_CHOICES:
-            raise ValueError(f"{type(self).__name__} supports pe in {self.PE_CHOICES}, got {pe!r}")
-        if pe is not None and pe_dim < 1:
-            raise ValueError(f"pe_dim must be >= 1, got {pe_dim}")
-        self.info = info
-        self.num_layers, self.hidden, self.heads = num_layers, hidden, heads
-        self.head_dim = hidden // heads
-        self.norm, self.residual, self.dropout = norm, residual, dropout
-        self.ebt, self.ebt_init = ebt, ebt_init
-        self.pe, self.pe_dim = pe, pe_dim
-        self.clamp, self.backend, self.checkpoint = clamp, backend, checkpoint
-        self.node_encoder = NodeEncoder(info, hidden)
-        self.head = build_head(info, hidden, readout)
+            raise ArgumentTypeError(f"info must be a magnn.data.DatasetInfo, got {type(info).__name__}")
+        config = config.resolve(info, cls.DEFAULT_PE)
+        config.check(cls.__name__, cls.PE_CHOICES, info)
+        return config
+
+    def __init__(self, info: DatasetInfo, config: ModelConfig):
+        """Builds the node encoder and the head; `config` is resolved and checked (`make_config`)."""
+        super().__init__()
+        self.info, self.config = info, config
+        self.num_layers, self.hidden, self.heads = config.num_layers, config.hidden, config.heads
+        self.head_dim = config.hidden // config.heads
+        self.norm, self.residual, self.dropout = config.norm, config.residual, config.dropout
+        self.ebt, self.ebt_init = config.ebt, config.ebt_init
+        self.pe, self.pe_dim = config.pe, config.pe_dim
+        self.clamp, self.backend, self.checkpoint = config.clamp, config.backend, config.checkpoint
+        self.node_input, self.fused_edge_projection = config.node_input, config.fused_edge_projection
+        self.node_encoder = NodeEncoder(info, config.hidden, node_input=config.node_input)
+        self.head = build_head(info, config.hidden, config.readout)
         self.readout = getattr(self.head, "readout", None)
 
-    # -- pieces the subclasses use ---------------------------------------------
+    def reset_parameters(self) -> None:
+        """Re-draws every parameter with its part's own initialisation, PyG's way: each child that
+        has `reset_parameters()` resets itself and what it holds; other children are walked into.
+        (The values differ from a fresh build's with the same seed: the order of the draws does.)"""
+        reset_children(self)
+
+    # -- parts the subclasses build --------------------------------------------
     def make_attention(self) -> FusedEdgeAttention:
         """A gt-mode attention layer with this model's width, EBT, clamp and backend."""
         return FusedEdgeAttention(
@@ -130,22 +114,35 @@ class GraphModel(nn.Module):
             mode="gt", ebt=self.ebt, clamp=self.clamp, backend=self.backend, ebt_init=self.ebt_init,
         )
 
+    def make_edge_encoder(self, shared: bool) -> Optional[EdgeEncoder]:
+        """Sets the shared edge encoder (`edge_encoder`, None unless `shared`) and the `EdgeInput`."""
+        self.edge_encoder = EdgeEncoder(self.info, self.hidden) if shared else None
+        self.edge_input = edge_input(self.edge_encoder, fused=self.fused_edge_projection)
+        return self.edge_encoder
+
+    def fuse_edge_projections(self) -> None:
+        """With fused_edge_projection: each layer's edge projection takes over the shared encoder."""
+        if self.fused_edge_projection:
+            fuse_edge_projections([layer.attention for layer in self.layers], self.edge_encoder)
+
+    @property
+    def positional_encoding(self) -> Optional[nn.Module]:
+        """The part that adds the positional encoding to the node embedding (`add_to`), or None."""
+        return None
+
+    # -- what forward runs -----------------------------------------------------
+    def embed_nodes(self, data) -> torch.Tensor:
+        """[N, hidden]: the node encoder, plus the positional encoding if any."""
+        h = self.node_encoder(data)
+        encoding = self.positional_encoding
+        return h if encoding is None else encoding.add_to(h, data)
+
     def random_signs(self, vectors: torch.Tensor, batch: Optional[torch.Tensor], num_graphs: int) -> torch.Tensor:
         """Flips each eigenvector column's sign at random per graph while training."""
-        if not self.training:
-            return vectors
-        signs = torch.randint(0, 2, (num_graphs, vectors.shape[1]), device=vectors.device).to(vectors.dtype) * 2 - 1
-        return vectors * (signs[batch] if batch is not None else signs[0])
+        return random_signs(vectors, batch, num_graphs, self.training)
 
-    @staticmethod
-    def require(data, name: str, why: str) -> torch.Tensor:
-        value = getattr(data, name, None)
-        if value is None:
-            raise ValueError(
-                f"data.{name} is missing: {why}; add magnn.models.transforms_for(...) as the dataset's "
-                "pre_transform (or build the model with pe=None)"
-            )
-        return value
+    require = staticmethod(require)
+    add_noise = staticmethod(add_noise)
 
     @staticmethod
     def support_edge_types(attention: nn.Module, num_real: int, num_extra: int) -> Optional[torch.Tensor]:
@@ -171,70 +168,20 @@ class GraphModel(nn.Module):
         return torch.cat([types.detach().to("cpu", torch.int64), extra])
 
     def run_layer(self, layer: nn.Module, *args, **kwargs):
+        """layer(*args, **kwargs), under activation checkpointing when `checkpoint` is set and training."""
         if not (self.checkpoint and self.training and torch.is_grad_enabled()):
             return layer(*args, **kwargs)
         # the backward pass recomputes the layer; magnn.stats skips a recomputation's statistics itself
         return activation_checkpoint(layer, *args, use_reentrant=False, **kwargs)
 
-    def use_node_input(self, node_input: str) -> None:
-        """The node input (PROTEINS_NODE_INPUTS): "species" is the MA paper's ogbn-proteins input
-        (the species embedding alone), "species+edge_mean" adds the mean incident edge features."""
-        if node_input not in PROTEINS_NODE_INPUTS:
-            raise ValueError(f"node_input must be one of {PROTEINS_NODE_INPUTS}, got {node_input!r}")
-        if node_input == "species":
-            self.node_encoder.drop_edge_mean()
-        self.node_input = node_input
-
-    def use_edge_encoders(self, layer_edge_encoders: Optional[bool], fused_edge_projection: bool) -> bool:
-        """GraphiT's and SAN's edge input: one EdgeEncoder shared by every layer (self.edge_encoder)
-        or one per layer (layer_edge_encoders; None: per layer only for edge_features="proteins"),
-        and whether the shared encoder's Linear is folded into the layers' edge projections (then
-        built by the caller, `fuse_edge_projections`). Returns the resolved layer_edge_encoders."""
-        if layer_edge_encoders is None:
-            layer_edge_encoders = self.info.edge_features == "proteins"
-        if fused_edge_projection and (layer_edge_encoders or self.info.edge_features != "proteins"):
-            raise ValueError("fused_edge_projection=True needs one shared Linear edge encoder "
-                             "(edge_features='proteins' and layer_edge_encoders=False)")
-        self.layer_edge_encoders, self.fused_edge_projection = layer_edge_encoders, fused_edge_projection
-        self.edge_encoder = None if layer_edge_encoders else EdgeEncoder(self.info, self.hidden)
-        return layer_edge_encoders
-
-    def shared_edge_input(self, data, edge_noise: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-        """The edge input every layer takes (see use_edge_encoders): the raw features when the
-        projection is fused, else the shared encoder's embedding plus edge_noise; None when each
-        layer encodes the features itself (`layer_edge_input`)."""
-        if self.fused_edge_projection:  # each layer's edge projection embeds the raw features itself
-            if edge_noise is not None:
-                raise ValueError(FUSED_EDGE_NOISE)
-            return data.edge_attr.float()
-        if self.edge_encoder is None:
-            return None
-        return self.add_noise(self.edge_encoder(data.edge_attr), edge_noise, "edge_noise")
-
-    def layer_edge_input(self, layer: nn.Module, data, shared: Optional[torch.Tensor],
-                         edge_noise: Optional[torch.Tensor]) -> torch.Tensor:
-        """One layer's edge input: the shared one, or the layer's own encoding plus edge_noise."""
-        if shared is not None:
-            return shared
-        return self.add_noise(layer.edge_encoder(data.edge_attr), edge_noise, "edge_noise")
-
-    @staticmethod
-    def add_noise(tensor: torch.Tensor, noise: Optional[torch.Tensor], name: str) -> torch.Tensor:
-        if noise is None:
-            return tensor
-        if noise.shape != tensor.shape:
-            raise ValueError(f"{name} must have shape {list(tensor.shape)}, got {list(noise.shape)}")
-        return tensor + noise
-
     def predict(self, h: torch.Tensor, data) -> torch.Tensor:
+        """The head on the last node states: [num_graphs, num_tasks] or [N, num_tasks]."""
         batch, num_graphs = graph_batch(data)
         return self.head(h, batch, num_graphs)
 
     def pre_transforms(self):
         """The pre-transforms this model's `forward` needs (a Compose, or None)."""
         return self.transforms(self.info, self.transform_config())
-
-    LAP_PE = LaplacianPE  # the eigenvector transform pe="lap" reads (SAN: SANEigenPE)
 
     @classmethod
     def transforms(cls, info: DatasetInfo, config: dict, *, dense_max_nodes: int = 1000) -> Optional[Compose]:
@@ -253,4 +200,5 @@ class GraphModel(nn.Module):
         return Compose(transforms) if transforms else None
 
     def transform_config(self) -> dict:
-        return {"pe": self.pe, "pe_dim": self.pe_dim}
+        """The settings `transforms` reads: this model's resolved config."""
+        return asdict(self.config)

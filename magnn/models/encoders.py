@@ -5,9 +5,14 @@
 * "zinc_atom": Embedding(28, h) of the atom type; "zinc_bond": Embedding(4, h)
   of the bond type (1..3; 0 is free for "no bond").
 * "proteins": nodes embed their species (Embedding(num_species, h)), plus a
-  Linear(8, h) of the aggregated edge features unless `edge_mean=False` (the
-  MA paper's ogbn-proteins input is the species embedding only); edges use
-  Linear(8, h).
+  Linear(8, h) of the aggregated edge features for node_input="species+edge_mean"
+  (node_input="species", the MA paper's ogbn-proteins input, is the species
+  embedding only); edges use Linear(8, h).
+
+How the attention layers get their edge features is one `EdgeInput`, chosen once
+by `edge_input(...)`: one encoder shared by every layer (`SharedEdgeInput`), one
+encoder per layer (`PerLayerEdgeInput`), or the raw features into layers whose
+edge projection includes the shared encoder (`FusedEdgeInput`).
 
 `ComposedEdgeProjection` folds a shared edge encoder Linear(8, h) into an
 attention layer's edge projection (one Linear of the raw 8 features), so the
@@ -15,21 +20,25 @@ attention layer's edge projection (one Linear of the raw 8 features), so the
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from ogb.graphproppred.mol_encoder import AtomEncoder, BondEncoder
 from torch import nn
 
 from ..data.info import DatasetInfo
+from .inputs import add_noise
 
 __all__ = ["NodeEncoder", "EdgeEncoder", "ComposedEdgeProjection", "fuse_edge_projections", "NODE_FEATURES", "EDGE_FEATURES",
-           "PROTEINS_NODE_INPUTS"]
+           "PROTEINS_NODE_INPUTS", "EdgeInput", "SharedEdgeInput", "PerLayerEdgeInput", "FusedEdgeInput", "edge_input",
+           "FUSED_EDGE_NOISE"]
 
 NODE_FEATURES = ("ogb_atom", "zinc_atom", "proteins")
 EDGE_FEATURES = ("ogb_bond", "zinc_bond", "proteins")
 ZINC_ATOM_TYPES = 28
 ZINC_BOND_TYPES = 4
 PROTEINS_FEATURES = 8
-# ogbn-proteins node inputs: the paper's (species only) and magnn's first form (plus mean incoming edge features)
+# ogbn-proteins node inputs: the paper's (species only) and species plus the mean incoming edge features
 PROTEINS_NODE_INPUTS = ("species", "species+edge_mean")
 
 
@@ -45,9 +54,15 @@ def _as_index_column(values: torch.Tensor, name: str) -> torch.Tensor:
 
 
 class NodeEncoder(nn.Module):
-    """Maps a Data's node inputs to [N, hidden]."""
+    """Maps a Data's node inputs to [N, hidden].
 
-    def __init__(self, info: DatasetInfo, hidden: int, *, edge_mean: bool = True):
+    node_input (edge_features="proteins" only): "species+edge_mean" adds a Linear(8, hidden)
+    of data.x (the mean incoming edge features) to the species embedding; "species" keeps the
+    embedding alone. Its Linear is initialised either way, so the parameters built after the
+    encoder get the same initial values whichever input is chosen.
+    """
+
+    def __init__(self, info: DatasetInfo, hidden: int, *, node_input: str = "species+edge_mean"):
         super().__init__()
         self.kind = info.node_features
         if self.kind == "ogb_atom":
@@ -58,14 +73,11 @@ class NodeEncoder(nn.Module):
             if info.num_species < 1:
                 raise ValueError("DatasetInfo.num_species must be >= 1 for node_features='proteins'")
             self.species = nn.Embedding(info.num_species, hidden)
-            self.features = nn.Linear(PROTEINS_FEATURES, hidden) if edge_mean else None
+            self.features = nn.Linear(PROTEINS_FEATURES, hidden)
+            if node_input == "species":
+                self.features = None
         else:
             raise ValueError(f"unknown node_features {self.kind!r}; choose one of {NODE_FEATURES}")
-
-    def drop_edge_mean(self) -> None:
-        """Species embedding only (the MA paper's ogbn-proteins node input): forget the Linear of data.x."""
-        if self.kind == "proteins":
-            self.features = None
 
     def forward(self, data) -> torch.Tensor:
         x = data.x
@@ -149,3 +161,60 @@ def fuse_edge_projections(attentions, edge_encoder: "EdgeEncoder") -> None:
     for attention in attentions:
         attention.lin_e = ComposedEdgeProjection(attention.lin_e, edge_encoder.features)
         attention.edge_dim = PROTEINS_FEATURES
+
+
+FUSED_EDGE_NOISE = "edge_noise needs the edge embedding, which fused_edge_projection=True never builds"
+
+
+class EdgeInput:
+    """How a model's layers get their edge features [E, ...] in one forward.
+
+    ``shared(data, edge_noise)`` runs once per forward (the input every layer takes, or None);
+    ``for_layer(layer, data, shared, edge_noise)`` gives one layer its input. edge_noise
+    [E, hidden] is added to the edge embedding (adversarial attacks).
+    """
+
+    def shared(self, data, edge_noise: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        raise NotImplementedError
+
+    def for_layer(self, layer: nn.Module, data, shared: Optional[torch.Tensor],
+                  edge_noise: Optional[torch.Tensor]) -> torch.Tensor:
+        return shared
+
+
+class SharedEdgeInput(EdgeInput):
+    """One EdgeEncoder (the model's ``edge_encoder``) embeds the edges once for every layer."""
+
+    def __init__(self, encoder: "EdgeEncoder"):
+        self.encoder = encoder
+
+    def shared(self, data, edge_noise):
+        return add_noise(self.encoder(data.edge_attr), edge_noise, "edge_noise")
+
+
+class PerLayerEdgeInput(EdgeInput):
+    """Each layer embeds the raw edge features with its own EdgeEncoder (``layer.edge_encoder``)."""
+
+    def shared(self, data, edge_noise):
+        return None
+
+    def for_layer(self, layer, data, shared, edge_noise):
+        return add_noise(layer.edge_encoder(data.edge_attr), edge_noise, "edge_noise")
+
+
+class FusedEdgeInput(EdgeInput):
+    """The raw [E, 8] features into every layer, whose edge projection includes the shared
+    encoder's Linear (`fuse_edge_projections`): no [E, hidden] embedding, hence no edge_noise."""
+
+    def shared(self, data, edge_noise):
+        if edge_noise is not None:
+            raise ValueError(FUSED_EDGE_NOISE)
+        return data.edge_attr.float()
+
+
+def edge_input(encoder: Optional["EdgeEncoder"], *, fused: bool) -> EdgeInput:
+    """The EdgeInput of a model with the shared `encoder` (None: one encoder per layer);
+    fused: the layers' edge projections include the encoder (`fuse_edge_projections`)."""
+    if encoder is None:
+        return PerLayerEdgeInput()
+    return FusedEdgeInput() if fused else SharedEdgeInput(encoder)

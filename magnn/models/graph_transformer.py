@@ -12,8 +12,8 @@ ogbn-proteins-like inputs (``edge_features="proteins"``) have named variants:
 ``edge_stream=False`` (the MA paper's code) gives every layer the same
 embedding of the raw edge features (one shared Linear(8, hidden)) and keeps
 no edge stream (the layer's edge_out only feeds the statistics);
-``edge_stream=True`` (magnn's first form, the class default) carries the edge
-stream across layers. ``node_input`` is "species" (the paper's) or
+``edge_stream=True`` (the class default, and Dwivedi & Bresson's design) carries
+the edge stream across layers. ``node_input`` is "species" (the paper's) or
 "species+edge_mean" (adds a Linear of the mean incoming edge features).
 ``fused_edge_projection=True`` (needs edge_stream=False) folds the shared
 Linear into each layer's edge projection: the same function, without the
@@ -32,14 +32,21 @@ from torch import nn
 
 from ..data.info import DatasetInfo
 from ..core.graph import Graph
-from .base import FUSED_EDGE_NOISE, GraphModel, graph_batch
+from .base import GraphModel
 from .block import ResidualStream
-from .encoders import EdgeEncoder, fuse_edge_projections
+from .config import GraphTransformerConfig
+from .positional import LaplacianEncoding
 
 __all__ = ["GraphTransformer", "GraphTransformerLayer"]
 
 
 class GraphTransformerLayer(nn.Module):
+    """One layer: attention over the real edges, then the node stream and (edge_stream) the edge stream.
+
+    forward(h [N, hidden], e [E, edge_dim], graph) -> (h', e'): e' is the edge stream's update of
+    the layer's edge_out, or e itself without an edge stream (edge_out is then never written).
+    """
+
     def __init__(self, attention, hidden: int, *, norm, residual: bool, dropout: float, edge_stream: bool = True):
         super().__init__()
         self.attention = attention
@@ -48,7 +55,7 @@ class GraphTransformerLayer(nn.Module):
 
     def forward(self, h: torch.Tensor, e: torch.Tensor, graph: Graph):
         node_out, edge_out = self.attention(h, graph, e, need_edge_out=self.edge is not None)
-        if self.edge is None:  # no edge stream: the next layer gets the same edge input (edge_out unwritten)
+        if self.edge is None:
             return self.node(h, node_out), e
         return self.node(h, node_out), self.edge(e, edge_out)
 
@@ -61,6 +68,14 @@ class GraphTransformer(GraphModel):
     [N, num_tasks] for node tasks. Defaults follow the original paper (ZINC:
     10 layers, hidden 64, 8 heads, BatchNorm, LapPE k = 8); see
     `magnn.models.build_model(..., preset=...)` for the MA paper's settings.
+
+    Arguments: `GraphModel`'s common ones (pe: None or "lap"), plus
+      edge_stream: carry the edge stream across layers (False: every layer takes the same
+        edge embedding, the MA paper's ogbn-proteins code; see the module docstring).
+
+    Parts: ``node_encoder``, ``lap_pe`` (`LaplacianEncoding` or None), ``edge_encoder``
+    (shared by every layer) and its `EdgeInput` ``edge_input``, ``layers``
+    (`GraphTransformerLayer`), ``head``.
     """
 
     model_name = "gt"
@@ -89,45 +104,30 @@ class GraphTransformer(GraphModel):
         node_input: str = "species+edge_mean",
         fused_edge_projection: bool = False,
     ):
-        num_layers, pe = self.resolve_defaults(info, num_layers, pe)
-        if fused_edge_projection and edge_stream:
-            raise ValueError("fused_edge_projection=True needs edge_stream=False (every layer then takes the "
-                             "same raw edge features)")
-        super().__init__(
-            info, num_layers=num_layers, hidden=hidden, heads=heads, norm=norm, residual=residual,
-            dropout=dropout, ebt=ebt, ebt_init=ebt_init, pe=pe, pe_dim=pe_dim, readout=readout,
-            clamp=clamp, backend=backend, checkpoint=checkpoint,
-        )
-        self.use_node_input(node_input)
-        self.edge_stream, self.fused_edge_projection = edge_stream, fused_edge_projection
-        self.edge_encoder = EdgeEncoder(info, hidden)
-        self.lap_pe = nn.Linear(pe_dim, hidden) if pe == "lap" else None
+        config = self.make_config(info, GraphTransformerConfig.from_arguments(locals()))
+        super().__init__(info, config)
+        self.edge_stream = config.edge_stream
+        self.make_edge_encoder(shared=True)
+        self.lap_pe = LaplacianEncoding(config.pe_dim, config.hidden, "GraphTransformer") if config.pe == "lap" else None
         self.layers = nn.ModuleList(
-            GraphTransformerLayer(self.make_attention(), hidden, norm=norm, residual=residual, dropout=dropout,
-                                  edge_stream=edge_stream)
-            for _ in range(num_layers)
+            GraphTransformerLayer(self.make_attention(), config.hidden, norm=config.norm, residual=config.residual,
+                                  dropout=config.dropout, edge_stream=config.edge_stream)
+            for _ in range(config.num_layers)
         )
-        if fused_edge_projection:
-            fuse_edge_projections([layer.attention for layer in self.layers], self.edge_encoder)
+        self.fuse_edge_projections()
+
+    @property
+    def positional_encoding(self) -> Optional[nn.Module]:
+        return self.lap_pe
 
     def embed(self, data) -> tuple[torch.Tensor, torch.Tensor]:
         """Input node and edge embeddings ([N, hidden], [E, hidden]), positional encoding included."""
-        h = self.node_encoder(data)
-        if self.lap_pe is not None:
-            batch, num_graphs = graph_batch(data)
-            vectors = self.require(data, "lap_pe", "GraphTransformer(pe='lap') adds Laplacian eigenvectors")
-            h = h + self.lap_pe(self.random_signs(vectors.to(h.dtype), batch, num_graphs))
-        if self.fused_edge_projection:  # each layer's edge projection embeds the raw features itself
-            return h, data.edge_attr.float()
-        return h, self.edge_encoder(data.edge_attr)
+        return self.embed_nodes(data), self.edge_input.shared(data, None)
 
     def forward(self, data, *, node_noise: Optional[torch.Tensor] = None, edge_noise: Optional[torch.Tensor] = None):
         """Predictions; node_noise / edge_noise are added to the input embeddings (for attacks)."""
-        if edge_noise is not None and self.fused_edge_projection:
-            raise ValueError(FUSED_EDGE_NOISE)
-        h, e = self.embed(data)
-        h = self.add_noise(h, node_noise, "node_noise")
-        e = self.add_noise(e, edge_noise, "edge_noise")
+        h = self.add_noise(self.embed_nodes(data), node_noise, "node_noise")
+        e = self.edge_input.shared(data, edge_noise)
         graph = Graph(data.edge_index, num_nodes=h.shape[0])
         for layer in self.layers:
             h, e = self.run_layer(layer, h, e, graph)

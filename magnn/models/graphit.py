@@ -21,11 +21,10 @@ types of the real edges followed by `NON_EDGE_TYPE` (-1) for the extra pairs.
 
 The edge embedding is not updated between layers (no edge stream): every
 layer reuses the input edge embedding. On ogbn-proteins-like inputs
-(``edge_features="proteins"``) that is the MA paper's code: one shared
-Linear(8, hidden) re-embeds the raw 8-dim edge features for every layer
-(``layer_edge_encoders=False``, the `paper` preset). magnn's other variant,
-each layer with its own Linear(8, hidden) (``layer_edge_encoders=True``, the
-class default there), is not the paper's. ``node_input`` ("species", the
+(``edge_features="proteins"``) one shared Linear(8, hidden) re-embeds the raw
+8-dim edge features for every layer (``layer_edge_encoders=False``, the MA
+paper's code and the `paper` preset), or each layer has its own
+Linear(8, hidden) (``layer_edge_encoders=True``, the class default there). ``node_input`` ("species", the
 paper's, or "species+edge_mean") and ``fused_edge_projection`` are as in
 GraphTransformer.
 
@@ -43,47 +42,86 @@ from torch import nn
 
 from ..data.info import DatasetInfo
 from ..core.graph import Graph
-from .base import GraphModel, graph_batch
+from .base import GraphModel
 from .block import ResidualStream
-from .compat import check_ebt_compat, gnn_mas_active, gnn_mas_node_out
-from .encoders import EdgeEncoder, fuse_edge_projections
+from .compat import gnn_mas_node_out
+from .config import DEFAULT_CLAMP, GraphiTConfig
+from .encoders import EdgeEncoder
+from .inputs import require
+from .positional import LaplacianEncoding
 
-__all__ = ["GraphiT", "GraphiTLayer"]
+__all__ = ["GraphiT", "GraphiTLayer", "KernelSupport", "DEFAULT_CLAMP"]
 
-DEFAULT_CLAMP = 5.0
+
+def attend(attention, h: torch.Tensor, graph: Graph, e: torch.Tensor, **inputs):
+    """(node_out, None): the attention layer's formula, without writing edge_out."""
+    return attention(h, graph, e, need_edge_out=False, **inputs)
 
 
 class GraphiTLayer(nn.Module):
-    gnn_mas = False  # ebt_compat="gnn-mas": node_out as the paper's code computes it (models/compat.py)
+    """One layer: attention over the kernel's support (or the real edges), then the node stream.
 
-    def __init__(self, attention, hidden: int, *, norm, residual: bool, dropout: float, edge_encoder=None):
+    forward(h [N, hidden], e [S, hidden], graph, bias [S] or None, edge_types) -> h'.
+    paper_code: node_out as the MA paper's published code computes it (`compat.gnn_mas_node_out`).
+    edge_encoder: this layer's own EdgeEncoder of the raw edge features (per-layer edge input), or None.
+    """
+
+    def __init__(self, attention, hidden: int, *, norm, residual: bool, dropout: float, edge_encoder=None,
+                 paper_code: bool = False):
         super().__init__()
         self.attention = attention
         self.node = ResidualStream(hidden, norm=norm, residual=residual, dropout=dropout)
-        self.edge_encoder = edge_encoder  # per-layer re-embedding of raw edge features, or None
+        self.edge_encoder = edge_encoder
+        self.node_attention = gnn_mas_node_out if paper_code else attend
 
     def forward(self, h: torch.Tensor, e: torch.Tensor, graph: Graph, bias: Optional[torch.Tensor],
                 edge_types: Optional[torch.Tensor] = None):
-        if self.gnn_mas:
-            node_out, _ = gnn_mas_node_out(self.attention, h, graph, e, bias=bias, edge_types=edge_types)
-        else:
-            node_out, _ = self.attention(h, graph, e, bias=bias, edge_types=edge_types, need_edge_out=False)
+        node_out, _ = self.node_attention(self.attention, h, graph, e, bias=bias, edge_types=edge_types)
         return self.node(h, node_out)
 
 
+class KernelSupport(nn.Embedding):
+    """The random-walk kernel's support (pe="rw"): the real edges, then the pairs within p hops
+    that are not edges, with a learned embedding for those (row 0: self pair, row 1: other pair).
+
+    `support(data, num_nodes)` -> (Graph over the support, log-kernel bias [S] float32,
+    non-edge embeddings [S - E, hidden]), read from the `RandomWalkKernel` cache.
+    """
+
+    def __init__(self, hidden: int):
+        super().__init__(2, hidden)
+
+    def support(self, data, num_nodes: int):
+        why = "GraphiT(pe='rw') attends over the random-walk kernel's support"
+        extra_index = require(data, "kernel_extra_index", why)
+        log_edge = require(data, "kernel_log_edge", why)
+        log_extra = require(data, "kernel_log_extra", why)
+        if log_edge.shape[0] != data.edge_index.shape[1]:
+            raise ValueError(
+                f"data.kernel_log_edge has {log_edge.shape[0]} entries for {data.edge_index.shape[1]} edges; "
+                "recompute the kernel after changing the edges"
+            )
+        index = torch.cat([data.edge_index, extra_index], dim=1)
+        bias = torch.cat([log_edge, log_extra]).float()
+        kind = (extra_index[0] != extra_index[1]).long()
+        return Graph(index, num_nodes=num_nodes), bias, self(kind)
+
+
 class GraphiT(GraphModel):
-    """Sparse GraphiT-GT. Extra arguments (see the module docstring):
+    """Sparse GraphiT-GT. Arguments: `GraphModel`'s common ones (pe: None, "rw" or "lap";
+    clamp: also "auto"), plus (see the module docstring):
 
       kernel_p, kernel_gamma: the random-walk kernel's p and gamma (used by
         `pre_transforms()` / `transforms_for`; the model reads the cached kernel).
       layer_edge_encoders: each layer re-embeds the raw edge features with its own
         Linear (None: only for edge_features="proteins"; False with proteins inputs is the
         MA paper's one shared Linear, the `paper` preset).
-      node_input: "species" (the paper's ogbn-proteins node input) or "species+edge_mean".
-      fused_edge_projection: fold the shared edge Linear into each layer's edge projection
-        (same function, no [E, hidden] shared embedding in memory).
       ebt_compat: None (the formula) or "gnn-mas": the paper's published code, in which the
         bias weight overwrites every real edge's attention weight (magnn.models.compat).
+
+    Parts: ``node_encoder``, ``lap_pe`` (`LaplacianEncoding` or None), ``edge_encoder``
+    (shared, or None with per-layer encoders) and the `EdgeInput` ``edge_input``,
+    ``non_edge`` (`KernelSupport` with pe="rw", else None), ``layers`` (`GraphiTLayer`), ``head``.
     """
 
     model_name = "graphit"
@@ -115,77 +153,41 @@ class GraphiT(GraphModel):
         fused_edge_projection: bool = False,
         ebt_compat: Optional[str] = None,
     ):
-        num_layers, pe = self.resolve_defaults(info, num_layers, pe)
-        if isinstance(clamp, str) and clamp != "auto":
-            raise ValueError(f"clamp must be 'auto', None (no clamp) or a positive number, got {clamp!r}")
-        if isinstance(clamp, str):
-            clamp = None if pe == "rw" else DEFAULT_CLAMP
-        super().__init__(
-            info, num_layers=num_layers, hidden=hidden, heads=heads, norm=norm, residual=residual,
-            dropout=dropout, ebt=ebt, ebt_init=ebt_init, pe=pe, pe_dim=pe_dim, readout=readout,
-            clamp=clamp, backend=backend, checkpoint=checkpoint,
-        )
-        self.kernel_p, self.kernel_gamma = kernel_p, kernel_gamma
-        self.use_node_input(node_input)
-        layer_edge_encoders = self.use_edge_encoders(layer_edge_encoders, fused_edge_projection)
-        self.lap_pe = nn.Linear(pe_dim, hidden) if pe == "lap" else None
-        # row 0: self pair, row 1: another pair within p hops that is not an edge
-        self.non_edge = nn.Embedding(2, hidden) if pe == "rw" else None
+        config = self.make_config(info, GraphiTConfig.from_arguments(locals()))
+        super().__init__(info, config)
+        self.kernel_p, self.kernel_gamma = config.kernel_p, config.kernel_gamma
+        self.layer_edge_encoders, self.ebt_compat = config.layer_edge_encoders, config.ebt_compat
+        self.make_edge_encoder(shared=not config.layer_edge_encoders)
+        self.lap_pe = LaplacianEncoding(config.pe_dim, config.hidden, "GraphiT") if config.pe == "lap" else None
+        self.non_edge = KernelSupport(config.hidden) if config.pe == "rw" else None
+        paper_code = config.paper_code(None)  # GraphiT: only with EBT
         self.layers = nn.ModuleList(
             GraphiTLayer(
-                self.make_attention(), hidden, norm=norm, residual=residual, dropout=dropout,
-                edge_encoder=EdgeEncoder(info, hidden) if layer_edge_encoders else None,
+                self.make_attention(), config.hidden, norm=config.norm, residual=config.residual,
+                dropout=config.dropout, paper_code=paper_code,
+                edge_encoder=EdgeEncoder(info, config.hidden) if config.layer_edge_encoders else None,
             )
-            for _ in range(num_layers)
+            for _ in range(config.num_layers)
         )
-        if fused_edge_projection:
-            if pe == "rw":
-                raise ValueError("fused_edge_projection=True attends over the real edges only: use pe=None")
-            fuse_edge_projections([layer.attention for layer in self.layers], self.edge_encoder)
-        check_ebt_compat(ebt_compat, ebt)
-        self.ebt_compat = ebt_compat
-        if gnn_mas_active(ebt_compat, ebt, None):  # GraphiT: only with EBT
-            for layer in self.layers:
-                layer.gnn_mas = True
+        self.fuse_edge_projections()
 
-    def transform_config(self) -> dict:
-        return {"pe": self.pe, "pe_dim": self.pe_dim, "kernel_p": self.kernel_p, "kernel_gamma": self.kernel_gamma}
+    @property
+    def positional_encoding(self) -> Optional[nn.Module]:
+        return self.lap_pe
 
-    def embed_nodes(self, data) -> torch.Tensor:
-        h = self.node_encoder(data)
-        if self.lap_pe is not None:
-            batch, num_graphs = graph_batch(data)
-            vectors = self.require(data, "lap_pe", "GraphiT(pe='lap') adds Laplacian eigenvectors")
-            h = h + self.lap_pe(self.random_signs(vectors.to(h.dtype), batch, num_graphs))
-        return h
-
-    def _kernel_support(self, data, num_nodes: int):
-        """(attention edge_index, log-kernel bias, non-edge embeddings) over the kernel's support."""
-        why = "GraphiT(pe='rw') attends over the random-walk kernel's support"
-        extra_index = self.require(data, "kernel_extra_index", why)
-        log_edge = self.require(data, "kernel_log_edge", why)
-        log_extra = self.require(data, "kernel_log_extra", why)
-        if log_edge.shape[0] != data.edge_index.shape[1]:
-            raise ValueError(
-                f"data.kernel_log_edge has {log_edge.shape[0]} entries for {data.edge_index.shape[1]} edges; "
-                "recompute the kernel after changing the edges"
-            )
-        index = torch.cat([data.edge_index, extra_index], dim=1)
-        bias = torch.cat([log_edge, log_extra]).float()
-        kind = (extra_index[0] != extra_index[1]).long()
-        return Graph(index, num_nodes=num_nodes), bias, self.non_edge(kind)
+    def attention_support(self, data, num_nodes: int):
+        """(Graph, bias or None, extra-row embeddings or None) the layers attend over."""
+        if self.non_edge is None:
+            return Graph(data.edge_index, num_nodes=num_nodes), None, None
+        return self.non_edge.support(data, num_nodes)
 
     def forward(self, data, *, node_noise: Optional[torch.Tensor] = None, edge_noise: Optional[torch.Tensor] = None):
         """Predictions; node_noise / edge_noise are added to the input embeddings (for attacks)."""
         h = self.add_noise(self.embed_nodes(data), node_noise, "node_noise")
-        num_nodes = h.shape[0]
-        if self.pe == "rw":
-            graph, bias, extra_embedding = self._kernel_support(data, num_nodes)
-        else:
-            graph, bias, extra_embedding = Graph(data.edge_index, num_nodes=num_nodes), None, None
-        shared_edges = self.shared_edge_input(data, edge_noise)
+        graph, bias, extra_embedding = self.attention_support(data, h.shape[0])
+        shared_edges = self.edge_input.shared(data, edge_noise)
         for layer in self.layers:
-            e = self.layer_edge_input(layer, data, shared_edges, edge_noise)
+            e = self.edge_input.for_layer(layer, data, shared_edges, edge_noise)
             num_real = e.shape[0]
             if extra_embedding is not None:
                 e = torch.cat([e, extra_embedding.to(e.dtype)])

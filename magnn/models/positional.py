@@ -25,6 +25,18 @@ ignored). An isolated node gets ``L_ii = 1``. Graphs with more than
 a dense N x N matrix; for `RandomWalkKernel` graphs with more than
 ``large_graph_nodes`` nodes use p = 1 (the edges plus self loops), since the
 support of a high power fills in quadratically.
+
+The models read those caches through their positional encoders, modules with
+``add_to(h, data)`` that add the encoding to the node embedding h [N, hidden]:
+
+* `LaplacianEncoding` (``pe="lap"`` in GraphTransformer and GraphiT):
+  ``h + Linear(k, hidden)(lap_pe)``.
+* `LearnedLaplacianPE` (SAN's ``pe="lap"``): per node, each of the k eigenpairs
+  (eigenvector entry, eigenvalue) is a token; Linear(2, lpe_dim), a small
+  transformer encoder over the k tokens (padding masked), a sum over the tokens
+  and Linear(lpe_dim, hidden).
+
+Both flip each eigenvector's sign at random per graph while training.
 """
 from __future__ import annotations
 
@@ -34,8 +46,11 @@ import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 import torch
+from torch import nn
 from torch_geometric.data import Data
 from torch_geometric.transforms import BaseTransform
+
+from .inputs import graph_batch, random_signs, require
 
 __all__ = [
     "LaplacianPE",
@@ -44,6 +59,8 @@ __all__ = [
     "laplacian_eigenpairs",
     "normalized_laplacian",
     "random_walk_kernel",
+    "LaplacianEncoding",
+    "LearnedLaplacianPE",
 ]
 
 
@@ -281,3 +298,54 @@ class RandomWalkKernel(BaseTransform):
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}(p={self.p}, gamma={self.gamma})"
+
+
+class LaplacianEncoding(nn.Linear):
+    """Linear(k, hidden) of data.lap_pe [N, k] (from `LaplacianPE`) added to the node embedding.
+
+    `owner` names the model in the error raised when data.lap_pe is missing.
+    """
+
+    def __init__(self, k: int, hidden: int, owner: str):
+        super().__init__(k, hidden)
+        self.owner = owner
+
+    def add_to(self, h: torch.Tensor, data) -> torch.Tensor:
+        batch, num_graphs = graph_batch(data)
+        vectors = require(data, "lap_pe", f"{self.owner}(pe='lap') adds Laplacian eigenvectors")
+        return h + self(random_signs(vectors.to(h.dtype), batch, num_graphs, self.training))
+
+
+class LearnedLaplacianPE(nn.Module):
+    """SAN's LPE: a transformer over each node's k (eigenvector entry, eigenvalue) tokens, summed.
+
+    forward(eigvec [N, k], eigval [N, k], valid [N, k] bool) -> [N, hidden]; `add_to(h, data)`
+    reads them from data.san_eigvec / san_eigval / san_eig_valid (`SANEigenPE`).
+    """
+
+    def __init__(self, k: int, hidden: int, dim: int = 16, layers: int = 2, heads: int = 4):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"lpe_dim ({dim}) must be a multiple of lpe_heads ({heads})")
+        self.k = k
+        self.input = nn.Linear(2, dim)
+        layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=2 * dim, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.output = nn.Linear(dim, hidden)
+
+    def forward(self, eigvec: torch.Tensor, eigval: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        if eigvec.shape[1] != self.k:
+            raise ValueError(f"LPE built for k={self.k} eigenpairs, data has {eigvec.shape[1]}")
+        valid = valid.bool()
+        tokens = self.input(torch.stack([eigvec, eigval], dim=-1))
+        tokens = tokens.masked_fill(~valid.unsqueeze(-1), 0.0)
+        tokens = self.encoder(tokens, src_key_padding_mask=~valid)
+        return self.output(tokens.masked_fill(~valid.unsqueeze(-1), 0.0).sum(1))
+
+    def add_to(self, h: torch.Tensor, data) -> torch.Tensor:
+        why = "SAN(pe='lap') learns positional encodings from Laplacian eigenpairs"
+        eigvec = require(data, "san_eigvec", why).to(h.dtype)
+        eigval = require(data, "san_eigval", why).to(h.dtype)
+        valid = require(data, "san_eig_valid", why)
+        batch, num_graphs = graph_batch(data)
+        return h + self(random_signs(eigvec, batch, num_graphs, self.training), eigval, valid)

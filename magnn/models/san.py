@@ -27,7 +27,7 @@ applies to the real edges' logits (before the clamp, as in
 EBT (SPEC §3) in the union: each edge set applies it with its own query.
 ebt="edge" adds ``b_e,i = (q_i . k') / sqrt(D) * e'`` to every real edge's
 score and ``(q2_i . k') / sqrt(D) * e'`` to every fake edge's (the fake
-edges' own query q2; before the two-call form the fake edges used q), and
+edges' own query q2), and
 ``v'`` to every message; ebt="slot" gives every node one slot (logit
 ``q_i . (k' * e') / sqrt(D)``, clamped, structural term 0 like a real edge,
 message ``v'``), attended once, in the real-edge call, with no edge_out row.
@@ -76,18 +76,16 @@ from torch import nn
 from ..core.graph import Graph
 from ..data.info import DatasetInfo
 from ..functional import edge_attention, merge_attention
-from ..layers import FusedEdgeAttention, check_positive_int, projection, reset_projection
+from ..layers import FusedEdgeAttention, projection, reset_projection
 from ..stats import EdgeStats
-from .base import NON_EDGE_TYPE, GraphModel, graph_batch
+from .base import NON_EDGE_TYPE, GraphModel
 from .block import ResidualStream
-from .compat import check_ebt_compat, gnn_mas_active, gnn_mas_node_out
-from .positional import SANEigenPE
-from .encoders import EdgeEncoder, fuse_edge_projections
+from .compat import gnn_mas_node_out
+from .config import FAKE_EDGE_MODES, SANConfig  # noqa: F401  (FAKE_EDGE_MODES importable here)
+from .encoders import EdgeEncoder
+from .positional import LearnedLaplacianPE, SANEigenPE
 
 __all__ = ["SAN", "SANAttention", "SANLayer", "FakeEdges", "LearnedLaplacianPE", "full_fake_edges", "sampled_fake_edges"]
-
-FAKE_EDGE_MODES = ("auto", "full", "sampled")
-
 
 @dataclass(eq=False)
 class FakeEdges:
@@ -274,50 +272,43 @@ class SANAttention(FusedEdgeAttention):
         return node_out.reshape(num_nodes, width), edge_out.reshape(edge_out.shape[0], width)
 
 
-class LearnedLaplacianPE(nn.Module):
-    """SAN's LPE: a transformer over each node's k (eigenvector entry, eigenvalue) tokens, summed."""
+def attend_union(attention: "SANAttention", h, graph: Graph, e, *, fake: Optional[FakeEdges], fake_attr):
+    """(node_out, None): SAN's union attention over the real and the fake edges."""
+    return attention(h, graph, e, fake=fake, fake_attr=fake_attr, need_edge_out=False)
 
-    def __init__(self, k: int, hidden: int, dim: int = 16, layers: int = 2, heads: int = 4):
-        super().__init__()
-        if dim % heads:
-            raise ValueError(f"lpe_dim ({dim}) must be a multiple of lpe_heads ({heads})")
-        self.k = k
-        self.input = nn.Linear(2, dim)
-        layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=2 * dim, dropout=0.0, batch_first=True)
-        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-        self.output = nn.Linear(dim, hidden)
 
-    def forward(self, eigvec: torch.Tensor, eigval: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        if eigvec.shape[1] != self.k:
-            raise ValueError(f"LPE built for k={self.k} eigenpairs, data has {eigvec.shape[1]}")
-        valid = valid.bool()
-        tokens = self.input(torch.stack([eigvec, eigval], dim=-1))
-        tokens = tokens.masked_fill(~valid.unsqueeze(-1), 0.0)
-        tokens = self.encoder(tokens, src_key_padding_mask=~valid)
-        return self.output(tokens.masked_fill(~valid.unsqueeze(-1), 0.0).sum(1))
+def attend_paper_code(attention: "SANAttention", h, graph: Graph, e, *, fake: Optional[FakeEdges], fake_attr):
+    """(node_out, edge_out) as the MA paper's published code computes it (`compat.gnn_mas_node_out`),
+    which attends over the real edges only."""
+    if fake is not None and fake.num_edges:
+        raise ValueError("ebt_compat='gnn-mas' reproduces the paper's sparse protocol: use full_graph=False")
+    return gnn_mas_node_out(attention, h, graph, e)
 
 
 class SANLayer(nn.Module):
-    gnn_mas = False  # ebt_compat="gnn-mas": node_out as the paper's code computes it (models/compat.py)
+    """One layer: union attention (`SANAttention`), then the node stream.
 
-    def __init__(self, attention: SANAttention, hidden: int, *, norm, residual: bool, dropout: float, edge_encoder=None):
+    forward(h [N, hidden], e [E, hidden], graph, fake, fake_attr [1, hidden]) -> h'.
+    paper_code: node_out as the MA paper's published code computes it (`attend_paper_code`).
+    edge_encoder: this layer's own EdgeEncoder of the raw edge features (per-layer edge input), or None.
+    """
+
+    def __init__(self, attention: SANAttention, hidden: int, *, norm, residual: bool, dropout: float, edge_encoder=None,
+                 paper_code: bool = False):
         super().__init__()
         self.attention = attention
         self.node = ResidualStream(hidden, norm=norm, residual=residual, dropout=dropout)
         self.edge_encoder = edge_encoder
+        self.node_attention = attend_paper_code if paper_code else attend_union
 
     def forward(self, h, e, graph: Graph, fake: Optional[FakeEdges], fake_attr: torch.Tensor):
-        if self.gnn_mas:
-            if fake is not None and fake.num_edges:
-                raise ValueError("ebt_compat='gnn-mas' reproduces the paper's sparse protocol: use full_graph=False")
-            node_out, _ = gnn_mas_node_out(self.attention, h, graph, e)
-            return self.node(h, node_out)
-        node_out, _ = self.attention(h, graph, e, fake=fake, fake_attr=fake_attr, need_edge_out=False)
+        node_out, _ = self.node_attention(self.attention, h, graph, e, fake=fake, fake_attr=fake_attr)
         return self.node(h, node_out)
 
 
 class SAN(GraphModel):
-    """Spectral Attention Network. Extra arguments (see the module docstring):
+    """Spectral Attention Network. Arguments: `GraphModel`'s common ones (pe: None or "lap"),
+    plus (see the module docstring):
 
       full_graph: attend over fake edges too (False: real edges only, the MA
         paper's protocol, where gamma is inactive); gamma: fake-edge weight.
@@ -328,11 +319,13 @@ class SAN(GraphModel):
       layer_edge_encoders: each layer re-embeds the raw edge features with its own
         Linear (None: only for edge_features="proteins"; False with proteins inputs is the
         MA paper's one shared Linear, the `paper` preset).
-      node_input: "species" (the paper's ogbn-proteins node input) or "species+edge_mean".
-      fused_edge_projection: fold the shared edge Linear into each layer's edge projection
-        (same function, no [E, hidden] shared embedding in memory).
       ebt_compat: None (the formula) or "gnn-mas": the paper's published code, in which the
         bias weight overwrites every real edge's attention weight (magnn.models.compat).
+
+    Parts: ``node_encoder``, ``lpe`` (`LearnedLaplacianPE` or None), ``edge_encoder``
+    (shared, or None with per-layer encoders) and the `EdgeInput` ``edge_input``,
+    ``fake_edge`` (the fake-edge embedding with full_graph, else None), ``layers``
+    (`SANLayer`), ``head``.
     """
 
     model_name = "san"
@@ -371,59 +364,30 @@ class SAN(GraphModel):
         fused_edge_projection: bool = False,
         ebt_compat: Optional[str] = None,
     ):
-        num_layers, pe = self.resolve_defaults(info, num_layers, pe)
-        super().__init__(
-            info, num_layers=num_layers, hidden=hidden, heads=heads, norm=norm, residual=residual,
-            dropout=dropout, ebt=ebt, ebt_init=ebt_init, pe=pe, pe_dim=pe_dim, readout=readout,
-            clamp=clamp, backend=backend, checkpoint=checkpoint,
-        )
-        for name, value in (("lpe_dim", lpe_dim), ("lpe_layers", lpe_layers), ("lpe_heads", lpe_heads)):
-            check_positive_int(name, value)
-        if gamma < 0:
-            raise ValueError(f"gamma must be >= 0, got {gamma}")
-        if fake_edges not in FAKE_EDGE_MODES:
-            raise ValueError(f"unknown fake_edges {fake_edges!r}; choose one of {FAKE_EDGE_MODES}")
-        if fake_samples < 1 or max_fake_nodes < 1:
-            raise ValueError("fake_samples and max_fake_nodes must be >= 1")
-        self.full_graph, self.gamma = full_graph, gamma
-        self.fake_edges, self.max_fake_nodes, self.fake_samples = fake_edges, max_fake_nodes, fake_samples
-        self.use_node_input(node_input)
-        layer_edge_encoders = self.use_edge_encoders(layer_edge_encoders, fused_edge_projection)
-        self.lpe = LearnedLaplacianPE(pe_dim, hidden, lpe_dim, lpe_layers, lpe_heads) if pe == "lap" else None
-        self.fake_edge = nn.Embedding(1, hidden) if full_graph else None
-        self.layers = nn.ModuleList(
-            SANLayer(
-                SANAttention(
-                    hidden, heads, self.head_dim, hidden,
-                    ebt=ebt, clamp=clamp, backend=backend, ebt_init=ebt_init,
-                ),
-                hidden, norm=norm, residual=residual, dropout=dropout,
-                edge_encoder=EdgeEncoder(info, hidden) if layer_edge_encoders else None,
-            )
-            for _ in range(num_layers)
-        )
-        if fused_edge_projection:
-            if full_graph:
-                raise ValueError("fused_edge_projection=True attends over the real edges only: use full_graph=False")
-            fuse_edge_projections([layer.attention for layer in self.layers], self.edge_encoder)
-        check_ebt_compat(ebt_compat, ebt)
-        self.ebt_compat = ebt_compat
-        if gnn_mas_active(ebt_compat, ebt, info.edge_features):  # EBT, or ogbn-proteins without EBT
-            if full_graph:
-                raise ValueError("ebt_compat='gnn-mas' reproduces the paper's sparse protocol: use full_graph=False")
-            for layer in self.layers:
-                layer.gnn_mas = True
+        config = self.make_config(info, SANConfig.from_arguments(locals()))
+        super().__init__(info, config)
+        self.full_graph, self.gamma = config.full_graph, config.gamma
+        self.fake_edges, self.max_fake_nodes, self.fake_samples = config.fake_edges, config.max_fake_nodes, config.fake_samples
+        self.layer_edge_encoders, self.ebt_compat = config.layer_edge_encoders, config.ebt_compat
+        self.make_edge_encoder(shared=not config.layer_edge_encoders)
+        self.lpe = (LearnedLaplacianPE(config.pe_dim, config.hidden, config.lpe_dim, config.lpe_layers, config.lpe_heads)
+                    if config.pe == "lap" else None)
+        self.fake_edge = nn.Embedding(1, config.hidden) if config.full_graph else None
+        self.layers = nn.ModuleList(self._make_layer(config) for _ in range(config.num_layers))
+        self.fuse_edge_projections()
 
-    def embed_nodes(self, data) -> torch.Tensor:
-        h = self.node_encoder(data)
-        if self.lpe is not None:
-            why = "SAN(pe='lap') learns positional encodings from Laplacian eigenpairs"
-            eigvec = self.require(data, "san_eigvec", why).to(h.dtype)
-            eigval = self.require(data, "san_eigval", why).to(h.dtype)
-            valid = self.require(data, "san_eig_valid", why)
-            batch, num_graphs = graph_batch(data)
-            h = h + self.lpe(self.random_signs(eigvec, batch, num_graphs), eigval, valid)
-        return h
+    def _make_layer(self, config) -> SANLayer:
+        attention = SANAttention(config.hidden, config.heads, self.head_dim, config.hidden, ebt=config.ebt,
+                                 clamp=config.clamp, backend=config.backend, ebt_init=config.ebt_init)
+        return SANLayer(
+            attention, config.hidden, norm=config.norm, residual=config.residual, dropout=config.dropout,
+            edge_encoder=EdgeEncoder(self.info, config.hidden) if config.layer_edge_encoders else None,
+            paper_code=config.paper_code(self.info.edge_features),  # EBT, or ogbn-proteins without EBT
+        )
+
+    @property
+    def positional_encoding(self) -> Optional[nn.Module]:
+        return self.lpe
 
     def build_fake_edges(self, data, num_nodes: int) -> Optional[FakeEdges]:
         """This forward's fake edges (None when full_graph is off or gamma is 0)."""
@@ -445,11 +409,8 @@ class SAN(GraphModel):
         graph = Graph(data.edge_index, num_nodes=num_nodes)
         fake = self.build_fake_edges(data, num_nodes)
         fake_attr = self.fake_edge.weight if self.fake_edge is not None else None
-        shared_edges = self.shared_edge_input(data, edge_noise)
+        shared_edges = self.edge_input.shared(data, edge_noise)
         for layer in self.layers:
-            e = self.layer_edge_input(layer, data, shared_edges, edge_noise)
+            e = self.edge_input.for_layer(layer, data, shared_edges, edge_noise)
             h = self.run_layer(layer, h, e, graph, fake, fake_attr)
         return self.predict(h, data)
-
-    def transform_config(self) -> dict:
-        return {"pe": self.pe, "pe_dim": self.pe_dim}

@@ -1,32 +1,24 @@
-"""Massive-activation statistics (SPEC §4): `EdgeStats`, `LogHistogram`, `collect`.
+"""The statistics' data types (SPEC §4): `LogHistogram` and `EdgeStats`.
 
-Every backend reduces a tapped tensor A ([rows, C], C = H*D) to a `RawStats`
-(`magnn.core.binning`: the binning, per-row lower medians and the reference
-reduction `reduce_rows` are defined there). `EdgeStats` owns the accumulated
-numbers and derives the rest (medians, max ratios, per-type counts); statistics
-reach it through `magnn.functional.edge_attention(stats=...)`, to which every
-`StatsTap` layer hands the collectors `collect` attached.
-
-Statistics are taken on the values as stored (rounded to the output dtype),
-converted to float32.
+`EdgeStats` owns the accumulated numbers and derives the rest (medians, max ratios,
+per-type counts). Statistics are taken on the values as stored (rounded to the output
+dtype), converted to float32.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Iterator, Mapping, Optional, Sequence, Union
+from typing import Optional
 
 import torch
 
-from .core.binning import (  # noqa: F401  (re-exported: magnn.stats is where users look)
-    SMALLEST_NORMAL, RawStats, bin_index, bin_lower_bound, coarsen_counts, finite_or_none, json_safe,
-    mantissa_bits_of, num_bins, reduce_rows, row_lower_median,
-)
-from .core.constants import DEFAULT_MANTISSA_BITS, MA_THRESHOLD, TAPS
-from .core.errors import UserError
+from ..core.binning import SMALLEST_NORMAL, RawStats, bin_index, bin_lower_bound, coarsen_counts, finite_or_none, num_bins
+from ..core.constants import DEFAULT_MANTISSA_BITS, MA_THRESHOLD, TAPS
+from . import reduction
+
+__all__ = ["LogHistogram", "EdgeStats"]
 
 
 @dataclass
@@ -233,8 +225,8 @@ class EdgeStats:
             row_max_abs = raw.row_max_abs.detach().float().cpu()
             if row_max_abs.shape != row_ratio.shape:
                 raise ValueError(f"row_max_abs has shape {list(row_max_abs.shape)}, row_ratio {list(row_ratio.shape)}")
-        if _cpu_reduction_usable(row_ratio, build=False):  # never builds the extension just for this pass
-            from .backends.cpu import summarize_ratios_cpu
+        if reduction.cpu_reduction_usable(row_ratio, build=False):  # never builds the extension just for this pass
+            from ..backends.cpu import summarize_ratios_cpu
 
             return summarize_ratios_cpu(row_ratio, self.mantissa_bits, self.threshold, row_max_abs, self.min_abs)
         counts, nan = _histogram_and_nan_mask(row_ratio, self.mantissa_bits)
@@ -374,314 +366,3 @@ class EdgeStats:
             f"EdgeStats(calls={self.calls}, count={self.count}, max_abs={self.max_abs:.4g}, "
             f"median_abs~{self.median_abs()[0]:.4g}, max_ratio(edge)={self.max_ratio('edge'):.4g})"
         )
-
-
-def add_to_all(
-    targets: Sequence[EdgeStats],
-    raw: Union[RawStats, Mapping[str, RawStats]],
-    heads: int,
-    *,
-    edge_types: Optional[torch.Tensor] = None,
-) -> None:
-    """Folds one call's statistics into every EdgeStats of `targets`, all or nothing: every
-    target checks the call first (settings, channels, edge_types length), then all add.
-
-    raw: the call's `RawStats`, or a dict tap -> RawStats when the targets tap different
-    tensors (each target takes its own tap's; histograms may be finer than it keeps).
-    edge_types: the call's per-edge types, for the targets that count by edge type
-    (instead of their own `edge_types`).
-
-    Adds nothing while autograd recomputes a forward (`recomputing()`: activation checkpointing
-    in either mode): that call's statistics were taken when it first ran. Every call that fills
-    statistics comes here (`edge_attention`, `merge_attention`, `collect`'s PyG and output hooks),
-    so a recomputation adds nothing whoever asked for the statistics; the recomputation itself
-    runs the same code as the first pass (the same kernels, statistics included), as the
-    checkpointing's check of the tensors saved for backward demands (under torch.compile too).
-    """
-    if recomputing():
-        return
-    def raw_for(target: EdgeStats) -> RawStats:
-        if isinstance(raw, RawStats):
-            return raw
-        if target.tap not in raw:
-            raise ValueError(f"no statistics for tap {target.tap!r} (have {sorted(raw)})")
-        return raw[target.tap]
-
-    parts = [target._from_raw(raw_for(target), heads, edge_types) for target in targets]
-    for target, part in zip(targets, parts):
-        target._absorb(part)
-
-
-StatsArg = Union["EdgeStats", Sequence["EdgeStats"], None]
-
-
-def stats_targets(stats: StatsArg) -> tuple[EdgeStats, ...]:
-    """`stats=` as a tuple of distinct EdgeStats (None -> (); one -> (one,); duplicates dropped)."""
-    if stats is None:
-        return ()
-    if isinstance(stats, EdgeStats):
-        return (stats,)
-    if isinstance(stats, (list, tuple)):
-        targets: list[EdgeStats] = []
-        for item in stats:
-            if not isinstance(item, EdgeStats):
-                raise TypeError(f"stats must hold magnn.stats.EdgeStats objects, got {type(item).__name__}")
-            if not any(item is seen for seen in targets):
-                targets.append(item)
-        return tuple(targets)
-    raise TypeError(f"stats must be a magnn.stats.EdgeStats, a list/tuple of them or None, got {type(stats).__name__}")
-
-
-class StatsTap:
-    """What `collect` attaches to: a module whose calls fill the active collectors.
-
-    `FusedEdgeAttention` (and every layer built on it) mixes this in; the layer
-    passes `stats_targets(...)` to `edge_attention`'s ``stats=``, the one path
-    by which statistics reach an `EdgeStats`.
-    """
-
-    def init_stats_tap(self) -> None:
-        self._collectors: list[EdgeStats] = []  # attached by collect blocks, outermost first
-        self._collection_paused = 0  # > 0 while a recomputation must not add statistics
-
-    def attach_collector(self, stats: "EdgeStats") -> None:
-        """Adds `stats` to the collectors every call of this layer fills (what `collect` does)."""
-        if not isinstance(stats, EdgeStats):
-            raise TypeError(f"a collector must be a magnn.stats.EdgeStats, got {type(stats).__name__}")
-        if not any(stats is active for active in self._collectors):
-            self._collectors.append(stats)
-
-    def detach_collector(self, stats: "EdgeStats") -> None:
-        """Removes `stats` (by identity) from the active collectors; the others stay."""
-        self._collectors = [active for active in self._collectors if active is not stats]
-
-    @contextlib.contextmanager
-    def paused_collection(self):
-        """No statistics from this layer while inside (a recomputation in backward needs no pause:
-        `add_to_all` skips it whatever asked for the statistics, see `recomputing`)."""
-        self._collection_paused += 1
-        try:
-            yield
-        finally:
-            self._collection_paused -= 1
-
-    @property
-    def collectors(self) -> tuple["EdgeStats", ...]:
-        """The collectors the next call fills (none while paused for a recomputation)."""
-        return () if self._collection_paused else tuple(self._collectors)
-
-    @property
-    def collector(self) -> Optional["EdgeStats"]:
-        """The innermost active collector, or None (read-only; kept for older callers)."""
-        collectors = self.collectors
-        return collectors[-1] if collectors else None
-
-    def stats_targets(self, stats: StatsArg = None) -> tuple["EdgeStats", ...]:
-        """Everything one call fills: `stats` (one EdgeStats or a sequence), then the active collectors."""
-        return stats_targets([*stats_targets(stats), *self.collectors])
-
-
-class NothingToCollect(UserError, ValueError):
-    """`collect` found nothing to attach to, or a `modules=` name is not in the model."""
-
-
-# rows of a PyG message reduced at once: bounds the transient float32 copies of the reduction
-# (a few times chunk x C floats) whatever E is; the message itself is never kept
-REDUCE_CHUNK_VALUES = 1 << 24
-
-
-def reduce_tensor(tapped: torch.Tensor, mantissa_bits: int = DEFAULT_MANTISSA_BITS, *,
-                  chunk_values: int = REDUCE_CHUNK_VALUES, backend: str = "auto") -> RawStats:
-    """`RawStats` of a materialised tensor [rows, ...] (flattened to [rows, C]).
-
-    What `collect` uses for the PyG messages and module outputs it taps: the same numbers as
-    `magnn.core.binning.reduce_rows` on the whole tensor. backend="auto" reduces a floating CPU
-    tensor with the cpu backend's C++ row reduction when that backend is usable (row by row,
-    no transient copies), anything else as backend="torch" does: `reduce_rows` in row chunks
-    (histograms add, per-row ratios concatenate, the first largest |a| wins), with at most
-    `chunk_values` values in flight.
-    """
-    if backend not in ("auto", "torch"):
-        raise ValueError(f"backend must be 'auto' or 'torch', got {backend!r}")
-    if backend == "auto" and _cpu_reduction_usable(tapped):
-        from .backends.cpu import reduce_rows_cpu
-
-        return reduce_rows_cpu(tapped, mantissa_bits)  # row by row in C++: no transient copies to bound
-    rows = tapped.shape[0] if tapped.dim() else 1
-    channels = math.prod(tapped.shape[1:]) if tapped.dim() else 1
-    flat = tapped.detach().reshape(rows, channels)
-    step = max(1, chunk_values // max(channels, 1))
-    if rows <= step:
-        return reduce_rows(flat, mantissa_bits)
-    parts = [(start, reduce_rows(flat[start:start + step], mantissa_bits)) for start in range(0, rows, step)]
-    best_start, best = None, None
-    for start, part in parts:
-        if int(part.argmax) >= 0 and (best is None or float(part.max_abs) > float(best.max_abs)):
-            best_start, best = start, part
-    first = parts[0][1]
-    return RawStats(
-        hist_abs=sum((part.hist_abs for _, part in parts[1:]), first.hist_abs),
-        hist_ratio=sum((part.hist_ratio for _, part in parts[1:]), first.hist_ratio),
-        row_ratio=torch.cat([part.row_ratio for _, part in parts]),
-        row_max_abs=torch.cat([part.row_max_abs for _, part in parts]),
-        nan_count=sum((part.nan_count for _, part in parts[1:]), first.nan_count),
-        max_abs=best.max_abs if best is not None else first.max_abs,
-        argmax=(best.argmax + best_start * channels) if best is not None else first.argmax,
-        count=rows * channels,
-        channels=channels,
-    )
-
-
-def _cpu_reduction_usable(tapped: torch.Tensor, build: bool = True) -> bool:
-    """True when `tapped` can be reduced by the cpu backend's C++ ops (the fastest here): a floating
-    CPU tensor, and the extension builds (a failed build is remembered: torch path then); with
-    build=False only when this process has already loaded it."""
-    if tapped.device.type != "cpu" or not tapped.is_floating_point():
-        return False
-    from .backends import cpu
-
-    if not build:
-        return cpu.is_loaded()
-    return cpu.unavailable_reason(tapped.device, tapped.dtype) is None
-
-
-def recomputing() -> bool:
-    """True while the autograd engine runs a backward pass on this thread: a forward that runs then is
-    a recomputation (`torch.utils.checkpoint` re-runs the checkpointed forward inside backward, from
-    `CheckpointFunction.backward` with use_reentrant=True, from the saved-tensor unpack hook with
-    use_reentrant=False) whose statistics were taken when it first ran, so collection skips it.
-
-    The signal is the engine's own (the graph task being executed, thread-local), not a guess from
-    grad mode: the reentrant recomputation runs with grad enabled, and a forward under no_grad (an
-    evaluation) is a real forward that must count. torch.func transforms and torch.compile run the
-    forward once (AOTAutograd's recomputation happens inside the compiled backward, without Python
-    side effects), so nothing needs skipping there."""
-    try:
-        return torch._C._current_graph_task_id() != -1
-    except AttributeError:  # an older torch without the query: never skip
-        return False
-
-
-def _first_tensor(output) -> Optional[torch.Tensor]:
-    """A module's output tensor: itself, or the first tensor of a tuple/list (e.g. MultiheadAttention's)."""
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, (tuple, list)):
-        return next((item for item in output if isinstance(item, torch.Tensor)), None)
-    return None
-
-
-def _message_passing_class():
-    try:
-        from torch_geometric.nn.conv import MessagePassing
-    except ImportError:  # PyG is a dependency, but collect must not need it for magnn-only models
-        return None
-    return MessagePassing
-
-
-def _fill(target: EdgeStats, tensor: torch.Tensor, heads: int) -> None:
-    """One tapped tensor into `target` (reduced at its resolution); PyG-tapped calls only."""
-    if tensor.dim() == 0 or not tensor.is_floating_point():
-        return
-    rows = tensor.shape[0]
-    edge_types = target.edge_types if target.tap == "edge" else None
-    if edge_types is not None and edge_types.shape[0] != rows:
-        raise UserError(
-            f"collect(edge_types=...): a layer's messages have {rows} rows but edge_types has "
-            f"{edge_types.shape[0]} entries (the layer adds or removes edges, e.g. GATConv's self-loops); "
-            "collect without edge_types, or build the layer so that it keeps the graph's edges (add_self_loops=False)")
-    add_to_all((target,), reduce_tensor(tensor, target.mantissa_bits), heads)  # (nothing when recomputing)
-
-
-def _message_hook(target: EdgeStats):
-    """PyG message-forward hook: reduce the per-edge messages [E, ...] (heads = dim 1 of [E, H, D])."""
-    def hook(module, inputs, message):
-        if isinstance(message, torch.Tensor) and message.dim() >= 1:
-            _fill(target, message, message.shape[1] if message.dim() == 3 else 1)
-    return hook
-
-
-def _output_hook(target: EdgeStats):
-    """Forward hook on a module: its output as rows [-1, last dim] (node-level statistics)."""
-    def hook(module, inputs, output):
-        tensor = _first_tensor(output)
-        if tensor is not None and tensor.dim() >= 1:
-            _fill(target, tensor.reshape(-1, tensor.shape[-1]) if tensor.dim() > 1 else tensor.reshape(-1, 1), 1)
-    return hook
-
-
-@contextlib.contextmanager
-def collect(model: torch.nn.Module, *, modules: Sequence[str] = (), **stats_kwargs) -> Iterator[dict[str, EdgeStats]]:
-    """Attach a fresh `EdgeStats` to every attention layer of `model`, named by module path.
-
-        with magnn.stats.collect(model) as stats:
-            model(batch)
-        print({name: s.max_ratio() for name, s in stats.items()})
-
-    Attention layers are magnn's (`FusedEdgeAttention` and every other `StatsTap`: the
-    statistics come out of the kernels) and every PyG `MessagePassing` module that is not
-    one of magnn's (TransformerConv, GATConv, GINEConv, the convs inside GPSConv, ...).
-    A PyG layer is tapped through its message-forward hook: each call's messages [E, ...]
-    (flattened to [E, C]; heads from [E, H, D]) are reduced to the same statistics right
-    away and not kept. PyG layers that run fused (`message_and_aggregate`, e.g. on a
-    SparseTensor adjacency) never call `message` and report no calls. With
-    ``tap="node"`` a PyG layer's output (its aggregated node features) is tapped instead.
-
-    modules: extra module paths whose *output* is tapped (e.g. ``["gps.attn"]``, a dense
-    MultiheadAttention): node-level statistics (rows = the output's leading dims, C = its
-    last dim; the first tensor of a tuple output), under the same name, or ``name:output``
-    when that module is already collected as an attention layer.
-
-    Blocks nest: each layer keeps a list of its active collectors, and every
-    call of the layer is added to each of them (with each one's own settings);
-    leaving a block detaches only that block's collectors. Calls made while autograd
-    recomputes a forward add nothing (activation checkpointing, use_reentrant True or False,
-    around magnn layers, PyG layers or whole models: see `recomputing`), so a checkpointed
-    model reports the statistics of an uncheckpointed one.
-    """
-    message_passing = _message_passing_class()
-    named = list(model.named_modules())
-    taps = [(name, m) for name, m in named if isinstance(m, StatsTap)]
-    inside_tap = {id(child) for _, m in taps for child in m.modules()}
-    pyg = [(name, m) for name, m in named if message_passing is not None and isinstance(m, message_passing)
-           and id(m) not in inside_tap]
-    modules = [modules] if isinstance(modules, str) else list(modules)
-    outputs = []
-    for name in modules:
-        try:
-            outputs.append((name, model.get_submodule(name)))
-        except AttributeError:
-            known = [n for n, _ in named if n]
-            raise NothingToCollect(
-                f"collect(modules=[{name!r}]): the model has no module {name!r}; pass a path from "
-                f"model.named_modules() (e.g. {', '.join(known[:6])}{', ...' if len(known) > 6 else ''})") from None
-    if not taps and not pyg and not outputs:
-        raise NothingToCollect(
-            "collect(model): the model has no magnn attention layer (FusedEdgeAttention or another StatsTap) and "
-            "no PyG MessagePassing layer; pass modules=[...] to tap other modules' outputs")
-    collected = {name: EdgeStats(**stats_kwargs) for name, _ in taps + pyg}
-    node_kwargs = {**stats_kwargs, "tap": "node"}
-    node_kwargs.pop("edge_types", None)
-    output_names = []
-    for name, _ in outputs:
-        key = name if name not in collected else f"{name}:output"
-        collected[key] = EdgeStats(**node_kwargs)
-        output_names.append(key)
-    handles = []
-    try:
-        for name, module in taps:
-            module.attach_collector(collected[name])
-        for name, module in pyg:
-            stats = collected[name]
-            if stats.tap == "node":
-                handles.append(module.register_forward_hook(_output_hook(stats)))
-            else:
-                handles.append(module.register_message_forward_hook(_message_hook(stats)))
-        for key, (_, module) in zip(output_names, outputs):
-            handles.append(module.register_forward_hook(_output_hook(collected[key])))
-        yield collected
-    finally:
-        for handle in handles:
-            handle.remove()
-        for name, module in taps:
-            module.detach_collector(collected[name])
