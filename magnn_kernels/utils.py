@@ -53,10 +53,20 @@ class Tiles:
     block_h: int
     block_d: int
     num_warps: int
+    heads: int = 0  # HEADS constexpr: H when the shape is specialised, else 0 (H, D runtime)
+    head_dim: int = 0  # HEAD_DIM constexpr
 
     def launch_args(self) -> dict:
-        """BLOCK_E, BLOCK_H, BLOCK_D and num_warps, as keyword arguments of a launch."""
-        return dict(BLOCK_E=self.block_e, BLOCK_H=self.block_h, BLOCK_D=self.block_d, num_warps=self.num_warps)
+        """HEADS, HEAD_DIM, BLOCK_E, BLOCK_H, BLOCK_D and num_warps, as keyword arguments of a launch."""
+        return dict(HEADS=self.heads, HEAD_DIM=self.head_dim, BLOCK_E=self.block_e, BLOCK_H=self.block_h,
+                    BLOCK_D=self.block_d, num_warps=self.num_warps)
+
+
+# Shapes compiled with H and D as constexprs (every other shape takes the generic kernels, where
+# they are runtime integers): channels per head and heads of the common models. A compile-time
+# D == BLOCK_D makes an edge's H*D values one contiguous, aligned run (128-bit loads and stores).
+SHAPE_HEAD_DIMS = (8, 16, 32, 64)
+SHAPE_HEADS = (1, 2, 4, 8, 16)
 
 
 def tiles(heads: int, head_dim: int) -> Tiles:
@@ -65,7 +75,9 @@ def tiles(heads: int, head_dim: int) -> Tiles:
     per_edge = block_h * block_d
     block_e = max(1, min(MAX_BLOCK_E, TILE_ELEMENTS // per_edge))
     block_e = 1 << (block_e.bit_length() - 1)  # a power of two
-    return Tiles(block_e, block_h, block_d, 8 if block_e * per_edge >= 4096 else 4)
+    specialised = head_dim in SHAPE_HEAD_DIMS and heads in SHAPE_HEADS
+    return Tiles(block_e, block_h, block_d, 8 if block_e * per_edge >= 4096 else 4,
+                 heads if specialised else 0, head_dim if specialised else 0)
 
 
 def sm_count(device: torch.device) -> int:

@@ -115,7 +115,30 @@ def test_main_variants_compile_without_spills_within_the_sm(modelled):
     limit = modelled["constants"]["smem_per_cta_max"]
     for case, row in modelled["workloads"]["proteins-600k"]["cases"].items():
         for launch in row["launches"]:
-            if case.startswith("gt"):
-                assert launch["spill_bytes"] == 0, (case, launch["kernel"], launch["spill_bytes"])
+            assert launch["spill_bytes"] == 0, (case, launch["kernel"], launch["spill_bytes"])
             assert launch["shared_bytes"] <= limit, (case, launch["kernel"])
             assert launch["ctas_per_sm"] >= 1, (case, launch["kernel"])
+
+
+def test_edge_rows_move_as_128_bit_vectors(modelled):
+    """H = 8, D = 8 in bf16 (a specialised shape): every load and store of an [E, H, D] edge tensor
+    in the tile loops is one 16-byte access (LDG.E.128 / STG.E.128), none element by element."""
+    for case, row in modelled["workloads"]["proteins-600k"]["cases"].items():
+        for launch in _tile_kernels(row):
+            assert launch["constexprs"]["HEADS"] == 8 and launch["constexprs"]["HEAD_DIM"] == 8
+            edge = launch["tile_loop"]["edge_access"]
+            assert edge["loads"], (case, launch["kernel"])
+            for side in ("loads", "stores"):
+                assert set(edge[side]) <= {"LDG.E.128", "STG.E.128"}, (case, launch["kernel"], edge)
+    stores = modelled["workloads"]["proteins-600k"]["cases"]["gt fwd"]["launches"][0]["tile_loop"]["edge_access"]
+    assert stores["stores"] == {"STG.E.128": 1}  # edge_out: 8 bf16 per thread per tile
+
+
+def test_additive_forward_without_edge_out_is_one_pass(modelled):
+    """additive, need_edge_out=False, no statistics: one forward launch per row kind, one tile loop
+    (no message pass), and about the tile-loop length of gt's."""
+    cases = modelled["workloads"]["proteins-600k"]["cases"]
+    additive = [m for m in _tile_kernels(cases["additive fwd no edge_out"]) if m["kernel"].endswith("fwd_kernel")]
+    assert additive and all(not m["constexprs"]["MESSAGE_PASS"] and m["tile_loops"] == 1 for m in additive)
+    gt = cases["gt fwd"]["launches"][0]
+    assert additive[0]["tile_loop"]["instructions"] <= 1.2 * gt["tile_loop"]["instructions"]
