@@ -332,9 +332,9 @@ def edge_attention_forward(q, k, v, e, rowptr, col, perm, bias, ebt_k, ebt_e, eb
     edge_pass = mode_id == MODE_ADDITIVE.value and (need_edge_out or stats)
 
     def launch(items: dict, partial: bool, lse_given: bool, message_pass: bool) -> None:
-        _edge_attention_fwd_kernel[utils.grid(items["num_items"], stats, device)](
-            **items, **common, PARTIAL=partial, LSE_GIVEN=lse_given, MESSAGE_PASS=message_pass,
-        )
+        kwargs = dict(**items, **common, PARTIAL=partial, LSE_GIVEN=lse_given, MESSAGE_PASS=message_pass)
+        _edge_attention_fwd_kernel[utils.grid(items["num_items"], stats, device, _edge_attention_fwd_kernel,
+                                              kwargs)](**kwargs)
 
     with utils.device_ctx(device):
         if plan.num_whole:

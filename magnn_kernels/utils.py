@@ -86,12 +86,71 @@ def sm_count(device: torch.device) -> int:
     return 1
 
 
-def grid(items: int, persistent: bool, device: torch.device) -> tuple[int]:
-    """One program per item, or a persistent grid (stats: one histogram flush per program)."""
+# An SM's limits (H100 / sm_90 values; the device's own where torch reports them)
+SM_LIMITS = dict(regs=65536, reg_unit_per_warp=256, schedulers=4, max_warps=64, max_ctas=32, shared=228 * 1024,
+                 shared_reserved_per_cta=1024)
+
+
+def resident_ctas(regs: int, shared: int, num_warps: int, limits: Optional[dict] = None) -> int:
+    """CTAs of a kernel that fit on one SM at once: registers (allocated per warp in units of
+    reg_unit_per_warp, a scheduler's quarter of the file each), shared memory, warps and CTAs."""
+    lim = dict(SM_LIMITS, **(limits or {}))
+    unit = lim["reg_unit_per_warp"]
+    per_warp = max(unit, -(-regs * 32 // unit) * unit)
+    warps = (lim["regs"] // lim["schedulers"] // per_warp) * lim["schedulers"]
+    by_smem = lim["max_ctas"] if shared == 0 else lim["shared"] // (shared + lim["shared_reserved_per_cta"])
+    return max(1, min(warps // num_warps, lim["max_warps"] // num_warps, by_smem, lim["max_ctas"]))
+
+
+def _device_limits(device: torch.device) -> dict:
+    props = torch.cuda.get_device_properties(device)
+    limits = {}
+    for key, attr in (("regs", "regs_per_multiprocessor"), ("shared", "shared_memory_per_multiprocessor")):
+        value = getattr(props, attr, None)
+        if value:
+            limits[key] = int(value)
+    threads = getattr(props, "max_threads_per_multi_processor", None)
+    if threads:
+        limits["max_warps"] = int(threads) // 32
+    return limits
+
+
+_RESIDENT: dict = {}
+
+
+def kernel_ctas_per_sm(kernel, launch_kwargs: dict, device: torch.device) -> int:
+    """Resident CTAs per SM of the build of `kernel` these arguments select (compiled without a
+    launch by kernel.warmup; cached per constexprs and argument dtypes)."""
+    key = (kernel, str(device)) + tuple(
+        (name, repr(value) if not isinstance(value, torch.Tensor) else str(value.dtype))
+        for name, value in sorted(launch_kwargs.items()) if name.isupper() or name == "num_warps"
+        or isinstance(value, torch.Tensor))
+    ctas = _RESIDENT.get(key)
+    if ctas is None:
+        ctas = 8  # what the grid assumed before the build could be asked
+        try:
+            compiled = kernel.warmup(grid=(1,), **launch_kwargs)
+            init = getattr(compiled, "_init_handles", None)
+            if init is not None:
+                init()
+            limits = _device_limits(device) if device.type == "cuda" else {}
+            ctas = resident_ctas(int(compiled.n_regs), int(compiled.metadata.shared),
+                                 int(compiled.metadata.num_warps), limits)
+        except Exception:  # noqa: BLE001 - a grid size is never worth failing a launch for
+            pass
+        _RESIDENT[key] = ctas
+    return ctas
+
+
+def grid(items: int, persistent: bool, device: torch.device, kernel=None, launch_kwargs=None) -> tuple[int]:
+    """One program per item, or a persistent grid (stats: one histogram flush per program) of as
+    many programs as fit on the device at once: the build's resident CTAs per SM (from its
+    registers and shared memory) x SMs."""
     if INTERPRETED:
         programs = min(items, 4)  # several items per program, so every test runs the persistent loop
     elif persistent:
-        programs = min(items, sm_count(device) * 8)
+        per_sm = kernel_ctas_per_sm(kernel, launch_kwargs, device) if kernel is not None else 8
+        programs = min(items, sm_count(device) * per_sm)
     else:
         programs = items
     return (max(programs, 1),)

@@ -142,3 +142,16 @@ def test_additive_forward_without_edge_out_is_one_pass(modelled):
     assert additive and all(not m["constexprs"]["MESSAGE_PASS"] and m["tile_loops"] == 1 for m in additive)
     gt = cases["gt fwd"]["launches"][0]
     assert additive[0]["tile_loop"]["instructions"] <= 1.2 * gt["tile_loop"]["instructions"]
+
+
+def test_persistent_grid_is_sized_from_the_build_occupancy(modelled):
+    """The statistics forward's persistent grid holds as many programs as fit on the SMs at once
+    (resident CTAs from the build's registers and shared memory), not a fixed 8 per SM."""
+    from magnn_kernels.utils import resident_ctas
+
+    for regs, shared, warps in ((206, 8192, 4), (96, 512, 4), (32, 0, 4), (128, 100 * 1024, 8), (255, 0, 8)):
+        assert resident_ctas(regs, shared, warps) == static.occupancy(regs, shared, warps)["ctas_per_sm"]
+    row = modelled["workloads"]["proteins-600k"]["cases"]["gt fwd +stats"]
+    launch = next(m for m in _tile_kernels(row) if m["constexprs"]["STATS"] and not m["constexprs"]["PARTIAL"])
+    assert launch["items"] > launch["grid"][0]
+    assert launch["grid"][0] == modelled["constants"]["sms"] * launch["ctas_per_sm"]

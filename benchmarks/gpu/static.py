@@ -42,6 +42,7 @@ import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Optional
 
 os.environ.pop("TRITON_INTERPRET", None)  # compiled kernels, never the interpreter
@@ -197,7 +198,12 @@ class capture_launches:
             bound_args, specialization, options = binder(*args, **kwargs)
             options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound_args, specialization,
                                                                       options)
-            launches.append(Launch(kernel, tuple(grid), dict(bound_args), signature, constexprs, attrs, options))
+            launch = Launch(kernel, tuple(grid), dict(bound_args), signature, constexprs, attrs, options)
+            if warmup:  # the wrapper asks for the build (to size its grid): compile it, launch nothing
+                compiled = compile_launch(launch)
+                return SimpleNamespace(n_regs=compiled.regs, metadata=SimpleNamespace(
+                    shared=compiled.shared, num_warps=compiled.num_warps))
+            launches.append(launch)
             return None
 
         JITFunction.run = run
@@ -341,7 +347,8 @@ def compile_launch(launch: Launch) -> Compiled:
 
 
 def occupancy(regs: int, shared: int, num_warps: int, hw: dict = H100_SXM) -> dict:
-    """Resident CTAs per SM and the share of the SM's warp slots they fill."""
+    """Resident CTAs per SM and the share of the SM's warp slots they fill (the arithmetic of
+    magnn_kernels.utils.resident_ctas, which sizes the persistent grids, with these limits)."""
     unit = hw["reg_alloc_unit_per_warp"]
     per_warp = max(unit, math.ceil(regs * hw["warp_size"] / unit) * unit)
     warps_by_regs = (hw["regs_per_scheduler"] // per_warp) * hw["schedulers_per_sm"]
