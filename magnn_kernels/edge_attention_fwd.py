@@ -111,7 +111,7 @@ def _edge_attention_fwd_kernel(
     hist_abs_loc = tl.zeros([WINDOW], tl.int32)
     hist_ratio_loc = tl.zeros([WINDOW], tl.int32)
     base_abs = tl.zeros([], tl.int32) - 1
-    nan_total = tl.zeros([], tl.int64)
+    nan_total = tl.zeros([BLOCK_E], tl.int64)  # NaN counts per tile row slot (STATS)
 
     for item in range(pid, num_items, nprog):
         node, start, end, owns_node = work_item(item, item_node_ptr, item_start_ptr, item_end_ptr, rowptr_ptr,
@@ -197,7 +197,7 @@ def _edge_attention_fwd_kernel(
                       sem="relaxed")
         tl.atomic_add(hist_ratio_ptr + RATIO_BASE + w_idx, hist_ratio_loc.to(tl.int64), mask=hist_ratio_loc > 0,
                       sem="relaxed")
-        tl.atomic_add(nan_count_ptr, nan_total, sem="relaxed")
+        tl.atomic_add(nan_count_ptr, tl.sum(nan_total, axis=0), sem="relaxed")
 
 
 @triton.jit

@@ -18,7 +18,11 @@ No GPU runs. Every figure this prints is an ESTIMATE read from the compiler's ou
 3. Read. The tile loops are the innermost loops of the SASS (backward branches) that load
    from global memory; their instruction mix is counted (global loads / stores by width,
    atomics and reductions, barriers, shuffles, shared-memory traffic). The loads and stores of
-   [E, H, D] edge tensors are found by source line (a `..._ptr + eid_off` access).
+   [E, H, D] edge tensors are found by source line (a `..._ptr + eid_off` access). Code that a
+   forward branch skips and that holds a source line marked `# static-model: rare` (the |A|
+   window's anchoring on a program's first tile, the atomics for values outside the
+   histogram windows) is off the common path: counted apart (tile_loop_rare_instructions), not
+   in the tile's instructions.
 4. Estimate. issue-bound time = warp instructions / (SMs x 4 schedulers x clock), where a
    launch's warp instructions are tiles x warps x (tile-loop instructions) + work items x warps
    x (the rest of the kernel), tiles counted from the real row plan (ceil(degree / BLOCK_E)
@@ -249,16 +253,22 @@ _LABEL = re.compile(r"^\s*(\.L_x_\d+):")
 _LINE = re.compile(r'//## File "([^"]+)", line (\d+)')
 _TARGET = re.compile(r"`\((\.L_x_\d+)\)")
 _EDGE_ACCESS = re.compile(r"tl\.(load|store)\(\s*\w+_ptr \+ eid_off")
+_RARE = re.compile(r"#\s*static-model: rare")
 
 
-def _edge_lines() -> set[tuple[str, int]]:
-    """(file name, line) of every [E, H, D] edge-tensor access in the kernels' sources."""
+def _source_lines(pattern: re.Pattern) -> set[tuple[str, int]]:
+    """(file name, line) of the kernels' source lines that match."""
     lines = set()
     for path in (REPO / "magnn_kernels").glob("edge_attention*.py"):
         for number, text in enumerate(path.read_text().splitlines(), 1):
-            if _EDGE_ACCESS.search(text):
+            if pattern.search(text):
                 lines.add((path.name, number))
     return lines
+
+
+def _edge_lines() -> set[tuple[str, int]]:
+    """Every [E, H, D] edge-tensor access (a `..._ptr + eid_off` load or store)."""
+    return _source_lines(_EDGE_ACCESS)
 
 
 @dataclass
@@ -267,6 +277,7 @@ class Instr:
     op: str
     line: Optional[tuple[str, int]]
     text: str
+    rare: bool = False  # inside a branch over a block marked rare in the source
 
 
 @dataclass
@@ -309,6 +320,16 @@ def parse_sass(text: str) -> tuple[list[Instr], list[tuple[int, int]]]:
         start = labels.get(label)
         if start is not None and start <= at:
             loops.append((start, at))
+    # a forward branch over code of a block the kernel source marks `# static-model: rare` (taken
+    # on few tiles, e.g. a first-tile setup or an overflow path): that code is off the common path
+    rare_lines = _source_lines(_RARE)
+    for at, label in branches:
+        end = labels.get(label)
+        region = instrs[at + 1:end] if end is not None and end > at else []
+        # (a branch over a whole tile, e.g. a loop guard, loads: never rare)
+        if any(i.line in rare_lines for i in region) and not any(i.op.startswith("LDG") for i in region):
+            for i in region:
+                i.rare = True
     def has_load(lo, hi):
         return any(i.op.startswith("LDG") for i in instrs[lo:hi + 1])
     tile_loops = []
@@ -415,13 +436,13 @@ def _work(launch: Launch) -> dict:
 def model_launch(launch: Launch, hw: dict = H100_SXM) -> dict:
     compiled = compile_launch(launch)
     work = _work(launch)
-    loop_instrs = sum(hi - lo + 1 for lo, hi in compiled.loops)
-    rest = len(compiled.instructions) - loop_instrs
+    in_loops = [i for lo, hi in compiled.loops for i in compiled.instructions[lo:hi + 1]]
+    loop_instr_list = [i for i in in_loops if not i.rare]  # the common path of a tile
+    rest = len(compiled.instructions) - len(in_loops)
     warps = compiled.num_warps
-    warp_instr = warps * (work["tiles"] * loop_instrs + work["items"] * rest)
+    warp_instr = warps * (work["tiles"] * len(loop_instr_list) + work["items"] * rest)
     issue_s = warp_instr / (hw["sms"] * hw["schedulers_per_sm"] * hw["clock_hz"])
     occ = occupancy(compiled.regs, compiled.shared, warps, hw)
-    loop_instr_list = [i for lo, hi in compiled.loops for i in compiled.instructions[lo:hi + 1]]
     cx = launch.constexpr_values()
     return dict(
         kernel=compiled.name, grid=list(launch.grid), num_warps=warps,
@@ -429,6 +450,7 @@ def model_launch(launch: Launch, hw: dict = H100_SXM) -> dict:
         regs=compiled.regs, spill_bytes=compiled.spill_bytes, shared_bytes=compiled.shared, **occ,
         persistent_ctas_per_sm=launch.grid[0] / hw["sms"] if work["items"] > launch.grid[0] else None,
         tile_loops=len(compiled.loops), tile_loop=instruction_mix(loop_instr_list, _EDGE_LINES),
+        tile_loop_rare_instructions=len(in_loops) - len(loop_instr_list),
         kernel_instructions=len(compiled.instructions), **work,
         warp_instructions=warp_instr, issue_ms=issue_s * 1e3,
     )
