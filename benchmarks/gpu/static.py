@@ -80,6 +80,7 @@ CASES = (
     ("gt fwd", "fwd", "gt", False, True),
     ("gt fwd +stats", "fwd", "gt", True, True),
     ("gt fwd no edge_out", "fwd", "gt", False, False),
+    ("additive fwd", "fwd", "additive", False, True),
     ("additive fwd no edge_out", "fwd", "additive", False, False),
     ("additive fwd +stats", "fwd", "additive", True, True),
     ("gt bwd", "bwd", "gt", False, True),
@@ -521,6 +522,22 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def summary(result: dict) -> dict:
+    """The times of every workload and case (no launch details), with what they were made from."""
+    try:
+        commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, timeout=10).stdout.strip() or None
+    except Exception:  # noqa: BLE001
+        commit = None
+    keep = ("issue_ms", "roofline_ms", "estimate_ms", "min_bytes")
+    return dict(schema=SCHEMA, label=result["label"], commit=commit, triton=result["triton"],
+                constants=result["constants"], dtype=result["dtype"], heads=result["heads"],
+                head_dim=result["head_dim"],
+                workloads={name: {case: {k: (round(row[k], 4) if isinstance(row[k], float) else row[k]) for k in keep}
+                                  for case, row in w["cases"].items()}
+                           for name, w in result["workloads"].items()})
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="benchmarks/gpu/static.py", description=__doc__.splitlines()[0])
     parser.add_argument("--workloads", default=",".join(WORKLOADS))
@@ -529,6 +546,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--head-dim", type=int, default=8)
     parser.add_argument("--cases", default=None, help="comma-separated subset of the case names")
     parser.add_argument("--json", default=None, help="write the full model here")
+    parser.add_argument("--summary", default=None,
+                        help="write per workload and case only the times here (benchmarks/gpu/static_estimates.json "
+                             "is what the GPU check prints beside its measurements)")
     args = parser.parse_args(argv)
     args.workloads = [w for w in args.workloads.split(",") if w]
     unknown = sorted(set(args.workloads) - set(WORKLOADS))
@@ -547,6 +567,8 @@ def main(argv=None) -> int:
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    if args.summary:
+        Path(args.summary).write_text(json.dumps(summary(result), indent=1) + "\n")
     print(table(result))
     return 0
 
