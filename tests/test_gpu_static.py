@@ -108,6 +108,9 @@ def test_model_covers_the_cases_and_labels_its_estimates(modelled):
     for row in work["cases"].values():
         assert row["issue_ms"] > 0 and row["roofline_ms"] > 0
         assert 0 < row["roofline_share_at_best"] <= 1
+        # the compiled loops stream at least the minimal edge bytes (every edge row is loaded)
+        assert row["stream_ms"] >= 0.999 * row["roofline_ms"]
+        assert row["estimate_ms"] == max(row["issue_ms"], row["stream_ms"], row["roofline_ms"])
         assert sum(m["edges"] for m in _tile_kernels(row)) >= work["num_edges"]
 
 
