@@ -334,14 +334,15 @@ def stage_tests(stage: Stage) -> None:
     }
     if stage.args.check:  # the CUDA parity subset: compiled kernels against the reference, <= 2 minutes
         suites = {
-            "gpu_marked": ["-m", "gpu and not slow", "tests/kernels"],
+            "gpu_marked": ["-m", "gpu and not slow", "tests/kernels", "-x"],
             "parity": ["tests/test_backend_parity.py", "-m", "not slow", "-k", "triton", "-x"],
         }
     for name, selection in suites.items():
         xml = out / f"tests_{name}.xml"
         command = [sys.executable, "-m", "pytest", *selection, "-q", "-rfEs", "-p", "no:cacheprovider",
                    f"--junitxml={xml}"]
-        step = stage.run(command, env=env, cwd=REPO, timeout=stage.left() * (0.4 if name == "gpu_marked" else 1.0))
+        share = (0.6 if stage.args.check else 0.4) if name == "gpu_marked" else 1.0
+        step = stage.run(command, env=env, cwd=REPO, timeout=stage.left() * share)
         if step["returncode"] == 5:  # pytest: nothing collected under the marker
             step["returncode"] = 0
             step["note"] = "no test selected"
