@@ -18,6 +18,7 @@ Work decomposition
 from __future__ import annotations
 
 import contextlib
+import weakref
 from dataclasses import dataclass
 from typing import Optional
 
@@ -226,23 +227,32 @@ def _build_plan(rowptr: torch.Tensor, chunk: int) -> RowPlan:
     return RowPlan(whole_nodes, chunk_node, chunk_start, chunk_end, split_nodes, split_ptr)
 
 
-_PLAN_CACHE: list[tuple[tuple, torch.Tensor, RowPlan]] = []
-_PLAN_CACHE_SIZE = 16
+# id(rowptr) -> (weak reference to it, {(version, chunk): RowPlan}): the plans of every CSR tensor
+# still alive (a Graph's cached rowptr lives as long as the graph), dropped when it is collected
+_PLANS_BY_CSR: dict[int, tuple] = {}
+
+
+def _forget_plans(key: int) -> None:
+    _PLANS_BY_CSR.pop(key, None)
 
 
 def row_plan(rowptr: torch.Tensor, chunk: int) -> RowPlan:
-    """The work items of a CSR, cached per CSR: building one syncs with the device. The cache
-    holds the rowptr tensor itself, so its memory cannot be reused under a stale key; in-place
-    edits bump its version."""
-    key = (rowptr.data_ptr(), rowptr.shape[0], rowptr._version, str(rowptr.device), chunk)
-    for entry_key, _, plan in _PLAN_CACHE:
-        if entry_key == key:
-            return plan
-    plan = _build_plan(rowptr, chunk)
-    _PLAN_CACHE.append((key, rowptr, plan))
-    if len(_PLAN_CACHE) > _PLAN_CACHE_SIZE:
-        _PLAN_CACHE.pop(0)
-    return plan
+    """The work items of a CSR, cached per CSR tensor for as long as it lives: building one syncs
+    with the device, so a graph seen before (its cached rowptr) never plans, or syncs, again,
+    however many graphs came between. In-place edits bump the tensor's version, part of the key."""
+    entry = _PLANS_BY_CSR.get(id(rowptr))
+    if entry is None or entry[0]() is not rowptr:
+        try:
+            entry = (weakref.ref(rowptr), {})
+        except TypeError:  # not weak-referenceable: no caching
+            return _build_plan(rowptr, chunk)
+        _PLANS_BY_CSR[id(rowptr)] = entry
+        weakref.finalize(rowptr, _forget_plans, id(rowptr))
+    plans = entry[1]
+    key = (rowptr._version, chunk)
+    if key not in plans:
+        plans[key] = _build_plan(rowptr, chunk)
+    return plans[key]
 
 
 # ---------------------------------------------------------------------------

@@ -562,6 +562,39 @@ def test_additive_forward_is_one_pass_without_edge_out_and_statistics(monkeypatc
     torch.testing.assert_close(one_pass.node_out, want.detach(), rtol=1e-5, atol=1e-5)
 
 
+def test_row_plan_lives_with_the_graph(monkeypatch):
+    """The row plan (whose construction syncs with the device) is built once per CSR tensor and
+    kept while it lives: a graph seen again plans nothing, however many graphs came between, and
+    the plan goes when the graph does."""
+    import gc
+
+    built = []
+    build = ku._build_plan
+    monkeypatch.setattr(ku, "_build_plan", lambda rowptr, chunk: built.append(id(rowptr)) or build(rowptr, chunk))
+    gen = seeded("plan-cache")
+
+    def call(graph):
+        tensors, _, _ = make_inputs(gen, graph.edge_index.cpu(), graph.num_nodes, 2, 4)
+        return edge_attention_kernels(*[t.detach() for t in tensors], graph.rowptr, graph.col, graph.perm)
+
+    first = Graph(random_graph(7, 20, generator=gen).to(DEVICE), 7)
+    want = call(first).node_out
+    assert built == [id(first.rowptr)]
+    others = [Graph(random_graph(5, 9, generator=gen).to(DEVICE), 5) for _ in range(20)]
+    for graph in others:
+        call(graph)
+    built.clear()
+    again = call(first)
+    assert built == []
+    assert again.node_out.shape == want.shape
+    key = id(first.rowptr)
+    assert key in ku._PLANS_BY_CSR
+    del first
+    gc.collect()
+    assert key not in ku._PLANS_BY_CSR
+    assert len(ku._PLANS_BY_CSR) >= len(others)
+
+
 def test_unavailable_reason():
     assert triton_backend.unavailable_reason(DEVICE, torch.float32) is None
     assert triton_backend.unavailable_reason(DEVICE, torch.bfloat16) is None
