@@ -78,6 +78,7 @@ def _edge_attention_bwd_dst_kernel(
     HAS_CLAMP: tl.constexpr, DROPOUT: tl.constexpr,
     HAS_GRAD_NODE: tl.constexpr, HAS_GRAD_EDGE: tl.constexpr, HAS_GRAD_LSE: tl.constexpr,
     PARTIAL: tl.constexpr, DELTA: tl.constexpr,
+    HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,  # H, D as compile-time values (SHAPE_*), or 0: runtime
     BLOCK_E: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """dst-side backward: delta_i (DELTA, see edge_attention_common), then dq, dbias and the EBT sums.
@@ -88,6 +89,9 @@ def _edge_attention_bwd_dst_kernel(
     """
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
+    if HEADS > 0:  # a specialised shape: offsets and masks fold, edge rows load as vectors
+        H = HEADS
+        D = HEAD_DIM
     HD = H * D
     e_idx = tl.arange(0, BLOCK_E)
     h_idx, h_mask, hd_off, hd_mask = head_lanes(H, D, BLOCK_H, BLOCK_D)
@@ -257,11 +261,15 @@ def _edge_attention_bwd_src_kernel(
     MODE: tl.constexpr, EBT: tl.constexpr, HAS_BIAS: tl.constexpr, BIAS_PER_HEAD: tl.constexpr,
     HAS_CLAMP: tl.constexpr, DROPOUT: tl.constexpr, HAS_GRAD_NODE: tl.constexpr, HAS_GRAD_EDGE: tl.constexpr,
     PARTIAL: tl.constexpr,
+    HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,  # H, D as compile-time values (SHAPE_*), or 0: runtime
     BLOCK_E: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """src-side backward over the reverse CSR: de per edge, dk and dv summed per source node."""
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
+    if HEADS > 0:  # a specialised shape: offsets and masks fold, edge rows load as vectors
+        H = HEADS
+        D = HEAD_DIM
     HD = H * D
     e_idx = tl.arange(0, BLOCK_E)
     h_idx, h_mask, hd_off, hd_mask = head_lanes(H, D, BLOCK_H, BLOCK_D)

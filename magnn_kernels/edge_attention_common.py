@@ -295,7 +295,8 @@ def tile_stats(vals, m3, emask, eid, hd_off,
     Per edge (rows eid, caller's order) it stores the ratio r_e (row_ratio_ptr: [E] fp32), the
     max |a| (row_max_ptr: [E] fp32) and its channel (row_argc_ptr: [E] int32); histogram
     counts (hist_*_ptr: [num_bins] int64) go into the program's register windows
-    (hist_*_loc: [WINDOW] int32, flushed by the caller) or straight to memory outside them.
+    (hist_*_loc: [WINDOW] int32, flushed by the caller) or straight to memory outside them;
+    NaNs into nan_total ([BLOCK_E] int64 per row slot, summed by the caller at the end).
 
     On the stored (rounded) values viewed as float32: per-edge lower median by a radix select
     over the bit patterns (exact k-th smallest, NaN ranked last), ratios with a correctly
@@ -310,7 +311,8 @@ def tile_stats(vals, m3, emask, eid, hd_off,
     real = tl.reshape(m3, [BLOCK_E, CHANNELS])
     channel = tl.reshape(tl.broadcast_to(hd_off[None, :, :], [BLOCK_E, BLOCK_H, BLOCK_D]), [BLOCK_E, CHANNELS])
     ok = real & (a == a)
-    nan_total += tl.sum(tl.reshape(real & (a != a), [FLAT]).to(tl.int64), axis=0)
+    # NaN counts per row slot (a reduction among the lanes holding the row), summed once at the end
+    nan_total += tl.sum((real & (a != a)).to(tl.int64), axis=1)
     bits = a.to(tl.int32, bitcast=True)
     # NaN and padding rank after every number: |a| bit patterns order like the values
     key = tl.where(ok, bits, 0x7FFFFFFF)
@@ -336,14 +338,15 @@ def tile_stats(vals, m3, emask, eid, hd_off,
 
     okf = tl.reshape(ok, [FLAT])
     abs_bin = tl.reshape(bits >> SHIFT, [FLAT])
-    # the |A| window is anchored on the program's first values (a layer's scale is shared)
-    top = tl.max(tl.where(okf, abs_bin, -1), axis=0)
-    anchor = tl.minimum(tl.maximum(top + (2 << MBITS) - WINDOW, 0), NUM_BINS - WINDOW)
-    base_abs = tl.where((base_abs < 0) & (top >= 0), anchor, base_abs)
+    # the |A| window is anchored on the program's first values (a layer's scale is shared): the
+    # block-wide max is taken only until then
+    if base_abs < 0:
+        top = tl.max(tl.where(okf, abs_bin, -1), axis=0)  # static-model: rare
+        anchor = tl.minimum(tl.maximum(top + (2 << MBITS) - WINDOW, 0), NUM_BINS - WINDOW)  # static-model: rare
+        base_abs = tl.where(top >= 0, anchor, base_abs)  # static-model: rare
     rel = abs_bin - base_abs
     inside = okf & (rel >= 0) & (rel < WINDOW)
     hist_abs_loc += tl.histogram(tl.where(inside, rel, 0), WINDOW, mask=inside)
-    tl.atomic_add(hist_abs_ptr + abs_bin, 1, mask=okf & (inside == 0), sem="relaxed")
 
     ratio_f = tl.reshape(ratio, [FLAT])
     ratio_ok = okf & (ratio_f == ratio_f)  # inf/inf (median inf) has no bin
@@ -351,7 +354,13 @@ def tile_stats(vals, m3, emask, eid, hd_off,
     rel_r = ratio_bin - RATIO_BASE
     inside_r = ratio_ok & (rel_r >= 0) & (rel_r < WINDOW)
     hist_ratio_loc += tl.histogram(tl.where(inside_r, rel_r, 0), WINDOW, mask=inside_r)
-    tl.atomic_add(hist_ratio_ptr + ratio_bin, 1, mask=ratio_ok & (inside_r == 0), sem="relaxed")
+    # values outside the windows (rare: a massive activation, a window far from the first tile's)
+    # go to memory with integer atomics, behind one block-wide test so tiles without any skip them
+    out_abs = okf & (inside == 0)
+    out_ratio = ratio_ok & (inside_r == 0)
+    if tl.max((out_abs | out_ratio).to(tl.int32), axis=0) > 0:
+        tl.atomic_add(hist_abs_ptr + abs_bin, 1, mask=out_abs, sem="relaxed")  # static-model: rare
+        tl.atomic_add(hist_ratio_ptr + ratio_bin, 1, mask=out_ratio, sem="relaxed")  # static-model: rare
     return hist_abs_loc, hist_ratio_loc, base_abs, nan_total
 
 

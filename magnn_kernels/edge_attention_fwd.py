@@ -38,7 +38,7 @@ from magnn.core.contract import ForwardResult
 from . import utils
 from .edge_attention_common import (
     EBT_SLOT, EBTS, MODE_ADDITIVE, MODE_GT, MODES,
-    dropout_scale, dst_tile, head_lanes, load_ebt_params, load_lse, query_terms, segment_sum, store_lse, tile_stats,
+    dropout_scale, dst_tile, head_lanes, load_ebt_params, load_lse, query_terms, store_lse, tile_stats,
     work_item,
 )
 
@@ -68,7 +68,7 @@ def _edge_attention_fwd_kernel(
     lse_ptr,  # [N_dst, 2, H] fp32 row max, log sum (written; read with LSE_GIVEN)
     part_m_ptr,  # [I, H] fp32 a chunk's running max (PARTIAL)
     part_l_ptr,  # [I, H] fp32 a chunk's running sum
-    part_acc_ptr,  # [I, H, D] fp32 a chunk's accumulator (PARTIAL: gt numerator / additive node_out part)
+    part_acc_ptr,  # [I, H, D] fp32 a chunk's accumulator: sum_j p_ij msg_ij (PARTIAL)
     hist_abs_ptr,  # [num_bins] int64 |edge_out| counts (STATS)
     hist_ratio_ptr,  # [num_bins] int64 ratio counts (STATS)
     row_ratio_ptr,  # [E] fp32 per-edge ratio r_e (STATS)
@@ -82,19 +82,25 @@ def _edge_attention_fwd_kernel(
     PARTIAL: tl.constexpr, LSE_GIVEN: tl.constexpr, MESSAGE_PASS: tl.constexpr, STORE_EDGE: tl.constexpr,
     STATS: tl.constexpr, MBITS: tl.constexpr, WINDOW: tl.constexpr, RATIO_BASE: tl.constexpr,
     LOW_BIT: tl.constexpr,
+    HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,  # H, D as compile-time values (SHAPE_*), or 0: runtime
     BLOCK_E: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """One work item = a whole dst row (PARTIAL off) or a chunk of a long row (PARTIAL).
 
-    gt: one online-softmax pass writes edge_out = w and accumulates node_out.
-    additive: a logits pass gives lse, then a message pass (MESSAGE_PASS) writes
-    edge_out = a * msg and node_out; for chunks the message pass is a second
-    launch with the merged lse (LSE_GIVEN). The node's EBT slot is owned by the
+    Every mode forms node_out and lse in one online-softmax pass over the row; gt writes
+    edge_out = w there too. additive mode's edge_out = a * msg needs the row's final lse:
+    when edge_out is stored or reduced (statistics) a message pass (MESSAGE_PASS) walks
+    the row again and forms it (for chunks: a second launch with the merged lse,
+    LSE_GIVEN); otherwise the forward is that one pass (SPEC §3). node_out is the same
+    bits either way. The node's EBT slot is owned by the
     chunk that starts the row. DROPOUT scales each real edge's weight in node_out
     (and additive edge_out) by keep / (1 - p); lse stays the undropped softmax's.
     """
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
+    if HEADS > 0:  # a specialised shape: offsets and masks fold, edge rows load as vectors
+        H = HEADS
+        D = HEAD_DIM
     HD = H * D
     e_idx = tl.arange(0, BLOCK_E)
     h_idx, h_mask, hd_off, hd_mask = head_lanes(H, D, BLOCK_H, BLOCK_D)
@@ -105,7 +111,7 @@ def _edge_attention_fwd_kernel(
     hist_abs_loc = tl.zeros([WINDOW], tl.int32)
     hist_ratio_loc = tl.zeros([WINDOW], tl.int32)
     base_abs = tl.zeros([], tl.int32) - 1
-    nan_total = tl.zeros([], tl.int64)
+    nan_total = tl.zeros([BLOCK_E], tl.int64)  # NaN counts per tile row slot (STATS)
 
     for item in range(pid, num_items, nprog):
         node, start, end, owns_node = work_item(item, item_node_ptr, item_start_ptr, item_end_ptr, rowptr_ptr,
@@ -121,8 +127,7 @@ def _edge_attention_fwd_kernel(
             if EBT == EBT_SLOT:
                 m = tl.where(owns_node, slot_logit, m)
                 l_sum = tl.where(owns_node, 1.0, l_sum)
-                if MODE == MODE_GT:
-                    acc = tl.where(owns_node, slot_msg, acc)
+                acc = tl.where(owns_node, slot_msg, acc)
             for block_start in range(start, end, BLOCK_E):
                 emask, m3, src_off, eid, eid_off, k_t, e_t, x, raw, logit = dst_tile(
                     block_start, end, e_idx, col_ptr, perm_ptr, k_ptr, e_ptr, bias_ptr, q_i, shift,
@@ -144,31 +149,28 @@ def _edge_attention_fwd_kernel(
                             hist_abs_loc, hist_ratio_loc, base_abs, nan_total,
                             hist_abs_ptr, hist_ratio_ptr, row_ratio_ptr, row_max_ptr, row_argc_ptr,
                             MBITS, WINDOW, RATIO_BASE, LOW_BIT, BLOCK_E, BLOCK_H, BLOCK_D)
-                    v_t = tl.load(v_ptr + src_off, mask=m3, other=0.0).to(tl.float32) + msg_bias[None, :, :]
-                    p_msg = p
-                    if DROPOUT:
-                        p_msg = p * dropout_scale(eid, h_idx, seed_lo, seed_hi, drop_threshold, keep_scale)
-                    acc = acc * alpha[:, None] + tl.sum(p_msg[:, :, None] * v_t, axis=0)
+                v_t = tl.load(v_ptr + src_off, mask=m3, other=0.0).to(tl.float32)
+                if MODE == MODE_ADDITIVE:
+                    v_t = v_t + x  # the message v + e (+ b_e), summed as the message pass does
+                v_t = v_t + msg_bias[None, :, :]
+                p_msg = p
+                if DROPOUT:
+                    p_msg = p * dropout_scale(eid, h_idx, seed_lo, seed_hi, drop_threshold, keep_scale)
+                acc = acc * alpha[:, None] + tl.sum(p_msg[:, :, None] * v_t, axis=0)
                 m = m_new
             if PARTIAL:
                 tl.store(part_m_ptr + item * H + h_idx, m, mask=h_mask)
                 tl.store(part_l_ptr + item * H + h_idx, l_sum, mask=h_mask)
-                if MODE == MODE_GT:
-                    tl.store(part_acc_ptr + item * HD + hd_off, acc, mask=hd_mask)
+                tl.store(part_acc_ptr + item * HD + hd_off, acc, mask=hd_mask)
             else:
                 l_safe = tl.where(l_sum == 0.0, 1.0, l_sum)
                 row_max, log_sum = store_lse(lse_ptr, node, h_idx, h_mask, H, m, l_sum)
-                if MODE == MODE_GT:
-                    out = tl.where(l_sum[:, None] == 0.0, 0.0, acc / l_safe[:, None])
-                    tl.store(node_out_ptr + node * HD + hd_off, out.to(out_ty), mask=hd_mask)
+                node_val = tl.where(l_sum[:, None] == 0.0, 0.0, acc / l_safe[:, None])
+                tl.store(node_out_ptr + node * HD + hd_off, node_val.to(out_ty), mask=hd_mask)
 
         if MESSAGE_PASS:
             if LSE_GIVEN:
                 row_max, log_sum = load_lse(lse_ptr, node, h_idx, h_mask, H)
-            acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
-            if EBT == EBT_SLOT:
-                slot_a = tl.exp((slot_logit - row_max) - log_sum)
-                acc = tl.where(owns_node, slot_a[:, None] * slot_msg, acc)
             for block_start in range(start, end, BLOCK_E):
                 emask, m3, src_off, eid, eid_off, k_t, e_t, x, raw, logit = dst_tile(
                     block_start, end, e_idx, col_ptr, perm_ptr, k_ptr, e_ptr, bias_ptr, q_i, shift,
@@ -188,11 +190,6 @@ def _edge_attention_fwd_kernel(
                         hist_abs_loc, hist_ratio_loc, base_abs, nan_total,
                         hist_abs_ptr, hist_ratio_ptr, row_ratio_ptr, row_max_ptr, row_argc_ptr,
                         MBITS, WINDOW, RATIO_BASE, LOW_BIT, BLOCK_E, BLOCK_H, BLOCK_D)
-                acc += tl.sum(tl.where(m3, out, 0.0), axis=0)
-            if LSE_GIVEN:
-                tl.store(part_acc_ptr + item * HD + hd_off, acc, mask=hd_mask)
-            else:
-                tl.store(node_out_ptr + node * HD + hd_off, acc.to(out_ty), mask=hd_mask)
 
     if STATS:
         w_idx = tl.arange(0, WINDOW)
@@ -200,7 +197,7 @@ def _edge_attention_fwd_kernel(
                       sem="relaxed")
         tl.atomic_add(hist_ratio_ptr + RATIO_BASE + w_idx, hist_ratio_loc.to(tl.int64), mask=hist_ratio_loc > 0,
                       sem="relaxed")
-        tl.atomic_add(nan_count_ptr, nan_total, sem="relaxed")
+        tl.atomic_add(nan_count_ptr, tl.sum(nan_total, axis=0), sem="relaxed")
 
 
 @triton.jit
@@ -330,24 +327,25 @@ def edge_attention_forward(q, k, v, e, rowptr, col, perm, bias, ebt_k, ebt_e, eb
         MBITS=max(mantissa_bits, 0), WINDOW=window,
         RATIO_BASE=ratio_base, LOW_BIT=utils.low_bit(e.dtype), **tile.launch_args(),
     )
-    additive = mode_id == MODE_ADDITIVE.value
+    # node_out comes from the online-softmax pass in every mode; additive mode needs its message
+    # pass only to form edge_out = a * msg, stored or reduced (SPEC §3: skipped otherwise)
+    edge_pass = mode_id == MODE_ADDITIVE.value and (need_edge_out or stats)
 
     def launch(items: dict, partial: bool, lse_given: bool, message_pass: bool) -> None:
-        _edge_attention_fwd_kernel[utils.grid(items["num_items"], stats, device)](
-            **items, **common, PARTIAL=partial, LSE_GIVEN=lse_given, MESSAGE_PASS=message_pass,
-        )
+        kwargs = dict(**items, **common, PARTIAL=partial, LSE_GIVEN=lse_given, MESSAGE_PASS=message_pass)
+        _edge_attention_fwd_kernel[utils.grid(items["num_items"], stats, device, _edge_attention_fwd_kernel,
+                                              kwargs)](**kwargs)
 
     with utils.device_ctx(device):
         if plan.num_whole:
-            launch(plan.whole_items(), partial=False, lse_given=False, message_pass=additive)
+            launch(plan.whole_items(), partial=False, lse_given=False, message_pass=edge_pass)
         if plan.num_chunks:
             launch(plan.chunk_items(), partial=True, lse_given=False, message_pass=False)
             _edge_attention_fwd_merge_kernel[(plan.num_split,)](
                 part_m_ptr=part_m, part_l_ptr=part_l, part_acc_ptr=part_acc, seg_node_ptr=plan.split_nodes,
                 seg_ptr_ptr=plan.split_ptr, lse_ptr=lse, node_out_ptr=node_out, H=heads, D=head_dim,
-                WITH_ACC=mode_id == MODE_GT.value, BLOCK_H=tile.block_h, BLOCK_D=tile.block_d,
+                WITH_ACC=True, BLOCK_H=tile.block_h, BLOCK_D=tile.block_d,
             )
-            if additive:
+            if edge_pass:  # node_out is merged already: this launch forms the chunks' edge_out rows
                 launch(plan.chunk_items(), partial=True, lse_given=True, message_pass=True)
-                segment_sum(part_acc, plan, node_out)
     return result()

@@ -18,6 +18,7 @@ Work decomposition
 from __future__ import annotations
 
 import contextlib
+import weakref
 from dataclasses import dataclass
 from typing import Optional
 
@@ -53,10 +54,20 @@ class Tiles:
     block_h: int
     block_d: int
     num_warps: int
+    heads: int = 0  # HEADS constexpr: H when the shape is specialised, else 0 (H, D runtime)
+    head_dim: int = 0  # HEAD_DIM constexpr
 
     def launch_args(self) -> dict:
-        """BLOCK_E, BLOCK_H, BLOCK_D and num_warps, as keyword arguments of a launch."""
-        return dict(BLOCK_E=self.block_e, BLOCK_H=self.block_h, BLOCK_D=self.block_d, num_warps=self.num_warps)
+        """HEADS, HEAD_DIM, BLOCK_E, BLOCK_H, BLOCK_D and num_warps, as keyword arguments of a launch."""
+        return dict(HEADS=self.heads, HEAD_DIM=self.head_dim, BLOCK_E=self.block_e, BLOCK_H=self.block_h,
+                    BLOCK_D=self.block_d, num_warps=self.num_warps)
+
+
+# Shapes compiled with H and D as constexprs (every other shape takes the generic kernels, where
+# they are runtime integers): channels per head and heads of the common models. A compile-time
+# D == BLOCK_D makes an edge's H*D values one contiguous, aligned run (128-bit loads and stores).
+SHAPE_HEAD_DIMS = (8, 16, 32, 64)
+SHAPE_HEADS = (1, 2, 4, 8, 16)
 
 
 def tiles(heads: int, head_dim: int) -> Tiles:
@@ -65,7 +76,9 @@ def tiles(heads: int, head_dim: int) -> Tiles:
     per_edge = block_h * block_d
     block_e = max(1, min(MAX_BLOCK_E, TILE_ELEMENTS // per_edge))
     block_e = 1 << (block_e.bit_length() - 1)  # a power of two
-    return Tiles(block_e, block_h, block_d, 8 if block_e * per_edge >= 4096 else 4)
+    specialised = head_dim in SHAPE_HEAD_DIMS and heads in SHAPE_HEADS
+    return Tiles(block_e, block_h, block_d, 8 if block_e * per_edge >= 4096 else 4,
+                 heads if specialised else 0, head_dim if specialised else 0)
 
 
 def sm_count(device: torch.device) -> int:
@@ -74,12 +87,71 @@ def sm_count(device: torch.device) -> int:
     return 1
 
 
-def grid(items: int, persistent: bool, device: torch.device) -> tuple[int]:
-    """One program per item, or a persistent grid (stats: one histogram flush per program)."""
+# An SM's limits (H100 / sm_90 values; the device's own where torch reports them)
+SM_LIMITS = dict(regs=65536, reg_unit_per_warp=256, schedulers=4, max_warps=64, max_ctas=32, shared=228 * 1024,
+                 shared_reserved_per_cta=1024)
+
+
+def resident_ctas(regs: int, shared: int, num_warps: int, limits: Optional[dict] = None) -> int:
+    """CTAs of a kernel that fit on one SM at once: registers (allocated per warp in units of
+    reg_unit_per_warp, a scheduler's quarter of the file each), shared memory, warps and CTAs."""
+    lim = dict(SM_LIMITS, **(limits or {}))
+    unit = lim["reg_unit_per_warp"]
+    per_warp = max(unit, -(-regs * 32 // unit) * unit)
+    warps = (lim["regs"] // lim["schedulers"] // per_warp) * lim["schedulers"]
+    by_smem = lim["max_ctas"] if shared == 0 else lim["shared"] // (shared + lim["shared_reserved_per_cta"])
+    return max(1, min(warps // num_warps, lim["max_warps"] // num_warps, by_smem, lim["max_ctas"]))
+
+
+def _device_limits(device: torch.device) -> dict:
+    props = torch.cuda.get_device_properties(device)
+    limits = {}
+    for key, attr in (("regs", "regs_per_multiprocessor"), ("shared", "shared_memory_per_multiprocessor")):
+        value = getattr(props, attr, None)
+        if value:
+            limits[key] = int(value)
+    threads = getattr(props, "max_threads_per_multi_processor", None)
+    if threads:
+        limits["max_warps"] = int(threads) // 32
+    return limits
+
+
+_RESIDENT: dict = {}
+
+
+def kernel_ctas_per_sm(kernel, launch_kwargs: dict, device: torch.device) -> int:
+    """Resident CTAs per SM of the build of `kernel` these arguments select (compiled without a
+    launch by kernel.warmup; cached per constexprs and argument dtypes)."""
+    key = (kernel, str(device)) + tuple(
+        (name, repr(value) if not isinstance(value, torch.Tensor) else str(value.dtype))
+        for name, value in sorted(launch_kwargs.items()) if name.isupper() or name == "num_warps"
+        or isinstance(value, torch.Tensor))
+    ctas = _RESIDENT.get(key)
+    if ctas is None:
+        ctas = 8  # what the grid assumed before the build could be asked
+        try:
+            compiled = kernel.warmup(grid=(1,), **launch_kwargs)
+            init = getattr(compiled, "_init_handles", None)
+            if init is not None:
+                init()
+            limits = _device_limits(device) if device.type == "cuda" else {}
+            ctas = resident_ctas(int(compiled.n_regs), int(compiled.metadata.shared),
+                                 int(compiled.metadata.num_warps), limits)
+        except Exception:  # noqa: BLE001 - a grid size is never worth failing a launch for
+            pass
+        _RESIDENT[key] = ctas
+    return ctas
+
+
+def grid(items: int, persistent: bool, device: torch.device, kernel=None, launch_kwargs=None) -> tuple[int]:
+    """One program per item, or a persistent grid (stats: one histogram flush per program) of as
+    many programs as fit on the device at once: the build's resident CTAs per SM (from its
+    registers and shared memory) x SMs."""
     if INTERPRETED:
         programs = min(items, 4)  # several items per program, so every test runs the persistent loop
     elif persistent:
-        programs = min(items, sm_count(device) * 8)
+        per_sm = kernel_ctas_per_sm(kernel, launch_kwargs, device) if kernel is not None else 8
+        programs = min(items, sm_count(device) * per_sm)
     else:
         programs = items
     return (max(programs, 1),)
@@ -155,23 +227,32 @@ def _build_plan(rowptr: torch.Tensor, chunk: int) -> RowPlan:
     return RowPlan(whole_nodes, chunk_node, chunk_start, chunk_end, split_nodes, split_ptr)
 
 
-_PLAN_CACHE: list[tuple[tuple, torch.Tensor, RowPlan]] = []
-_PLAN_CACHE_SIZE = 16
+# id(rowptr) -> (weak reference to it, {(version, chunk): RowPlan}): the plans of every CSR tensor
+# still alive (a Graph's cached rowptr lives as long as the graph), dropped when it is collected
+_PLANS_BY_CSR: dict[int, tuple] = {}
+
+
+def _forget_plans(key: int) -> None:
+    _PLANS_BY_CSR.pop(key, None)
 
 
 def row_plan(rowptr: torch.Tensor, chunk: int) -> RowPlan:
-    """The work items of a CSR, cached per CSR: building one syncs with the device. The cache
-    holds the rowptr tensor itself, so its memory cannot be reused under a stale key; in-place
-    edits bump its version."""
-    key = (rowptr.data_ptr(), rowptr.shape[0], rowptr._version, str(rowptr.device), chunk)
-    for entry_key, _, plan in _PLAN_CACHE:
-        if entry_key == key:
-            return plan
-    plan = _build_plan(rowptr, chunk)
-    _PLAN_CACHE.append((key, rowptr, plan))
-    if len(_PLAN_CACHE) > _PLAN_CACHE_SIZE:
-        _PLAN_CACHE.pop(0)
-    return plan
+    """The work items of a CSR, cached per CSR tensor for as long as it lives: building one syncs
+    with the device, so a graph seen before (its cached rowptr) never plans, or syncs, again,
+    however many graphs came between. In-place edits bump the tensor's version, part of the key."""
+    entry = _PLANS_BY_CSR.get(id(rowptr))
+    if entry is None or entry[0]() is not rowptr:
+        try:
+            entry = (weakref.ref(rowptr), {})
+        except TypeError:  # not weak-referenceable: no caching
+            return _build_plan(rowptr, chunk)
+        _PLANS_BY_CSR[id(rowptr)] = entry
+        weakref.finalize(rowptr, _forget_plans, id(rowptr))
+    plans = entry[1]
+    key = (rowptr._version, chunk)
+    if key not in plans:
+        plans[key] = _build_plan(rowptr, chunk)
+    return plans[key]
 
 
 # ---------------------------------------------------------------------------

@@ -195,3 +195,78 @@ def test_install_stage_installs_magnn_from_the_wheel_folder_offline(tmp_path):
     # magnn was imported from the target folder, not from the checkout or an editable install
     assert Path(record["figures"]["magnn_file"]).resolve().is_relative_to(target.resolve())
     assert (target / "magnn" / "_csrc" / "row_stats.h").is_file()
+
+
+# -- the one-call check -------------------------------------------------------------------------
+
+def test_check_is_one_call_within_its_budget(tmp_path):
+    """`check` = install (with --wheels), tests, bench, proteins cut to one call: budgets that add up
+    to under 6 minutes, the CUDA parity subset, the bench workloads that matter, one proteins step
+    per model without the checkpointing variants."""
+    assert sum(harness.CHECK_BUDGETS.values()) <= 360
+    assert harness.CHECK_BUDGETS["tests"] <= 120
+    args = harness.parse_args(["check", "--out", str(tmp_path)])
+    assert args.check and args.stages == ["tests", "bench", "proteins"]
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "ogb-1.3.6-py3-none-any.whl").touch()
+    out = tmp_path / "out"
+    done = run_script("check", "--out", out, "--wheels", wheels, "--dry-run")
+    assert done.returncode == 0, done.stdout + done.stderr
+    for stage in harness.STAGES:
+        assert_valid_record(json.loads((out / f"{stage}.json").read_text()), stage)
+    tests = json.loads((out / "tests.json").read_text())
+    assert any("gpu and not slow" in step["command"] for step in tests["steps"])
+    assert any("-k triton" in step["command"] for step in tests["steps"])
+    bench = json.loads((out / "bench.json").read_text())
+    assert bench["figures"]["cases"] == list(harness.CHECK_WORKLOADS)
+    proteins = json.loads((out / "proteins.json").read_text())
+    measured = [step["command"] for step in proteins["steps"]]
+    assert len(measured) == len(harness.PROTEINS_MODELS)
+    assert all("--steps 1" in c and "--checkpointing" not in c and "--measure" in c for c in measured)
+
+
+def test_check_runs_alone():
+    with pytest.raises(SystemExit) as exit_info:
+        harness.parse_args(["check", "bench", "--out", "x"])
+    assert exit_info.value.code == 2
+
+
+def test_stage_record_is_written_as_it_goes(tmp_path):
+    """Every log line rewrites <stage>.json with status running: a call stopped from outside still
+    returns the rows that were measured."""
+    args = harness.parse_args(["bench", "--out", str(tmp_path)])
+    stage = harness.Stage("bench", args)
+    stage.record["figures"]["rows"] = [{"workload": "molecules", "ms_median": 1.0}]
+    stage.log("a row")
+    partial = json.loads((tmp_path / "bench.json").read_text())
+    assert partial["status"] == "running" and partial["figures"]["rows"][0]["ms_median"] == 1.0
+    assert stage.finish()["status"] == "ok"
+    assert json.loads((tmp_path / "bench.json").read_text())["status"] == "ok"
+
+
+def test_static_estimates_sit_beside_the_triton_op_rows():
+    estimates = json.loads(harness.STATIC_ESTIMATES.read_text())
+    assert "ESTIMATES" in estimates["label"]
+    assert set(harness.STATIC_WORKLOAD.values()) <= set(estimates["workloads"])
+    cases = estimates["workloads"]["proteins-full"]
+    row = {"impl": "magnn[triton]", "level": "op-gt", "workload": "proteins-full", "dtype": "bfloat16",
+           "stats": True, "pass": "fwd+bwd"}
+    want = cases["gt fwd +stats"]["estimate_ms"] + cases["gt bwd"]["estimate_ms"]
+    assert harness.static_estimate(estimates, row) == round(want, 4)
+    assert harness.static_estimate(estimates, dict(row, **{"pass": "fwd", "stats": False})) == \
+        cases["gt fwd"]["estimate_ms"]
+    assert harness.static_estimate(estimates, dict(row, impl="pyg-softmax-scatter")) is None
+    assert harness.static_estimate(estimates, dict(row, dtype="float32")) is None
+
+
+def test_device_proteins_graph_has_the_synthetic_degrees():
+    import numpy as np
+    import torch
+
+    edge_index, num_nodes = harness.device_proteins_graph(500, 12_000, torch.device("cpu"))
+    assert edge_index.shape == (2, 12_000) and num_nodes == 500
+    assert int(edge_index.min()) >= 0 and int(edge_index.max()) < 500
+    static = sys.modules["magnn_gpu_static"]
+    want = static._proteins_degrees(500, 12_000)
+    assert np.array_equal(torch.bincount(edge_index[1], minlength=500).numpy(), want)

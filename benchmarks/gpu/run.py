@@ -2,6 +2,13 @@
 """Every GPU check of magnn in stages, each sized to finish inside 9 minutes on one H100.
 
     python benchmarks/gpu/run.py STAGE [STAGE ...] --out DIR [options]
+    python benchmarks/gpu/run.py check --wheels DIR --target DIR --out DIR     # the one-call check
+
+`check` is the four stages cut to what one call of at most 7 minutes holds (CHECK_BUDGETS, 345 s
+in all): install (when --wheels is given), a CUDA parity subset, the bench rows that matter
+(bf16; the molecule batch, the 600k-edge graph and the full ogbn-proteins size, built on the
+device; stats on and off; the static model's estimate, benchmarks/gpu/static_estimates.json,
+beside each magnn[triton] op row) and one full-batch proteins step per model.
 
 Stages (`all` runs them in this order):
   install   install magnn on a machine without network from a wheel folder (--wheels DIR)
@@ -18,10 +25,12 @@ command it ran). A stage never raises: a failure is recorded as its status and t
 runs. `--dry-run` records the commands and cases without running them; `--cpu-smoke` runs the
 bench stage on a tiny graph on CPU (what the CPU tests use).
 
-<stage>.json: {"schema": 1, "stage", "status": "ok" | "failed" | "dry-run", "command",
+<stage>.json: {"schema": 1, "stage", "status": "ok" | "failed" | "dry-run" | "running", "command",
 "started" (UTC ISO), "seconds", "environment": {python, platform, torch, cuda, triton,
 torch_geometric, device, magnn, commit}, "steps": [{"command", "returncode", "seconds",
-"timed_out"}], "figures": {...}, "error": str | null}.
+"timed_out"}], "figures": {...}, "error": str | null}. The file is rewritten after every
+command and every bench row, with status "running" until the stage ends: a run stopped from
+outside still leaves what it measured.
 
 The stages import magnn lazily (the install stage runs before it is installed).
 """
@@ -29,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
+import importlib.util
 import json
 import math
 import os
@@ -53,6 +63,13 @@ RUNTIME_MODULES = {
     "ninja": "ninja", "magnn": "magnn",
 }
 PROTEINS_MODELS = ("gt", "graphit", "san")
+# `check`: seconds after which each stage starts no new work (345 s in all; with start-up and
+# the last case's overrun the call ends inside 6.5 minutes)
+CHECK_BUDGETS = {"install": 45.0, "tests": 110.0, "bench": 130.0, "proteins": 60.0}
+CHECK_WORKLOADS = ("molecules", "proteins-20k", "proteins-full")
+STATIC_ESTIMATES = REPO / "benchmarks" / "gpu" / "static_estimates.json"
+# bench workload -> the static model's
+STATIC_WORKLOAD = {"molecules": "molecules", "proteins-20k": "proteins-600k", "proteins-full": "proteins-full"}
 BENCH_WORKLOADS = ("molecules", "proteins-20k", "proteins-132k-8M", "proteins-full")
 
 
@@ -67,7 +84,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         prog="benchmarks/gpu/run.py", description=__doc__.splitlines()[0],
         epilog="stages: " + ", ".join(STAGES) + ", all",
     )
-    parser.add_argument("stages", nargs="+", metavar="STAGE", help="install, tests, bench, proteins or all")
+    parser.add_argument("stages", nargs="+", metavar="STAGE", help="install, tests, bench, proteins, all or check")
     parser.add_argument("--out", required=True, help="folder for the <stage>.json results and <stage>.log logs")
     parser.add_argument("--wheels", help="install: folder of wheels prepared beforehand (see README.md)")
     parser.add_argument("--target", help="install: install into this folder (pip --target) instead of the environment")
@@ -82,6 +99,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--cpu-smoke", action="store_true", help="bench: a tiny graph on CPU (harness self-test)")
     args = parser.parse_args(argv)
     try:
+        args.check = "check" in args.stages
+        if args.check:
+            if len(args.stages) > 1:
+                raise HarnessError("check runs alone (it is install, tests, bench and proteins cut to one call)")
+            args.stages = (["install"] if args.wheels else []) + ["tests", "bench", "proteins"]
         args.stages = expand_stages(args.stages)
         if "install" in args.stages:
             if not args.wheels:
@@ -160,13 +182,26 @@ class Stage:
     def dry_run(self) -> bool:
         return self.args.dry_run
 
+    @property
+    def budget(self) -> float:
+        return min(CHECK_BUDGETS[self.name], self.args.budget) if getattr(self.args, "check", False) \
+            else self.args.budget
+
     def left(self) -> float:
-        return self.args.budget - (time.monotonic() - self.t0)
+        return self.budget - (time.monotonic() - self.t0)
 
     def log(self, text: str) -> None:
         with open(self.log_path, "a") as log:
             log.write(text.rstrip("\n") + "\n")
         print(f"[{self.name}] {text.rstrip()}", flush=True)
+        self.save()
+
+    def save(self) -> None:
+        """Write the record as it stands (status "running"): a stop from outside keeps what ran."""
+        partial = dict(self.record, seconds=round(time.monotonic() - self.t0, 2))
+        if partial["status"] == "ok":
+            partial["status"] = "running"
+        (self.out / f"{self.name}.json").write_text(json.dumps(partial, indent=2, default=str) + "\n")
 
     def run(self, command: list[str], *, env: Optional[dict] = None, cwd: Optional[Path] = None,
             timeout: Optional[float] = None) -> dict:
@@ -297,11 +332,17 @@ def stage_tests(stage: Stage) -> None:
         "gpu_marked": ["-m", "gpu", "tests"],
         "parity": ["tests/test_backend_parity.py", "tests/kernels", "-m", "not slow"],
     }
+    if stage.args.check:  # the CUDA parity subset: compiled kernels against the reference, <= 2 minutes
+        suites = {
+            "gpu_marked": ["-m", "gpu and not slow", "tests/kernels", "-x"],
+            "parity": ["tests/test_backend_parity.py", "-m", "not slow", "-k", "triton", "-x"],
+        }
     for name, selection in suites.items():
         xml = out / f"tests_{name}.xml"
         command = [sys.executable, "-m", "pytest", *selection, "-q", "-rfEs", "-p", "no:cacheprovider",
                    f"--junitxml={xml}"]
-        step = stage.run(command, env=env, cwd=REPO, timeout=stage.left() * (0.4 if name == "gpu_marked" else 1.0))
+        share = (0.6 if stage.args.check else 0.4) if name == "gpu_marked" else 1.0
+        step = stage.run(command, env=env, cwd=REPO, timeout=stage.left() * share)
         if step["returncode"] == 5:  # pytest: nothing collected under the marker
             step["returncode"] = 0
             step["note"] = "no test selected"
@@ -345,12 +386,59 @@ def time_call(fn: Callable[[], None], device, reps: int, warmup: int = 1) -> tup
     return _median(times), min(times), peak
 
 
-def bench_workloads(smoke: bool) -> list[tuple[str, Callable[[], tuple]]]:
-    """(name, loader) pairs; a loader returns (edge_index, num_nodes) on the CPU."""
+def static_estimates() -> Optional[dict]:
+    """benchmarks/gpu/static_estimates.json (the static model's times), or None."""
+    try:
+        return json.loads(STATIC_ESTIMATES.read_text())
+    except Exception:  # noqa: BLE001 - the bench runs without it
+        return None
+
+
+def static_estimate(estimates: Optional[dict], row: dict) -> Optional[float]:
+    """The static model's estimate (ms, max of issue-bound and roofline) of a magnn[triton] op row:
+    the forward's case, plus the backward's for fwd+bwd; None for other rows."""
+    if not estimates or row.get("impl") != "magnn[triton]" or row.get("dtype") != estimates.get("dtype", "bf16") \
+            .replace("bf16", "bfloat16"):
+        return None
+    cases = estimates["workloads"].get(STATIC_WORKLOAD.get(row.get("workload"), ""), {})
+    if row.get("level") == "op-gt":
+        names = ["gt fwd +stats" if row.get("stats") else "gt fwd", "gt bwd"]
+    elif row.get("level") == "op-additive":
+        names = ["additive fwd", "additive bwd"]
+    else:
+        return None
+    names = names if row.get("pass") == "fwd+bwd" else names[:1]
+    if not all(name in cases for name in names):
+        return None
+    return round(sum(cases[name]["estimate_ms"] for name in names), 4)
+
+
+def device_proteins_graph(num_nodes: int, num_edges: int, device):
+    """A graph of the size given with the synthetic proteins degrees (the static model's), drawn on
+    the device in a second: every node's in-edges from uniformly drawn sources."""
+    import torch
+
+    spec = importlib.util.spec_from_file_location("magnn_gpu_static", REPO / "benchmarks" / "gpu" / "static.py")
+    static = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = static
+    spec.loader.exec_module(static)
+    degree = torch.from_numpy(static._proteins_degrees(num_nodes, num_edges)).to(device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    dst = torch.repeat_interleave(torch.arange(num_nodes, device=device), degree, output_size=num_edges)
+    src = torch.randint(0, num_nodes, (num_edges,), device=device, generator=gen)
+    order = torch.randperm(num_edges, device=device, generator=gen)  # the caller's edge order, unsorted
+    return torch.stack([src[order], dst[order]]), num_nodes
+
+
+def bench_workloads(smoke: bool, on_device=None) -> list[tuple[str, Callable[[], tuple]]]:
+    """(name, loader) pairs; a loader returns (edge_index, num_nodes) on the CPU (on_device: the
+    proteins-like graphs are drawn there instead, from the synthetic degrees)."""
     from magnn.data import synthetic_proteins_graph
 
     def proteins(nodes, undirected):
         def load():
+            if on_device is not None:
+                return device_proteins_graph(nodes, 2 * undirected, on_device)
             data = synthetic_proteins_graph(num_nodes=nodes, num_edges_undirected=undirected, seed=0)
             return data.edge_index, data.num_nodes
         return load
@@ -420,30 +508,38 @@ def stage_bench(stage: Stage) -> None:
 
     smoke = stage.args.cpu_smoke
     device = torch.device("cpu" if smoke or not torch.cuda.is_available() else "cuda")
+    check = getattr(stage.args, "check", False) and not smoke
     if stage.dry_run:
-        stage.record["figures"]["cases"] = [name for name, _ in bench_workloads(smoke)]
+        stage.record["figures"]["cases"] = [name for name, _ in bench_workloads(smoke)
+                                            if not check or name in CHECK_WORKLOADS]
         stage.log("dry run: cases " + ", ".join(stage.record["figures"]["cases"]))
         return
     if device.type != "cuda" and not smoke:
         raise RuntimeError("the bench stage needs a CUDA device (use --cpu-smoke for the CPU self-test)")
     heads, head_dim = 8, 8
-    dtypes = [torch.float32, torch.bfloat16]
-    reps = 3 if smoke else 10
+    dtypes = [torch.bfloat16] if check else [torch.float32, torch.bfloat16]
+    reps = 3 if smoke else (5 if check else 10)
+    estimates = static_estimates()
     rows: list[dict] = []
     figures = stage.record["figures"]
-    figures.update(rows=rows, device=str(device), heads=heads, head_dim=head_dim)
+    figures.update(rows=rows, device=str(device), heads=heads, head_dim=head_dim,
+                   static_estimates={k: estimates.get(k) for k in ("label", "commit", "triton")} if estimates else None)
 
     backends = [name for name, backend in BACKENDS.items()
                 if backend.reason_unavailable(device, torch.float32) is None
                 and not (name == "triton" and device.type != "cuda")]
+    if check:  # the compiled kernels only: the torch reference's rows are not what the check is for
+        backends = [name for name in backends if name == "triton"] or backends
     anemoi = anemoi_attention() if device.type == "cuda" else None
     figures["anemoi"] = "importable" if anemoi is not None else "not importable (wheel absent or CPU run)"
 
     if device.type == "cuda":
         figures["copy_bandwidth_GBps"] = copy_bandwidth(device)
 
-    for name, load in bench_workloads(smoke):
+    for name, load in bench_workloads(smoke, on_device=device if check else None):
         if stage.args.workloads and name not in stage.args.workloads:
+            continue
+        if check and not stage.args.workloads and name not in CHECK_WORKLOADS:
             continue
         if stage.left() < 30:
             rows.append({"workload": name, "status": "skipped: stage budget"})
@@ -480,6 +576,9 @@ def stage_bench(stage: Stage) -> None:
                         if pass_ == "fwd+bwd":
                             torch.autograd.grad([o.float().sum() for o in outputs], wrt, allow_unused=True)
 
+                    estimate = static_estimate(estimates, row)
+                    if estimate is not None:
+                        row["static_estimate_ms"] = estimate  # an ESTIMATE from compiled code, not measured
                     try:
                         ms, ms_min, peak = time_call(call, device, reps)
                         row.update(status="ok", ms_median=round(ms, 4), ms_min=round(ms_min, 4), reps=reps,
@@ -598,14 +697,16 @@ def stage_proteins(stage: Stage) -> None:
     env.pop("TRITON_INTERPRET", None)
     results = {}
     stage.record["figures"]["runs"] = results
-    plan_step = stage.run([sys.executable, str(script), "--plan"], env=env, cwd=REPO, timeout=60)
-    stage.record["figures"]["plan_step_returncode"] = plan_step["returncode"]
-    settings = [(model, ckpt) for model in stage.args.models for ckpt in (False, True)]
+    check = getattr(stage.args, "check", False)
+    if not check:  # (the check's time goes to the measured steps; --plan is a CPU computation)
+        plan_step = stage.run([sys.executable, str(script), "--plan"], env=env, cwd=REPO, timeout=60)
+        stage.record["figures"]["plan_step_returncode"] = plan_step["returncode"]
+    settings = [(model, ckpt) for model in stage.args.models for ckpt in ((False,) if check else (False, True))]
     for index, (model, ckpt) in enumerate(settings):
         key = f"{model}{'-checkpointing' if ckpt else ''}"
         path = out / f"proteins_{key}.json"
         command = [sys.executable, str(script), "--measure", "--device", "cuda", "--model", model, "--dtype", "bf16",
-                   "--json", str(path)] + (["--checkpointing"] if ckpt else [])
+                   "--json", str(path)] + (["--checkpointing"] if ckpt else []) + (["--steps", "1"] if check else [])
         if not stage.dry_run and stage.left() < 30:
             results[key] = {"status": "skipped: stage budget"}
             continue

@@ -522,6 +522,79 @@ def test_op_outputs_follow_the_contract():
         "mantissa_bits", "need_edge_out"]
 
 
+def test_additive_forward_is_one_pass_without_edge_out_and_statistics(monkeypatch):
+    """SPEC §3: additive mode skips the pass that forms edge_out when edge_out is not stored and no
+    statistics are asked: every forward launch runs without MESSAGE_PASS (whole rows and chunks of
+    split rows), and node_out and lse are the bits of the two-pass calls (edge_out kept, or only
+    reduced for the statistics), which do launch it."""
+    import magnn_kernels.edge_attention_fwd as fwd_module
+
+    monkeypatch.setattr(ku, "ROW_SPLIT", 4)  # hub rows split into chunks: the merge path too
+    kernel = fwd_module._edge_attention_fwd_kernel
+    launches = []
+
+    class Recorder:
+        def __getitem__(self, grid):
+            def launch(**kwargs):
+                launches.append({name: kwargs[name] for name in ("MESSAGE_PASS", "PARTIAL", "LSE_GIVEN")})
+                return kernel[grid](**kwargs)
+            return launch
+
+    monkeypatch.setattr(fwd_module, "_edge_attention_fwd_kernel", Recorder())
+    gen = seeded("one-pass")
+    num_nodes = 9
+    edge_index = random_graph(num_nodes, 40, generator=gen, isolated=1, self_loops=2, hub=12)
+    graph = Graph(edge_index.to(DEVICE), num_nodes)
+    tensors, b, params = make_inputs(gen, edge_index, num_nodes, 2, 8, bias="edge_head", ebt="slot")
+    args = [t.detach() for t in tensors] + [graph.rowptr, graph.col, graph.perm]
+    kwargs = dict(mode="additive", bias=b.detach(), ebt="slot", ebt_k=params[0].detach(), ebt_e=params[1].detach(),
+                  ebt_v=params[2].detach(), clamp=3.0, dropout=0.25, seed=7)
+    one_pass = edge_attention_kernels(*args, **kwargs, mantissa_bits=-1, need_edge_out=False)
+    assert launches and any(launch["PARTIAL"] for launch in launches)
+    assert not any(launch["MESSAGE_PASS"] or launch["LSE_GIVEN"] for launch in launches)
+    for need_edge_out, mantissa_bits in ((True, -1), (False, 7)):
+        launches.clear()
+        two_pass = edge_attention_kernels(*args, **kwargs, mantissa_bits=mantissa_bits, need_edge_out=need_edge_out)
+        assert any(launch["MESSAGE_PASS"] for launch in launches)
+        assert torch.equal(one_pass.node_out, two_pass.node_out) and torch.equal(one_pass.lse, two_pass.lse)
+    want = edge_attention_reference(*tensors, graph, mode="additive", clamp=3.0, bias=b, ebt="slot",
+                                    ebt_params=params, dropout=0.25, seed=7)[0]
+    torch.testing.assert_close(one_pass.node_out, want.detach(), rtol=1e-5, atol=1e-5)
+
+
+def test_row_plan_lives_with_the_graph(monkeypatch):
+    """The row plan (whose construction syncs with the device) is built once per CSR tensor and
+    kept while it lives: a graph seen again plans nothing, however many graphs came between, and
+    the plan goes when the graph does."""
+    import gc
+
+    built = []
+    build = ku._build_plan
+    monkeypatch.setattr(ku, "_build_plan", lambda rowptr, chunk: built.append(id(rowptr)) or build(rowptr, chunk))
+    gen = seeded("plan-cache")
+
+    def call(graph):
+        tensors, _, _ = make_inputs(gen, graph.edge_index.cpu(), graph.num_nodes, 2, 4)
+        return edge_attention_kernels(*[t.detach() for t in tensors], graph.rowptr, graph.col, graph.perm)
+
+    first = Graph(random_graph(7, 20, generator=gen).to(DEVICE), 7)
+    want = call(first).node_out
+    assert built == [id(first.rowptr)]
+    others = [Graph(random_graph(5, 9, generator=gen).to(DEVICE), 5) for _ in range(20)]
+    for graph in others:
+        call(graph)
+    built.clear()
+    again = call(first)
+    assert built == []
+    assert again.node_out.shape == want.shape
+    key = id(first.rowptr)
+    assert key in ku._PLANS_BY_CSR
+    del first
+    gc.collect()
+    assert key not in ku._PLANS_BY_CSR
+    assert len(ku._PLANS_BY_CSR) >= len(others)
+
+
 def test_unavailable_reason():
     assert triton_backend.unavailable_reason(DEVICE, torch.float32) is None
     assert triton_backend.unavailable_reason(DEVICE, torch.bfloat16) is None
@@ -576,28 +649,36 @@ def compile_for_sm90(kernel, constexprs, data="bf16"):
 
 GT, ADD = common.MODE_GT.value, common.MODE_ADDITIVE.value
 NONE, EDGE, SLOT = common.EBT_NONE.value, common.EBT_EDGE.value, common.EBT_SLOT.value
-tile = dict(BLOCK_E=16, BLOCK_H=8, BLOCK_D=8)
+# generic (H, D runtime) and specialised (HEADS, HEAD_DIM constexprs: utils.SHAPE_*) builds, alternately
+TILES = [dict(HEADS=0, HEAD_DIM=0, BLOCK_E=16, BLOCK_H=8, BLOCK_D=8),
+         dict(HEADS=8, HEAD_DIM=8, BLOCK_E=16, BLOCK_H=8, BLOCK_D=8)]
 # the dropout variants (uint32 hash arithmetic) next to the unchanged no-dropout ones; edge_out
 # stored or not (need_edge_out), with and without statistics on the rows
-for mode, ebt, stats, partial, lse_given, drop, store in [(GT, EDGE, 1, 0, 0, 1, 1), (ADD, SLOT, 1, 1, 1, 1, 0),
-                                                          (ADD, NONE, 0, 0, 0, 0, 0), (GT, SLOT, 0, 1, 0, 0, 1),
-                                                          (GT, NONE, 1, 0, 0, 0, 0)]:
+FWD_VARIANTS = [(GT, EDGE, 1, 0, 0, 1, 1), (ADD, SLOT, 1, 1, 1, 1, 0), (ADD, NONE, 0, 0, 0, 0, 0),
+                (GT, SLOT, 0, 1, 0, 0, 1), (GT, NONE, 1, 0, 0, 0, 0), (ADD, NONE, 1, 0, 0, 0, 1)]
+for i, (mode, ebt, stats, partial, lse_given, drop, store) in enumerate(FWD_VARIANTS):
     compile_for_sm90(fwd._edge_attention_fwd_kernel, dict(
         MODE=mode, EBT=ebt, HAS_BIAS=True, BIAS_PER_HEAD=mode == ADD, HAS_CLAMP=True, DROPOUT=bool(drop),
-        PARTIAL=bool(partial), LSE_GIVEN=bool(lse_given), MESSAGE_PASS=mode == ADD and (not partial or lse_given),
+        PARTIAL=bool(partial), LSE_GIVEN=bool(lse_given),
+        MESSAGE_PASS=mode == ADD and (stats or store) and (not partial or lse_given),
         STORE_EDGE=bool(store), STATS=bool(stats),
-        MBITS=7, WINDOW=2048 if stats else 1, RATIO_BASE=ku.hist_layout(7)[1], LOW_BIT=16, **tile))
-for mode, ebt, partial, delta, grad_lse, drop in [(GT, EDGE, False, common.DELTA_GIVEN, True, True),
+        MBITS=7, WINDOW=2048 if stats else 1, RATIO_BASE=ku.hist_layout(7)[1], LOW_BIT=16, **TILES[i % 2]))
+compile_for_sm90(fwd._edge_attention_fwd_kernel, dict(
+    MODE=GT, EBT=NONE, HAS_BIAS=False, BIAS_PER_HEAD=False, HAS_CLAMP=False, DROPOUT=False, PARTIAL=False,
+    LSE_GIVEN=False, MESSAGE_PASS=False, STORE_EDGE=True, STATS=True, MBITS=7, WINDOW=2048,
+    RATIO_BASE=ku.hist_layout(7)[1], LOW_BIT=16, HEADS=4, HEAD_DIM=64, BLOCK_E=4, BLOCK_H=4, BLOCK_D=64))
+for i, (mode, ebt, partial, delta, grad_lse, drop) in enumerate([(GT, EDGE, False, common.DELTA_GIVEN, True, True),
                                                   (ADD, SLOT, False, common.DELTA_ROW, True, True),
                                                   (ADD, EDGE, True, common.DELTA_CHUNK, True, True),
-                                                  (GT, NONE, True, common.DELTA_GIVEN, False, False)]:
+                                                  (GT, NONE, True, common.DELTA_GIVEN, False, False)]):
     compile_for_sm90(bwd._edge_attention_bwd_dst_kernel, dict(
         MODE=mode, EBT=ebt, HAS_BIAS=True, BIAS_PER_HEAD=partial, HAS_CLAMP=True, DROPOUT=drop, HAS_GRAD_NODE=True,
-        HAS_GRAD_EDGE=True, HAS_GRAD_LSE=grad_lse, PARTIAL=partial, DELTA=delta.value, **tile))
-for mode, ebt, partial, drop in [(GT, EDGE, False, True), (ADD, SLOT, True, True), (ADD, NONE, False, False)]:
+        HAS_GRAD_EDGE=True, HAS_GRAD_LSE=grad_lse, PARTIAL=partial, DELTA=delta.value, **TILES[i % 2]))
+for i, (mode, ebt, partial, drop) in enumerate([(GT, EDGE, False, True), (ADD, SLOT, True, True),
+                                               (ADD, NONE, False, False)]):
     compile_for_sm90(bwd._edge_attention_bwd_src_kernel, dict(
         MODE=mode, EBT=ebt, HAS_BIAS=True, BIAS_PER_HEAD=True, HAS_CLAMP=True, DROPOUT=drop, HAS_GRAD_NODE=True,
-        HAS_GRAD_EDGE=partial, PARTIAL=partial, **tile))
+        HAS_GRAD_EDGE=partial, PARTIAL=partial, **TILES[i % 2]))
 compile_for_sm90(fwd._edge_attention_fwd_merge_kernel, dict(WITH_ACC=True, BLOCK_H=8, BLOCK_D=8))
 compile_for_sm90(common._segment_sum_kernel, dict(BLOCK_R=64))
 print("compiled")
