@@ -170,7 +170,8 @@ def add_build_ext(commands) -> None:
 # -- train -----------------------------------------------------------------------------------------
 
 def add_train(commands) -> None:
-    from .train import PRESET_NAMES, TrainConfig, ebt_option
+    from .models.presets import PRESET_NAMES
+    from .train import TrainConfig, ebt_option
 
     parser = commands.add_parser("train", help="train a model (tqdm progress, metrics.json, atomic checkpoints, --resume)",
                                  description=TRAIN_DESCRIPTION)

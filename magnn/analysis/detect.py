@@ -323,7 +323,7 @@ def detect_seed_subgraphs(model, data, seeds=None, *, fanouts=PAPER_FANOUTS, max
     from ..core.graph import Graph
     from ..data.proteins import check_node_graph
     from ..data.sampling import sample_edges, subgraph
-    from ..distributed import all_reduce_stats
+    from ..distributed import all_reduce_stats, rank_world
 
     check_node_graph(data, "detection")
     if max_seeds is not None and max_seeds < 1:
@@ -331,7 +331,7 @@ def detect_seed_subgraphs(model, data, seeds=None, *, fanouts=PAPER_FANOUTS, max
     seeds = _node_mask_seeds(data, seeds)
     if max_seeds is not None:
         seeds = seeds[:max_seeds]
-    rank, world = _rank_world()
+    rank, world = rank_world()
     seeds = seeds[rank::world]  # under torchrun each rank takes every world-th seed; merged below
     model.eval().to(device)
     graph = Graph(data.edge_index, data.num_nodes, validate=False)
@@ -361,14 +361,6 @@ def detect_seed_subgraphs(model, data, seeds=None, *, fanouts=PAPER_FANOUTS, max
 def seed_generator(seed: int, node: int) -> torch.Generator:
     """The random stream that samples seed node `node`'s subgraph (a function of both only)."""
     return torch.Generator().manual_seed(seed * 1_000_003 + int(node))
-
-
-def _rank_world() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 @dataclass
