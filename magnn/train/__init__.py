@@ -13,7 +13,8 @@ Library entry point: `train(TrainConfig(...), resume=False)`, or `Trainer(config
 
 The parts, each a module:
 
-    config       TrainConfig and the settings it resolves to (presets, overrides)
+    config       TrainConfig: every setting of a run
+    settings     what a config resolves to (presets, quick profile, overrides)
     validation   the checks of TrainConfig, StudyConfig and DetectConfig (UserError)
     rng          seeding, and the RNG states a checkpoint carries
     checkpoint   best.pt / last.pt: writing, reading, validating, --resume checks
@@ -31,11 +32,11 @@ from .checkpoint import (
     load_checkpoint,
     save_atomically,
 )
-from .config import (
+from .config import TrainConfig
+from .settings import (
     MODEL_OPTIONS,
     RESUMABLE_SETTINGS,
     SCHEDULES,
-    TrainConfig,
     ebt_option,
     model_overrides,
     run_settings,

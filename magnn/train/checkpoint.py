@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ..core.errors import MissingFileError, UserError, one_line
-from .config import RESUMABLE_SETTINGS, TrainConfig, run_settings
+from .config import TrainConfig
+from .settings import RESUMABLE_SETTINGS, run_settings
 from .rng import rng_state, set_rng_state
 
 BEST_KEYS = ("model", "config", "epoch")

@@ -4,7 +4,8 @@ from __future__ import annotations
 import math
 
 from ..distributed import is_distributed
-from .config import TrainConfig, model_overrides
+from .config import TrainConfig
+from .settings import model_overrides
 
 
 def prepare(config: TrainConfig):

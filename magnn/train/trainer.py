@@ -23,7 +23,8 @@ from ..distributed import init_from_env, rank_world
 from ..stats import json_safe
 from .callbacks import MAProbe, TensorBoard
 from .checkpoint import check_resume_settings, load_checkpoint, load_for_resume, save_best, save_last
-from .config import TrainConfig, training_settings
+from .config import TrainConfig
+from .settings import training_settings
 from .epoch import EpochResult, NonFiniteLoss, loss_function, metric_name, run_epoch
 from .rng import seed_everything
 from .setup import make_scheduler, prepare

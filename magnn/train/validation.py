@@ -5,13 +5,20 @@ and what to pass instead; a value of 0 is never replaced by a default. Choice li
 from the registries (magnn.core.constants, magnn.models.presets). `environment=True` also
 checks what depends on this machine: the device exists, --data-root is not a file and
 --out can be the output folder (nothing is created).
+
+The command line's option types (positive_int, seed_int, ...) are here too: a bad value
+fails at parse time, before any data is loaded, with the same ranges as the config checks.
 """
 from __future__ import annotations
 
-from ..core.constants import BACKEND_NAMES, DATASETS, EBT_VARIANTS, MODEL_NAMES, SPLITS
-from ..core.errors import UserError, check_choice, check_environment, check_positive, check_seed
+import argparse
+import math
+
+from ..core.constants import DATASETS, EBT_VARIANTS, MODEL_NAMES, SPLITS
+from ..core.errors import MAX_SEED, UserError, check_choice, check_environment, check_positive, check_seed
+from ..functional import backend_choices
 from ..models.presets import EBT_COMPAT_MODES, PRESET_NAMES, PROTEINS_ARCHITECTURES
-from .config import MODEL_OPTIONS, SCHEDULES, ebt_option, model_overrides
+from .settings import MODEL_OPTIONS, SCHEDULES, ebt_option, model_overrides
 
 STUDY_EBTS = tuple(variant for variant in EBT_VARIANTS if variant is not None)  # compared with no EBT
 FIG4_BASES = ("own", "no_ebt")
@@ -35,7 +42,7 @@ def check_train_config(config, *, environment: bool = True) -> None:
     check_positive(config.max_time, "--max-time")
     check_positive(config.ma_probe_graphs, "--ma-probe-graphs", integer=True, allow_zero=True)
     check_seed(config.seed)
-    check_choice(config.backend, BACKEND_NAMES, "--backend")
+    check_choice(config.backend, backend_choices(), "--backend")
     check_model_overrides(config)
     if config.sampled:
         if config.dataset != "ogbn-proteins":
@@ -113,3 +120,55 @@ def check_variant_choices(architecture, ebt_compat) -> None:
     """--architecture and --ebt-compat name entries of the registries in magnn.models.presets."""
     check_choice(architecture, (None,) + tuple(PROTEINS_ARCHITECTURES), "--architecture")
     check_choice(ebt_compat, (None,) + EBT_COMPAT_MODES, "--ebt-compat")
+
+
+# -- the command line's option types ---------------------------------------------------------
+
+def _number(text: str, integer: bool):
+    try:
+        value = int(text) if integer else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {'an integer' if integer else 'a number'}, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """An integer >= 1 (0 would otherwise be silently replaced or divide by zero)."""
+    value = _number(text, True)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    value = _number(text, True)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = _number(text, False)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
+
+
+def positive_int_list(text: str) -> tuple:
+    """Comma-separated integers >= 1, e.g. "5,10,15"."""
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 5,10,15, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"every entry must be an integer >= 1, got {text!r}")
+    return values
+
+
+def seed_int(text: str) -> int:
+    value = _number(text, True)
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, {MAX_SEED}], got {value}")
+    return value
