@@ -44,11 +44,11 @@ def test_config_file_settings_are_defaults_that_options_change(tmp_path):
     path.write_text(json.dumps({"config": json.loads(json.dumps(recorded.__dict__))}))
     parser = build_parser()
     parsed = parser.parse_args(["train", "--config", str(path)])
-    from magnn.cli.common import _with_recorded_defaults
+    from magnn.cli.common import with_recorded_defaults
 
-    assert train_config(_with_recorded_defaults(build_parser(), ["train", "--config", str(path)], parsed)) == recorded
+    assert train_config(with_recorded_defaults(build_parser(), ["train", "--config", str(path)], parsed)) == recorded
     argv = ["train", "--config", str(path), "--epochs", "9", "--layers", "4"]
-    changed = train_config(_with_recorded_defaults(build_parser(), argv, build_parser().parse_args(argv)))
+    changed = train_config(with_recorded_defaults(build_parser(), argv, build_parser().parse_args(argv)))
     assert changed.epochs == 9 and changed.overrides == {"num_layers": 4, "ebt_compat": "gnn-mas"}
     assert (changed.model, changed.lr, changed.schedule) == ("san", 2e-3, "cosine")
 
@@ -59,12 +59,12 @@ def test_study_config_file_gives_back_the_recorded_config(tmp_path):
                                         fig4_base="no_ebt", out=str(tmp_path / "study"), fanouts=(2, 3))
     path = tmp_path / "report.json"
     path.write_text(json.dumps({"findings": [], "config": json.loads(json.dumps(recorded.to_dict()))}))
-    from magnn.cli.common import _with_recorded_defaults
+    from magnn.cli.common import with_recorded_defaults
 
     argv = ["study", "--config", str(path)]
-    assert study_config(_with_recorded_defaults(build_parser(), argv, build_parser().parse_args(argv))) == recorded
+    assert study_config(with_recorded_defaults(build_parser(), argv, build_parser().parse_args(argv))) == recorded
     argv += ["--out", str(tmp_path / "other"), "--threshold", "70"]
-    changed = study_config(_with_recorded_defaults(build_parser(), argv, build_parser().parse_args(argv)))
+    changed = study_config(with_recorded_defaults(build_parser(), argv, build_parser().parse_args(argv)))
     assert (changed.out, changed.threshold, changed.train) == (str(tmp_path / "other"), 70.0, recorded.train)
 
 

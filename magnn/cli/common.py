@@ -12,7 +12,7 @@ from pathlib import Path
 DETECT_DESCRIPTION = "`magnn detect`: MA detection on a split from a saved checkpoint (detect.json + figures)."
 
 
-def _description(module) -> str:
+def description_of(module) -> str:
     """A subcommand's --help text: its module's docstring up to the library's entry point."""
     return module.__doc__.split("Library entry point")[0].strip() + "\n"
 
@@ -25,23 +25,23 @@ EBT_COMPAT_HELP = ("gnn-mas: SAN and GraphiT as the paper's published code compu
                    "like-for-like Table 1 / Fig. 4; GT is unaffected")
 
 
-def _default(config_class, name: str):
+def option_default(config_class, name: str):
     """A config field's default: the command line's defaults are the library's."""
     return config_class.__dataclass_fields__[name].default
 
 
-def _from_args(config_class, args):
+def config_from_args(config_class, args):
     """A config from the parsed options named like its fields (the rest of `args` is left out)."""
     return config_class(**{field.name: getattr(args, field.name) for field in dataclasses.fields(config_class)})
 
 
-def _add_run_options(parser) -> None:
+def add_run_options(parser) -> None:
     """The training options `magnn train` and `magnn study` share; defaults: TrainConfig's."""
     from ..functional import backend_choices
     from ..train import TrainConfig
     from ..train.validation import positive_float, positive_int, positive_int_list, seed_int
 
-    default = functools.partial(_default, TrainConfig)
+    default = functools.partial(option_default, TrainConfig)
     parser.add_argument("--data-root", default=default("data_root"),
                         help="folder with the dataset files (default: bundled / cache)")
     parser.add_argument("--device", default=default("device"), help="cpu or cuda")
@@ -59,7 +59,7 @@ def _add_run_options(parser) -> None:
                              "as the paper's code)")
 
 
-def _add_variants(parser, default=None) -> None:
+def add_variants(parser, default=None) -> None:
     """--architecture and --ebt-compat, their choices read from magnn.models.presets."""
     from ..models.presets import EBT_COMPAT_MODES, PROTEINS_ARCHITECTURES
 
@@ -92,7 +92,7 @@ def read_recorded_config(path) -> dict:
     return config
 
 
-def _with_recorded_defaults(parser, argv, args):
+def with_recorded_defaults(parser, argv, args):
     """Parse again with the recorded config of `--config FILE` as the subcommand's defaults."""
     from ..core.errors import UserError
 

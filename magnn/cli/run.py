@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 from ..core.constants import DATASETS, EBT_VARIANTS, MODEL_NAMES, SPLITS
-from .common import DETECT_DESCRIPTION, _add_run_options, _add_variants, _default, _description, _from_args
+from .common import DETECT_DESCRIPTION, add_run_options, add_variants, option_default, description_of, config_from_args
 
 # -- train -----------------------------------------------------------------------------------------
 
@@ -18,15 +18,15 @@ def add_train(commands) -> None:
     from ..train.validation import nonnegative_int, positive_float, positive_int
 
     parser = commands.add_parser("train", help="train a model (tqdm progress, metrics.json, atomic checkpoints, --resume)",
-                                 description=_description(train_module))
-    default = functools.partial(_default, TrainConfig)
+                                 description=description_of(train_module))
+    default = functools.partial(option_default, TrainConfig)
     parser.add_argument("--dataset", choices=DATASETS, default=default("dataset"))
     parser.add_argument("--model", choices=MODEL_NAMES, default=default("model"))
     parser.add_argument("--ebt", choices=tuple(map(ebt_option, EBT_VARIANTS)), default=ebt_option(default("ebt")))
     parser.add_argument("--epochs", type=positive_int, default=default("epochs"),
                         help="train up to this many epochs in all (>= 1)")
     parser.add_argument("--out", default=default("out"), help="output folder (metrics.json, checkpoints)")
-    _add_run_options(parser)
+    add_run_options(parser)
     parser.add_argument("--batch-size", type=positive_int, default=default("batch_size"), help="default: the preset's")
     parser.add_argument("--lr", type=positive_float, default=default("lr"), help="default: the preset's")
     # the command line trains the quick preset unless told otherwise (TrainConfig's None: the paper's sizes)
@@ -38,7 +38,7 @@ def add_train(commands) -> None:
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
     parser.add_argument("--activation-checkpointing", action="store_true")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    _add_variants(parser)
+    add_variants(parser)
     parser.add_argument("--tensorboard", metavar="DIR", default=default("tensorboard"),
                         help="write TensorBoard event files to DIR every epoch: loss, metrics, learning rate and "
                              "per-layer MA figures (max edge ratio, median |a|, log10 ratio histogram); "
@@ -93,7 +93,7 @@ def add_detect(commands) -> None:
 
     parser = commands.add_parser("detect", help="MA detection on a split from a saved checkpoint (report.json + figures)",
                                  description=DETECT_DESCRIPTION)
-    default = functools.partial(_default, DetectConfig)
+    default = functools.partial(option_default, DetectConfig)
     parser.add_argument("--ckpt", required=True, help="a checkpoint written by magnn train (best.pt or last.pt)")
     parser.add_argument("--split", default=default("split"), choices=SPLITS)
     parser.add_argument("--out", default=default("out"), help="output folder (default: next to the checkpoint)")
@@ -110,7 +110,7 @@ def detect_config(args):
     """The DetectConfig that `magnn detect`'s parsed options describe."""
     from ..study.detect_run import DetectConfig
 
-    return _from_args(DetectConfig, args)
+    return config_from_args(DetectConfig, args)
 
 
 def cmd_detect(args) -> int:

@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 
 from ..core.constants import DATASETS, MODEL_NAMES
-from .common import _add_run_options, _add_variants, _default, _description
+from .common import add_run_options, add_variants, option_default, description_of
 
 # -- study -----------------------------------------------------------------------------------------
 
@@ -18,15 +18,15 @@ def add_study(commands) -> None:
     from ..train.validation import FIG4_BASES, STUDY_EBTS, nonnegative_int, positive_float, positive_int
 
     parser = commands.add_parser(
-        "study", description=_description(pipeline),
+        "study", description=description_of(pipeline),
         help="the main job: train (no EBT / EBT), detect MAs base vs trained, ablation, attack, report + figures")
-    default, train_default = functools.partial(_default, StudyConfig), functools.partial(_default, TrainConfig)
+    default, train_default = functools.partial(option_default, StudyConfig), functools.partial(option_default, TrainConfig)
     parser.add_argument("--dataset", choices=DATASETS + ("all",), default=train_default("dataset"),
                         help="'all' (or --model all): the grid run, one study per pair into OUT/<dataset>_<model>, "
                              "finished pairs skipped, Table 1 and the Fig. 2/4 grids in OUT/grid.md")
     parser.add_argument("--model", choices=MODEL_NAMES + ("all",), default=train_default("model"))
     parser.add_argument("--out", default=default("out"), help="output folder")
-    _add_run_options(parser)
+    add_run_options(parser)
     parser.add_argument("--quick", action="store_true", help="minutes on a CPU (the default is the full protocol)")
     parser.add_argument("--ebt", choices=STUDY_EBTS, default=default("ebt"), help="EBT variant compared with no EBT")
     parser.add_argument("--epochs", type=positive_int, default=None, help="override the profile's epochs (>= 1)")
@@ -51,7 +51,7 @@ def add_study(commands) -> None:
     parser.add_argument("--max-seeds", type=positive_int, default=default("max_seeds"),
                         help="ogbn-proteins: test seed nodes of the paper's detection (default: the profile's; "
                              "full profile: all)")
-    _add_variants(parser)
+    add_variants(parser)
     parser.set_defaults(func=cmd_study, recorded=study_defaults)
 
 

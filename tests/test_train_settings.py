@@ -1,6 +1,7 @@
-"""The quick defaults chosen by experiment (docs/EXPERIMENTS.md): the TOX21 training schedule and
-the quick study's per-pair settings. The accuracies and MA ratios they reach are experiments,
-recorded in docs, not asserted here."""
+"""magnn.train.settings and the lr schedule of magnn.train.setup: the quick defaults chosen by
+experiment (docs/EXPERIMENTS.md; the TOX21 training schedule), what overrides them, and the cosine
+schedule. The accuracies and MA ratios they reach are experiments, recorded in docs, not asserted
+here; the quick study's per-pair profile: tests/test_presets.py."""
 
 import pytest
 import torch
