@@ -177,15 +177,16 @@ def test_validate_checks_without_touching_the_disk(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_cli_defaults_are_the_configs_defaults():
-    from magnn.cli import build_parser, detect_config, study_config, train_config
-
+def test_options_parse_into_the_config_fields():
     parser = build_parser()
-    assert study_config(parser.parse_args(["study"])) == StudyConfig()
-    assert detect_config(parser.parse_args(["detect", "--ckpt", "x.pt"])) == DetectConfig(ckpt="x.pt")
-    assert train_config(parser.parse_args(["train"])) == TrainConfig(preset="quick")  # the CLI's one own default
     parsed = train_config(parser.parse_args(["train", "--ebt", "slot", "--layers", "3", "--fanouts", "2,4"]))
     assert parsed.ebt == "slot" and parsed.overrides == {"num_layers": 3} and parsed.fanouts == (2, 4)
+    assert train_config(parser.parse_args(["train"])).preset == "quick"  # the command line's one own default
+    studied = study_config(parser.parse_args(["study", "--dataset", "zinc", "--model", "san", "--seed", "7",
+                                              "--ebt-compat", "gnn-mas", "--threshold", "50"]))
+    assert (studied.train.dataset, studied.train.model, studied.train.seed) == ("zinc", "san", 7)
+    assert studied.train.overrides == {"ebt_compat": "gnn-mas"} and studied.threshold == 50.0
+    assert studied.train.epochs is None  # the profile's
 
 
 def test_python_dash_m_magnn_is_the_magnn_command(tmp_path):

@@ -6,7 +6,8 @@ import functools
 import logging
 from pathlib import Path
 
-from ..core.constants import DATASETS, EBT_VARIANTS, MODEL_NAMES, SPLITS
+from ..core.constants import DATASETS, EBT_VARIANTS, SPLITS
+from ..models.registry import MODELS
 from .common import DETECT_DESCRIPTION, add_run_options, add_variants, option_default, description_of, config_from_args
 
 # -- train -----------------------------------------------------------------------------------------
@@ -21,7 +22,7 @@ def add_train(commands) -> None:
                                  description=description_of(train_module))
     default = functools.partial(option_default, TrainConfig)
     parser.add_argument("--dataset", choices=DATASETS, default=default("dataset"))
-    parser.add_argument("--model", choices=MODEL_NAMES, default=default("model"))
+    parser.add_argument("--model", choices=tuple(MODELS), default=default("model"))
     parser.add_argument("--ebt", choices=tuple(map(ebt_option, EBT_VARIANTS)), default=ebt_option(default("ebt")))
     parser.add_argument("--epochs", type=positive_int, default=default("epochs"),
                         help="train up to this many epochs in all (>= 1)")

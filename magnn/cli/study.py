@@ -7,7 +7,8 @@ import functools
 import logging
 from pathlib import Path
 
-from ..core.constants import DATASETS, MODEL_NAMES
+from ..core.constants import DATASETS
+from ..models.registry import MODELS
 from .common import add_run_options, add_variants, option_default, description_of
 
 # -- study -----------------------------------------------------------------------------------------
@@ -24,7 +25,7 @@ def add_study(commands) -> None:
     parser.add_argument("--dataset", choices=DATASETS + ("all",), default=train_default("dataset"),
                         help="'all' (or --model all): the grid run, one study per pair into OUT/<dataset>_<model>, "
                              "finished pairs skipped, Table 1 and the Fig. 2/4 grids in OUT/grid.md")
-    parser.add_argument("--model", choices=MODEL_NAMES + ("all",), default=train_default("model"))
+    parser.add_argument("--model", choices=tuple(MODELS) + ("all",), default=train_default("model"))
     parser.add_argument("--out", default=default("out"), help="output folder")
     add_run_options(parser)
     parser.add_argument("--quick", action="store_true", help="minutes on a CPU (the default is the full protocol)")
@@ -97,7 +98,7 @@ def cmd_grid(args) -> int:
     from ..study.grid import GridConfig, run_grid
 
     datasets = DATASETS if args.dataset == "all" else (args.dataset,)
-    models = MODEL_NAMES if args.model == "all" else (args.model,)
+    models = tuple(MODELS) if args.model == "all" else (args.model,)
     template = study_config(argparse.Namespace(**{**vars(args), "dataset": datasets[0], "model": models[0]}))
     summary = run_grid(GridConfig(datasets=datasets, models=models, out=args.out, study=template))
     print(f"wrote {Path(args.out) / 'grid.md'} and {Path(args.out) / 'grid.json'}")

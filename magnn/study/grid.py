@@ -22,8 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.constants import DATASETS, MODEL_NAMES
+from ..core.constants import DATASETS
 from ..core.errors import RunFailed, UserError, check_choice, output_folder
+from ..models.registry import MODELS
 from .config import StudyConfig
 from .pipeline import is_current, run_study
 from .report import PAPER_TABLE1, format_number, report_json
@@ -41,7 +42,7 @@ class GridConfig:
     replaced per pair). data_roots: a data root per dataset (default: `study.data_root` for all)."""
 
     datasets: tuple = DATASETS
-    models: tuple = MODEL_NAMES
+    models: tuple = tuple(MODELS)
     out: str = "runs/grid"
     study: StudyConfig = field(default_factory=StudyConfig)
     data_roots: dict = field(default_factory=dict)
@@ -52,7 +53,7 @@ class GridConfig:
         for dataset in self.datasets:
             check_choice(dataset, DATASETS, "--dataset")
         for model in self.models:
-            check_choice(model, MODEL_NAMES, "--model")
+            check_choice(model, tuple(MODELS), "--model")
         if self.study.ckpt_no_ebt or self.study.ckpt_ebt:
             raise UserError("--ckpt-no-ebt / --ckpt-ebt name one pair's checkpoints: run that pair alone "
                             "(--dataset D --model M), not the grid")

@@ -14,10 +14,11 @@ from __future__ import annotations
 import argparse
 import math
 
-from ..core.constants import DATASETS, EBT_VARIANTS, MODEL_NAMES, SPLITS
+from ..core.constants import DATASETS, EBT_VARIANTS, SPLITS
 from ..core.errors import MAX_SEED, UserError, check_choice, check_environment, check_positive, check_seed
 from ..functional import backend_choices
 from ..models.presets import EBT_COMPAT_MODES, PRESET_NAMES, PROTEINS_ARCHITECTURES
+from ..models.registry import MODELS
 from .settings import MODEL_OPTIONS, SCHEDULES, ebt_option, model_overrides
 
 STUDY_EBTS = tuple(variant for variant in EBT_VARIANTS if variant is not None)  # compared with no EBT
@@ -27,7 +28,7 @@ FIG4_BASES = ("own", "no_ebt")
 def check_train_config(config, *, environment: bool = True) -> None:
     """A TrainConfig's settings: choices, ranges, the model keywords, the ogbn-proteins options."""
     check_choice(config.dataset, DATASETS, "--dataset")
-    check_choice(config.model, MODEL_NAMES, "--model")
+    check_choice(config.model, tuple(MODELS), "--model")
     check_choice(config.ebt, EBT_VARIANTS, "--ebt", spell=ebt_option)
     if config.preset is not None:
         check_choice(config.preset, PRESET_NAMES, "--preset")
