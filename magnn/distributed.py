@@ -1,9 +1,36 @@
-"""Statistics across processes: every rank ends with the same merged numbers."""
+"""Processes under torchrun: who this process is, joining the group, merged statistics.
+
+The one place that reads the process group: training (magnn.train), the detections
+(magnn.analysis.detect) and the statistics merge below all ask it here.
+"""
 from __future__ import annotations
+
+import os
 
 import torch.distributed as dist
 
 from .stats import EdgeStats
+
+
+def is_distributed() -> bool:
+    """True inside an initialised process group (torchrun, WORLD_SIZE > 1)."""
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank_world() -> tuple[int, int]:
+    """(rank, world size) of this process; (0, 1) outside a process group."""
+    if is_distributed():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_from_env(device: str) -> bool:
+    """Join the process group torchrun set up (WORLD_SIZE > 1): gloo on CPU, nccl on CUDA.
+    Returns whether a process group is initialised."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return dist.is_initialized()
+    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return True
 
 
 def all_reduce_stats(stats: dict[str, EdgeStats]) -> dict[str, EdgeStats]:
@@ -13,7 +40,7 @@ def all_reduce_stats(stats: dict[str, EdgeStats]) -> dict[str, EdgeStats]:
     saw rank 0's batches, then rank 1's, and so on. Without an initialised
     process group this returns `stats` unchanged.
     """
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if not is_distributed() or dist.get_world_size() == 1:
         return stats
     gathered: list = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, stats)

@@ -82,3 +82,49 @@ def test_cycle_finder_finds_a_planted_cycle():
     graph.add_import(importer="a.y", imported="a.x")
     graph.add_import(importer="a.y", imported="a.z")
     assert _cycles(graph) == [["a.x", "a.y"]]
+
+
+# -- sizes above magnn.models: each function readable in one screen, each module in one sitting --------
+
+UPPER_FLOORS = ("train", "study", "cli", "analysis", "detect.py", "telemetry.py", "distributed.py", "integrations")
+MAX_FUNCTION_LINES = 60
+MAX_MODULE_LINES = 400
+
+
+def _sizes(source: str) -> tuple[int, list[tuple[str, int]]]:
+    """(lines of the module, [(function name, lines)] for every function and method in it)."""
+    import ast
+
+    tree = ast.parse(source)
+    functions = [(node.name, node.end_lineno - node.lineno + 1) for node in ast.walk(tree)
+                 if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    return len(source.splitlines()), functions
+
+
+def _upper_floor_files() -> list[Path]:
+    files = []
+    for name in UPPER_FLOORS:
+        path = ROOT / "magnn" / name
+        assert path.exists(), f"{path}: a floor of UPPER_FLOORS that is gone; update the list"
+        files += [path] if path.is_file() else sorted(path.rglob("*.py"))
+    return files
+
+
+def test_upper_floor_functions_and_modules_are_short():
+    too_long = []
+    for path in _upper_floor_files():
+        lines, functions = _sizes(path.read_text())
+        where = path.relative_to(ROOT)
+        if lines > MAX_MODULE_LINES:
+            too_long.append(f"{where}: {lines} lines (at most {MAX_MODULE_LINES})")
+        too_long += [f"{where}: {name}() {length} lines (at most {MAX_FUNCTION_LINES})"
+                     for name, length in functions if length > MAX_FUNCTION_LINES]
+    assert not too_long, "\n".join(too_long)
+
+
+def test_size_check_sees_a_long_function_and_a_long_module():
+    body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_LINES))
+    lines, functions = _sizes(f"def long():\n{body}\n\ndef short():\n    return 1\n")
+    assert functions == [("long", MAX_FUNCTION_LINES + 1), ("short", 2)]
+    assert lines == MAX_FUNCTION_LINES + 4
+    assert len(_upper_floor_files()) > 10 and all(path.suffix == ".py" for path in _upper_floor_files())

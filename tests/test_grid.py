@@ -1,5 +1,5 @@
 """The grid run (`magnn study --dataset all --model all`): end to end on --quick sizes with tiny
-subsets, resumable (finished pairs skipped, finished trainings reused), Table 1 and the 3x3
+subsets, resumable by the study's stage rule (finished pairs skipped, current trainings reused), Table 1 and the 3x3
 Fig. 2/4 panels assembled from the pairs' runs."""
 import json
 
@@ -7,11 +7,11 @@ import pytest
 
 from magnn.cli import main
 from magnn.study.grid import GridConfig, run_grid
-from magnn.study.pipeline import StudyConfig
+from magnn.study import StudyConfig
 
 
 def _template(**kwargs):
-    return StudyConfig(quick=True, epochs=1, max_graphs=10, attack_steps=1, backend="torch", **kwargs)
+    return StudyConfig.from_options(quick=True, epochs=1, max_graphs=10, attack_steps=1, backend="torch", **kwargs)
 
 
 @pytest.mark.slow
@@ -40,12 +40,12 @@ def test_grid_runs_resumes_and_assembles(tmp_path):
     assert {k: v["status"] for k, v in again["pairs"].items()} == {"zinc/san": "skipped (finished)"}
     assert (out / "zinc_san" / "no_ebt" / "best.pt").stat().st_mtime_ns == stamp
     assert again["table1"] == summary["table1"]
-    # a pair whose study broke off after training would reuse its finished training runs
-    from magnn.study.grid import _finished_training
-
-    assert _finished_training(out / "zinc_san" / "no_ebt") == str(out / "zinc_san" / "no_ebt" / "best.pt")
-    (out / "zinc_san" / "no_ebt" / "metrics.json").write_text("{}")  # a run that never reached its test pass
-    assert _finished_training(out / "zinc_san" / "no_ebt") is None
+    # a pair whose study broke off after training (no report) redoes the rest and reuses the training
+    (out / "zinc_san" / "report.json").unlink()
+    resumed = run_grid(config)
+    assert {k: v["status"] for k, v in resumed["pairs"].items()} == {"zinc/san": "done"}
+    assert (out / "zinc_san" / "no_ebt" / "best.pt").stat().st_mtime_ns == stamp
+    assert resumed["table1"] == summary["table1"]
 
 
 def test_grid_command_line_dispatch_refuses_one_pairs_checkpoints(tmp_path, capsys):
@@ -57,9 +57,11 @@ def test_grid_command_line_dispatch_refuses_one_pairs_checkpoints(tmp_path, caps
 
 
 def test_grid_assembles_table_and_panels_from_existing_reports(tmp_path):
-    """A pair whose report.json exists is never run again: the grid only reads it back (here a
-    hand-written report); pairs not run are empty rows and empty panels."""
-    from magnn.study.grid import _max_over_layers, assemble, grid_markdown
+    """A pair whose stages are current is never run again: the grid only reads its report back (here a
+    hand-written report, recorded as the current one); pairs not run are empty rows and empty panels."""
+    from magnn.study.grid import _max_over_layers, assemble, grid_markdown, pair_study
+    from magnn.study.pipeline import study_keys
+    from magnn.study.stages import StageRecord
 
     out = tmp_path / "grid"
     folder = out / "tox21_gt"
@@ -73,7 +75,9 @@ def test_grid_assembles_table_and_panels_from_existing_reports(tmp_path):
     (folder / "report.json").write_text(json.dumps(report))
     curves = {label: {"layers.0": [1.0, 3.0, 2.0], "layers.1": [4.0, 1.0, None]} for label in report["detection"]}
     (folder / "curves.json").write_text(json.dumps(curves))
-    summary = run_grid(GridConfig(datasets=("tox21",), models=("gt",), out=str(out), study=_template()))
+    config = GridConfig(datasets=("tox21",), models=("gt",), out=str(out), study=_template())
+    StageRecord(folder).mark("report", study_keys(pair_study(config, out, "tox21", "gt")).report)
+    summary = run_grid(config)
     assert summary["pairs"]["tox21/gt"]["status"] == "skipped (finished)"
     row = summary["table1"][0]
     assert (row["final_no_ebt"], row["best_ebt"], row["paper_ebt"]) == (0.35, 0.31, 0.29)

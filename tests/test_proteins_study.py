@@ -11,7 +11,7 @@ from magnn.data.sampling import sample_edges, subgraph
 from magnn.models import build_model
 from magnn.models.presets import proteins_architecture
 from magnn.core.graph import Graph
-from magnn.study.pipeline import StudyConfig, run_study
+from magnn.study import StudyConfig, run_study
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def test_study_end_to_end_on_generated_proteins(tmp_path):
     root = tmp_path / "data"
     write_ogb_proteins_raw(root, num_nodes=160, num_edges_undirected=1000, seed=5)
     out = tmp_path / "study"
-    report = run_study(StudyConfig(dataset="ogbn-proteins", quick=True, data_root=str(root), out=str(out),
+    report = run_study(StudyConfig.from_options(dataset="ogbn-proteins", quick=True, data_root=str(root), out=str(out),
                                    epochs=2, max_seeds=6, attack_steps=1, backend="torch"))
     saved = json.loads((out / "report.json").read_text())
     labels = {"base no_ebt", "trained no_ebt", "base ebt_edge", "trained ebt_edge"}
@@ -134,7 +134,7 @@ def test_study_refuses_node_options_it_cannot_use(tmp_path, kwargs, option):
     from magnn.core.errors import UserError
 
     with pytest.raises(UserError, match=option):
-        StudyConfig(out=str(tmp_path / "out"), **kwargs).validate()
+        StudyConfig.from_options(out=str(tmp_path / "out"), **kwargs).validate()
 
 
 def test_detect_on_one_graph_split_uses_its_mask_as_seeds(small_graph):

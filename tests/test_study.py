@@ -5,7 +5,7 @@ import torch
 from torch_geometric.data import Data
 
 from magnn.cli import main
-from magnn.study.pipeline import add_meaningless_edges, new_edge_type
+from magnn.study.ablation import add_meaningless_edges, new_edge_type
 
 
 def test_study_quick_writes_every_file(tmp_path):

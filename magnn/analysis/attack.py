@@ -213,7 +213,6 @@ def explicit_bias_attack(
     train/eval mode are restored afterwards. Returns the clean, random-noise and optimised losses.
     """
     from torch_geometric.loader import DataLoader
-    from tqdm import tqdm
 
     protocol = (protocol or AttackProtocol()).validate()
     if not sigma > 0:
@@ -225,63 +224,80 @@ def explicit_bias_attack(
         parameter.requires_grad_(False)
     batches = [b.to(device) for b in DataLoader(graphs, batch_size=protocol.batch_size, shuffle=False)]
     injector = _Injector(model, sigma, protocol.edge_noise, embedding, edge_embedding)
-    generator = torch.Generator().manual_seed(seed)
     try:
         width_of = _widths(model, injector, embedding, edge_embedding)
-        if protocol.shared_noise:
-            shared = [torch.randn(s, generator=generator).to(device)
-                      for s in injector.shapes(batches[0], width_of, protocol.edge_noise, True)] if batches else []
-            random_noise = [shared for _ in batches]
-        else:
-            random_noise = [[torch.randn(s, generator=generator).to(device)
-                             for s in injector.shapes(b, width_of, protocol.edge_noise, False)] for b in batches]
-
-        def mean_loss(noises) -> float:
-            total, graphs_seen = 0.0, 0
-            with torch.no_grad():
-                for batch, noise in zip(batches, noises):
-                    total += float(loss_fn(injector(batch, noise), batch.y)) * batch.num_graphs
-                    graphs_seen += batch.num_graphs
-            return total / max(graphs_seen, 1)
-
-        clean = mean_loss([None] * len(batches))
-        loss_random = mean_loss(random_noise)
-        # the optimisation starts from the random draw
-        if protocol.shared_noise:
-            leaves = [raw.clone().requires_grad_() for raw in (random_noise[0] if batches else [])]
-            optimised = [leaves for _ in batches]
-        else:
-            leaves = [raw.clone().requires_grad_() for noise in random_noise for raw in noise]
-            per_batch = len(leaves) // max(len(batches), 1)
-            optimised = [leaves[i * per_batch:(i + 1) * per_batch] for i in range(len(batches))]
-        optimiser = torch.optim.Adam(leaves, lr=protocol.lr)
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimiser, mode="max", factor=protocol.factor, patience=protocol.patience)
-        epoch_losses, stop_reason, reductions = [], "max_epochs", 0
-        bar = tqdm(range(protocol.max_epochs), desc=f"attack sigma={sigma:g}", disable=not progress, leave=False)
-        for _ in bar:
-            total, graphs_seen = 0.0, 0
-            for batch, noise in zip(batches, optimised):  # one Adam step per validation batch
-                optimiser.zero_grad(set_to_none=True)
-                loss = loss_fn(injector(batch, noise), batch.y)
-                (-loss).backward()  # ascend the loss
-                optimiser.step()
-                total += float(loss.detach()) * batch.num_graphs
-                graphs_seen += batch.num_graphs
-            epoch_losses.append(total / max(graphs_seen, 1))
-            before = optimiser.param_groups[0]["lr"]
-            scheduler.step(epoch_losses[-1])
-            if optimiser.param_groups[0]["lr"] < before:
-                reductions += 1
-            if optimiser.param_groups[0]["lr"] < protocol.min_lr:
-                stop_reason = "min_lr"
-                break
-        loss_optimised = mean_loss([[raw.detach() for raw in noise] for noise in optimised])
-        final_lr = optimiser.param_groups[0]["lr"]
+        random_noise = _random_noise(injector, batches, width_of, protocol, torch.Generator().manual_seed(seed), device)
+        clean = _mean_loss(injector, loss_fn, batches, [None] * len(batches))
+        loss_random = _mean_loss(injector, loss_fn, batches, random_noise)
+        optimised, run = _optimise(injector, loss_fn, batches, random_noise, protocol,
+                                   desc=f"attack sigma={sigma:g}", progress=progress)
+        loss_optimised = _mean_loss(injector, loss_fn, batches, [[raw.detach() for raw in noise] for noise in optimised])
     finally:
         injector.remove()
         for parameter in trainable:
             parameter.requires_grad_(True)
         model.train(was_training)
-    return AttackResult(sigma, clean, loss_random, loss_optimised, len(epoch_losses), stop_reason, final_lr,
-                        reductions, epoch_losses, protocol.to_dict())
+    return AttackResult(sigma, clean, loss_random, loss_optimised, len(run["epoch_losses"]), run["stop_reason"],
+                        run["final_lr"], run["reductions"], run["epoch_losses"], protocol.to_dict())
+
+
+def _random_noise(injector, batches, width_of, protocol: AttackProtocol, generator, device) -> list:
+    """Per batch, the raw noise tensors of the random draw (one draw shared by every batch with shared_noise)."""
+    if protocol.shared_noise:
+        shared = [torch.randn(s, generator=generator).to(device)
+                  for s in injector.shapes(batches[0], width_of, protocol.edge_noise, True)] if batches else []
+        return [shared for _ in batches]
+    return [[torch.randn(s, generator=generator).to(device)
+             for s in injector.shapes(b, width_of, protocol.edge_noise, False)] for b in batches]
+
+
+def _mean_loss(injector, loss_fn, batches, noises) -> float:
+    """The loss over every batch with its noise (None: clean), weighted by graphs, without gradients."""
+    total, graphs_seen = 0.0, 0
+    with torch.no_grad():
+        for batch, noise in zip(batches, noises):
+            total += float(loss_fn(injector(batch, noise), batch.y)) * batch.num_graphs
+            graphs_seen += batch.num_graphs
+    return total / max(graphs_seen, 1)
+
+
+def _optimise(injector, loss_fn, batches, random_noise, protocol: AttackProtocol, *, desc: str, progress: bool):
+    """Ascend the loss from the random draw: one Adam step per batch per epoch, the lr halved on a
+    plateau, stopping below min_lr or after max_epochs. Returns (the noise per batch, the run's record)."""
+    from tqdm import tqdm
+
+    if protocol.shared_noise:
+        leaves = [raw.clone().requires_grad_() for raw in (random_noise[0] if batches else [])]
+        optimised = [leaves for _ in batches]
+    else:
+        leaves = [raw.clone().requires_grad_() for noise in random_noise for raw in noise]
+        per_batch = len(leaves) // max(len(batches), 1)
+        optimised = [leaves[i * per_batch:(i + 1) * per_batch] for i in range(len(batches))]
+    optimiser = torch.optim.Adam(leaves, lr=protocol.lr)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimiser, mode="max", factor=protocol.factor, patience=protocol.patience)
+    run = {"epoch_losses": [], "stop_reason": "max_epochs", "reductions": 0}
+    for _ in tqdm(range(protocol.max_epochs), desc=desc, disable=not progress, leave=False):
+        run["epoch_losses"].append(_ascend_epoch(injector, loss_fn, batches, optimised, optimiser))
+        before = optimiser.param_groups[0]["lr"]
+        scheduler.step(run["epoch_losses"][-1])
+        if optimiser.param_groups[0]["lr"] < before:
+            run["reductions"] += 1
+        if optimiser.param_groups[0]["lr"] < protocol.min_lr:
+            run["stop_reason"] = "min_lr"
+            break
+    run["final_lr"] = optimiser.param_groups[0]["lr"]
+    return optimised, run
+
+
+def _ascend_epoch(injector, loss_fn, batches, optimised, optimiser) -> float:
+    """One epoch of the attack: an Adam step per validation batch up the loss; the epoch's mean loss."""
+    total, graphs_seen = 0.0, 0
+    for batch, noise in zip(batches, optimised):
+        optimiser.zero_grad(set_to_none=True)
+        loss = loss_fn(injector(batch, noise), batch.y)
+        (-loss).backward()  # ascend the loss
+        optimiser.step()
+        total += float(loss.detach()) * batch.num_graphs
+        graphs_seen += batch.num_graphs
+    return total / max(graphs_seen, 1)

@@ -9,7 +9,8 @@ ratios |a_ec| / med_e (all H*D of them) of the first `fit_edges` (50,000) edges
 of each layer, taken from the layer's edge output as it passes (bounded memory:
 fit_edges x H*D floats per layer, never the whole split); with fit_edges=0 (or
 for forms that keep no rows, e.g. the full-graph pass) it fits the merged
-histogram instead. `GammaFit.source` says which ("exact" or "histogram").
+histogram instead. `GammaFit.source` says which ("exact" or "histogram"); the fit
+itself lives in magnn.analysis.gamma.
 """
 from __future__ import annotations
 
@@ -20,132 +21,12 @@ import numpy as np
 import torch
 
 from ..core.constants import MA_THRESHOLD
-from ..stats import EdgeStats, LogHistogram, bin_lower_bound, collect
+from ..stats import EdgeStats, collect
 
-# -log10(ratio + eps) keeps zero ratios finite; the paper's code adds numpy's float64 eps
-# (np.finfo(float).eps = 2.22e-16), not 1e-8
-EPS = float(np.finfo(np.float64).eps)
-FIT_EDGES = 50_000  # the paper's code fits the ratios of a layer's first 50,000 edges
+from .gamma import EPS, FIT_EDGES, ExactRatioSampler, GammaFit, fit_gamma, fit_gamma_exact
 
-
-# -- gamma fit from a histogram -------------------------------------------------------
-
-@dataclass
-class GammaFit:
-    shape: float
-    loc: float
-    scale: float
-    ks: float  # sup |F_empirical - F_fit| (exact: scipy.stats.kstest; histogram: over the bin edges)
-    samples: int  # values the fit saw
-    source: str = "histogram"  # "exact": the ratios of the first FIT_EDGES edges; "histogram": the merged histogram
-    edges: int = 0  # exact: edges whose ratios were fitted
-
-    def pdf(self, x):
-        from scipy import stats
-
-        return stats.gamma.pdf(x, self.shape, loc=self.loc, scale=self.scale)
-
-    def to_dict(self) -> dict:
-        return {"shape": self.shape, "loc": self.loc, "scale": self.scale, "ks": self.ks, "samples": self.samples,
-                "source": self.source, "edges": self.edges}
-
-
-def fit_gamma_exact(ratios, edges: int = 0) -> Optional[GammaFit]:
-    """The paper code's fit: `scipy.stats.gamma.fit` (free loc and scale) of -log10(ratio + eps)
-    over the given exact ratios, and `scipy.stats.kstest` against the fitted cdf."""
-    from scipy import stats
-
-    x = -np.log10(np.asarray(ratios, dtype=np.float64).reshape(-1) + EPS)
-    x = x[np.isfinite(x)]
-    if x.size < 3:
-        return None
-    shape, loc, scale = stats.gamma.fit(x)
-    ks = stats.kstest(x, "gamma", args=(shape, loc, scale)).statistic
-    return GammaFit(float(shape), float(loc), float(scale), float(ks), int(x.size), "exact", int(edges))
-
-
-class ExactRatioSampler:
-    """Forward hooks keeping the exact ratios |a_ec| / med_e of the first `limit` edge rows of every
-    attention layer's edge output (the statistics' edge tap), by the names `collect` uses."""
-
-    def __init__(self, model: torch.nn.Module, limit: int = FIT_EDGES):
-        from ..stats import StatsTap
-
-        self.limit, self.parts, self.rows, self.handles = limit, {}, {}, []
-        if limit <= 0:
-            return
-        for name, module in model.named_modules():
-            if isinstance(module, StatsTap):
-                self.handles.append(module.register_forward_hook(self._hook(name)))
-
-    def _hook(self, name):
-        def keep(module, inputs, output):
-            if not isinstance(output, tuple) or len(output) < 2 or self.rows.get(name, 0) >= self.limit:
-                return None
-            edge_out = output[1]
-            if not isinstance(edge_out, torch.Tensor) or edge_out.dim() < 2:
-                return None
-            rows = edge_out.detach()[: self.limit - self.rows.get(name, 0)]
-            rows = rows.reshape(rows.shape[0], -1).abs().float()
-            if rows.shape[0] == 0 or rows.shape[1] == 0:
-                return None
-            median = rows.median(dim=1, keepdim=True).values.clamp_min(torch.finfo(torch.float32).tiny)
-            self.parts.setdefault(name, []).append((rows / median).cpu().numpy())
-            self.rows[name] = self.rows.get(name, 0) + rows.shape[0]
-            return None
-
-        return keep
-
-    def ratios(self, name: str):
-        parts = self.parts.get(name)
-        return np.concatenate(parts, axis=0) if parts else None
-
-    def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-        self.handles = []
-
-
-def neg_log10_edges(hist: LogHistogram) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(low, high, counts) of -log10(ratio + eps) for the occupied bins, ascending in x."""
-    index = torch.nonzero(hist.counts).reshape(-1)
-    counts = hist.counts[index].double().numpy()
-    ratio_low = bin_lower_bound(index, hist.mantissa_bits).double().numpy()
-    ratio_high = bin_lower_bound(index + 1, hist.mantissa_bits).double().numpy()
-    finite = np.isfinite(ratio_high)
-    ratio_low, ratio_high, counts = ratio_low[finite], ratio_high[finite], counts[finite]
-    x_low = -np.log10(ratio_high + EPS)  # the transform reverses the order
-    x_high = -np.log10(ratio_low + EPS)
-    order = np.argsort(x_low)
-    return x_low[order], x_high[order], counts[order]
-
-
-def fit_gamma(hist: LogHistogram, max_samples: int = 50_000, seed: int = 0) -> Optional[GammaFit]:
-    """MLE gamma fit (free loc and scale) of -log10(ratio) from a ratio histogram.
-
-    The fit sees up to `max_samples` values drawn from the histogram (bin
-    chosen by its count, position uniform inside the bin), which keeps
-    scipy.stats.gamma.fit fast on billions of counted values; the KS statistic
-    then compares the fitted cdf with the full histogram's cdf at every bin edge.
-    """
-    from scipy import stats
-
-    x_low, x_high, counts = neg_log10_edges(hist)
-    total = counts.sum()
-    if total < 3:
-        return None
-    rng = np.random.default_rng(seed)
-    draws = min(int(total), max_samples)
-    chosen = rng.choice(len(counts), size=draws, p=counts / total)
-    samples = x_low[chosen] + rng.random(draws) * (x_high[chosen] - x_low[chosen])
-    shape, loc, scale = stats.gamma.fit(samples)
-    empirical = np.cumsum(counts) / total  # cdf at each bin's upper edge
-    fitted = stats.gamma.cdf(x_high, shape, loc=loc, scale=scale)
-    fitted_below = stats.gamma.cdf(x_low, shape, loc=loc, scale=scale)
-    empirical_below = np.concatenate([[0.0], empirical[:-1]])
-    ks = float(max(np.abs(empirical - fitted).max(), np.abs(empirical_below - fitted_below).max()))
-    return GammaFit(float(shape), float(loc), float(scale), ks, draws)
-
+__all__ = ["EPS", "GammaFit", "fit_gamma", "LayerReport", "DetectionReport", "detect", "xavier_reset",
+           "detect_seed_subgraphs", "detect_full_graph", "FullGraphDetection", "seed_generator", "ExactRatioSampler"]
 
 # -- detection over a split -----------------------------------------------------------
 
@@ -323,7 +204,7 @@ def detect_seed_subgraphs(model, data, seeds=None, *, fanouts=PAPER_FANOUTS, max
     from ..core.graph import Graph
     from ..data.proteins import check_node_graph
     from ..data.sampling import sample_edges, subgraph
-    from ..distributed import all_reduce_stats
+    from ..distributed import all_reduce_stats, rank_world
 
     check_node_graph(data, "detection")
     if max_seeds is not None and max_seeds < 1:
@@ -331,7 +212,7 @@ def detect_seed_subgraphs(model, data, seeds=None, *, fanouts=PAPER_FANOUTS, max
     seeds = _node_mask_seeds(data, seeds)
     if max_seeds is not None:
         seeds = seeds[:max_seeds]
-    rank, world = _rank_world()
+    rank, world = rank_world()
     seeds = seeds[rank::world]  # under torchrun each rank takes every world-th seed; merged below
     model.eval().to(device)
     graph = Graph(data.edge_index, data.num_nodes, validate=False)
@@ -361,14 +242,6 @@ def detect_seed_subgraphs(model, data, seeds=None, *, fanouts=PAPER_FANOUTS, max
 def seed_generator(seed: int, node: int) -> torch.Generator:
     """The random stream that samples seed node `node`'s subgraph (a function of both only)."""
     return torch.Generator().manual_seed(seed * 1_000_003 + int(node))
-
-
-def _rank_world() -> tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 @dataclass

@@ -10,7 +10,7 @@ matplotlib.use("Agg")  # headless: figures go to files
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .detect import neg_log10_edges  # noqa: E402
+from .gamma import neg_log10_edges  # noqa: E402
 from ..core.constants import MA_THRESHOLD  # noqa: E402
 
 __all__ = ["plot_sorted_ratios", "plot_edge_ratios", "plot_edge_ratios_by_layer", "plot_grid_panels",

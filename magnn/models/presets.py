@@ -11,10 +11,14 @@ ogbn-proteins has two named architectures (`PROTEINS_ARCHITECTURES`):
 "paper" (the `paper` preset's: node input = species embedding only; the raw
 8-dim edge features re-embedded for every layer by ONE shared Linear(8,
 hidden), GT, GraphiT and SAN alike, GT without an edge stream) and "magnn"
-(magnn's first form: mean incoming edge features added to the node input,
-GT carrying its edge stream across layers, GraphiT and SAN with one edge
-Linear per layer). `proteins_architecture(model, name)` gives the model
-keywords of either.
+(richer inputs: mean incoming edge features added to the node input, GT
+carrying its edge stream across layers, GraphiT and SAN with one edge Linear
+per layer). `proteins_architecture(model, name)` gives the model keywords of
+either; `variant_overrides` turns the named variants (--architecture,
+--ebt-compat) into model keywords for the command line and the study alike.
+
+The quick profiles (`--preset quick` of magnn train, `--quick` of magnn study)
+are a section of their own below: pure data on top of the paper's rows.
 """
 from __future__ import annotations
 
@@ -22,7 +26,9 @@ from dataclasses import asdict, dataclass
 from typing import Optional
 
 __all__ = ["Preset", "PRESETS", "PROTOCOL", "DATASETS", "dataset_key", "get_preset", "PROTEINS_ARCHITECTURES",
-           "proteins_architecture", "architecture_name"]
+           "proteins_architecture", "architecture_name", "QUICK_MODEL", "QUICK_DATASET_MODEL", "QUICK_TRAINING",
+           "STUDY_PROFILES", "NODE_STUDY_PROFILES", "QUICK_PAIRS", "study_profile", "EBT_COMPAT_MODES",
+           "EBT_COMPAT_MODELS", "PRESET_NAMES", "variant_overrides"]
 
 from ..core.constants import DATASETS  # re-exported: the datasets presets exist for
 
@@ -135,3 +141,79 @@ def get_preset(model: str, dataset: str) -> Preset:
     if key not in PRESETS:
         raise ValueError(f"no preset for model {model!r}; choose one of 'gt', 'graphit', 'san'")
     return PRESETS[key]
+
+
+# -- quick profiles: CPU-sized settings on top of the paper's rows (pure data) ----------------------
+# What `--preset quick` (magnn train) and `--quick` (magnn study) change; the searches behind the
+# values: docs/EXPERIMENTS.md.
+
+# magnn train --preset quick: the paper's row for the pair, shrunk to train in minutes on 2 CPU cores
+QUICK_MODEL = {"num_layers": 4, "hidden": 64, "heads": 8}
+# on top of QUICK_MODEL and the paper's training row, per dataset: TOX21 trains with dropout 0.2,
+# batches of 32 graphs and lr 1e-3, 3 warmup epochs then cosine decay
+QUICK_DATASET_MODEL = {"tox21": {"dropout": 0.2}}
+QUICK_TRAINING = {"tox21": {"lr": 1e-3, "schedule": "cosine", "warmup_epochs": 3, "batch_size": 32}}
+
+# magnn study profiles. quick: minutes on 2 CPU cores; full: the paper's protocol (SPEC §10).
+# attack_steps is the attack's epoch cap (one Adam step per validation batch per epoch); quick
+# lowers the cap and the split, never the protocol (lr 7e-4, plateau schedule, min_lr stop).
+# fit_edges: the gamma fit sees the exact ratios of each layer's first fit_edges edges (the
+# paper's code: 50,000), see magnn.analysis.detect
+STUDY_PROFILES = {
+    "quick": dict(epochs=15, preset="quick", detect_graphs=300, attack_graphs=256, attack_steps=25,
+                  ablation_graphs=300, fit_edges=5_000),
+    "full": dict(epochs=1000, preset="paper", detect_graphs=None, attack_graphs=None, attack_steps=1000,
+                 ablation_graphs=None, fit_edges=50_000),
+}
+# ogbn-proteins (one large graph): detect_graphs / attack_graphs count seed nodes (one sampled
+# subgraph each); the ablation and magnn's full-graph detection use the whole graph
+NODE_STUDY_PROFILES = {
+    "quick": dict(epochs=4, preset="quick", detect_graphs=150, attack_graphs=16, attack_steps=3,
+                  ablation_graphs=None, lr=1e-2),  # full batch: one step per epoch, hence the larger lr
+    "full": dict(epochs=1000, preset="paper", detect_graphs=None, attack_graphs=512, attack_steps=1000,
+                 ablation_graphs=None),
+}
+# quick, per (dataset, model), on top of STUDY_PROFILES["quick"]: GT on the bundled ZINC keeps the
+# paper's 10-layer model (its MAs grow with depth) and trains it at lr 2e-3 for 60 epochs, so that
+# the quick study shows them
+QUICK_PAIRS = {("zinc", "gt"): dict(epochs=60, preset="paper", lr=2e-3)}
+
+
+def study_profile(dataset: str, model: str, quick: bool) -> dict:
+    """A study's profile settings: STUDY_PROFILES (NODE_STUDY_PROFILES for ogbn-proteins), with
+    QUICK_PAIRS on top for a quick study of a listed (dataset, model) pair."""
+    profiles = NODE_STUDY_PROFILES if dataset == "ogbn-proteins" else STUDY_PROFILES
+    profile = dict(profiles["quick" if quick else "full"])
+    if quick:
+        profile.update(QUICK_PAIRS.get((dataset, model), {}))
+    return profile
+
+
+# -- named variants -> model keywords -----------------------------------------------------------------
+
+# EBT as the paper's published code computes it (magnn.models.compat); None: the formula. The
+# paper's GT code computes the formula, so the switch leaves GT alone.
+EBT_COMPAT_MODES = ("gnn-mas",)
+EBT_COMPAT_MODELS = ("san", "graphit")
+PRESET_NAMES = ("paper", "quick")
+
+
+def variant_overrides(model: str, dataset: str, *, architecture: Optional[str] = None,
+                      ebt_compat: Optional[str] = None) -> dict:
+    """The model keywords that the named variants select: `architecture` (ogbn-proteins only:
+    PROTEINS_ARCHITECTURES) and `ebt_compat` (SAN and GraphiT; GT computes the formula either way).
+    UserError when a variant does not apply to the dataset or is unknown."""
+    from ..core.errors import UserError
+
+    overrides = {}
+    if architecture is not None:
+        if dataset != "ogbn-proteins":
+            raise UserError(f"--architecture chooses between ogbn-proteins' two model forms; drop it for "
+                             f"--dataset {dataset}")
+        overrides.update(proteins_architecture(model, architecture))
+    if ebt_compat is not None:
+        if ebt_compat not in EBT_COMPAT_MODES:
+            raise UserError(f"unknown --ebt-compat {ebt_compat!r}; choose one of {EBT_COMPAT_MODES}")
+        if model in EBT_COMPAT_MODELS:
+            overrides["ebt_compat"] = ebt_compat
+    return overrides

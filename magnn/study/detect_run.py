@@ -9,14 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..core.constants import MA_THRESHOLD, SPLITS
-from ..core.errors import (
-    UserError,
-    check_choice,
-    check_environment,
-    check_positive,
-    output_folder,
-)
+from ..core.constants import MA_THRESHOLD
+from ..core.errors import UserError, output_folder
+from ..train.validation import check_detect_config
 
 if TYPE_CHECKING:
     from ..analysis.detect import DetectionReport
@@ -36,12 +31,7 @@ class DetectConfig:
     data_root: str | None = None  # default: the one the checkpoint was trained with
 
     def validate(self) -> DetectConfig:
-        if self.ckpt is None or str(self.ckpt) == "":
-            raise UserError("--ckpt is required: pass a checkpoint written by magnn train (best.pt or last.pt)")
-        check_choice(self.split, SPLITS, "--split")
-        check_positive(self.max_batches, "--max-batches", integer=True)
-        check_positive(self.threshold, "--threshold")
-        check_environment(self.device, self.data_root, self.out)
+        check_detect_config(self)
         return self
 
 

@@ -6,10 +6,10 @@ loss, without / with EBT, beside the paper's), and the 3x3 Fig. 2 (no EBT vs the
 and Fig. 4 (EBT vs the base band) panels, into OUT/grid.md, OUT/grid.json, OUT/fig2_grid.png
 and OUT/fig4_grid.png.
 
-Resumable: a pair whose report.json exists is skipped (its numbers are read back); a pair
-whose training runs finished (metrics.json with test results beside best.pt) but whose study
-did not, reuses those checkpoints (`--ckpt-no-ebt` / `--ckpt-ebt`) instead of training again.
-A pair that fails is recorded with its error and the grid goes on; `run_grid` returns the
+Resumable by the study's own rule (magnn.study.stages): a pair whose stages are all current
+(the same settings and inputs, recorded in its stages.json) is skipped and its numbers are read
+back; in any other pair each stage whose key is unchanged (e.g. a finished training run) is
+reused and the rest is redone. A pair that fails is recorded with its error and the grid goes on; `run_grid` returns the
 summary and the command line exits with 1 when any pair failed.
 """
 from __future__ import annotations
@@ -22,9 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.constants import DATASETS, MODEL_NAMES
+from ..core.constants import DATASETS
 from ..core.errors import RunFailed, UserError, check_choice, output_folder
-from .pipeline import StudyConfig, run_study
+from ..models.registry import MODELS
+from .config import StudyConfig
+from .pipeline import is_current, run_study
 from .report import PAPER_TABLE1, format_number, report_json
 
 log = logging.getLogger("magnn.study.grid")
@@ -40,7 +42,7 @@ class GridConfig:
     replaced per pair). data_roots: a data root per dataset (default: `study.data_root` for all)."""
 
     datasets: tuple = DATASETS
-    models: tuple = MODEL_NAMES
+    models: tuple = tuple(MODELS)
     out: str = "runs/grid"
     study: StudyConfig = field(default_factory=StudyConfig)
     data_roots: dict = field(default_factory=dict)
@@ -51,7 +53,7 @@ class GridConfig:
         for dataset in self.datasets:
             check_choice(dataset, DATASETS, "--dataset")
         for model in self.models:
-            check_choice(model, MODEL_NAMES, "--model")
+            check_choice(model, tuple(MODELS), "--model")
         if self.study.ckpt_no_ebt or self.study.ckpt_ebt:
             raise UserError("--ckpt-no-ebt / --ckpt-ebt name one pair's checkpoints: run that pair alone "
                             "(--dataset D --model M), not the grid")
@@ -62,11 +64,26 @@ def pair_folder(out, dataset: str, model: str) -> Path:
     return Path(out) / f"{dataset}_{model}"
 
 
-def _finished_training(folder: Path):
-    """best.pt of a training run whose metrics.json holds test results (it finished), else None."""
-    if (folder / "best.pt").is_file() and (_read_json(folder / "metrics.json") or {}).get("test"):
-        return str(folder / "best.pt")
-    return None
+def pair_study(config: GridConfig, out: Path, dataset: str, model: str) -> StudyConfig:
+    """The StudyConfig of one pair: the template with the pair's dataset, model, data root and folder."""
+    train = dataclasses.replace(config.study.train, dataset=dataset, model=model,
+                                data_root=config.data_roots.get(dataset, config.study.train.data_root))
+    return dataclasses.replace(config.study, train=train, out=str(pair_folder(out, dataset, model)))
+
+
+def _run_pair(key: str, study: StudyConfig) -> dict:
+    """One pair's study, unless it is current; its status for grid.json (a failure is recorded, not raised)."""
+    folder = Path(study.out)
+    if is_current(study):
+        log.info(f"== grid: {key} finished before, skipping ({folder / 'report.json'})")
+        return {"status": "skipped (finished)", "folder": folder.name}
+    log.info(f"== grid: {key} -> {folder}")
+    try:
+        run_study(study)
+    except (UserError, RunFailed, RuntimeError, ValueError) as error:  # record it, run the other pairs
+        log.error(f"== grid: {key} failed: {error}")
+        return {"status": "failed", "folder": folder.name, "error": f"{type(error).__name__}: {error}"}
+    return {"status": "done", "folder": folder.name}
 
 
 def _read_json(path: Path):
@@ -84,25 +101,8 @@ def run_grid(config: GridConfig) -> dict:
     status = {}
     for dataset in config.datasets:
         for model in config.models:
-            key = f"{dataset}/{model}"
-            folder = pair_folder(out, dataset, model)
-            if _read_json(folder / "report.json") is not None:
-                log.info(f"== grid: {key} finished before, skipping ({folder / 'report.json'})")
-                status[key] = {"status": "skipped (finished)", "folder": folder.name}
-                continue
-            ebt_tag = f"ebt_{config.study.ebt}"
-            study = dataclasses.replace(
-                config.study, dataset=dataset, model=model, out=str(folder),
-                data_root=config.data_roots.get(dataset, config.study.data_root),
-                ckpt_no_ebt=_finished_training(folder / "no_ebt"), ckpt_ebt=_finished_training(folder / ebt_tag))
-            log.info(f"== grid: {key} -> {folder}")
-            try:
-                run_study(study)
-                status[key] = {"status": "done", "folder": folder.name,
-                               "reused_training": [t for t, c in (("no_ebt", study.ckpt_no_ebt), (ebt_tag, study.ckpt_ebt)) if c]}
-            except (UserError, RunFailed, RuntimeError, ValueError) as error:  # record it, run the other pairs
-                log.error(f"== grid: {key} failed: {error}")
-                status[key] = {"status": "failed", "folder": folder.name, "error": f"{type(error).__name__}: {error}"}
+            key, study = f"{dataset}/{model}", pair_study(config, out, dataset, model)
+            status[key] = _run_pair(key, study)
     summary = assemble(out, config.datasets, config.models, fig4_base=config.study.fig4_base,
                        ebt=config.study.ebt, threshold=config.study.threshold)
     summary["pairs"] = status

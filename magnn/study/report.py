@@ -95,73 +95,101 @@ def finding_details(report, variants) -> list[dict]:
     threshold = report["threshold"]
     base, trained = _layer_ratios(report, "base no_ebt"), _layer_ratios(report, "trained no_ebt")
     with_ebt = _layer_ratios(report, f"trained {ebt_tag}")
-    peak = lambda values: max(values.values(), default=float("nan"))
-    details = []
+    details = [_growth_finding(base, trained), _threshold_finding(trained, threshold),
+               _ebt_finding(trained, with_ebt, ebt_tag), _attack_finding(report, ebt_tag),
+               _ablation_finding(report, threshold)]
+    return [detail for detail in details if detail is not None]
 
-    def finding(name, criterion, overall, per_layer):
-        count = sum(1 for row in per_layer if row["verdict"] == "REPRODUCED")
-        untestable = sum(1 for row in per_layer if not row["verdict"].startswith(("REPRODUCED", "NOT reproduced")))
-        details.append({"name": name, "criterion": criterion, "overall": overall, "per_layer": per_layer,
-                        "layers_reproduced": f"{count}/{len(per_layer)}"
-                                             + (f" ({untestable} not testable)" if untestable else "")})
 
+def _peak(values: dict) -> float:
+    return max(values.values(), default=float("nan"))
+
+
+def _finding(name, criterion, overall, per_layer) -> dict:
+    count = sum(1 for row in per_layer if row["verdict"] == "REPRODUCED")
+    untestable = sum(1 for row in per_layer if not row["verdict"].startswith(("REPRODUCED", "NOT reproduced")))
+    return {"name": name, "criterion": criterion, "overall": overall, "per_layer": per_layer,
+            "layers_reproduced": f"{count}/{len(per_layer)}" + (f" ({untestable} not testable)" if untestable else "")}
+
+
+def _growth_finding(base: dict, trained: dict) -> dict:
     layers = [name for name in trained if name in base]
-    finding("trained max ratio >> base",
-            "the trained model's (no EBT) largest edge ratio is more than 10x the base model's; per layer: the "
-            "layer's own max over test batches against the same layer of the base model",
-            {"verdict": _verdict(peak(trained) > 10 * peak(base)), "trained": peak(trained), "base": peak(base),
-             "factor": peak(trained) / peak(base) if peak(base) else float("nan")},
-            [{"layer": n, "verdict": _verdict(trained[n] > 10 * base[n]), "trained": trained[n], "base": base[n],
-              "factor": trained[n] / base[n] if base[n] else float("nan")} for n in layers])
-    finding("MA threshold crossed",
-            f"the trained model's (no EBT) largest edge ratio exceeds the MA threshold {threshold:g}",
-            {"verdict": _verdict(peak(trained) > threshold), "trained": peak(trained)},
-            [{"layer": n, "verdict": _verdict(v > threshold), "trained": v} for n, v in trained.items()])
+    peak_trained, peak_base = _peak(trained), _peak(base)
+    return _finding(
+        "trained max ratio >> base",
+        "the trained model's (no EBT) largest edge ratio is more than 10x the base model's; per layer: the "
+        "layer's own max over test batches against the same layer of the base model",
+        {"verdict": _verdict(peak_trained > 10 * peak_base), "trained": peak_trained, "base": peak_base,
+         "factor": peak_trained / peak_base if peak_base else float("nan")},
+        [{"layer": n, "verdict": _verdict(trained[n] > 10 * base[n]), "trained": trained[n], "base": base[n],
+          "factor": trained[n] / base[n] if base[n] else float("nan")} for n in layers])
+
+
+def _threshold_finding(trained: dict, threshold: float) -> dict:
+    return _finding(
+        "MA threshold crossed",
+        f"the trained model's (no EBT) largest edge ratio exceeds the MA threshold {threshold:g}",
+        {"verdict": _verdict(_peak(trained) > threshold), "trained": _peak(trained)},
+        [{"layer": n, "verdict": _verdict(v > threshold), "trained": v} for n, v in trained.items()])
+
+
+def _ebt_finding(trained: dict, with_ebt: dict, ebt_tag: str) -> dict:
     layers = [name for name in trained if name in with_ebt]
-    finding("EBT reduces trained ratios",
-            f"the trained {ebt_tag} model's largest edge ratio is below the trained no-EBT model's (factor = no EBT / "
-            f"{ebt_tag}); per layer: same layer index",
-            {"verdict": _verdict(peak(with_ebt) < peak(trained)), "no_ebt": peak(trained), ebt_tag: peak(with_ebt),
-             "factor": peak(trained) / peak(with_ebt) if peak(with_ebt) else float("nan")},
-            [{"layer": n, "verdict": _verdict(with_ebt[n] < trained[n]), "no_ebt": trained[n], ebt_tag: with_ebt[n],
-              "factor": trained[n] / with_ebt[n] if with_ebt[n] else float("nan")} for n in layers])
+    peak_trained, peak_ebt = _peak(trained), _peak(with_ebt)
+    return _finding(
+        "EBT reduces trained ratios",
+        f"the trained {ebt_tag} model's largest edge ratio is below the trained no-EBT model's (factor = no EBT / "
+        f"{ebt_tag}); per layer: same layer index",
+        {"verdict": _verdict(peak_ebt < peak_trained), "no_ebt": peak_trained, ebt_tag: peak_ebt,
+         "factor": peak_trained / peak_ebt if peak_ebt else float("nan")},
+        [{"layer": n, "verdict": _verdict(with_ebt[n] < trained[n]), "no_ebt": trained[n], ebt_tag: with_ebt[n],
+          "factor": trained[n] / with_ebt[n] if with_ebt[n] else float("nan")} for n in layers])
+
+
+def _attack_finding(report, ebt_tag: str):
     attack = report.get("attack") or {}
-    if attack.get("no_ebt") and attack.get(ebt_tag):
-        gain = {tag: {round(r["sigma"], 4): r["gain_percent"] for r in rows} for tag, rows in attack.items()}
-        g0, g1 = gain["no_ebt"].get(0.1), gain[ebt_tag].get(0.1)
-        if g0 is None or g1 is None:
-            verdict = "NOT TESTABLE (no sigma 0.1 run)"
-        elif abs(g0 - g1) < 0.05 * max(abs(g0), 1e-9):
-            verdict = "INCONCLUSIVE (within 5% of each other)"
-        else:
-            verdict = _verdict(g1 < g0)
-        finding("attack gain lower with EBT at sigma 0.1",
-                "Explicit Bias Attack gain (loss_opt / loss_random - 1) at sigma 0.1 lower with EBT than without "
-                "(within 5% of each other: inconclusive); a model-level number, no per-layer form",
-                {"verdict": verdict, "no_ebt_percent": g0, f"{ebt_tag}_percent": g1}, [])
+    if not (attack.get("no_ebt") and attack.get(ebt_tag)):
+        return None
+    gain = {tag: {round(r["sigma"], 4): r["gain_percent"] for r in rows} for tag, rows in attack.items()}
+    g0, g1 = gain["no_ebt"].get(0.1), gain[ebt_tag].get(0.1)
+    if g0 is None or g1 is None:
+        verdict = "NOT TESTABLE (no sigma 0.1 run)"
+    elif abs(g0 - g1) < 0.05 * max(abs(g0), 1e-9):
+        verdict = "INCONCLUSIVE (within 5% of each other)"
+    else:
+        verdict = _verdict(g1 < g0)
+    return _finding("attack gain lower with EBT at sigma 0.1",
+                    "Explicit Bias Attack gain (loss_opt / loss_random - 1) at sigma 0.1 lower with EBT than without "
+                    "(within 5% of each other: inconclusive); a model-level number, no per-layer form",
+                    {"verdict": verdict, "no_ebt_percent": g0, f"{ebt_tag}_percent": g1}, [])
+
+
+def _ablation_finding(report, threshold: float):
     ablation = report.get("ablation") or {}
     fake = (ablation.get("with") or {}).get("meaningless")
-    if fake is not None:
-        real = {k: v for k, v in ablation["with"].items() if k != "meaningless"}
-        criterion = (f"after adding meaningless edges, their MA frequency (share of edges with r_e > {threshold:g}) "
-                     "exceeds every real bond type's; not testable where no edge exceeds the threshold")
+    if fake is None:
+        return None
+    real = {k: v for k, v in ablation["with"].items() if k != "meaningless"}
+    criterion = (f"after adding meaningless edges, their MA frequency (share of edges with r_e > {threshold:g}) "
+                 "exceeds every real bond type's; not testable where no edge exceeds the threshold")
+    per_layer = [dict(_judge_ablation(types, threshold), layer=name)
+                 for name, types in (ablation.get("per_layer") or {}).items()]
+    return _finding("MAs move onto meaningless edges", criterion,
+                    _judge_ablation(dict(real, meaningless=fake), threshold), per_layer)
 
-        def judge(with_types):
-            fake_row = with_types.get("meaningless")
-            if fake_row is None:
-                return {"verdict": "NOT TESTABLE (no meaningless edge in this layer)"}
-            others = [v for k, v in with_types.items() if k != "meaningless"]
-            if not any(v["ma_frequency"] for v in with_types.values()):
-                return {"verdict": f"NOT TESTABLE (no edge above {threshold:g})",
-                        "meaningless_max_ratio": fake_row["max_ratio"],
-                        "real_max_ratio": max((v["max_ratio"] for v in others), default=float("nan"))}
-            top = max((v["ma_frequency"] for v in others), default=0.0)
-            return {"verdict": _verdict(fake_row["ma_frequency"] > top), "meaningless_ma_frequency": fake_row["ma_frequency"],
-                    "real_ma_frequency_max": top}
 
-        per_layer = [dict(judge(types), layer=name) for name, types in (ablation.get("per_layer") or {}).items()]
-        finding("MAs move onto meaningless edges", criterion, judge(dict(real, meaningless=fake)), per_layer)
-    return details
+def _judge_ablation(with_types: dict, threshold: float) -> dict:
+    fake_row = with_types.get("meaningless")
+    if fake_row is None:
+        return {"verdict": "NOT TESTABLE (no meaningless edge in this layer)"}
+    others = [v for k, v in with_types.items() if k != "meaningless"]
+    if not any(v["ma_frequency"] for v in with_types.values()):
+        return {"verdict": f"NOT TESTABLE (no edge above {threshold:g})",
+                "meaningless_max_ratio": fake_row["max_ratio"],
+                "real_max_ratio": max((v["max_ratio"] for v in others), default=float("nan"))}
+    top = max((v["ma_frequency"] for v in others), default=0.0)
+    return {"verdict": _verdict(fake_row["ma_frequency"] > top), "meaningless_ma_frequency": fake_row["ma_frequency"],
+            "real_ma_frequency_max": top}
 
 
 def findings(report, variants) -> list[str]:

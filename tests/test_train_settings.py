@@ -1,13 +1,12 @@
-"""The quick defaults chosen by experiment (docs/EXPERIMENTS.md): the TOX21 training schedule and
-the quick study's per-pair settings. The accuracies and MA ratios they reach are experiments,
-recorded in docs, not asserted here."""
-import math
+"""magnn.train.settings and the lr schedule of magnn.train.setup: the quick defaults chosen by
+experiment (docs/EXPERIMENTS.md; the TOX21 training schedule), what overrides them, and the cosine
+schedule. The accuracies and MA ratios they reach are experiments, recorded in docs, not asserted
+here; the quick study's per-pair profile: tests/test_presets.py."""
 
 import pytest
 import torch
 
 from magnn.core.errors import UserError
-from magnn.study.pipeline import PROFILES, QUICK_PAIRS, StudyConfig, study_profile
 from magnn.train import TrainConfig, make_scheduler, model_overrides, train, training_settings
 
 
@@ -60,12 +59,3 @@ def test_cosine_training_steps_the_schedule_every_epoch(tmp_path):
     # history records the lr after each epoch's step: warmup over, then 1% of lr from the last epoch on
     assert [row["lr"] for row in metrics["history"]] == pytest.approx([1e-3, 1e-5, 1e-5])
     assert metrics["stopped"]["reason"] == "epochs"  # min_lr (the plateau rule) does not stop a cosine run
-
-
-def test_quick_study_profile_per_pair():
-    zinc_gt = study_profile(StudyConfig(dataset="zinc", model="gt", quick=True))
-    assert zinc_gt == {**PROFILES["quick"], **QUICK_PAIRS[("zinc", "gt")]}
-    assert zinc_gt["preset"] == "paper" and zinc_gt["lr"] == 2e-3 and zinc_gt["epochs"] == 60
-    for dataset, model in (("tox21", "gt"), ("zinc", "san"), ("zinc", "graphit")):
-        assert study_profile(StudyConfig(dataset=dataset, model=model, quick=True)) == PROFILES["quick"]
-    assert study_profile(StudyConfig(dataset="zinc", model="gt")) == PROFILES["full"]  # the full protocol stays

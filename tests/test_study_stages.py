@@ -1,0 +1,52 @@
+"""magnn.study.stages: a re-run skips the stages whose settings and inputs are unchanged and
+redoes the rest (OUT/stages.json)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from magnn.study import StudyConfig, run_study
+from magnn.study.stages import StageRecord, stage_key
+
+
+def _stamps(out) -> dict:
+    files = {"train no_ebt": out / "no_ebt" / "best.pt", "train ebt_edge": out / "ebt_edge" / "best.pt",
+             "ablate": out / "stages" / "ablation.json", "attack": out / "stages" / "attack.json",
+             "report": out / "report.json"}
+    return {stage: path.stat().st_mtime_ns for stage, path in files.items()}
+
+
+@pytest.mark.slow
+def test_rerun_redoes_only_the_stages_whose_settings_changed(tmp_path):
+    out = tmp_path / "study"
+    config = StudyConfig.from_options(dataset="zinc", model="san", quick=True, epochs=1, max_graphs=8, attack_steps=1,
+                                      backend="torch", overrides={"num_layers": 1, "hidden": 8, "heads": 2},
+                                      out=str(out))
+    report = run_study(config)
+    assert set(json.loads((out / "stages.json").read_text())) == {
+        "train no_ebt", "train ebt_edge", "ablate", "attack", "report"}
+    first = _stamps(out)
+
+    assert run_study(config) == json.loads((out / "report.json").read_text())  # all current: read back
+    assert _stamps(out) == first
+
+    # the threshold feeds the ablation and the report, not the training or the attack
+    changed = run_study(dataclasses.replace(config, threshold=5.0))
+    now = _stamps(out)
+    assert {stage for stage in first if now[stage] != first[stage]} == {"ablate", "report"}
+    assert changed["threshold"] == 5.0 and changed["training"] == report["training"]
+    assert changed["attack"] == report["attack"]
+
+
+def test_stage_record_keys_and_files(tmp_path):
+    record = StageRecord(tmp_path)
+    key = stage_key("train", {"seed": 1})
+    assert key == stage_key("train", {"seed": 1}) != stage_key("train", {"seed": 2})
+    assert not record.current("train", key)
+    record.mark("train", key)
+    assert StageRecord(tmp_path).current("train", key)  # read back from stages.json
+    assert not StageRecord(tmp_path).current("train", key, tmp_path / "best.pt")  # its file is gone
+    (tmp_path / "stages.json").write_text("{not json")
+    assert not StageRecord(tmp_path).current("train", key)  # an unreadable record: everything reruns
