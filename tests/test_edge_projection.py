@@ -325,3 +325,112 @@ def test_cpu_fused_step_allocates_no_edge_by_hidden_buffer(mode):
     fused = _peak_increase(mode, "fused")
     assert control["peak_increase"] >= control["edge_by_hidden"]
     assert fused["peak_increase"] <= fused["edge_by_hidden"] // 3, (fused, control)
+
+
+# -- the layers and models that use it ------------------------------------------------------
+
+def _unfused_by_hook(linear):
+    """A forward hook on the projection module makes the layer run it as a module (unfused)."""
+    return linear.register_forward_hook(lambda module, args, out: None)
+
+
+def _compare_fused_unfused(run, linear, params, dtype=torch.float32):
+    fused_out = run()
+    fused_grads = torch.autograd.grad(fused_out.square().sum(), params)
+    handle = _unfused_by_hook(linear)
+    try:
+        unfused_out = run()
+        unfused_grads = torch.autograd.grad(unfused_out.square().sum(), params)
+    finally:
+        handle.remove()
+    _close(fused_out, unfused_out, dtype, "output")
+    for x, y in zip(fused_grads, unfused_grads):
+        _close(x, y, dtype, "gradient")
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
+@pytest.mark.parametrize("mode,ebt", [("gt", "edge"), ("additive", "slot"), ("gt", None)])
+def test_fused_edge_attention_projects_narrow_edge_inputs_in_the_operator(backend, mode, ebt, monkeypatch):
+    """edge_dim < heads * head_dim: the layer hands the raw edge_attr and lin_e's parameters to
+    the operator (never an [E, H*D] e); same outputs and gradients as running lin_e, up to rounding."""
+    from magnn import layers
+    from magnn.layers import FusedEdgeAttention
+
+    require_backend(backend, torch.device("cpu"))
+    torch.manual_seed(0)
+    layer = FusedEdgeAttention(12, 2, 8, 5, mode=mode, ebt=ebt, clamp=5.0, backend=backend)
+    wide = FusedEdgeAttention(12, 2, 2, 5, mode=mode, ebt=ebt, backend=backend)  # edge_dim 5 > 4 channels
+    assert layers.projects_in_kernel(layer.lin_e, 16) and not layers.projects_in_kernel(wide.lin_e, 4)
+    gen = torch.Generator().manual_seed(1)
+    edge_index = random_graph(20, 90, generator=gen, isolated=3, self_loops=2, duplicates=3)
+    x = torch.randn(20, 12, generator=gen)
+    edge_attr = torch.randn(edge_index.shape[1], 5, generator=gen)
+    seen = []
+    real = layers.edge_attention
+    monkeypatch.setattr(layers, "edge_attention", lambda *a, **kw: seen.append(a[3].shape) or real(*a, **kw))
+    _compare_fused_unfused(lambda: layer(x, edge_index, edge_attr)[0], layer.lin_e, list(layer.parameters()))
+    assert seen[0] == (edge_index.shape[1], 5) and seen[1] == (edge_index.shape[1], 2, 8)
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpu"])
+def test_transformer_conv_projects_edge_attr_in_the_operator(backend, monkeypatch):
+    from magnn import layers
+    from magnn.layers import TransformerConv
+
+    require_backend(backend, torch.device("cpu"))
+    torch.manual_seed(0)
+    conv = TransformerConv(10, 6, heads=3, edge_dim=4, beta=True, backend=backend).train()
+    conv.dropout = 0.2
+    gen = torch.Generator().manual_seed(2)
+    edge_index = random_graph(25, 120, generator=gen, isolated=2, self_loops=2, duplicates=2)
+    x = torch.randn(25, 10, generator=gen)
+    edge_attr = torch.randn(edge_index.shape[1], 4, generator=gen)
+    seen = []
+    real = layers.edge_attention
+    monkeypatch.setattr(layers, "edge_attention", lambda *a, **kw: seen.append(a[3].shape) or real(*a, **kw))
+
+    def run():
+        torch.manual_seed(5)  # the dropout seed
+        return conv(x, edge_index, edge_attr)
+
+    _compare_fused_unfused(run, conv.lin_edge, list(conv.parameters()))
+    assert seen[0] == (edge_index.shape[1], 4) and seen[1] == (edge_index.shape[1], 3, 6)
+    assert set(conv.state_dict()) >= {"lin_edge.weight", "lin_key.weight", "lin_query.weight"}
+
+
+@pytest.mark.parametrize("name", ["gt", "graphit", "san"])
+def test_proteins_paper_models_project_in_the_operator(name, monkeypatch):
+    """The ogbn-proteins paper architecture with fused_edge_projection=True: every layer hands
+    the raw [E, 8] features and its composed [H*D, 8] matrix to the cpu kernels; values and
+    gradients equal the unfused model's (fused_edge_projection=False, same state_dict keys and
+    values) up to rounding, in training mode (dropout on)."""
+    from magnn import layers
+    from magnn.data import proteins_info, synthetic_proteins_graph
+    from magnn.models import build_model
+
+    require_backend("cpu", torch.device("cpu"))
+    data = synthetic_proteins_graph(num_nodes=150, num_edges_undirected=900, seed=4)
+    info = proteins_info(int(data.species.max()) + 1)
+    models = []
+    for fused in (False, True):
+        torch.manual_seed(0)
+        models.append(build_model(name, info, preset="paper", backend="cpu", fused_edge_projection=fused).train())
+    plain, fused = models
+    assert set(fused.state_dict()) == set(plain.state_dict())
+    fused.load_state_dict(plain.state_dict())
+    seen = []
+    real = layers.edge_attention
+    monkeypatch.setattr(layers, "edge_attention", lambda *a, **kw: seen.append(a[3].shape) or real(*a, **kw))
+    outputs, grads = [], []
+    for model in (plain, fused):
+        seen.clear()
+        torch.manual_seed(1)
+        out = model(data)
+        out.square().mean().backward()
+        outputs.append(out)
+        grads.append({key: p.grad for key, p in model.named_parameters()})
+    assert seen and all(shape == (data.edge_index.shape[1], 8) for shape in seen)  # the fused model's calls
+    _close(outputs[1], outputs[0], torch.float32, "model output")
+    for key, grad in grads[0].items():
+        if grad is not None:
+            _close(grads[1][key], grad, torch.float32, key)
