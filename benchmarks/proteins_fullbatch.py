@@ -173,7 +173,7 @@ def _common_terms(model, nodes, edges, hidden, heads, layers, dtype, edge_type=T
         node_inputs=N * (EDGE_FEATURES * 4 + 8 + TASKS * 4 + 3),
         edge_inputs=E * (2 * 8 + EDGE_FEATURES * 4 + (8 if edge_type else 0)),  # edge_index, edge_attr, edge_type
         optimizer=4 * P * 4,
-        fwd_scratch=E * (4 * H + 16),   # C++ forward: logits [E, H] fp32 + endpoints [E, 2] int64
+        fwd_scratch=E * (4 * H + 8),    # C++ forward: logits [E, H] fp32 + endpoints [E, 2] int32
         # the C++ kernels' statistics rows: row_ratio, row_max_abs (fp32) and EdgeStats' massive-row mask
         stats_rows=E * (4 + 4 + 1),
         raw_copy=E * EDGE_FEATURES * 2 if b == 2 else 0,  # a layer's bf16 copy of the raw features

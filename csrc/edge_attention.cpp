@@ -142,10 +142,25 @@ void run_blocks(int64_t num_blocks, const Worker& worker) {
 // src, dst) so that scattering them from the dst-sorted CSR costs one cache
 // line per edge: pairs[perm[p]] = (col[p], the row of p). Every edge is written
 // by the one worker that owns its destination.
+// Stored as int32 when every node index fits (half the memory: 8 instead of 16 bytes per edge,
+// 0.6 GB at ogbn-proteins' size), else as int64.
 struct Endpoints {
-  int64_t* pairs;
-  int64_t src(int64_t edge) const { return pairs[2 * edge]; }
-  int64_t dst(int64_t edge) const { return pairs[2 * edge + 1]; }
+  int64_t* pairs = nullptr;    // int64 [E, 2], or
+  int32_t* narrow = nullptr;   // int32 [E, 2]
+  int64_t src(int64_t edge) const { return narrow ? narrow[2 * edge] : pairs[2 * edge]; }
+  int64_t dst(int64_t edge) const { return narrow ? narrow[2 * edge + 1] : pairs[2 * edge + 1]; }
+  void set(int64_t edge, int64_t src, int64_t dst) const {
+    if (narrow) {
+      narrow[2 * edge] = static_cast<int32_t>(src);
+      narrow[2 * edge + 1] = static_cast<int32_t>(dst);
+    } else {
+      pairs[2 * edge] = src;
+      pairs[2 * edge + 1] = dst;
+    }
+  }
+  const void* row(int64_t edge) const {
+    return narrow ? static_cast<const void*>(narrow + 2 * edge) : static_cast<const void*>(pairs + 2 * edge);
+  }
 };
 
 inline void scatter_endpoints(const int64_t* rowptr, const int64_t* col, const int64_t* perm, int64_t num_nodes,
@@ -157,10 +172,8 @@ inline void scatter_endpoints(const int64_t* rowptr, const int64_t* col, const i
     for (int64_t block = claim(); block >= 0; block = claim()) {
       for (int64_t node = bounds[block]; node < bounds[block + 1]; ++node) {
         for (int64_t p = rowptr[node]; p < rowptr[node + 1]; ++p) {
-          if (p + kAhead < num_edges) __builtin_prefetch(ends.pairs + 2 * perm[p + kAhead], 1, 3);
-          const int64_t edge = perm[p];
-          ends.pairs[2 * edge] = col[p];
-          ends.pairs[2 * edge + 1] = node;
+          if (p + kAhead < num_edges) __builtin_prefetch(ends.row(perm[p + kAhead]), 1, 3);
+          ends.set(perm[p], col[p], node);
         }
       }
     }
@@ -1224,8 +1237,10 @@ ForwardTuple edge_attention_fwd_impl(
   // per-edge logits between the caller-order and the CSR passes; freed on return
   Tensor logit_buffer = empty_huge({s.num_edges, s.heads}, q.options().dtype(acc_type));
   // each edge's src and dst in the caller's order, for the caller-order passes; freed on return
-  Tensor endpoints = empty_huge({s.num_edges, 2}, q.options().dtype(at::kLong));
-  const Endpoints ends{endpoints.data_ptr<int64_t>()};
+  const bool narrow_ends = std::max(s.num_nodes, s.num_src_nodes) <= std::numeric_limits<int32_t>::max();
+  Tensor endpoints = empty_huge({s.num_edges, 2}, q.options().dtype(narrow_ends ? at::kInt : at::kLong));
+  Endpoints ends;
+  if (narrow_ends) ends.narrow = endpoints.data_ptr<int32_t>(); else ends.pairs = endpoints.data_ptr<int64_t>();
   scatter_endpoints(rowptr.data_ptr<int64_t>(), col.data_ptr<int64_t>(), perm.data_ptr<int64_t>(), s.num_nodes, ends);
   const bool with_stats = mantissa_bits >= 0;
   const auto i64 = q.options().dtype(at::kLong);
