@@ -94,7 +94,7 @@ def parameter_count(model: str, hidden: int, layers: int = LAYERS, species: int 
 
 def plan_step(model: str, nodes: int = REAL_NODES, edges: int = REAL_EDGES, *, hidden: int | None = None,
               heads: int = HEADS, layers: int = LAYERS, dtype: str = "bf16", checkpointing: bool = False,
-              fused: bool = False, stats: bool = True, in_kernel: bool | None = None, edge_type: bool = True) -> dict:
+              fused: bool = False, stats: bool = True, in_kernel: bool | None = None) -> dict:
     """Predicted peak bytes of one full-batch training step, by kind (see the module docstring).
     in_kernel (default: = fused): the edge projection runs inside the operator (issue 24)."""
     in_kernel = fused if in_kernel is None else in_kernel
@@ -102,7 +102,7 @@ def plan_step(model: str, nodes: int = REAL_NODES, edges: int = REAL_EDGES, *, h
         raise ValueError("the in-kernel projection needs fused=True (one [hidden, 8] matrix per layer)")
     if in_kernel:
         return _plan_step_in_kernel(model, nodes, edges, hidden=hidden, heads=heads, layers=layers, dtype=dtype,
-                                    checkpointing=checkpointing, stats=stats, edge_type=edge_type)
+                                    checkpointing=checkpointing, stats=stats)
     N, E, H, L = nodes, edges, heads, layers
     D = hidden or HIDDEN[model]
     b = 2 if dtype == "bf16" else 4  # activation bytes (parameters stay fp32)
@@ -163,7 +163,7 @@ def plan_step(model: str, nodes: int = REAL_NODES, edges: int = REAL_EDGES, *, h
             "peak_at": "forward" if at_forward else "backward"}
 
 
-def _common_terms(model, nodes, edges, hidden, heads, layers, dtype, edge_type=True):
+def _common_terms(model, nodes, edges, hidden, heads, layers, dtype):
     N, E, H, L = nodes, edges, heads, layers
     D = hidden or HIDDEN[model]
     b = 2 if dtype == "bf16" else 4
@@ -171,7 +171,7 @@ def _common_terms(model, nodes, edges, hidden, heads, layers, dtype, edge_type=T
     return dict(
         N=N, E=E, H=H, L=L, D=D, b=b, P=P,
         node_inputs=N * (EDGE_FEATURES * 4 + 8 + TASKS * 4 + 3),
-        edge_inputs=E * (2 * 8 + EDGE_FEATURES * 4 + (8 if edge_type else 0)),  # edge_index, edge_attr, edge_type
+        edge_inputs=E * (2 * 8 + EDGE_FEATURES * 4),  # edge_index, edge_attr fp32 (edge_type is a stride-0 view)
         optimizer=4 * P * 4,
         fwd_scratch=E * (4 * H + 8),    # C++ forward: logits [E, H] fp32 + endpoints [E, 2] int32
         # the C++ kernels' statistics rows: row_ratio, row_max_abs (fp32) and EdgeStats' massive-row mask
@@ -180,10 +180,9 @@ def _common_terms(model, nodes, edges, hidden, heads, layers, dtype, edge_type=T
     )
 
 
-def _plan_step_in_kernel(model, nodes, edges, *, hidden, heads, layers, dtype, checkpointing, stats,
-                         edge_type=True) -> dict:
+def _plan_step_in_kernel(model, nodes, edges, *, hidden, heads, layers, dtype, checkpointing, stats) -> dict:
     """plan_step with the edge projection inside the operator: no [E, hidden] tensor in the step."""
-    t = _common_terms(model, nodes, edges, hidden, heads, layers, dtype, edge_type)
+    t = _common_terms(model, nodes, edges, hidden, heads, layers, dtype)
     N, E, H, L, D, b = t["N"], t["E"], t["H"], t["L"], t["D"], t["b"]
     dropout = model in ("graphit", "san")
     csr = 4 * 8 * E + 2 * 8 * (N + 1)
@@ -217,12 +216,12 @@ def _plan_step_in_kernel(model, nodes, edges, *, hidden, heads, layers, dtype, c
 
 
 def plan_detect(model: str, nodes: int = REAL_NODES, edges: int = REAL_EDGES, *, hidden: int | None = None,
-                heads: int = HEADS, layers: int = LAYERS, dtype: str = "fp32", edge_type: bool = True) -> dict:
+                heads: int = HEADS, layers: int = LAYERS, dtype: str = "fp32") -> dict:
     """Predicted peak bytes of full-batch detection (eval forward, statistics on every layer, no
     autograd) with the in-kernel projection: inputs, the forward CSR (rowptr, col, perm; no reverse
     CSR without autograd), one layer's node activations, one kernel call's scratch and the
     statistics' rows (each layer's [E] ratios are folded into its collector and dropped)."""
-    t = _common_terms(model, nodes, edges, hidden, heads, layers, dtype, edge_type)
+    t = _common_terms(model, nodes, edges, hidden, heads, layers, dtype)
     N, E, D, b = t["N"], t["E"], t["D"], t["b"]
     csr = 2 * 8 * E + 8 * (N + 1)
     node_layer = N * D * 10 * b
@@ -377,7 +376,7 @@ def validate(models=("gt", "graphit", "san"), sizes=VALIDATION_SIZES, configs=((
 
 # -- real size: the ogb folder, one model and one phase per process ---------------------------
 
-def run_real(root: str, model_name: str, phase: str, backend: str = "cpu", drop_edge_type: bool = True) -> dict:
+def run_real(root: str, model_name: str, phase: str, backend: str = "cpu") -> dict:
     """One phase (load | detect | step) at the size of the folder under `root` (fp32, CPU)."""
     import gc
 
@@ -397,16 +396,8 @@ def run_real(root: str, model_name: str, phase: str, backend: str = "cpu", drop_
     result["load_peak_rss_bytes"] = status_kib("VmHWM") * 1024
     data = splits["train"]
     result["nodes"], result["directed_edges"] = int(data.num_nodes), int(data.edge_index.shape[1])
-    if phase != "load" and drop_edge_type and getattr(data, "edge_type", None) is not None:
-        # the paper models never read the per-edge type (an int64 [E]: 0.6 GB at real size)
-        del data.edge_type
-        for other in splits.values():
-            if getattr(other, "edge_type", None) is not None:
-                del other.edge_type
-        result["dropped"] = "edge_type"
     if phase == "load":
         result["split_sizes"] = {name: int(getattr(data, f"{name}_mask").sum()) for name in ("train", "val", "test")}
-        result["edge_type_dtype"] = str(getattr(data, "edge_type", torch.empty(0)).dtype)
         result["edge_features"] = int(data.edge_attr.shape[1])
         result["tasks"] = int(data.y.shape[1])
         result["species"] = int(data.species.unique().numel()) if hasattr(data, "species") else None
@@ -447,10 +438,10 @@ def run_real(root: str, model_name: str, phase: str, backend: str = "cpu", drop_
     result.update(peak_rss_bytes=peak, rss_before_bytes=before, increment_bytes=peak - before)
     E, N = result["directed_edges"], result["nodes"]
     if phase == "detect":
-        plan = plan_detect(model_name, N, E, dtype="fp32", edge_type=not drop_edge_type)
+        plan = plan_detect(model_name, N, E, dtype="fp32")
         result["plan_increment_bytes"] = plan["increment_bytes"]
     else:
-        plan = plan_step(model_name, N, E, dtype="fp32", fused=True, in_kernel=True, edge_type=not drop_edge_type)
+        plan = plan_step(model_name, N, E, dtype="fp32", fused=True, in_kernel=True)
         result["plan_increment_bytes"] = plan["step_increment_bytes"]
     result["plan"] = plan
     result["plan_error"] = result["plan_increment_bytes"] / result["increment_bytes"] - 1
@@ -481,16 +472,13 @@ def parse_args(argv=None):
     parser.add_argument("--real", default=None, metavar="ROOT",
                         help="the folder write_ogb_proteins_raw wrote (ROOT/ogbn_proteins): run --phase on it")
     parser.add_argument("--phase", choices=("load", "detect", "step"), default="load")
-    parser.add_argument("--keep-edge-type", action="store_true",
-                        help="--real: keep data.edge_type (int64 [E]), which the paper models never read")
     return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
     if args.real:
-        result = run_real(args.real, args.model, args.phase, backend=args.backend if args.backend != "auto" else "cpu",
-                          drop_edge_type=not args.keep_edge_type)
+        result = run_real(args.real, args.model, args.phase, backend=args.backend if args.backend != "auto" else "cpu")
         print(json.dumps({k: v for k, v in result.items() if k != "plan"}))
     elif args.plan:
         result = print_plan()
