@@ -434,3 +434,33 @@ def test_proteins_paper_models_project_in_the_operator(name, monkeypatch):
     for key, grad in grads[0].items():
         if grad is not None:
             _close(grads[1][key], grad, torch.float32, key)
+
+
+@pytest.mark.parametrize("mode", ["gt", "additive"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
+def test_bipartite_projection_matches_the_reference(mode, dtype):
+    """q over N_dst, k and v over N_src; edge_out, node_out and every gradient (a, W, b included)
+    as the reference's, with dropout and the edge EBT."""
+    require_backend("cpu", torch.device("cpu"), dtype)
+    gen = torch.Generator().manual_seed(21)
+    num_dst, num_src, num_edges = 7, 11, 50
+    edge_index = torch.stack([torch.randint(0, num_src, (num_edges,), generator=gen),
+                              torch.randint(0, num_dst - 2, (num_edges,), generator=gen)])
+    graph = Graph(edge_index, num_dst, num_src_nodes=num_src)
+
+    def rand(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype).requires_grad_()
+
+    q = rand(num_dst, HEADS, HEAD_DIM)
+    k, v = rand(num_src, HEADS, HEAD_DIM), rand(num_src, HEADS, HEAD_DIM)
+    a, weight, b = rand(num_edges, FEATS), rand(HEADS * HEAD_DIM, FEATS), rand(HEADS * HEAD_DIM)
+    params = tuple(rand(HEADS, HEAD_DIM) for _ in range(3))
+    problem = (graph, q, k, v, a, weight, b, None, params)
+    kwargs = dict(mode=mode, ebt="edge", dropout=0.2, seed=9)
+    ref_out, ref_grads = _outputs_and_grads("torch", problem, **kwargs)
+    out, grads = _outputs_and_grads("cpu", problem, **kwargs)
+    tolerance_dtype = torch.float64 if dtype == torch.float64 else torch.bfloat16
+    for x, y in zip(out, ref_out):
+        _close(x, y, tolerance_dtype, "output")
+    for x, y in zip(grads, ref_grads):
+        _close(x, y, tolerance_dtype, "gradient")
