@@ -5,6 +5,8 @@
     python benchmarks/proteins_fullbatch.py --measure --device cuda --model gt --dtype bf16 \\
         [--checkpointing] [--no-fused] [--nodes N --degree D] --json PATH
     python benchmarks/proteins_fullbatch.py --model gt --device cuda --dtype bf16   # time + stats overhead
+    python benchmarks/proteins_fullbatch.py --real /tmp/proteins-full --phase load|detect|step --model gt \
+        --json PATH     # the real-size synthetic folder through ogb's loader, on CPU (fp32, cpu backend)
 
 The graph is `magnn.data.synthetic_proteins_graph` (heavy-tailed degrees; the
 real size is N = 132,534 nodes and 79,122,504 directed edges, mean in-degree
@@ -25,6 +27,26 @@ edge projection e_l, edge_out (forward only) and de (backward only).
 `fused_edge_projection=True` (magnn.models) folds the shared edge Linear into
 each layer's projection, so the [E, hidden] shared embedding, and its
 gradient, never exist.
+
+In-kernel projection (issue 24; `in_kernel=True`, the default with fused): the
+layers hand the raw [E, 8] features and one composed [hidden, 8] matrix to the
+operator, which forms e_l per edge inside the kernels (cpu today; triton after
+its kernel restructure, until then it forms e_l unfused, which is the
+`in_kernel=False` row). Then no [E, hidden] tensor exists at all in a step of
+the paper models (they drop every layer's edge_out): the edge terms are the
+inputs, the CSR, the kernels' per-edge scratch (forward: logits [E, H] fp32 +
+endpoints [E, 2] int64; backward: [E, 2, H] fp32) and the statistics' rows;
+under bf16 autocast each layer keeps a bf16 copy of the raw features for its
+backward.
+
+`--real ROOT --phase P`: one model, one phase, in this process (run it under
+`/usr/bin/time -v`, one model at a time): `load` (ogb's loader on the folder
+that `magnn.data.write_ogb_proteins_raw` wrote; the first load processes it),
+`detect` (full-batch forward in eval mode under `magnn.stats.collect`:
+statistics on every layer, no autograd) or `step` (one full-batch training
+step: forward with statistics, BCE on the train nodes, backward, Adam). It
+prints the phase's time, the process's peak RSS (VmHWM) and the RSS before
+the phase, beside the plan's prediction (`plan_detect` / `plan_step`).
 
 CPU measurement: each configuration runs in a fresh subprocess with
 MALLOC_MMAP_THRESHOLD_=65536 (large blocks are mmapped and returned to the
@@ -72,8 +94,15 @@ def parameter_count(model: str, hidden: int, layers: int = LAYERS, species: int 
 
 def plan_step(model: str, nodes: int = REAL_NODES, edges: int = REAL_EDGES, *, hidden: int | None = None,
               heads: int = HEADS, layers: int = LAYERS, dtype: str = "bf16", checkpointing: bool = False,
-              fused: bool = False, stats: bool = True) -> dict:
-    """Predicted peak bytes of one full-batch training step, by kind (see the module docstring)."""
+              fused: bool = False, stats: bool = True, in_kernel: bool | None = None) -> dict:
+    """Predicted peak bytes of one full-batch training step, by kind (see the module docstring).
+    in_kernel (default: = fused): the edge projection runs inside the operator (issue 24)."""
+    in_kernel = fused if in_kernel is None else in_kernel
+    if in_kernel and not fused:
+        raise ValueError("the in-kernel projection needs fused=True (one [hidden, 8] matrix per layer)")
+    if in_kernel:
+        return _plan_step_in_kernel(model, nodes, edges, hidden=hidden, heads=heads, layers=layers, dtype=dtype,
+                                    checkpointing=checkpointing, stats=stats)
     N, E, H, L = nodes, edges, heads, layers
     D = hidden or HIDDEN[model]
     b = 2 if dtype == "bf16" else 4  # activation bytes (parameters stay fp32)
@@ -134,23 +163,94 @@ def plan_step(model: str, nodes: int = REAL_NODES, edges: int = REAL_EDGES, *, h
             "peak_at": "forward" if at_forward else "backward"}
 
 
+def _common_terms(model, nodes, edges, hidden, heads, layers, dtype):
+    N, E, H, L = nodes, edges, heads, layers
+    D = hidden or HIDDEN[model]
+    b = 2 if dtype == "bf16" else 4
+    P = parameter_count(model, D, L)
+    return dict(
+        N=N, E=E, H=H, L=L, D=D, b=b, P=P,
+        node_inputs=N * (EDGE_FEATURES * 4 + 8 + TASKS * 4 + 3),
+        edge_inputs=E * (2 * 8 + EDGE_FEATURES * 4),  # edge_index, edge_attr fp32 (edge_type is a stride-0 view)
+        optimizer=4 * P * 4,
+        fwd_scratch=E * (4 * H + 8),    # C++ forward: logits [E, H] fp32 + endpoints [E, 2] int32
+        # the C++ kernels' statistics rows: row_ratio, row_max_abs (fp32) and EdgeStats' massive-row mask
+        stats_rows=E * (4 + 4 + 1),
+        raw_copy=E * EDGE_FEATURES * 2 if b == 2 else 0,  # a layer's bf16 copy of the raw features
+    )
+
+
+def _plan_step_in_kernel(model, nodes, edges, *, hidden, heads, layers, dtype, checkpointing, stats) -> dict:
+    """plan_step with the edge projection inside the operator: no [E, hidden] tensor in the step."""
+    t = _common_terms(model, nodes, edges, hidden, heads, layers, dtype)
+    N, E, H, L, D, b = t["N"], t["E"], t["H"], t["L"], t["D"], t["b"]
+    dropout = model in ("graphit", "san")
+    csr = 4 * 8 * E + 2 * 8 * (N + 1)
+    node_layer = N * D * (10 * b + (16 if b == 2 else 8) + (2 if dropout else 0))
+    head_tensors = N * TASKS * 4 * 4
+    stats_rows = t["stats_rows"] if stats else 0
+    bwd_scratch = E * 8 * H  # C++ backward: a and dl per (edge, head), [E, 2, H] fp32
+    if not checkpointing:
+        saved_edges = L * t["raw_copy"]
+        saved_nodes = L * node_layer
+    else:
+        saved_edges = 0
+        saved_nodes = L * N * D * b + node_layer
+    forward_transient = t["fwd_scratch"] + stats_rows + t["raw_copy"]
+    backward_transient = bwd_scratch + (t["raw_copy"] if checkpointing else 0)
+    at_forward = forward_transient >= backward_transient
+    transient = max(forward_transient, backward_transient)
+    parts = {
+        "node": t["node_inputs"] + head_tensors,
+        "edge": t["edge_inputs"] + csr + (transient - (stats_rows if at_forward else 0)),
+        "saved_for_backward": saved_edges + saved_nodes,
+        "optimizer": t["optimizer"],
+        "statistics": stats_rows if at_forward else 0,
+    }
+    total = sum(parts.values())
+    before_step = t["node_inputs"] + t["edge_inputs"] + t["optimizer"]
+    return {"model": model, "nodes": N, "edges": E, "hidden": D, "heads": H, "layers": L, "dtype": dtype,
+            "checkpointing": checkpointing, "fused_edge_projection": True, "in_kernel_projection": True,
+            "parameters": t["P"], "parts_bytes": parts, "peak_bytes": total,
+            "step_increment_bytes": total - before_step, "peak_at": "forward" if at_forward else "backward"}
+
+
+def plan_detect(model: str, nodes: int = REAL_NODES, edges: int = REAL_EDGES, *, hidden: int | None = None,
+                heads: int = HEADS, layers: int = LAYERS, dtype: str = "fp32") -> dict:
+    """Predicted peak bytes of full-batch detection (eval forward, statistics on every layer, no
+    autograd) with the in-kernel projection: inputs, the forward CSR (rowptr, col, perm; no reverse
+    CSR without autograd), one layer's node activations, one kernel call's scratch and the
+    statistics' rows (each layer's [E] ratios are folded into its collector and dropped)."""
+    t = _common_terms(model, nodes, edges, hidden, heads, layers, dtype)
+    N, E, D, b = t["N"], t["E"], t["D"], t["b"]
+    csr = 2 * 8 * E + 8 * (N + 1)
+    node_layer = N * D * 10 * b
+    parts = {"node": t["node_inputs"] + node_layer, "edge": t["edge_inputs"] + csr + t["fwd_scratch"] + t["raw_copy"],
+             "statistics": t["stats_rows"], "parameters": t["P"] * 4}
+    total = sum(parts.values())
+    before = t["node_inputs"] + t["edge_inputs"] + t["P"] * 4
+    return {"model": model, "nodes": N, "edges": E, "hidden": D, "dtype": dtype, "parts_bytes": parts,
+            "peak_bytes": total, "increment_bytes": total - before}
+
+
 def print_plan(limit_gb: float = 80.0) -> list[dict]:
     rows = []
     print(f"Predicted peak of one full-batch training step at real size (N = {REAL_NODES:,}, E = {REAL_EDGES:,}, "
           f"8 heads, 3 layers, bf16 autocast, statistics on), GiB")
-    header = (f"{'model':8s} {'hidden':>6s} {'fused e-proj':>12s} {'ckpt':>5s} | {'node':>6s} {'edge':>6s} "
+    header = (f"{'model':8s} {'hidden':>6s} {'e-proj':>12s} {'ckpt':>5s} | {'node':>6s} {'edge':>6s} "
               f"{'saved':>6s} {'optim':>6s} {'stats':>6s} | {'peak':>6s}  fits {limit_gb:g} GB")
     print(header)
     print("-" * len(header))
     for model in ("gt", "graphit", "san"):
-        for fused in (False, True):
+        for fused, in_kernel in ((False, False), (True, False), (True, True)):
             for checkpointing in (False, True):
-                row = plan_step(model, checkpointing=checkpointing, fused=fused)
+                row = plan_step(model, checkpointing=checkpointing, fused=fused, in_kernel=in_kernel)
                 parts = row["parts_bytes"]
                 fits = row["peak_bytes"] <= limit_gb * 1e9
                 row["fits_80GB"] = fits
                 rows.append(row)
-                print(f"{model:8s} {row['hidden']:6d} {'yes' if fused else 'no':>12s} {'yes' if checkpointing else 'no':>5s} | "
+                label = "in-kernel" if in_kernel else ("yes" if fused else "no")
+                print(f"{model:8s} {row['hidden']:6d} {label:>12s} {'yes' if checkpointing else 'no':>5s} | "
                       + " ".join(f"{parts[k] / GIB:6.1f}" for k in ("node", "edge", "saved_for_backward",
                                                                     "optimizer", "statistics"))
                       + f" | {row['peak_bytes'] / GIB:6.1f}  {'yes' if fits else 'NO'}")
@@ -229,7 +329,8 @@ def measure_step(model_name: str, device: str, dtype: str, checkpointing: bool, 
         result["step_seconds_without_stats_median"] = statistics.median(other)
         result["stats_overhead"] = statistics.median(times) / statistics.median(other) - 1.0
     predicted = plan_step(model_name, data.num_nodes, int(data.edge_index.shape[1]), dtype=dtype,
-                          checkpointing=checkpointing, fused=fused, stats=stats)
+                          checkpointing=checkpointing, fused=fused, stats=stats,
+                          in_kernel=fused and backend in ("cpu", "auto") and dev.type == "cpu")
     result["plan"] = predicted
     key = "peak_bytes" if dev.type == "cuda" else "step_increment_bytes"
     result["plan_error"] = predicted[key] / result[f"measured_{'peak' if dev.type == 'cuda' else 'step_increment'}_bytes"] - 1
@@ -273,6 +374,80 @@ def validate(models=("gt", "graphit", "san"), sizes=VALIDATION_SIZES, configs=((
     return rows
 
 
+# -- real size: the ogb folder, one model and one phase per process ---------------------------
+
+def run_real(root: str, model_name: str, phase: str, backend: str = "cpu") -> dict:
+    """One phase (load | detect | step) at the size of the folder under `root` (fp32, CPU)."""
+    import gc
+
+    import torch
+
+    from magnn.data import load_dataset
+    from magnn.models import build_model
+    from magnn.stats import collect
+
+    result = {"phase": phase, "model": model_name, "backend": backend, "threads": torch.get_num_threads(),
+              "torch": torch.__version__}
+    first_load = not os.path.isdir(os.path.join(root, "ogbn_proteins", "processed"))
+    began = time.perf_counter()
+    splits, info = load_dataset("ogbn-proteins", root=root)
+    result["load_seconds"] = round(time.perf_counter() - began, 1)
+    result["first_load"] = first_load
+    result["load_peak_rss_bytes"] = status_kib("VmHWM") * 1024
+    data = splits["train"]
+    result["nodes"], result["directed_edges"] = int(data.num_nodes), int(data.edge_index.shape[1])
+    if phase == "load":
+        result["split_sizes"] = {name: int(getattr(data, f"{name}_mask").sum()) for name in ("train", "val", "test")}
+        result["edge_features"] = int(data.edge_attr.shape[1])
+        result["tasks"] = int(data.y.shape[1])
+        result["species"] = int(data.species.unique().numel()) if hasattr(data, "species") else None
+        degree = torch.bincount(data.edge_index[1], minlength=data.num_nodes)
+        result["in_degree"] = {"max": int(degree.max()), "median": float(degree.float().median()),
+                               "mean": float(degree.float().mean()), "min": int(degree.min()),
+                               "p99": float(torch.quantile(degree.float(), 0.99))}
+        return result
+    torch.manual_seed(0)
+    model = build_model(model_name, info, preset="paper", backend=backend, fused_edge_projection=True)
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")  # the phase's own peak from here
+    before = status_kib("VmRSS") * 1024
+    began = time.perf_counter()
+    if phase == "detect":
+        model.eval()
+        with torch.no_grad(), collect(model) as stats:
+            out = model(data)
+        result["layers_with_statistics"] = len(stats)
+        result["edge_rows_per_layer"] = sorted({int(s.rows) for s in stats.values()})
+        result["max_ratio_per_layer"] = {name: s.max_ratio() for name, s in stats.items()}
+    else:
+        model.train()
+        optimizer = torch.optim.Adam(model.parameters(), lr=7e-4)
+        mask = data.train_mask
+        with collect(model):
+            out = model(data)
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(out[mask].float(), data.y[mask].float())
+        result["forward_seconds"] = round(time.perf_counter() - began, 1)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        result["loss"] = float(loss)
+    result["seconds"] = round(time.perf_counter() - began, 1)
+    result["output_shape"] = list(out.shape)
+    peak = status_kib("VmHWM") * 1024
+    result.update(peak_rss_bytes=peak, rss_before_bytes=before, increment_bytes=peak - before)
+    E, N = result["directed_edges"], result["nodes"]
+    if phase == "detect":
+        plan = plan_detect(model_name, N, E, dtype="fp32")
+        result["plan_increment_bytes"] = plan["increment_bytes"]
+    else:
+        plan = plan_step(model_name, N, E, dtype="fp32", fused=True, in_kernel=True)
+        result["plan_increment_bytes"] = plan["step_increment_bytes"]
+    result["plan"] = plan
+    result["plan_error"] = result["plan_increment_bytes"] / result["increment_bytes"] - 1
+    return result
+
+
 # -- command line ---------------------------------------------------------------------------
 
 def parse_args(argv=None):
@@ -294,12 +469,18 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--real", default=None, metavar="ROOT",
+                        help="the folder write_ogb_proteins_raw wrote (ROOT/ogbn_proteins): run --phase on it")
+    parser.add_argument("--phase", choices=("load", "detect", "step"), default="load")
     return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.plan:
+    if args.real:
+        result = run_real(args.real, args.model, args.phase, backend=args.backend if args.backend != "auto" else "cpu")
+        print(json.dumps({k: v for k, v in result.items() if k != "plan"}))
+    elif args.plan:
         result = print_plan()
     elif args.validate:
         result = validate(models=(args.model,) if "--model" in (argv or sys.argv) else ("gt", "graphit", "san"),

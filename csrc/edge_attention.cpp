@@ -142,10 +142,25 @@ void run_blocks(int64_t num_blocks, const Worker& worker) {
 // src, dst) so that scattering them from the dst-sorted CSR costs one cache
 // line per edge: pairs[perm[p]] = (col[p], the row of p). Every edge is written
 // by the one worker that owns its destination.
+// Stored as int32 when every node index fits (half the memory: 8 instead of 16 bytes per edge,
+// 0.6 GB at ogbn-proteins' size), else as int64.
 struct Endpoints {
-  int64_t* pairs;
-  int64_t src(int64_t edge) const { return pairs[2 * edge]; }
-  int64_t dst(int64_t edge) const { return pairs[2 * edge + 1]; }
+  int64_t* pairs = nullptr;    // int64 [E, 2], or
+  int32_t* narrow = nullptr;   // int32 [E, 2]
+  int64_t src(int64_t edge) const { return narrow ? narrow[2 * edge] : pairs[2 * edge]; }
+  int64_t dst(int64_t edge) const { return narrow ? narrow[2 * edge + 1] : pairs[2 * edge + 1]; }
+  void set(int64_t edge, int64_t src, int64_t dst) const {
+    if (narrow) {
+      narrow[2 * edge] = static_cast<int32_t>(src);
+      narrow[2 * edge + 1] = static_cast<int32_t>(dst);
+    } else {
+      pairs[2 * edge] = src;
+      pairs[2 * edge + 1] = dst;
+    }
+  }
+  const void* row(int64_t edge) const {
+    return narrow ? static_cast<const void*>(narrow + 2 * edge) : static_cast<const void*>(pairs + 2 * edge);
+  }
 };
 
 inline void scatter_endpoints(const int64_t* rowptr, const int64_t* col, const int64_t* perm, int64_t num_nodes,
@@ -157,10 +172,8 @@ inline void scatter_endpoints(const int64_t* rowptr, const int64_t* col, const i
     for (int64_t block = claim(); block >= 0; block = claim()) {
       for (int64_t node = bounds[block]; node < bounds[block + 1]; ++node) {
         for (int64_t p = rowptr[node]; p < rowptr[node + 1]; ++p) {
-          if (p + kAhead < num_edges) __builtin_prefetch(ends.pairs + 2 * perm[p + kAhead], 1, 3);
-          const int64_t edge = perm[p];
-          ends.pairs[2 * edge] = col[p];
-          ends.pairs[2 * edge + 1] = node;
+          if (p + kAhead < num_edges) __builtin_prefetch(ends.row(perm[p + kAhead]), 1, 3);
+          ends.set(perm[p], col[p], node);
         }
       }
     }
@@ -202,6 +215,13 @@ struct Problem {
   const acc_t* k_b = nullptr;
   const acc_t* e_b = nullptr;
   const acc_t* v_b = nullptr;
+  // in-operator edge projection (the *_proj ops): e_ij = W a_ij + b from the raw edge features
+  // a [E, F] (input dtype) and W^T [F, C], b [C] (accumulation dtype); e is null then
+  bool projected = false;
+  const scalar_t* a = nullptr;
+  const acc_t* w_t = nullptr;
+  const acc_t* b_proj = nullptr;  // null: no projection bias
+  int64_t feat_dim = 0;
   int64_t num_nodes, num_src_nodes, num_edges, heads, head_dim, channels;
   Mode mode;
   Ebt ebt;
@@ -231,6 +251,32 @@ struct Problem {
   // torch.clamp's gradient mask: the gradient passes where -c <= l <= c
   bool passes(acc_t logit) const { return !has_clamp || (logit >= -clamp && logit <= clamp); }
 };
+
+// The edge feature row e_ij in acc_t (C values) into `out`: the stored row of e, or with the
+// in-operator projection W a_ij + b formed here (F multiply-adds per channel, f outer so the
+// inner loop over channels vectorises). Every pass forms it the same way, so the backward's
+// recomputation equals the forward's bit for bit.
+template <typename scalar_t, typename acc_t>
+inline void load_feat(const Problem<scalar_t, acc_t>& pb, int64_t edge, acc_t* __restrict__ out) {
+  const int64_t C = pb.channels;
+  if (!pb.projected) {
+    const scalar_t* __restrict__ feat = pb.e + edge * C;
+    for (int64_t c = 0; c < C; ++c) out[c] = static_cast<acc_t>(feat[c]);
+    return;
+  }
+  const int64_t F = pb.feat_dim;
+  const scalar_t* __restrict__ row = pb.a + edge * F;
+  if (pb.b_proj) {
+    for (int64_t c = 0; c < C; ++c) out[c] = pb.b_proj[c];
+  } else {
+    for (int64_t c = 0; c < C; ++c) out[c] = acc_t(0);
+  }
+  for (int64_t f = 0; f < F; ++f) {
+    const acc_t x = static_cast<acc_t>(row[f]);
+    const acc_t* __restrict__ w = pb.w_t + f * C;
+    for (int64_t c = 0; c < C; ++c) out[c] += w[c] * x;
+  }
+}
 
 // Per-node quantities that depend on q_i only: the query in acc_t, and for
 // ebt="edge" beta_i[h] = (q_i . k') / sqrt(D) and shift = beta_i * e'.
@@ -286,6 +332,17 @@ inline void prefetch_read(const void* row, int64_t bytes) {
   for (int64_t offset = 0; offset < bytes; offset += 64) __builtin_prefetch(p + offset, 0, 3);
 }
 
+inline void prefetch_write(const void* row, int64_t bytes);
+
+// the edge's feature row as stored: e_ij [C], or a_ij [F] under the in-operator projection
+template <typename scalar_t, typename acc_t>
+inline void prefetch_feat(const Problem<scalar_t, acc_t>& pb, int64_t edge) {
+  if (pb.projected)
+    prefetch_read(pb.a + edge * pb.feat_dim, pb.feat_dim * static_cast<int64_t>(sizeof(scalar_t)));
+  else
+    prefetch_read(pb.e + edge * pb.channels, pb.channels * static_cast<int64_t>(sizeof(scalar_t)));
+}
+
 inline void prefetch_write(const void* row, int64_t bytes) {
   const char* p = static_cast<const char*>(row);
   for (int64_t offset = 0; offset < bytes; offset += 64) __builtin_prefetch(p + offset, 1, 3);
@@ -300,9 +357,9 @@ inline void gt_score(const Problem<scalar_t, acc_t>& pb, const acc_t* __restrict
                      acc_t* __restrict__ logits) {
   const int64_t C = pb.channels, D = pb.head_dim, H = pb.heads;
   const scalar_t* __restrict__ key = pb.k + src * C;
-  const scalar_t* __restrict__ feat = pb.e + edge * C;
   const acc_t scale = pb.scale;
-  for (int64_t c = 0; c < C; ++c) score[c] = query[c] * static_cast<acc_t>(key[c]) * static_cast<acc_t>(feat[c]) * scale;
+  load_feat(pb, edge, score);  // e_ij, overwritten in place by the score
+  for (int64_t c = 0; c < C; ++c) score[c] = query[c] * static_cast<acc_t>(key[c]) * score[c] * scale;
   if (pb.ebt == Ebt::kEdge)
     for (int64_t c = 0; c < C; ++c) score[c] += shift[c];
   for (int64_t h = 0; h < H; ++h) {
@@ -321,12 +378,9 @@ inline void additive_logits(const Problem<scalar_t, acc_t>& pb, const acc_t* __r
                             acc_t* __restrict__ logits) {
   const int64_t C = pb.channels, D = pb.head_dim, H = pb.heads;
   const scalar_t* __restrict__ key = pb.k + src * C;
-  const scalar_t* __restrict__ feat = pb.e + edge * C;
-  if (pb.ebt == Ebt::kEdge) {
-    for (int64_t c = 0; c < C; ++c) shifted_feat[c] = static_cast<acc_t>(feat[c]) + shift[c];
-  } else {
-    for (int64_t c = 0; c < C; ++c) shifted_feat[c] = static_cast<acc_t>(feat[c]);
-  }
+  load_feat(pb, edge, shifted_feat);
+  if (pb.ebt == Ebt::kEdge)
+    for (int64_t c = 0; c < C; ++c) shifted_feat[c] += shift[c];
   // the products first, then per-head sums: the first loop vectorises
   for (int64_t c = 0; c < C; ++c) scratch[c] = query[c] * (static_cast<acc_t>(key[c]) + shifted_feat[c]);
   for (int64_t h = 0; h < H; ++h) {
@@ -487,7 +541,7 @@ void softmax_fwd_kernel(const Problem<scalar_t, acc_t>& pb, scalar_t* node_out, 
             if (gt) {
               prefetch_read(logit_buffer + ahead * H, logit_bytes);
             } else {
-              prefetch_read(pb.e + ahead * C, row_bytes);
+              prefetch_feat(pb, ahead);
               prefetch_read(pb.k + ahead_src * C, row_bytes);
               prefetch_write(logit_buffer + ahead * H, logit_bytes);
             }
@@ -565,12 +619,9 @@ void additive_messages_fwd_kernel(const Problem<scalar_t, acc_t>& pb, const Endp
         }
         const int64_t dst = ends.dst(edge);
         if (edge_ebt) load_query(pb, dst, query.data(), beta.data(), shift.data());
-        const scalar_t* __restrict__ feat = pb.e + edge * C;
-        if (edge_ebt) {
-          for (int64_t c = 0; c < C; ++c) shifted_feat[c] = static_cast<acc_t>(feat[c]) + shift[c];
-        } else {
-          for (int64_t c = 0; c < C; ++c) shifted_feat[c] = static_cast<acc_t>(feat[c]);
-        }
+        load_feat(pb, edge, shifted_feat.data());
+        if (edge_ebt)
+          for (int64_t c = 0; c < C; ++c) shifted_feat[c] += shift[c];
         edge_message(pb, ends.src(edge), shifted_feat.data(), msg.data());
         scalar_t* __restrict__ out_row = edge_out ? edge_out + edge * C : unkept.data();
         for (int64_t h = 0; h < H; ++h) {
@@ -624,7 +675,12 @@ struct Grads {
   scalar_t* dq;
   scalar_t* dk;
   scalar_t* dv;
-  scalar_t* de;
+  scalar_t* de;  // null under the in-operator projection (no [E, H, D] gradient exists then)
+  // in-operator projection: da [E, F] (null when a needs no gradient), dW [C, F] and db [C]
+  // (null without a projection bias), accumulation dtype
+  scalar_t* da = nullptr;
+  acc_t* dw = nullptr;
+  acc_t* db = nullptr;
   acc_t* dbias;  // null without bias
   acc_t* dk_b;   // EBT parameter gradients, null without EBT
   acc_t* de_b;
@@ -636,12 +692,12 @@ struct Grads {
 // gt: w = ((q k) e) / sqrt(D) (+ b_e), so dw = grad_edge + dl; dq gathers
 // dw k e (scaled later) and b_e gathers dw.
 template <bool kHasGradEdge, typename scalar_t, typename acc_t>
-inline void gt_dst_edge(int64_t C, const scalar_t* __restrict__ key, const scalar_t* __restrict__ feat,
+inline void gt_dst_edge(int64_t C, const scalar_t* __restrict__ key, const acc_t* __restrict__ feat,
                         const scalar_t* __restrict__ grad_row, const acc_t* __restrict__ dl_c,
                         acc_t* __restrict__ dq_acc, acc_t* __restrict__ dshift) {
   for (int64_t c = 0; c < C; ++c) {
     const acc_t dw = kHasGradEdge ? static_cast<acc_t>(grad_row[c]) + dl_c[c] : dl_c[c];
-    dq_acc[c] += dw * static_cast<acc_t>(key[c]) * static_cast<acc_t>(feat[c]);
+    dq_acc[c] += dw * static_cast<acc_t>(key[c]) * feat[c];
     dshift[c] += dw;
   }
 }
@@ -652,12 +708,12 @@ inline void gt_dst_edge(int64_t C, const scalar_t* __restrict__ key, const scala
 template <bool kHasGradEdge, bool kEdgeEbt, typename scalar_t, typename acc_t>
 inline void additive_dst_edge(int64_t C, acc_t scale, const acc_t* __restrict__ query,
                               const acc_t* __restrict__ shift, const acc_t* __restrict__ grad_out,
-                              const scalar_t* __restrict__ key, const scalar_t* __restrict__ feat,
+                              const scalar_t* __restrict__ key, const acc_t* __restrict__ feat,
                               const scalar_t* __restrict__ grad_row, const acc_t* __restrict__ dl_c,
                               const acc_t* __restrict__ a_c, acc_t* __restrict__ dq_acc, acc_t* __restrict__ dshift,
                               acc_t* __restrict__ dv_b_edges) {
   for (int64_t c = 0; c < C; ++c) {
-    const acc_t ee = kEdgeEbt ? static_cast<acc_t>(feat[c]) + shift[c] : static_cast<acc_t>(feat[c]);
+    const acc_t ee = kEdgeEbt ? feat[c] + shift[c] : feat[c];
     dq_acc[c] += dl_c[c] * (static_cast<acc_t>(key[c]) + ee);
     if (kEdgeEbt) {
       const acc_t g = kHasGradEdge ? grad_out[c] + static_cast<acc_t>(grad_row[c]) : grad_out[c];
@@ -684,7 +740,7 @@ void edge_attention_bwd_dst_kernel(const Problem<scalar_t, acc_t>& pb, const Gra
 
   run_blocks(num_blocks, [&](auto& claim) {
     std::vector<acc_t> query(C), shift(C), term(C), msg(2 * C), grad_out(C), dq_acc(C), dshift(C), dv_b_edges(C),
-        dl_c(C), a_c(C);
+        dl_c(C), a_c(C), feat_c(C);
     std::vector<acc_t> beta(H), logits(H), delta(H), attention_sum(H), slot_raw(H), slot_attention(H), slot_dA(H);
     std::vector<uint8_t> inside;  // clamp gradient mask of the node's (edge, head) logits
     std::vector<acc_t> kept;      // dropout multipliers of the node's (edge, head) weights
@@ -723,7 +779,7 @@ void edge_attention_bwd_dst_kernel(const Problem<scalar_t, acc_t>& pb, const Gra
           if (p + kPrefetchDistance < E) {
             const int64_t ahead = pb.perm[p + kPrefetchDistance];
             const int64_t ahead_src = pb.col[p + kPrefetchDistance];
-            prefetch_read(pb.e + ahead * C, row_bytes);
+            prefetch_feat(pb, ahead);
             prefetch_read(pb.k + ahead_src * C, row_bytes);
             prefetch_read(pb.v + ahead_src * C, row_bytes);
             if (g.grad_edge_stride) prefetch_read(g.grad_edge + ahead * g.grad_edge_stride, row_bytes);
@@ -786,7 +842,8 @@ void edge_attention_bwd_dst_kernel(const Problem<scalar_t, acc_t>& pb, const Gra
           }
           if (g.dbias && !pb.bias_per_head) g.dbias[edge] = bias_grad;
           const scalar_t* key = pb.k + pb.col[p] * C;
-          const scalar_t* feat = pb.e + edge * C;
+          load_feat(pb, edge, feat_c.data());
+          const acc_t* feat = feat_c.data();
           const scalar_t* grad_row = g.grad_edge ? g.grad_edge + edge * g.grad_edge_stride : nullptr;
           if (gt) {
             if (grad_row)
@@ -867,23 +924,23 @@ void edge_attention_bwd_dst_kernel(const Problem<scalar_t, acc_t>& pb, const Gra
 // de = dL/dee = dl q_i / sqrt(D) + a (grad_node_i + grad_edge).
 template <Mode kMode, bool kHasGradEdge, typename scalar_t, typename acc_t>
 inline void src_edge(int64_t C, acc_t scale, const acc_t* __restrict__ key, const scalar_t* __restrict__ query,
-                     const scalar_t* __restrict__ grad_out, const scalar_t* __restrict__ feat,
+                     const scalar_t* __restrict__ grad_out, const acc_t* __restrict__ feat,
                      const scalar_t* __restrict__ grad_row, const acc_t* __restrict__ dl_c,
                      const acc_t* __restrict__ a_c, acc_t* __restrict__ dk_acc, acc_t* __restrict__ dv_acc,
-                     scalar_t* __restrict__ de_row) {
+                     acc_t* __restrict__ de_row) {
   for (int64_t c = 0; c < C; ++c) {
     const acc_t ge = kHasGradEdge ? static_cast<acc_t>(grad_row[c]) : acc_t(0);
     const acc_t go = static_cast<acc_t>(grad_out[c]);
     const acc_t qc = static_cast<acc_t>(query[c]);
     if (kMode == Mode::kGt) {
       const acc_t dw = ge + dl_c[c];
-      dk_acc[c] += dw * qc * static_cast<acc_t>(feat[c]);
+      dk_acc[c] += dw * qc * feat[c];
       dv_acc[c] += a_c[c] * go;
-      de_row[c] = static_cast<scalar_t>(dw * qc * key[c] * scale);
+      de_row[c] = dw * qc * key[c] * scale;
     } else {
       dk_acc[c] += dl_c[c] * qc;
       dv_acc[c] += a_c[c] * (go + ge);
-      de_row[c] = static_cast<scalar_t>(dl_c[c] * scale * qc + a_c[c] * (go + ge));
+      de_row[c] = dl_c[c] * scale * qc + a_c[c] * (go + ge);
     }
   }
 }
@@ -898,9 +955,17 @@ void edge_attention_bwd_src_kernel(const Problem<scalar_t, acc_t>& pb, const Gra
   const int64_t row_bytes = C * static_cast<int64_t>(sizeof(scalar_t));
   const bool gt = pb.mode == Mode::kGt;
 
+  // in-operator projection: per block, partial sums of dW^T [F, C] then db [C], added in block order
+  // afterwards, so dW and db are identical for any thread count (blocks (F + 1) C values each, at
+  // most 512 blocks: about 2 MB for C = 128, F = 8)
+  const int64_t F = pb.feat_dim;
+  std::vector<acc_t> proj_partial(pb.projected ? num_blocks * (F + 1) * C : 0, acc_t(0));
   run_blocks(num_blocks, [&](auto& claim) {
-    std::vector<acc_t> dk_acc(C), dv_acc(C), dl_c(C), a_c(C), key(C);
+    std::vector<acc_t> dk_acc(C), dv_acc(C), dl_c(C), a_c(C), key(C), feat(C), de_row(C);
+    std::vector<acc_t> raw(pb.projected ? F : 0);
     for (int64_t block = claim(); block >= 0; block = claim()) {
+      acc_t* dw_t = pb.projected ? proj_partial.data() + block * (F + 1) * C : nullptr;  // [F, C] then db [C]
+      acc_t* db = pb.projected ? dw_t + F * C : nullptr;
       for (int64_t node = bounds[block]; node < bounds[block + 1]; ++node) {
         for (int64_t c = 0; c < C; ++c) key[c] = static_cast<acc_t>(pb.k[node * C + c]);
         std::fill(dk_acc.begin(), dk_acc.end(), acc_t(0));
@@ -909,12 +974,12 @@ void edge_attention_bwd_src_kernel(const Problem<scalar_t, acc_t>& pb, const Gra
           if (r + kPrefetchDistance < E) {
             const int64_t ahead = g.rev_perm[r + kPrefetchDistance];
             const int64_t ahead_dst = g.rev_col[r + kPrefetchDistance];
-            if (gt) prefetch_read(pb.e + ahead * C, row_bytes);
+            if (gt || pb.projected) prefetch_feat(pb, ahead);
             if (g.grad_edge_stride) prefetch_read(g.grad_edge + ahead * g.grad_edge_stride, row_bytes);
             prefetch_read(pb.q + ahead_dst * C, row_bytes);
             if (g.grad_node_stride) prefetch_read(g.grad_node + ahead_dst * g.grad_node_stride, row_bytes);
             prefetch_read(g.edge_grad + ahead * 2 * H, 2 * H * static_cast<int64_t>(sizeof(acc_t)));
-            prefetch_write(g.de + ahead * C, row_bytes);
+            if (g.de) prefetch_write(g.de + ahead * C, row_bytes);
           }
           const int64_t dst = g.rev_col[r], edge = g.rev_perm[r];
           const acc_t* entry = g.edge_grad + edge * 2 * H;
@@ -928,21 +993,45 @@ void edge_attention_bwd_src_kernel(const Problem<scalar_t, acc_t>& pb, const Gra
           const scalar_t* query = pb.q + dst * C;
           const scalar_t* grad_out = g.grad_node + dst * g.grad_node_stride;
           const scalar_t* grad_row = g.grad_edge ? g.grad_edge + edge * g.grad_edge_stride : nullptr;
-          const scalar_t* feat = pb.e + edge * C;
+          if (gt) load_feat(pb, edge, feat.data());  // additive's de does not read e
           if (gt) {
             if (grad_row)
-              src_edge<Mode::kGt, true>(C, pb.scale, key.data(), query, grad_out, feat, grad_row, dl_c.data(),
-                                        a_c.data(), dk_acc.data(), dv_acc.data(), g.de + edge * C);
+              src_edge<Mode::kGt, true>(C, pb.scale, key.data(), query, grad_out, feat.data(), grad_row, dl_c.data(),
+                                        a_c.data(), dk_acc.data(), dv_acc.data(), de_row.data());
             else
-              src_edge<Mode::kGt, false>(C, pb.scale, key.data(), query, grad_out, feat, grad_row, dl_c.data(),
-                                         a_c.data(), dk_acc.data(), dv_acc.data(), g.de + edge * C);
+              src_edge<Mode::kGt, false>(C, pb.scale, key.data(), query, grad_out, feat.data(), grad_row,
+                                         dl_c.data(), a_c.data(), dk_acc.data(), dv_acc.data(), de_row.data());
           } else {
             if (grad_row)
-              src_edge<Mode::kAdditive, true>(C, pb.scale, key.data(), query, grad_out, feat, grad_row,
-                                              dl_c.data(), a_c.data(), dk_acc.data(), dv_acc.data(), g.de + edge * C);
+              src_edge<Mode::kAdditive, true>(C, pb.scale, key.data(), query, grad_out, feat.data(), grad_row,
+                                              dl_c.data(), a_c.data(), dk_acc.data(), dv_acc.data(), de_row.data());
             else
-              src_edge<Mode::kAdditive, false>(C, pb.scale, key.data(), query, grad_out, feat, grad_row,
-                                               dl_c.data(), a_c.data(), dk_acc.data(), dv_acc.data(), g.de + edge * C);
+              src_edge<Mode::kAdditive, false>(C, pb.scale, key.data(), query, grad_out, feat.data(), grad_row,
+                                               dl_c.data(), a_c.data(), dk_acc.data(), dv_acc.data(), de_row.data());
+          }
+          if (!pb.projected) {
+            scalar_t* out = g.de + edge * C;
+            for (int64_t c = 0; c < C; ++c) out[c] = static_cast<scalar_t>(de_row[c]);
+            continue;
+          }
+          // e = W a + b: dW += de a^T, db += de, da = W^T de; no [E, H, D] row is stored
+          const scalar_t* a_row = pb.a + edge * F;
+          for (int64_t f = 0; f < F; ++f) raw[f] = static_cast<acc_t>(a_row[f]);
+          for (int64_t f = 0; f < F; ++f) {
+            acc_t* __restrict__ dw = dw_t + f * C;
+            const acc_t x = raw[f];
+            for (int64_t c = 0; c < C; ++c) dw[c] += de_row[c] * x;
+          }
+          if (pb.b_proj)
+            for (int64_t c = 0; c < C; ++c) db[c] += de_row[c];
+          if (g.da) {
+            scalar_t* da_row = g.da + edge * F;
+            for (int64_t f = 0; f < F; ++f) {
+              const acc_t* __restrict__ w = pb.w_t + f * C;
+              acc_t sum = 0;
+              for (int64_t c = 0; c < C; ++c) sum += w[c] * de_row[c];
+              da_row[f] = static_cast<scalar_t>(sum);
+            }
           }
         }
         scalar_t* dk_row = g.dk + node * C;
@@ -954,6 +1043,18 @@ void edge_attention_bwd_src_kernel(const Problem<scalar_t, acc_t>& pb, const Gra
       }
     }
   });
+  if (pb.projected) {
+    for (int64_t i = 0; i < C * F; ++i) g.dw[i] = acc_t(0);
+    if (g.db)
+      for (int64_t c = 0; c < C; ++c) g.db[c] = acc_t(0);
+    for (int64_t block = 0; block < num_blocks; ++block) {
+      const acc_t* part = proj_partial.data() + block * (F + 1) * C;
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t f = 0; f < F; ++f) g.dw[c * F + f] += part[f * C + c];
+      if (g.db)
+        for (int64_t c = 0; c < C; ++c) g.db[c] += part[F * C + c];
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -968,6 +1069,11 @@ void check_index(const Tensor& t, const char* name, int64_t length) {
 // The common checks; fills the fields of Problem that don't depend on the dtype.
 struct Setup {
   Tensor q, k, v, e, bias, k_b, e_b, v_b;
+  // in-operator projection (the *_proj ops): e is then the raw features a [E, F]; w_t = W^T [F, C]
+  // and b_proj [C] (undefined without a bias) in the accumulation dtype
+  bool projected = false;
+  Tensor w_t, b_proj;
+  int64_t feat_dim = 0;
   int64_t num_nodes, num_src_nodes, num_edges, heads, head_dim;
   Mode mode;
   Ebt ebt;
@@ -980,12 +1086,32 @@ Setup prepare(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& e
               const Tensor& col, const Tensor& perm, const std::optional<Tensor>& bias,
               const std::optional<Tensor>& ebt_k, const std::optional<Tensor>& ebt_e,
               const std::optional<Tensor>& ebt_v, c10::string_view mode, c10::string_view ebt,
-              std::optional<double> clamp, double dropout, int64_t seed) {
+              std::optional<double> clamp, double dropout, int64_t seed,
+              const Tensor* proj_w = nullptr, const std::optional<Tensor>* proj_b = nullptr) {
   Setup s;
   TORCH_CHECK(q.dim() == 3 && k.dim() == 3 && k.size(1) == q.size(1) && k.size(2) == q.size(2) &&
                   v.sizes() == k.sizes(),
               "magnn_cpu: q must be [N_dst, H, D] and k, v [N_src, H, D] with the same H and D");
-  TORCH_CHECK(e.dim() == 3 && e.size(1) == q.size(1) && e.size(2) == q.size(2), "magnn_cpu: e must be [E, H, D]");
+  if (proj_w == nullptr) {
+    TORCH_CHECK(e.dim() == 3 && e.size(1) == q.size(1) && e.size(2) == q.size(2), "magnn_cpu: e must be [E, H, D]");
+  } else {
+    const int64_t C = q.size(1) * q.size(2);
+    TORCH_CHECK(e.dim() == 2, "magnn_cpu: the raw edge features a must be [E, F]");
+    TORCH_CHECK(proj_w->dim() == 2 && proj_w->size(0) == C && proj_w->size(1) == e.size(1),
+                "magnn_cpu: the projection weight must be [H*D, F] = [", C, ", ", e.size(1), "]");
+    TORCH_CHECK(proj_w->is_floating_point() && proj_w->device().is_cpu(),
+                "magnn_cpu: the projection weight must be a floating-point CPU tensor");
+    s.projected = true;
+    s.feat_dim = e.size(1);
+    const auto acc = at::toOpMathType(q.scalar_type());
+    s.w_t = proj_w->to(acc).t().contiguous();
+    if (proj_b != nullptr && proj_b->has_value()) {
+      TORCH_CHECK((*proj_b)->dim() == 1 && (*proj_b)->size(0) == C && (*proj_b)->device().is_cpu() &&
+                      (*proj_b)->is_floating_point(),
+                  "magnn_cpu: the projection bias must be a floating-point CPU vector [H*D]");
+      s.b_proj = (*proj_b)->to(acc).contiguous();
+    }
+  }
   for (const Tensor* t : {&q, &k, &v, &e}) {
     TORCH_CHECK(t->device().is_cpu(), "magnn_cpu: tensors must live on the CPU");
     TORCH_CHECK(t->scalar_type() == q.scalar_type(), "magnn_cpu: q, k, v, e must share one dtype");
@@ -1043,6 +1169,14 @@ Problem<scalar_t, acc_t> make_problem(const Setup& s, const Tensor& rowptr, cons
     pb.bias = s.bias.data_ptr<acc_t>();
     pb.bias_per_head = s.bias.dim() == 2;
   }
+  if (s.projected) {
+    pb.projected = true;
+    pb.e = nullptr;
+    pb.a = s.e.data_ptr<scalar_t>();
+    pb.w_t = s.w_t.data_ptr<acc_t>();
+    pb.b_proj = s.b_proj.defined() ? s.b_proj.data_ptr<acc_t>() : nullptr;
+    pb.feat_dim = s.feat_dim;
+  }
   if (s.ebt != Ebt::kNone) {
     pb.k_b = s.k_b.data_ptr<acc_t>();
     pb.e_b = s.e_b.data_ptr<acc_t>();
@@ -1072,14 +1206,20 @@ Problem<scalar_t, acc_t> make_problem(const Setup& s, const Tensor& rowptr, cons
   return pb;
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> edge_attention_fwd(
-    const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& e, const Tensor& rowptr, const Tensor& col,
+using ForwardTuple = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
+
+// Both forward ops: e [E, H, D], or (proj_w given) the raw features a [E, F] with e = W a + b
+// formed per edge inside the passes.
+ForwardTuple edge_attention_fwd_impl(
+    const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& e, const Tensor* proj_w,
+    const std::optional<Tensor>* proj_b, const Tensor& rowptr, const Tensor& col,
     const Tensor& perm, const std::optional<Tensor>& rev_rowptr, const std::optional<Tensor>& rev_col,
     const std::optional<Tensor>& rev_perm, const std::optional<Tensor>& bias, const std::optional<Tensor>& ebt_k,
     const std::optional<Tensor>& ebt_e, const std::optional<Tensor>& ebt_v, c10::string_view mode,
     c10::string_view ebt, std::optional<double> clamp, double dropout, int64_t seed, int64_t mantissa_bits,
     bool need_edge_out) {
-  const Setup s = prepare(q, k, v, e, rowptr, col, perm, bias, ebt_k, ebt_e, ebt_v, mode, ebt, clamp, dropout, seed);
+  const Setup s = prepare(q, k, v, e, rowptr, col, perm, bias, ebt_k, ebt_e, ebt_v, mode, ebt, clamp, dropout, seed,
+                          proj_w, proj_b);
   // the reverse CSR only travels with the forward for the backward; checked when given
   TORCH_CHECK(rev_rowptr.has_value() == rev_col.has_value() && rev_col.has_value() == rev_perm.has_value(),
               "magnn_cpu: pass all of rev_rowptr, rev_col, rev_perm or none of them");
@@ -1091,14 +1231,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
   TORCH_CHECK(mantissa_bits <= 23, "magnn_cpu: mantissa_bits must be in [0, 23]");
   const auto acc_type = at::toOpMathType(q.scalar_type());
   Tensor node_out = at::empty_like(s.q);
-  Tensor edge_out = need_edge_out ? empty_huge(s.e.sizes(), s.e.options())
-                                  : at::empty({0, s.heads, s.head_dim}, s.e.options());
+  Tensor edge_out = need_edge_out ? empty_huge({s.num_edges, s.heads, s.head_dim}, s.q.options())
+                                  : at::empty({0, s.heads, s.head_dim}, s.q.options());
   Tensor lse = at::empty({s.num_nodes, 2, s.heads}, q.options().dtype(acc_type));
   // per-edge logits between the caller-order and the CSR passes; freed on return
   Tensor logit_buffer = empty_huge({s.num_edges, s.heads}, q.options().dtype(acc_type));
   // each edge's src and dst in the caller's order, for the caller-order passes; freed on return
-  Tensor endpoints = empty_huge({s.num_edges, 2}, q.options().dtype(at::kLong));
-  const Endpoints ends{endpoints.data_ptr<int64_t>()};
+  const bool narrow_ends = std::max(s.num_nodes, s.num_src_nodes) <= std::numeric_limits<int32_t>::max();
+  Tensor endpoints = empty_huge({s.num_edges, 2}, q.options().dtype(narrow_ends ? at::kInt : at::kLong));
+  Endpoints ends;
+  if (narrow_ends) ends.narrow = endpoints.data_ptr<int32_t>(); else ends.pairs = endpoints.data_ptr<int64_t>();
   scatter_endpoints(rowptr.data_ptr<int64_t>(), col.data_ptr<int64_t>(), perm.data_ptr<int64_t>(), s.num_nodes, ends);
   const bool with_stats = mantissa_bits >= 0;
   const auto i64 = q.options().dtype(at::kLong);
@@ -1139,6 +1281,33 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tenso
   return {node_out, edge_out, lse, hist_abs, hist_ratio, row_ratio, row_max_abs, nan_count, max_abs, argmax};
 }
 
+ForwardTuple edge_attention_fwd(
+    const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& e, const Tensor& rowptr, const Tensor& col,
+    const Tensor& perm, const std::optional<Tensor>& rev_rowptr, const std::optional<Tensor>& rev_col,
+    const std::optional<Tensor>& rev_perm, const std::optional<Tensor>& bias, const std::optional<Tensor>& ebt_k,
+    const std::optional<Tensor>& ebt_e, const std::optional<Tensor>& ebt_v, c10::string_view mode,
+    c10::string_view ebt, std::optional<double> clamp, double dropout, int64_t seed, int64_t mantissa_bits,
+    bool need_edge_out) {
+  return edge_attention_fwd_impl(q, k, v, e, nullptr, nullptr, rowptr, col, perm, rev_rowptr, rev_col, rev_perm,
+                                 bias, ebt_k, ebt_e, ebt_v, mode, ebt, clamp, dropout, seed, mantissa_bits,
+                                 need_edge_out);
+}
+
+// The in-operator edge projection (contract.PROJ_FORWARD_ARGS): e_ij = W a_ij + b per edge,
+// never stored.
+ForwardTuple edge_attention_proj_fwd(
+    const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& a, const Tensor& w_e,
+    const std::optional<Tensor>& b_e, const Tensor& rowptr, const Tensor& col,
+    const Tensor& perm, const std::optional<Tensor>& rev_rowptr, const std::optional<Tensor>& rev_col,
+    const std::optional<Tensor>& rev_perm, const std::optional<Tensor>& bias, const std::optional<Tensor>& ebt_k,
+    const std::optional<Tensor>& ebt_e, const std::optional<Tensor>& ebt_v, c10::string_view mode,
+    c10::string_view ebt, std::optional<double> clamp, double dropout, int64_t seed, int64_t mantissa_bits,
+    bool need_edge_out) {
+  return edge_attention_fwd_impl(q, k, v, a, &w_e, &b_e, rowptr, col, perm, rev_rowptr, rev_col, rev_perm,
+                                 bias, ebt_k, ebt_e, ebt_v, mode, ebt, clamp, dropout, seed, mantissa_bits,
+                                 need_edge_out);
+}
+
 // An output gradient [rows, H, D] as rows the kernels read in place: the returned tensor's data
 // and *row_stride (elements between consecutive rows). Rows that are contiguous [H, D] blocks in
 // the wanted dtype are used where they lie, at the tensor's own row stride; a gradient broadcast
@@ -1160,14 +1329,18 @@ Tensor grad_rows(const Tensor& grad, at::ScalarType dtype, int64_t* row_stride) 
   return grad.to(dtype).contiguous();
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> edge_attention_bwd(
+// Both backward ops; with the projection: (dq, dk, dv, da, dW, db, dbias, EBT grads), where da
+// is [0, F] unless need_grad_a and db is empty without a projection bias.
+std::vector<Tensor> edge_attention_bwd_impl(
     const std::optional<Tensor>& grad_node, const std::optional<Tensor>& grad_edge,
     const std::optional<Tensor>& grad_lse, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& e,
+    const Tensor* proj_w, const std::optional<Tensor>* proj_b, bool need_grad_a,
     const Tensor& lse, const Tensor& node_out, const Tensor& rowptr, const Tensor& col, const Tensor& perm,
     const Tensor& rev_rowptr, const Tensor& rev_col, const Tensor& rev_perm, const std::optional<Tensor>& bias,
     const std::optional<Tensor>& ebt_k, const std::optional<Tensor>& ebt_e, const std::optional<Tensor>& ebt_v,
     c10::string_view mode, c10::string_view ebt, std::optional<double> clamp, double dropout, int64_t seed) {
-  const Setup s = prepare(q, k, v, e, rowptr, col, perm, bias, ebt_k, ebt_e, ebt_v, mode, ebt, clamp, dropout, seed);
+  const Setup s = prepare(q, k, v, e, rowptr, col, perm, bias, ebt_k, ebt_e, ebt_v, mode, ebt, clamp, dropout, seed,
+                          proj_w, proj_b);
   check_index(rev_rowptr, "rev_rowptr", s.num_src_nodes + 1);
   check_index(rev_col, "rev_col", s.num_edges);
   check_index(rev_perm, "rev_perm", s.num_edges);
@@ -1194,13 +1367,19 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> edge_
     grad_node_stride = 0;
   }
   if (grad_edge.has_value() && grad_edge->defined()) {
-    TORCH_CHECK(grad_edge->sizes() == e.sizes(), "magnn_cpu: grad_edge must be [E, H, D]");
+    TORCH_CHECK(grad_edge->dim() == 3 && grad_edge->size(0) == s.num_edges && grad_edge->size(1) == s.heads &&
+                    grad_edge->size(2) == s.head_dim,
+                "magnn_cpu: grad_edge must be [E, H, D]");
     grad_edge_c = grad_rows(*grad_edge, q.scalar_type(), &grad_edge_stride);
   }
   Tensor dq = at::empty_like(s.q);
   Tensor dk = at::empty_like(s.k);
   Tensor dv = at::empty_like(s.v);
-  Tensor de = empty_huge(s.e.sizes(), s.e.options());
+  // no [E, H, D] gradient under the projection: de is reduced into dW, db, da per edge
+  Tensor de = s.projected ? at::empty({0, s.heads, s.head_dim}, s.q.options()) : empty_huge(s.e.sizes(), s.e.options());
+  Tensor da = at::empty({s.projected && need_grad_a ? s.num_edges : 0, s.feat_dim}, s.q.options());
+  Tensor dw = at::empty({s.projected ? s.heads * s.head_dim : 0, s.feat_dim}, q.options().dtype(acc_type));
+  Tensor db = at::empty({s.b_proj.defined() ? s.heads * s.head_dim : 0}, q.options().dtype(acc_type));
   Tensor dbias = s.bias.defined() ? at::empty_like(s.bias) : at::empty({0}, q.options().dtype(acc_type));
   const auto param_options = q.options().dtype(acc_type);
   const bool with_ebt = s.ebt != Ebt::kNone;
@@ -1226,7 +1405,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> edge_
     g.dq = dq.data_ptr<scalar_t>();
     g.dk = dk.data_ptr<scalar_t>();
     g.dv = dv.data_ptr<scalar_t>();
-    g.de = de.data_ptr<scalar_t>();
+    g.de = s.projected ? nullptr : de.data_ptr<scalar_t>();
+    g.da = s.projected && need_grad_a ? da.data_ptr<scalar_t>() : nullptr;
+    g.dw = s.projected ? dw.data_ptr<acc_t>() : nullptr;
+    g.db = s.b_proj.defined() ? db.data_ptr<acc_t>() : nullptr;
     g.dbias = s.bias.defined() ? dbias.data_ptr<acc_t>() : nullptr;
     g.dk_b = with_ebt ? dk_b.data_ptr<acc_t>() : nullptr;
     g.de_b = with_ebt ? de_b.data_ptr<acc_t>() : nullptr;
@@ -1234,7 +1416,36 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> edge_
     edge_attention_bwd_dst_kernel<scalar_t, acc_t>(pb, g);
     edge_attention_bwd_src_kernel<scalar_t, acc_t>(pb, g);
   });
+  if (s.projected) return {dq, dk, dv, da, dw, db, dbias, dk_b, de_b, dv_b};
   return {dq, dk, dv, de, dbias, dk_b, de_b, dv_b};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> edge_attention_bwd(
+    const std::optional<Tensor>& grad_node, const std::optional<Tensor>& grad_edge,
+    const std::optional<Tensor>& grad_lse, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& e,
+    const Tensor& lse, const Tensor& node_out, const Tensor& rowptr, const Tensor& col, const Tensor& perm,
+    const Tensor& rev_rowptr, const Tensor& rev_col, const Tensor& rev_perm, const std::optional<Tensor>& bias,
+    const std::optional<Tensor>& ebt_k, const std::optional<Tensor>& ebt_e, const std::optional<Tensor>& ebt_v,
+    c10::string_view mode, c10::string_view ebt, std::optional<double> clamp, double dropout, int64_t seed) {
+  auto r = edge_attention_bwd_impl(grad_node, grad_edge, grad_lse, q, k, v, e, nullptr, nullptr, false, lse, node_out,
+                                   rowptr, col, perm, rev_rowptr, rev_col, rev_perm, bias, ebt_k, ebt_e, ebt_v, mode,
+                                   ebt, clamp, dropout, seed);
+  return {r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> edge_attention_proj_bwd(
+    const std::optional<Tensor>& grad_node, const std::optional<Tensor>& grad_edge,
+    const std::optional<Tensor>& grad_lse, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& a,
+    const Tensor& w_e, const std::optional<Tensor>& b_e,
+    const Tensor& lse, const Tensor& node_out, const Tensor& rowptr, const Tensor& col, const Tensor& perm,
+    const Tensor& rev_rowptr, const Tensor& rev_col, const Tensor& rev_perm, const std::optional<Tensor>& bias,
+    const std::optional<Tensor>& ebt_k, const std::optional<Tensor>& ebt_e, const std::optional<Tensor>& ebt_v,
+    c10::string_view mode, c10::string_view ebt, std::optional<double> clamp, double dropout, int64_t seed,
+    bool need_grad_a) {
+  auto r = edge_attention_bwd_impl(grad_node, grad_edge, grad_lse, q, k, v, a, &w_e, &b_e, need_grad_a, lse,
+                                   node_out, rowptr, col, perm, rev_rowptr, rev_col, rev_perm, bias, ebt_k, ebt_e,
+                                   ebt_v, mode, ebt, clamp, dropout, seed);
+  return {r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9]};
 }
 
 // Statistics of a materialised tap rows [R, C] (any floating dtype, read as
@@ -1349,6 +1560,8 @@ TORCH_LIBRARY_IMPL(magnn_cpu, CPU, m) {
   m.impl("summarize_ratios", &summarize_ratios);
   m.impl("edge_attention_fwd", &edge_attention_fwd);
   m.impl("edge_attention_bwd", &edge_attention_bwd);
+  m.impl("edge_attention_proj_fwd", &edge_attention_proj_fwd);
+  m.impl("edge_attention_proj_bwd", &edge_attention_proj_bwd);
   m.impl("reduce_rows", &reduce_rows);
 }
 

@@ -228,6 +228,8 @@ def edge_attention(
     seed: Optional[int] = None,
     return_alpha: bool = False,
     need_edge_out: bool = True,
+    e_weight: Optional[torch.Tensor] = None,
+    e_bias: Optional[torch.Tensor] = None,
     backend: str = "auto",
 ):
     """Fused edge attention over incoming edges (SPEC §3).
@@ -267,6 +269,17 @@ def edge_attention(
         it is then not written and None is returned in its place; the statistics of the
         edge tap are still reduced from its rows as the kernels compute them, and without
         them additive mode skips its edge_out pass. node_out, lse and alpha are unchanged.
+      e_weight, e_bias: the edge projection inside the operator (SPEC §3, "Edge projection").
+        With e_weight [H*D, F] (and optionally e_bias [H*D]), `e` is the raw edge features
+        a [E, F] and the operator uses e_ij = e_weight @ a_ij + e_bias (viewed as [H, D]),
+        formed per edge inside the kernels: no [E, H*D] tensor is built, in the forward or
+        the backward, which accumulates the gradients of e_weight and e_bias directly (and of
+        a only when a requires one). The same function as passing
+        `(a @ e_weight.T + e_bias).view(E, H, D)` as e, up to rounding (e is formed in the
+        accumulation dtype, float32 for half inputs, and not rounded to the input dtype).
+        Where it runs in the kernels: cpu. The torch reference forms e unfused (it is the
+        oracle); so does triton until its kernels are restructured (`projection_fallback_reason`
+        says why; a RuntimeWarning says so once).
       backend: "auto", "torch", "cpu" or "triton".
 
     Returns (node_out [N_dst, H, D], edge_out [E, H, D] or None) in the caller's edge order;
@@ -281,6 +294,14 @@ def edge_attention(
                 and k.shape[0] != q.shape[0]:
             num_src_nodes = k.shape[0]  # bipartite: the source count comes from k
     graph = as_graph(edge_index_or_graph, num_nodes, num_src_nodes)
+    raw_features = None
+    if e_weight is not None:
+        _check_projection(q, e, e_weight, e_bias, graph)
+        raw_features = e
+        # only for the input checks: a zero-stride view of the right shape, no memory
+        e = q.new_zeros(()).expand(graph.num_edges, q.shape[1], q.shape[2])
+    elif e_bias is not None:
+        raise ArgumentError("e_bias given without e_weight; pass e_weight [H*D, F] with raw edge features as e")
     check_attention_inputs(q, k, v, e, graph, mode, clamp, bias, ebt, ebt_params)
     check_edge_types(edge_types, graph.num_edges)
     check_dropout(dropout)
@@ -291,7 +312,17 @@ def edge_attention(
     if dropout > 0 and seed is None:
         seed = int(torch.randint(SEED_BOUND, (), dtype=torch.int64))
     targets = stats_targets(stats)
-    implementation = _implementation(_backend_name(backend, q.device.type, q.dtype))
+    chosen = _backend_name(backend, q.device.type, q.dtype)
+    implementation = _implementation(chosen)
+    projection = {}
+    if raw_features is not None:
+        reason = projection_fallback_reason(chosen)
+        if reason is None:  # cpu: in the kernels; torch: the oracle materialises e itself, unrounded
+            e = raw_features
+            projection = {"edge_proj": (e_weight, e_bias)}
+        else:
+            _warn_once(f"projection:{chosen}", f"magnn: {reason}")
+            e = project_edges(raw_features, e_weight, e_bias, q.shape[1], q.shape[2])
     options = dict(
         mode=mode,
         clamp=None if clamp is None else float(clamp),
@@ -313,6 +344,7 @@ def edge_attention(
         **({"dropout": dropout, "seed": int(seed)} if dropout > 0 else {}),
         # gt's alpha is read off edge_out (the score), so it is kept for that
         **({} if need_edge_out or (return_alpha and mode == "gt") else {"need_edge_out": False}),
+        **projection,
     )
     if targets:
         raws = {kernel_tap: raw}
@@ -324,8 +356,63 @@ def edge_attention(
     if return_lse:
         result += (lse[0],)
     if return_alpha:
+        if projection:  # alpha needs e itself (unless gt reads the logits off a float32 edge_out)
+            e = project_edges(raw_features, e_weight, e_bias, q.shape[1], q.shape[2])
         result += (attention_weights(q, k, e, graph, lse[0], edge_out, **options),)
     return result
+
+
+# Backends whose entry point takes the projection (edge_proj=(W, b)): cpu forms e = W a + b inside
+# its kernels, the torch reference materialises it (it is the oracle). The others get e formed
+# unfused before their kernels, each with the reason.
+_PROJECTION_FALLBACK = {
+    "triton": (
+        "the Triton kernels do not form e = a @ e_weight.T + e_bias inside themselves yet (that waits for "
+        "the Triton kernel restructure); e is formed unfused as an [E, H*D] tensor before the kernels, the "
+        "same function at the memory cost the in-kernel projection avoids"
+    ),
+}
+
+
+def projection_fallback_reason(backend: str) -> Optional[str]:
+    """None when `backend` takes the edge projection itself (cpu: inside its kernels; torch: the
+    oracle, which materialises e), else why not: then `edge_attention(e_weight=...)` forms
+    e = a @ e_weight.T + e_bias unfused before calling it, with a RuntimeWarning once."""
+    return _PROJECTION_FALLBACK.get(backend)
+
+
+def project_edges(a: torch.Tensor, e_weight: torch.Tensor, e_bias: Optional[torch.Tensor],
+                  heads: int, head_dim: int) -> torch.Tensor:
+    """The unfused edge projection: (a @ e_weight.T + e_bias) as [E, H, D] in a's dtype,
+    computed in the accumulation dtype (float32 for half inputs) like the in-kernel form."""
+    work = torch.float64 if a.dtype == torch.float64 else torch.float32
+    e = torch.nn.functional.linear(a.to(work), e_weight.to(work), None if e_bias is None else e_bias.to(work))
+    return e.to(a.dtype).view(a.shape[0], heads, head_dim)
+
+
+def _check_projection(q, a, e_weight, e_bias, graph: Graph) -> None:
+    """Raises unless a [E, F] (q's dtype and device), e_weight [H*D, F] and e_bias [H*D] or None fit."""
+    for name, tensor in (("e (the raw edge features with e_weight)", a), ("e_weight", e_weight)):
+        if not isinstance(tensor, torch.Tensor) or tensor.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"{name} must be a float16, bfloat16, float32 or float64 tensor")
+    if not isinstance(q, torch.Tensor) or q.dim() != 3:
+        raise ValueError("q must have shape [N, H, D]")
+    channels = q.shape[1] * q.shape[2]
+    if a.dim() != 2:
+        raise ValueError(f"with e_weight, e must be the raw edge features [E, F], got {list(a.shape)}")
+    if a.shape[0] != graph.num_edges:
+        raise ValueError(f"e has {a.shape[0]} rows but edge_index has {graph.num_edges} edges")
+    if a.dtype != q.dtype:
+        raise TypeError(f"the raw edge features must share q's dtype {q.dtype}, got {a.dtype}")
+    if e_weight.shape != (channels, a.shape[1]):
+        raise ValueError(f"e_weight must be [H*D, F]={[channels, a.shape[1]]}, got {list(e_weight.shape)}")
+    if e_bias is not None:
+        if not isinstance(e_bias, torch.Tensor) or not e_bias.is_floating_point() or e_bias.shape != (channels,):
+            shape = list(e_bias.shape) if isinstance(e_bias, torch.Tensor) else type(e_bias).__name__
+            raise ValueError(f"e_bias must be a floating-point tensor [H*D]={[channels]}, got {shape}")
+    devices = {t.device for t in (q, a, e_weight) + (() if e_bias is None else (e_bias,))}
+    if len(devices) > 1:
+        raise ValueError(f"q, the raw edge features, e_weight and e_bias must be on one device, got {sorted(map(str, devices))}")
 
 
 def merge_attention(

@@ -40,6 +40,22 @@ def reset_projection(linear: nn.Linear, init: str = "default") -> None:
         nn.init.zeros_(linear.bias)
 
 
+def linear_parameters(linear: nn.Module) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """(weight [out, in], bias [out] or None) of the function a Linear-like projection computes:
+    its own parameters, or for a composed one (`magnn.models.ComposedEdgeProjection`) the
+    composed weight and bias (differentiable in every parameter they come from)."""
+    composed = getattr(linear, "composed_parameters", None)
+    return composed() if composed is not None else (linear.weight, linear.bias)
+
+
+def projects_in_kernel(linear: nn.Module, width: int) -> bool:
+    """The rule for the edge projection inside the operator (SPEC §3): the edge input is
+    narrower than the H*D channels the kernels attend over (in_features < width), so forming
+    e_ij per edge inside the kernels saves an [E, H*D] tensor and its gradient, unless a hook
+    on the projection module itself would observe its output (then it runs as a module)."""
+    return linear.in_features < width and not (linear._forward_hooks or linear._forward_pre_hooks)
+
+
 class FusedEdgeAttention(StatsTap, nn.Module):
     """Multi-head attention of each node over its incoming edges, with edge features.
 
@@ -47,6 +63,13 @@ class FusedEdgeAttention(StatsTap, nn.Module):
     x [N, in_channels], edge_attr [E, edge_dim]; returns x_out [N, H*D] and
     e_out [E, H*D] (the score w_ij in "gt" mode, the message a_ij (v_j + e_ij)
     in "additive" mode). N = 0 or E = 0 (a graph without edges) are fine.
+
+    Edge projection: when the edge input is narrower than the attention's width
+    (`lin_e.in_features < heads * head_dim`, e.g. ogbn-proteins' 8 raw features through
+    a `ComposedEdgeProjection`), e = lin_e(edge_attr) is formed per edge inside the
+    operator (`edge_attention(e_weight=, e_bias=)`, SPEC §3) and no [E, H*D] tensor or
+    gradient exists; otherwise (or when a hook sits on lin_e) lin_e runs as a module and
+    its [E, H*D] output goes to the kernels. Same function up to rounding, same parameters.
 
     Statistics: every call is added to ``stats=`` (one `EdgeStats` or a list)
     and to each collector attached by an active `magnn.stats.collect` block
@@ -149,7 +172,7 @@ class FusedEdgeAttention(StatsTap, nn.Module):
         q = self.lin_q(x).view(shape)
         k = self.lin_k(x).view(shape)
         v = self.lin_v(x).view(shape)
-        e = hugepages.project(self.lin_e, edge_attr).view(edge_attr.shape[0], self.heads, self.head_dim)
+        e, projection = self.edge_input(edge_attr, q.dtype)
         ebt_params = None if self.ebt is None else (self.ebt_k, self.ebt_e, self.ebt_v)
         targets = self.stats_targets(stats)
         num_nodes = None if isinstance(edge_index, Graph) else x.shape[0]
@@ -157,12 +180,22 @@ class FusedEdgeAttention(StatsTap, nn.Module):
             q, k, v, e, edge_index,
             num_nodes=num_nodes, mode=self.mode, clamp=self.clamp, bias=bias,
             ebt=self.ebt, ebt_params=ebt_params, stats=targets or None, edge_types=edge_types,
-            need_edge_out=need_edge_out or self.output_observed(), backend=self.backend,
+            need_edge_out=need_edge_out or self.output_observed(), backend=self.backend, **projection,
         )
         # explicit widths: reshape(0, -1) is ambiguous for a graph without edges (or nodes)
         width = self.heads * self.head_dim
         edge_out = None if edge_out is None else edge_out.reshape(edge_attr.shape[0], width)
         return node_out.reshape(x.shape[0], width), edge_out
+
+    def edge_input(self, edge_attr: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, dict]:
+        """What `edge_attention` gets for the edges: (raw edge_attr [E, F], {e_weight, e_bias})
+        when the projection runs inside the operator (`projects_in_kernel`, see the class
+        docstring), else (lin_e(edge_attr) as [E, H, D], {})."""
+        if projects_in_kernel(self.lin_e, self.heads * self.head_dim):
+            weight, bias = linear_parameters(self.lin_e)
+            return edge_attr.to(dtype), {"e_weight": weight, "e_bias": bias}
+        e = hugepages.project(self.lin_e, edge_attr).view(edge_attr.shape[0], self.heads, self.head_dim)
+        return e, {}
 
     def output_observed(self) -> bool:
         """Whether a forward hook (this module's or a global one) may read this call's output,
@@ -203,6 +236,9 @@ class TransformerConv(StatsTap, nn.Module):
     With H heads of C = out_channels channels, for each edge j -> i and head h::
 
         q_i = W_q x_i,  k_j = W_k x_j,  v_j = W_v x_j,  e_ij = W_e edge_attr_ij  (0 without edge_dim)
+
+    With edge_dim < heads * out_channels, e_ij = W_e edge_attr_ij is formed per edge inside the
+    operator (SPEC §3, the edge projection): no [E, H*C] tensor of e or of its gradient.
         alpha_ij = softmax_j( q_i . (k_j + e_ij) / sqrt(C) )       over the in-edges of i
         out_i    = sum_j dropout(alpha_ij) (v_j + e_ij)            [H, C]; 0 with no in-edge
         out_i    = concat_h out_i  (concat=True)  or  mean_h out_i  (concat=False)
@@ -313,10 +349,14 @@ class TransformerConv(StatsTap, nn.Module):
                 f"edge_index must be a [2, E] int64 tensor or a magnn.Graph, got {type(edge_index).__name__} "
                 "(convert a SparseTensor with .coo())"
             )
+        projection = {}
         if self.lin_edge is not None:
             if edge_attr is None:
                 raise LayerInputError(f"this layer was built with edge_dim={self.edge_dim}: pass edge_attr [E, {self.edge_dim}]")
-            edge = hugepages.project(self.lin_edge, edge_attr).view(-1, heads, channels)
+            if projects_in_kernel(self.lin_edge, heads * channels):
+                edge, projection = edge_attr.to(query.dtype), {"e_weight": self.lin_edge.weight}
+            else:
+                edge = hugepages.project(self.lin_edge, edge_attr).view(-1, heads, channels)
         else:
             if edge_attr is not None:
                 raise LayerInputError("edge_attr given, but the layer was built without edge_dim; pass edge_dim= to use it")
@@ -327,7 +367,7 @@ class TransformerConv(StatsTap, nn.Module):
         node_out, _, *alpha = edge_attention(
             query, key, value, edge, graph, mode="additive",
             dropout=self.dropout if self.training else 0.0,
-            stats=targets or None, return_alpha=want_alpha, need_edge_out=False, backend=self.backend,
+            stats=targets or None, return_alpha=want_alpha, need_edge_out=False, backend=self.backend, **projection,
         )  # PyG's layer has no edge output: edge_out is never written (collectors still see its rows)
         out = node_out.reshape(-1, heads * channels) if self.concat else node_out.mean(dim=1)
         if self.root_weight:

@@ -164,3 +164,18 @@ def test_bipartite_graph_gradgradcheck_on_the_reference():
         return edge_attention(q, k, v, e, graph, mode="additive", backend="torch")
 
     assert torch.autograd.gradgradcheck(run, (q, k, v, e), eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_compiled_backends_refuse_double_backward_through_the_edge_projection(backend):
+    # the in-operator edge projection (e_weight) has its own backward formula: refused there too
+    require_backend(backend, torch.device("cpu"))
+    gen = torch.Generator().manual_seed(4)
+    edge_index = random_graph(5, 12, generator=gen)
+    q, k, v, _, _, _ = random_inputs(5, edge_index, 2, 2, generator=gen, dtype=torch.float32)
+    a = torch.randn(12, 3, generator=gen, requires_grad=True)
+    weight = torch.randn(4, 3, generator=gen, requires_grad=True)
+    for leaf in (q, a, weight):
+        node_out, _ = edge_attention(q, k, v, a, edge_index, mode="gt", e_weight=weight, backend=backend)
+        with pytest.raises(DoubleBackwardError):
+            torch.autograd.grad(node_out.square().sum(), leaf, create_graph=True)

@@ -114,3 +114,28 @@ def test_unkept_edge_out_is_empty_in_both_ops_and_their_fakes(backend, mode, man
     if mantissa_bits >= 0:
         assert int(result.hist_abs.sum()) == num_edges * 8 and torch.equal(result.hist_abs, kept.hist_abs)
         assert torch.equal(result.row_ratio, kept.row_ratio) and torch.equal(result.hist_ratio, kept.hist_ratio)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_projection_ops_follow_the_contract_or_the_backend_projects_unfused(backend):
+    """The in-operator edge projection's ops (contract.PROJ_FORWARD_ARGS / PROJ_BACKWARD_ARGS):
+    a backend either registers them with the contract's schema, fakes and autograd, or
+    magnn.functional names why it forms e unfused for it (Triton until its kernel restructure)."""
+    from magnn.functional import projection_fallback_reason
+
+    device = DEVICE if backend == "triton" else torch.device("cpu")
+    require_backend(backend, device)
+    namespace = getattr(torch.ops, contract.OP_NAMESPACES[backend])
+    if not hasattr(namespace, "edge_attention_proj_fwd"):
+        assert backend != "cpu"
+        assert projection_fallback_reason(backend) is not None
+        return
+    fwd, bwd = namespace.edge_attention_proj_fwd.default, namespace.edge_attention_proj_bwd.default
+    assert [name for name, _ in _signature(fwd)[0]] == list(contract.PROJ_FORWARD_ARGS)
+    assert [name for name, _ in _signature(bwd)[0]] == list(contract.PROJ_BACKWARD_ARGS)
+    assert _signature(fwd)[1] == len(contract.ForwardResult._fields)
+    assert _signature(bwd)[1] == len(contract.ProjBackwardResult._fields)
+    plain = dict(_signature(namespace.edge_attention_fwd.default)[0])
+    for name, kind in _signature(fwd)[0]:
+        if name in plain:
+            assert plain[name] == kind, name

@@ -116,6 +116,7 @@ def _register_python_impls() -> None:
     if _python_impls_registered:
         return
     contract.register_fakes_and_autograd(contract.OP_NAMESPACES["cpu"])
+    contract.register_proj_fakes_and_autograd(contract.OP_NAMESPACES["cpu"])
     torch.library.register_fake("magnn_cpu::reduce_rows")(_reduce_rows_fake)
     _python_impls_registered = True
 
@@ -354,7 +355,8 @@ def unavailable_reason(device, dtype) -> Optional[str]:
 
 
 def run_cpu_backend(q, k, v, e, graph, *, mode, clamp, bias, ebt, ebt_params, mantissa_bits, tap,
-                    return_lse: bool = False, dropout: float = 0.0, seed: int = 0, need_edge_out: bool = True):
+                    return_lse: bool = False, dropout: float = 0.0, seed: int = 0, need_edge_out: bool = True,
+                    edge_proj=None):
     """Backend entry point: the same contract as `magnn.backends.reference.run_torch_backend`.
 
     Returns (node_out, edge_out, RawStats | None) (edge_out None with need_edge_out=False: not
@@ -367,16 +369,19 @@ def run_cpu_backend(q, k, v, e, graph, *, mode, clamp, bias, ebt, ebt_params, ma
         _load()  # raises with the reason if the extension cannot be built
     graph.check_index_bounds()  # an unvalidated graph's indices, once: the kernels trust them
     ebt_k, ebt_e, ebt_v = ebt_params if ebt is not None else (None, None, None)
-    differentiable = [q, k, v, e, bias, ebt_k, ebt_e, ebt_v]
+    w_e, b_e = edge_proj if edge_proj is not None else (None, None)
+    differentiable = [q, k, v, e, w_e, b_e, bias, ebt_k, ebt_e, ebt_v]
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in differentiable)
     # the reverse CSR is only built and carried when a backward can follow
     reverse = (graph.rev_rowptr, graph.rev_col, graph.rev_perm) if needs_grad else (None, None, None)
     in_kernel_stats = mantissa_bits is not None and tap == "edge"
-    result = edge_attention_fwd(
-        q, k, v, e, graph.rowptr, graph.col, graph.perm, *reverse, bias, ebt_k, ebt_e, ebt_v,
-        mode, ebt_name(ebt), clamp, float(dropout), op_seed(seed) if dropout > 0 else 0,
-        mantissa_bits if in_kernel_stats else -1, need_edge_out,
-    )
+    options = (bias, ebt_k, ebt_e, ebt_v, mode, ebt_name(ebt), clamp, float(dropout),
+               op_seed(seed) if dropout > 0 else 0, mantissa_bits if in_kernel_stats else -1, need_edge_out)
+    if edge_proj is None:
+        result = edge_attention_fwd(q, k, v, e, graph.rowptr, graph.col, graph.perm, *reverse, *options)
+    else:  # e is the raw [E, F] features: e = W a + b is formed per edge inside the kernels
+        result = ForwardResult(*torch.ops.magnn_cpu.edge_attention_proj_fwd(
+            q, k, v, e, w_e, b_e, graph.rowptr, graph.col, graph.perm, *reverse, *options))
     node_out, edge_out = result.node_out, result.edge_out if need_edge_out else None
     raw: Optional[RawStats] = None
     if in_kernel_stats:

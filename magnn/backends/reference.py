@@ -133,12 +133,17 @@ def edge_attention_reference(
 
 def run_torch_backend(
     q, k, v, e, graph, *, mode, clamp, bias, ebt, ebt_params, mantissa_bits, tap, return_lse: bool = False,
-    dropout: float = 0.0, seed: int = 0, need_edge_out: bool = True,
+    dropout: float = 0.0, seed: int = 0, need_edge_out: bool = True, edge_proj=None,
 ):
     """Backend entry point: outputs plus the reference reduction of the tap, and with
     return_lse the [N, H] log-sum-exp: (node_out, edge_out, raw, lse); edge_out is None with
     need_edge_out=False (the reference still computes it, for the statistics)."""
     graph.check_index_bounds()  # torch indexing would wrap a negative index around silently
+    if edge_proj is not None:  # the oracle materialises e = a W^T + b (in the working dtype)
+        work = torch.float64 if q.dtype == torch.float64 else torch.float32
+        weight, proj_bias = edge_proj
+        e = torch.nn.functional.linear(e.to(work), weight.to(work), None if proj_bias is None else proj_bias.to(work))
+        e = e.view(e.shape[0], q.shape[1], q.shape[2])
     node_out, edge_out, *lse = edge_attention_reference(
         q, k, v, e, graph, mode=mode, clamp=clamp, bias=bias, ebt=ebt, ebt_params=ebt_params, return_lse=return_lse,
         dropout=dropout, seed=seed,

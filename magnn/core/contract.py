@@ -201,17 +201,19 @@ def double_backward_message(namespace: str) -> str:
     )
 
 
+def refuse_double_backward(namespace: str, tensors) -> None:
+    """DoubleBackwardError when a backward runs with create_graph=True (grad mode on) over inputs
+    that require a gradient: the gradients would then be expected to carry a graph back to them,
+    which the backward ops cannot give. Refused, never gradients whose own gradients are wrong."""
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        raise DoubleBackwardError(double_backward_message(namespace))
+
+
 def _backward_formula(namespace: str):
     def formula(ctx, grad_node, grad_edge, grad_lse, *_stats_grads):
         (q, k, v, e, lse, node_out, rowptr, col, perm, rev_rowptr, rev_col, rev_perm,
          bias, ebt_k, ebt_e, ebt_v) = ctx.saved_tensors
-        # create_graph=True runs this with grad mode on; the gradients would then be expected to
-        # carry a graph back to these tensors, which the backward op cannot give: refuse, never
-        # return gradients whose own gradients are silently wrong
-        if torch.is_grad_enabled() and any(
-                t is not None and t.requires_grad
-                for t in (grad_node, grad_edge, grad_lse, q, k, v, e, bias, ebt_k, ebt_e, ebt_v)):
-            raise DoubleBackwardError(double_backward_message(namespace))
+        refuse_double_backward(namespace, (grad_node, grad_edge, grad_lse, q, k, v, e, bias, ebt_k, ebt_e, ebt_v))
         if grad_edge is not None and grad_edge.shape[0] == 0:
             grad_edge = None  # an edge_out of no rows (E = 0, or need_edge_out=False) carries no gradient
         if grad_node is None and grad_edge is None and grad_lse is None:
@@ -256,3 +258,151 @@ def register_fakes_and_autograd(namespace: str) -> None:
     torch.library.register_fake(forward, _forward_fake)
     torch.library.register_fake(backward, _backward_fake)
     torch.library.register_autograd(forward, _backward_formula(namespace), setup_context=_setup_context)
+
+
+# -- the in-operator edge projection ----------------------------------------------------
+#
+# ``edge_attention_proj_fwd`` takes the arguments `PROJ_FORWARD_ARGS`: those of the forward
+# with ``e`` replaced by
+#
+#     a              [E, F]      raw edge features (q's dtype), caller's edge order
+#     w_e            [H*D, F]    projection weight (any float dtype; used in the accumulation dtype)
+#     b_e            [H*D]?      projection bias
+#
+# and forms e_ij = w_e a_ij + b_e (viewed as [H, D]) per edge inside the kernels; no
+# [E, H*D] tensor exists, in the forward or the backward. It returns `ForwardResult`.
+# ``edge_attention_proj_bwd`` takes `PROJ_BACKWARD_ARGS` (the backward's, e replaced likewise,
+# plus ``need_grad_a``) and returns `ProjBackwardResult`: da only when need_grad_a (else
+# [0, F]), dw_e and db_e in the accumulation dtype (db_e empty without b_e), reduced from the
+# per-edge gradient of e without storing it. Registered by the C++ backend; the Triton ops get
+# them with the kernel restructure (until then `magnn.functional` projects e unfused for Triton).
+
+PROJ_FORWARD_ARGS = (
+    "q", "k", "v", "a", "w_e", "b_e",
+    *FORWARD_ARGS[4:],
+)
+
+PROJ_BACKWARD_ARGS = (
+    "grad_node", "grad_edge", "grad_lse",
+    "q", "k", "v", "a", "w_e", "b_e", "lse", "node_out",
+    *BACKWARD_ARGS[9:],
+    "need_grad_a",
+)
+
+
+class ProjBackwardResult(NamedTuple):
+    dq: Tensor       # [N, H, D] input dtype
+    dk: Tensor
+    dv: Tensor
+    da: Tensor       # [E, F] input dtype when need_grad_a, else [0, F]
+    dw_e: Tensor     # [H*D, F] accumulation dtype
+    db_e: Tensor     # [H*D] accumulation dtype (empty without b_e)
+    dbias: Tensor    # like bias, accumulation dtype (empty when bias is None)
+    debt_k: Tensor   # [H, D], accumulation dtype (empty without EBT)
+    debt_e: Tensor
+    debt_v: Tensor
+
+
+def _proj_forward_fake(q, k, v, a, w_e, b_e, rowptr, col, perm, rev_rowptr, rev_col, rev_perm, bias, ebt_k, ebt_e,
+                       ebt_v, mode, ebt, clamp, dropout, seed, mantissa_bits, need_edge_out=True):
+    stats = mantissa_bits >= 0
+    bins = num_bins(mantissa_bits) if stats else 0
+    rows = a.shape[0] if stats else 0
+    edges = a.shape[0] if need_edge_out else 0
+    scalar = lambda dtype: q.new_empty((), dtype=dtype)  # noqa: E731
+    return tuple(ForwardResult(
+        node_out=torch.empty_like(q, memory_format=torch.contiguous_format),
+        edge_out=q.new_empty((edges, *q.shape[1:])),
+        lse=q.new_empty((q.shape[0], 2, q.shape[1]), dtype=accumulation_dtype(q.dtype)),
+        hist_abs=q.new_empty((bins,), dtype=torch.int64),
+        hist_ratio=q.new_empty((bins,), dtype=torch.int64),
+        row_ratio=q.new_empty((rows,), dtype=torch.float32),
+        row_max_abs=q.new_empty((rows,), dtype=torch.float32),
+        nan_count=scalar(torch.int64),
+        max_abs=scalar(torch.float32),
+        argmax=scalar(torch.int64),
+    ))
+
+
+def _proj_backward_fake(grad_node, grad_edge, grad_lse, q, k, v, a, w_e, b_e, lse, node_out, rowptr, col, perm,
+                        rev_rowptr, rev_col, rev_perm, bias, ebt_k, ebt_e, ebt_v, mode, ebt, clamp, dropout, seed,
+                        need_grad_a):
+    like = lambda t: torch.empty_like(t, memory_format=torch.contiguous_format)  # noqa: E731
+    acc = accumulation_dtype(q.dtype)
+    accumulation = lambda t: q.new_empty(t.shape if t is not None else (0,), dtype=acc)  # noqa: E731
+    with_ebt = ebt != "none"
+    return tuple(ProjBackwardResult(
+        dq=like(q), dk=like(k), dv=like(v),
+        da=q.new_empty((a.shape[0] if need_grad_a else 0, a.shape[1])),
+        dw_e=q.new_empty(w_e.shape, dtype=acc),
+        db_e=accumulation(b_e),
+        dbias=accumulation(bias),
+        debt_k=accumulation(ebt_k if with_ebt else None),
+        debt_e=accumulation(ebt_e if with_ebt else None),
+        debt_v=accumulation(ebt_v if with_ebt else None),
+    ))
+
+
+def _proj_setup_context(ctx, inputs, output):
+    (q, k, v, a, w_e, b_e, rowptr, col, perm, rev_rowptr, rev_col, rev_perm,
+     bias, ebt_k, ebt_e, ebt_v, mode, ebt, clamp, dropout, seed, _mantissa_bits, *_need_edge_out) = inputs
+    result = ForwardResult(*output)
+    # nothing of size E x H x D is kept: the backward re-forms e from a [E, F]
+    ctx.save_for_backward(q, k, v, a, w_e, b_e, result.lse, result.node_out, rowptr, col, perm, rev_rowptr, rev_col,
+                          rev_perm, bias, ebt_k, ebt_e, ebt_v)
+    ctx.mode, ctx.ebt, ctx.clamp = mode, ebt, clamp
+    ctx.dropout, ctx.seed = dropout, seed
+    ctx.set_materialize_grads(False)
+    ctx.mark_non_differentiable(*output[NUM_DIFFERENTIABLE_OUTPUTS:])
+
+
+def _proj_backward_formula(namespace: str):
+    def formula(ctx, grad_node, grad_edge, grad_lse, *_stats_grads):
+        (q, k, v, a, w_e, b_e, lse, node_out, rowptr, col, perm, rev_rowptr, rev_col, rev_perm,
+         bias, ebt_k, ebt_e, ebt_v) = ctx.saved_tensors
+        refuse_double_backward(namespace, (grad_node, grad_edge, grad_lse, q, k, v, a, w_e, b_e, bias, ebt_k, ebt_e,
+                                           ebt_v))
+        if grad_edge is not None and grad_edge.shape[0] == 0:
+            grad_edge = None
+        if grad_node is None and grad_edge is None and grad_lse is None:
+            return (None,) * len(PROJ_FORWARD_ARGS)
+        if rev_rowptr is None:
+            raise RuntimeError(
+                f"{namespace}::edge_attention_proj_fwd ran without the reverse CSR (no input required a gradient at "
+                "call time); pass rev_rowptr, rev_col, rev_perm to differentiate it"
+            )
+        need = dict(zip(PROJ_FORWARD_ARGS, ctx.needs_input_grad))
+        grads = ProjBackwardResult(*getattr(torch.ops, namespace).edge_attention_proj_bwd(
+            grad_node, grad_edge, grad_lse, q, k, v, a, w_e, b_e, lse, node_out, rowptr, col, perm,
+            rev_rowptr, rev_col, rev_perm, bias, ebt_k, ebt_e, ebt_v, ctx.mode, ctx.ebt, ctx.clamp,
+            ctx.dropout, ctx.seed, bool(need["a"]),
+        ))
+        with_ebt = ctx.ebt != "none"
+
+        def cast(grad: Tensor, like: Optional[Tensor], name: str, present: bool = True) -> Optional[Tensor]:
+            return grad.to(like.dtype) if present and like is not None and need[name] else None
+
+        given = {
+            "q": grads.dq if need["q"] else None,
+            "k": grads.dk if need["k"] else None,
+            "v": grads.dv if need["v"] else None,
+            "a": grads.da if need["a"] else None,
+            "w_e": cast(grads.dw_e, w_e, "w_e"),
+            "b_e": cast(grads.db_e, b_e, "b_e"),
+            "bias": cast(grads.dbias, bias, "bias"),
+            "ebt_k": cast(grads.debt_k, ebt_k, "ebt_k", with_ebt),
+            "ebt_e": cast(grads.debt_e, ebt_e, "ebt_e", with_ebt),
+            "ebt_v": cast(grads.debt_v, ebt_v, "ebt_v", with_ebt),
+        }
+        return tuple(given.get(name) for name in PROJ_FORWARD_ARGS)
+
+    return formula
+
+
+def register_proj_fakes_and_autograd(namespace: str) -> None:
+    """`register_fakes_and_autograd` for `namespace`'s in-operator projection ops
+    (edge_attention_proj_fwd / _bwd). Call once per process, after the ops exist."""
+    forward, backward = f"{namespace}::edge_attention_proj_fwd", f"{namespace}::edge_attention_proj_bwd"
+    torch.library.register_fake(forward, _proj_forward_fake)
+    torch.library.register_fake(backward, _proj_backward_fake)
+    torch.library.register_autograd(forward, _proj_backward_formula(namespace), setup_context=_proj_setup_context)

@@ -205,11 +205,27 @@ def _sample_edges(num_nodes: int, num_edges: int, rng: np.random.Generator,
     return keys
 
 
+# ogbn-proteins' species split: train, valid, test node counts
+PROTEINS_SPLIT_SIZES = {"train": 86_619, "valid": 21_236, "test": 24_679}
+
+
+def _full_scale_species_counts(drawn: np.ndarray) -> np.ndarray:
+    """Species sizes at ogbn-proteins' node count: the valid and test species get its valid and
+    test sizes, the six train species share its train size in the drawn proportions (the draw
+    itself is kept, so the random stream after it is the same as at any other size)."""
+    train = drawn[:_VALID_SPECIES].astype(np.float64)
+    shares = np.floor(train / train.sum() * PROTEINS_SPLIT_SIZES["train"]).astype(np.int64)
+    shares[0] += PROTEINS_SPLIT_SIZES["train"] - shares.sum()
+    return np.concatenate([shares, [PROTEINS_SPLIT_SIZES["valid"], PROTEINS_SPLIT_SIZES["test"]]]).astype(np.int64)
+
+
 def _structure(num_nodes: int, num_edges: int, seed: int, degree_sigma: float,
                leaf_fraction: float) -> _Structure:
     _check_sizes(num_nodes, num_edges)
     rng = _rng(seed, 0)
     counts = np.ones(8, dtype=np.int64) + rng.multinomial(num_nodes - 8, _SPECIES_SHARE / _SPECIES_SHARE.sum())
+    if num_nodes == PROTEINS_FULL_NUM_NODES:  # full scale: ogbn-proteins' own split sizes, exactly
+        counts = _full_scale_species_counts(counts)
     species = np.repeat(np.arange(8, dtype=np.int64), counts)
     keys = _sample_edges(num_nodes, num_edges, rng, degree_sigma, leaf_fraction)
     edges = np.empty((len(keys), 2), dtype=np.int64)

@@ -139,12 +139,19 @@ class ComposedEdgeProjection(nn.Linear):
             bound = 1 / fan_in ** 0.5
             nn.init.uniform_(self.bias, -bound, bound)
 
-    def forward(self, raw: torch.Tensor) -> torch.Tensor:
+    def composed_parameters(self) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """(W_l W_s [out, 8], W_l b_s + b_l): the one Linear this projection computes, differentiable
+        in both Linears' parameters; `FusedEdgeAttention` hands them to the operator, which forms
+        e per edge inside its kernels (magnn.layers.projects_in_kernel)."""
         shared = self._shared[0]
         weight = self.weight @ shared.weight
         bias = self.weight @ shared.bias if shared.bias is not None else None
         if self.bias is not None:
             bias = self.bias if bias is None else bias + self.bias
+        return weight, bias
+
+    def forward(self, raw: torch.Tensor) -> torch.Tensor:
+        weight, bias = self.composed_parameters()
         return nn.functional.linear(raw.to(weight.dtype), weight, bias)
 
     def extra_repr(self) -> str:

@@ -244,7 +244,7 @@ class SANAttention(FusedEdgeAttention):
         shape = (num_nodes, heads, head_dim)
         q, k, v = (lin(x).view(shape) for lin in (self.lin_q, self.lin_k, self.lin_v))
         q2, k2 = self.lin_q2(x).view(shape), self.lin_k2(x).view(shape)
-        e = self.lin_e(edge_attr).view(edge_attr.shape[0], heads, head_dim)
+        e, projection = self.edge_input(edge_attr, q.dtype)  # raw features when projected in the kernels
         # the one learned fake-edge embedding, broadcast to every fake edge (a view, no copy)
         e2 = self.lin_e2(fake_attr).view(1, heads, head_dim).expand(fake.num_edges, heads, head_dim)
         ebt_params = None if self.ebt is None else (self.ebt_k, self.ebt_e, self.ebt_v)
@@ -256,7 +256,7 @@ class SANAttention(FusedEdgeAttention):
         common = dict(mode="gt", clamp=self.clamp, return_lse=True, need_edge_out=need_edge_out, backend=self.backend)
         real_out, real_edge_out, real_lse = edge_attention(
             q, k, v, e, graph, bias=bias, ebt=self.ebt, ebt_params=ebt_params,
-            stats=edge_targets, edge_types=edge_types, **common,
+            stats=edge_targets, edge_types=edge_types, **common, **projection,
         )
         fake_out, fake_edge_out, fake_lse = edge_attention(
             q2, k2, v, e2, fake.graph(num_nodes), ebt=fake_ebt, ebt_params=ebt_params if fake_ebt else None,
