@@ -342,3 +342,24 @@ def detect_full_graph(model, data, *, device="cpu", threshold: float = MA_THRESH
             report.gamma = fit_gamma(layer_stats.hist_ratio)
         layers.append(report)
     return FullGraphDetection(DetectionReport(layers), node_max, sample, float(threshold))
+
+
+PRE_SOFTMAX, POST_SOFTMAX = "pre-softmax score", "post-softmax message"
+
+
+def tap_kinds(model: torch.nn.Module) -> dict:
+    """Per tapped layer (as `collect` names it), what its statistics measure: a magnn layer in "gt"
+    mode taps the pre-softmax score; "additive" mode (a_ij (v_j + e_ij)) and PyG layers (their
+    message hook) tap post-softmax messages, whose per-edge ratio cancels one head's attention
+    weight, so their numbers are not comparable with pre-softmax scores."""
+    from ..layers import FusedEdgeAttention
+
+    kinds = {}
+    with collect(model) as stats:
+        names = list(stats)
+    modules = dict(model.named_modules())
+    for name in names:
+        module = modules.get(name)
+        pre = isinstance(module, FusedEdgeAttention) and getattr(module, "mode", "gt") == "gt"
+        kinds[name] = PRE_SOFTMAX if pre else POST_SOFTMAX
+    return kinds
