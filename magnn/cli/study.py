@@ -16,7 +16,7 @@ from .common import add_run_options, add_variants, option_default, description_o
 def add_study(commands) -> None:
     from ..study import StudyConfig, pipeline
     from ..train import TrainConfig
-    from ..train.validation import FIG4_BASES, STUDY_EBTS, nonnegative_int, positive_float, positive_int
+    from ..train.validation import ANALYSED, FIG4_BASES, STUDY_EBTS, nonnegative_int, positive_float, positive_int
 
     parser = commands.add_parser(
         "study", description=description_of(pipeline),
@@ -49,6 +49,9 @@ def add_study(commands) -> None:
                         help="one attack noise vector per embedding, shared by every node / edge and batch")
     parser.add_argument("--fig4-base", choices=FIG4_BASES, default=default("fig4_base"),
                         help="Fig. 4's base band: the EBT model's own base (default) or the no-EBT base")
+    parser.add_argument("--analyse", choices=ANALYSED, default=default("analyse"),
+                        help="the model detection, ablation and attack analyse: the final epoch's (default, as the "
+                             "paper's code) or the best-validation checkpoint")
     parser.add_argument("--max-seeds", type=positive_int, default=default("max_seeds"),
                         help="ogbn-proteins: test seed nodes of the paper's detection (default: the profile's; "
                              "full profile: all)")
