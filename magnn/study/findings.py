@@ -115,13 +115,14 @@ def _growth_finding(report, tag: str, paper_claim: bool) -> dict:
 
 def _threshold_finding(report, threshold: float) -> dict:
     trained = layer_numbers(report, "trained no_ebt")
+    absolute = report.get("abs_threshold") or ABS_THRESHOLD
     judge = lambda row: {"verdict": _verdict(row["q"] > threshold), STATISTIC: row["q"], "max": row["max"],
-                         "max_abs": row["max_abs"], "absolute_verdict": _verdict(row["max_abs"] > ABS_THRESHOLD)}
+                         "max_abs": row["max_abs"], "absolute_verdict": _verdict(row["max_abs"] > absolute)}
     whole = {"q": _peak(trained), "max": _peak(trained, "max"), "max_abs": _peak(trained, "max_abs")}
     return _finding(
         "MA threshold crossed",
         f"the trained no-EBT model's {STATISTIC} quantile of r_e exceeds the MA threshold {threshold:g} (the max "
-        f"beside it); absolute_verdict: its max |a| exceeds {ABS_THRESHOLD:g} (the LLM definition)",
+        f"beside it); absolute_verdict: its max |a| exceeds {absolute:g} (the LLM definition: 100)",
         judge(whole), [dict(judge(row), layer=name) for name, row in trained.items()])
 
 

@@ -85,7 +85,7 @@ def report_stage(data: StudyData, task: GraphTask, trained: Trained, detections:
     variants = study_variants(config)
     report = {
         "dataset": config.dataset, "model": config.model, "ebt": config.ebt, "profile": config.profile_name,
-        "threshold": config.threshold,
+        "threshold": config.threshold, "abs_threshold": config.abs_threshold,
         "training": {tag: (m or {}).get("test") for tag, m in metrics.items()},
         "training_final": {tag: (m or {}).get("test_final") for tag, m in metrics.items()},
         "training_stopped": {tag: (m or {}).get("stopped") for tag, m in metrics.items()},
