@@ -53,7 +53,7 @@ def run_study(config: StudyConfig) -> dict:
     if config.seeds > 1:
         from .seeds import run_seeds
 
-        return run_seeds(config)
+        return run_seeds(config, run_study)
     plans = {tag: _plan(config, ebt, tag) for tag, ebt in study_variants(config).items()}  # reads given checkpoints
     out = output_folder(config.out, "--out")  # after every check: a refused run writes nothing
     keys = study_keys(config, plans)

@@ -16,9 +16,9 @@ from pathlib import Path
 __all__ = ["run_seeds", "aggregate"]
 
 
-def run_seeds(config) -> dict:
-    """Runs the study once per seed (config.seeds of them) and writes OUT/seeds.json and seeds.md."""
-    from .pipeline import run_study
+def run_seeds(config, run_study) -> dict:
+    """Runs the study (`run_study`, one seed's whole study) once per seed (config.seeds of them) and
+    writes OUT/seeds.json and seeds.md."""
     from .report import report_json
 
     out = Path(config.out)
