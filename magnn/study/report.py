@@ -208,14 +208,20 @@ def one_graph_detection_lines(report) -> list[str]:
 def compat_note(report) -> str:
     """The Notes line on the paper's SAN/GraphiT EBT code (what --ebt-compat gnn-mas reproduces)."""
     compat = {v for v in (report.get("ebt_compat") or {}).values() if v}
+    if (report.get("dataset"), report.get("model")) == ("ogbn-proteins", "san"):
+        return ("- The paper's SAN on ogbn-proteins (san_gt_layer_proteins.py) never passes the explicit bias to its "
+                "layer: its \"EBT\" run has no EBT, only projections with a bias term, and its no-EBT run's softmax is "
+                "the ordinary one, so the paper's SAN-proteins Table 1 pair compares two models without EBT. "
+                + ("--ebt-compat gnn-mas: this study's runs do the same (the EBT run has no EBT)." if compat else
+                   "This study implements the EBT formula; --ebt-compat gnn-mas reproduces the paper's pair."))
     if compat:
         return ("- --ebt-compat gnn-mas: SAN/GraphiT computed as the paper's published code does (the EBT bias weight "
-                "overwrites every real edge's attention weight, so K, E and e' get no gradient; SAN on ogbn-proteins "
-                "without EBT: every real edge the same weight); the statistics are taken on the score, which the loss "
+                "overwrites every real edge's attention weight, so K, E and e' get no gradient; SAN on ogbn-proteins: "
+                "no EBT in either run, biased projections in the EBT run); the statistics are taken on the score, which the loss "
                 "never sees. GT is unaffected (its code computes the formula). See SPEC §10.")
     return ("- magnn implements the EBT formula. The paper's SAN and GraphiT EBT numbers (Table 1, Fig. 4) come from "
             "code in which the bias weight overwrites every real edge's attention weight (K, E and e' get no gradient, "
-            "so the tapped score stays near its initial scale), and its SAN on ogbn-proteins without EBT behaves alike; "
+            "so the tapped score stays near its initial scale), and its SAN on ogbn-proteins has no EBT in either run; "
             "`--ebt-compat gnn-mas` reproduces that behaviour for a like-for-like comparison.")
 
 
