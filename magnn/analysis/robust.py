@@ -49,7 +49,7 @@ class BatchRatios:
 def _quantile_values(weights: np.ndarray, dense: np.ndarray, bins: np.ndarray, q: float, mantissa_bits: int):
     """Per row of `weights` (batch multiplicities), the q-quantile of the summed histograms: the
     midpoint of the bin holding the value of rank ceil(q * n) - 1 (NaN for an empty histogram)."""
-    counts = weights @ dense  # [resamples, bins]
+    counts = np.asarray((dense.T @ weights.T).T)  # [resamples, bins]; dense: a sparse [batches, bins] matrix
     cumulative = np.cumsum(counts, axis=1)
     total = cumulative[:, -1]
     rank = np.maximum(np.ceil(q * total) - 1, 0)
@@ -77,19 +77,21 @@ def robust_summary(batches: BatchRatios, threshold: float, *, resamples: int = R
     summary = {"batches": n, "resamples": resamples, "confidence": CONFIDENCE, "threshold": float(threshold)}
     if n == 0:
         return summary
+    from scipy.sparse import csr_matrix
+
     bins = torch.unique(torch.cat(batches.bins)).numpy()
-    dense = np.zeros((n, max(len(bins), 1)), dtype=np.float64)
-    for row, (index, counts) in enumerate(zip(batches.bins, batches.counts)):
-        dense[row, np.searchsorted(bins, index.numpy())] = counts.numpy()
+    rows = np.concatenate([np.full(len(index), row) for row, index in enumerate(batches.bins)])
+    columns = np.searchsorted(bins, torch.cat(batches.bins).numpy())
+    values = torch.cat(batches.counts).double().numpy()
+    dense = csr_matrix((values, (rows, columns)), shape=(n, max(len(bins), 1)))  # one row per batch (sparse)
     bins = bins if len(bins) else np.zeros(1, dtype=np.int64)
     rng = np.random.default_rng(seed)
-    weights = np.zeros((resamples, n))
-    np.add.at(weights, (np.repeat(np.arange(resamples), n), rng.integers(0, n, size=resamples * n)), 1.0)
+    weights = np.stack([np.bincount(rng.integers(0, n, size=n), minlength=n) for _ in range(resamples)]).astype(float)
     everything = np.ones((1, n))
     for q in QUANTILES:
         point = float(_quantile_values(everything, dense, bins, q, batches.mantissa_bits)[0])
         summary[f"q{q * 100:g}"] = _interval(point, _quantile_values(weights, dense, bins, q, batches.mantissa_bits))
-    edges, above = dense.sum(axis=1), np.asarray(batches.above, dtype=np.float64)
+    edges, above = np.asarray(dense.sum(axis=1)).ravel(), np.asarray(batches.above, dtype=np.float64)
     summary["edges"] = int(edges.sum())
     with np.errstate(invalid="ignore", divide="ignore"):
         summary["fraction_above_threshold"] = _interval(float(above.sum() / edges.sum()) if edges.sum() else float("nan"),
