@@ -92,15 +92,32 @@ def test_statistics_still_come_from_the_score(name):
         assert layer_stats.count == data.edge_index.shape[1] * 16
 
 
-def test_san_on_proteins_without_ebt_is_uniform_and_molecules_unchanged():
+def _proteins():
     generator = torch.Generator().manual_seed(0)
     n = 12
     edge_index = torch.randint(0, n, (2, 40), generator=generator)
-    proteins = Data(x=torch.rand(n, 8, generator=generator), species=torch.randint(0, 3, (n,), generator=generator),
-                    edge_index=edge_index, edge_attr=torch.rand(40, 8, generator=generator), y=torch.zeros(n, 5))
-    grads = _grads(_model("san", "gnn-mas", ebt=None, info=PROTEINS), proteins)
-    assert any(k.endswith("lin_k.weight") for k in grads)
-    assert all(v is None for k, v in grads.items() if k.endswith(("lin_k.weight", "lin_e.weight")))
+    return Data(x=torch.rand(n, 8, generator=generator), species=torch.randint(0, 3, (n,), generator=generator),
+                edge_index=edge_index, edge_attr=torch.rand(40, 8, generator=generator), y=torch.zeros(n, 5))
+
+
+def test_san_on_proteins_is_the_papers_layer_without_ebt_and_molecules_unchanged():
+    """The paper's san_gt_layer_proteins.py never receives explicit_bias: its "EBT" run has no EBT,
+    only biased projections, and its no-EBT run's softmax is the ordinary one."""
+    proteins = _proteins()
+    plain = _model("san", "gnn-mas", ebt=None, info=PROTEINS)
+    with torch.no_grad():
+        torch.testing.assert_close(plain.eval()(proteins), _model("san", None, ebt=None, info=PROTEINS).eval()(proteins))
+    grads = _grads(plain, proteins)
+    assert grads["layers.0.attention.lin_k.weight"] is not None  # an ordinary softmax: K is trained
+    ebt_run = _model("san", "gnn-mas", ebt="edge", info=PROTEINS)
+    names = dict(ebt_run.named_parameters())
+    assert not any("ebt" in name for name in names)  # no EBT parameters at all
+    for projection in ("lin_q", "lin_k", "lin_v", "lin_e"):
+        assert f"layers.0.attention.{projection}.bias" in names  # biased projections
+        assert f"layers.0.attention.{projection}.bias" not in dict(plain.named_parameters())
+    grads = _grads(ebt_run, proteins)
+    assert grads["layers.0.attention.lin_k.weight"] is not None and grads["layers.0.attention.lin_e.weight"] is not None
+    assert _model("san", None, ebt="edge", info=PROTEINS).layers[0].attention.ebt is not None  # magnn: the formula
     # molecules without EBT: the switch changes nothing
     data = _batch(3)
     with torch.no_grad():

@@ -48,22 +48,22 @@ def _by_name(details):
 
 def test_findings_state_criterion_and_are_evaluated_per_layer():
     details = _by_name(finding_details(_report(), VARIANTS))
-    ratio = details["trained max ratio >> base"]
-    assert "10x" in ratio["criterion"]
+    ratio = details["no-EBT model grows over its own base (> 10x)"]
+    assert "10x" in ratio["criterion"] and "own base" in ratio["criterion"]
     assert ratio["overall"]["verdict"] == "REPRODUCED"  # 5000 > 10 x 30
     assert [row["verdict"] for row in ratio["per_layer"]] == ["NOT reproduced", "REPRODUCED", "REPRODUCED"]
-    assert ratio["layers_reproduced"] == "2/3" and ratio["per_layer"][2]["factor"] == 200.0
+    assert ratio["layers_reproduced"] == "2/3" and ratio["per_layer"][2]["growth"] == 200.0
     crossed = details["MA threshold crossed"]
     assert [row["verdict"] for row in crossed["per_layer"]] == ["NOT reproduced", "NOT reproduced", "REPRODUCED"]
-    ebt = details["EBT reduces trained ratios"]
-    assert ebt["overall"]["verdict"] == "REPRODUCED"  # 100 < 5000
+    ebt = details["EBT lowers growth over its own base"]
+    assert ebt["overall"]["verdict"] == "REPRODUCED"  # growth 5000 / 30 vs 100 / 30
     assert [row["verdict"] for row in ebt["per_layer"]] == ["NOT reproduced", "REPRODUCED", "REPRODUCED"]
     assert details["attack gain lower with EBT at sigma 0.1"]["overall"]["verdict"] == "REPRODUCED"
     moved = details["MAs move onto meaningless edges"]
     assert moved["overall"]["verdict"] == "REPRODUCED"
     assert [row["verdict"].split(" (")[0] for row in moved["per_layer"]] == ["NOT TESTABLE", "NOT reproduced"]
     lines = findings(_report(), VARIANTS)
-    assert lines[0].startswith("trained max ratio >> base: REPRODUCED") and "criterion:" in lines[0]
+    assert lines[0].startswith("no-EBT model grows over its own base (> 10x): REPRODUCED") and "criterion:" in lines[0]
     assert "per layer 2/3 reproduced" in lines[0]
 
 
@@ -71,8 +71,8 @@ def test_findings_follow_the_numbers():
     flat = _report(detection={label: _layers([20.0, 30.0, 25.0]) for label in
                               ("base no_ebt", "trained no_ebt", "base ebt_edge", "trained ebt_edge")})
     details = _by_name(finding_details(flat, VARIANTS))
-    assert details["trained max ratio >> base"]["overall"]["verdict"] == "NOT reproduced"
-    assert details["EBT reduces trained ratios"]["layers_reproduced"] == "0/3"
+    assert details["no-EBT model grows over its own base (> 10x)"]["overall"]["verdict"] == "NOT reproduced"
+    assert details["EBT lowers growth over its own base"]["layers_reproduced"] == "0/3 (3 not testable)"
 
 
 def test_markdown_table1_final_and_best_attack_protocol_and_compat_note():

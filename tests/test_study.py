@@ -25,6 +25,10 @@ def test_study_quick_writes_every_file(tmp_path):
     text = (out / "report.md").read_text()
     assert "Table 1" in text and "Table 2" in text and "paper: no EBT" in text
     assert "REPRODUCED" in text or "NOT reproduced" in text or "INCONCLUSIVE" in text
+    assert "Robust statistics of r_e" in text and report["analysed_model"]["no_ebt"] == "final"
+    robust = report["detection"]["trained no_ebt"]["layers"][0]["edge_ratio_robust"]
+    assert robust["batches"] == 48 and robust["q99.9"]["low"] <= robust["q99.9"]["high"]
+    assert robust["q99.9"]["value"] <= robust["max"]["value"] * (1 + 2 ** -7)
     # detection from a saved checkpoint alone
     assert main(["detect", "--ckpt", str(out / "no_ebt" / "best.pt"), "--max-batches", "5", "--out", str(tmp_path / "det")]) == 0
     assert json.loads((tmp_path / "det" / "detect.json").read_text())["layers"]

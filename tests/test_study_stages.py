@@ -39,6 +39,39 @@ def test_rerun_redoes_only_the_stages_whose_settings_changed(tmp_path):
     assert changed["threshold"] == 5.0 and changed["training"] == report["training"]
     assert changed["attack"] == report["attack"]
 
+    # --analyse best: the same training, the best-validation checkpoint analysed (ablation, attack, report redone)
+    assert report["analysed_model"] == {"no_ebt": "final", "ebt_edge": "final"}
+    best = run_study(dataclasses.replace(config, analyse="best"))
+    assert best["analysed_model"] == {"no_ebt": "best", "ebt_edge": "best"}
+    assert {stage for stage in first if _stamps(out)[stage] != now[stage]} == {"ablate", "attack", "report"}
+    assert set(best["tap_kinds"]["no_ebt"].values()) == {"pre-softmax score"}  # SAN in "gt" mode
+
+
+def test_analysed_model_is_the_final_epoch_unless_best_is_asked(tmp_path):
+    import torch
+
+    from magnn.study.pipeline import _plan, study_keys
+    from magnn.study.stages import study_variants, train_stage
+    from magnn.train import load_checkpoint, prepare
+
+    out = tmp_path / "study"
+    config = StudyConfig.from_options(dataset="zinc", model="gt", quick=True, epochs=3, max_graphs=8, attack_steps=0,
+                                      backend="torch", overrides={"num_layers": 1, "hidden": 8, "heads": 2},
+                                      out=str(out), lr=0.05)
+    plans = {tag: _plan(config, ebt, tag) for tag, ebt in study_variants(config).items()}
+    _, info, _ = prepare(plans["no_ebt"][0])
+    record, keys = StageRecord(out), study_keys(config, plans)
+    for analyse, file in (("final", "last.pt"), ("best", "best.pt")):
+        trained = train_stage(plans, info, keys, record, analyse)
+        assert trained.analysed["no_ebt"] == analyse
+        expected = load_checkpoint(out / "no_ebt" / file).state["model"]
+        for name, value in trained.models["no_ebt"].state_dict().items():
+            assert torch.equal(value, expected[name]), (analyse, name)
+    last = load_checkpoint(out / "no_ebt" / "last.pt").state["model"]
+    best = load_checkpoint(out / "no_ebt" / "best.pt").state["model"]
+    assert any(not torch.equal(last[k], best[k]) for k in last) or \
+        json.loads((out / "no_ebt" / "metrics.json").read_text())["best_epoch"] == 2
+
 
 def test_stage_record_keys_and_files(tmp_path):
     record = StageRecord(tmp_path)

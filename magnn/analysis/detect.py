@@ -24,6 +24,7 @@ from ..core.constants import MA_THRESHOLD
 from ..stats import EdgeStats, collect
 
 from .gamma import EPS, FIT_EDGES, ExactRatioSampler, GammaFit, fit_gamma, fit_gamma_exact
+from .robust import BatchRatios, robust_summary
 
 __all__ = ["EPS", "GammaFit", "fit_gamma", "LayerReport", "DetectionReport", "detect", "xavier_reset",
            "detect_seed_subgraphs", "detect_full_graph", "FullGraphDetection", "seed_generator", "ExactRatioSampler"]
@@ -37,6 +38,13 @@ class LayerReport:
     batch_max_ratio_layer: list = field(default_factory=list)
     stats: Optional[EdgeStats] = None
     gamma: Optional[GammaFit] = None
+    ratio_batches: Optional[BatchRatios] = field(default=None, repr=False)  # per batch r_e histograms (bootstrap)
+    robust: Optional[dict] = None  # robust_summary: high quantiles, fraction above threshold, max, with intervals
+
+    def summarise(self, threshold: float) -> None:
+        """Fills `robust` from the per-batch r_e histograms (magnn.analysis.robust)."""
+        if self.ratio_batches is not None:
+            self.robust = robust_summary(self.ratio_batches, threshold)
 
     def sorted_ratios(self) -> list:
         return sorted((r for r in self.batch_max_ratio_edge if r == r), reverse=True)
@@ -59,6 +67,7 @@ class LayerReport:
             "stats": self.stats.to_dict() if self.stats is not None else None,
             "gamma": self.gamma.to_dict() if self.gamma is not None else None,
             "edge_types": types,
+            "edge_ratio_robust": self.robust,
         }
 
 
@@ -77,6 +86,9 @@ def record_batch(reports: dict, stats: dict) -> None:
     the per-layer reports: the batch's max ratios appended, its statistics merged."""
     for name, layer_stats in stats.items():
         report = reports.setdefault(name, LayerReport(name))
+        if report.ratio_batches is None:
+            report.ratio_batches = BatchRatios(layer_stats.mantissa_bits)
+        report.ratio_batches.add(layer_stats)  # before the merge below changes the first batch's stats
         report.batch_max_ratio_edge.append(layer_stats.max_ratio("edge"))
         report.batch_max_ratio_layer.append(layer_stats.max_ratio("layer"))
         if report.stats is None:
@@ -139,6 +151,7 @@ def detect(model, graphs, *, batch_size: int = 1, device="cpu", threshold: float
     merged = all_reduce_stats({name: r.stats for name, r in reports.items()})
     for name, report in reports.items():
         report.stats = merged[name]
+        report.summarise(threshold)
         if fit:
             exact = sampler.ratios(name)
             report.gamma = (fit_gamma_exact(exact, sampler.rows.get(name, 0)) if exact is not None else None) \
@@ -234,6 +247,7 @@ def detect_seed_subgraphs(model, data, seeds=None, *, fanouts=PAPER_FANOUTS, max
             report.batch_max_ratio_layer = [v for part in parts for v in part[name][1]]
     for name, report in reports.items():
         report.stats = merged[name]
+        report.summarise(threshold)
         if fit:
             report.gamma = fit_gamma(report.stats.hist_ratio)
     return DetectionReport(list(reports.values()))
@@ -320,8 +334,32 @@ def detect_full_graph(model, data, *, device="cpu", threshold: float = MA_THRESH
         per_node[per_node < 0] = float("nan")  # no incoming edge (or only NaN ratios)
         node_max[name] = per_node
         sample[name] = (ratio if pick is None else ratio[pick]).numpy()
-        report = LayerReport(name, [layer_stats.max_ratio("edge")], [layer_stats.max_ratio("layer")], layer_stats)
+        report = LayerReport(name, [layer_stats.max_ratio("edge")], [layer_stats.max_ratio("layer")], layer_stats,
+                             ratio_batches=BatchRatios(layer_stats.mantissa_bits))
+        report.ratio_batches.add(layer_stats)
+        report.summarise(threshold)
         if fit:
             report.gamma = fit_gamma(layer_stats.hist_ratio)
         layers.append(report)
     return FullGraphDetection(DetectionReport(layers), node_max, sample, float(threshold))
+
+
+PRE_SOFTMAX, POST_SOFTMAX = "pre-softmax score", "post-softmax message"
+
+
+def tap_kinds(model: torch.nn.Module) -> dict:
+    """Per tapped layer (as `collect` names it), what its statistics measure: a magnn layer in "gt"
+    mode taps the pre-softmax score; "additive" mode (a_ij (v_j + e_ij)) and PyG layers (their
+    message hook) tap post-softmax messages, whose per-edge ratio cancels one head's attention
+    weight, so their numbers are not comparable with pre-softmax scores."""
+    from ..layers import FusedEdgeAttention
+
+    kinds = {}
+    with collect(model) as stats:
+        names = list(stats)
+    modules = dict(model.named_modules())
+    for name in names:
+        module = modules.get(name)
+        pre = isinstance(module, FusedEdgeAttention) and getattr(module, "mode", "gt") == "gt"
+        kinds[name] = PRE_SOFTMAX if pre else POST_SOFTMAX
+    return kinds

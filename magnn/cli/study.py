@@ -16,7 +16,7 @@ from .common import add_run_options, add_variants, option_default, description_o
 def add_study(commands) -> None:
     from ..study import StudyConfig, pipeline
     from ..train import TrainConfig
-    from ..train.validation import FIG4_BASES, STUDY_EBTS, nonnegative_int, positive_float, positive_int
+    from ..train.validation import ANALYSED, FIG4_BASES, STUDY_EBTS, nonnegative_int, positive_float, positive_int
 
     parser = commands.add_parser(
         "study", description=description_of(pipeline),
@@ -49,6 +49,14 @@ def add_study(commands) -> None:
                         help="one attack noise vector per embedding, shared by every node / edge and batch")
     parser.add_argument("--fig4-base", choices=FIG4_BASES, default=default("fig4_base"),
                         help="Fig. 4's base band: the EBT model's own base (default) or the no-EBT base")
+    parser.add_argument("--seeds", type=positive_int, default=default("seeds"),
+                        help="run the pair this many times (seeds --seed, --seed+1, ...) into OUT/seed_<s>; "
+                             "OUT/seeds.md: each finding as mean and 95%% interval over seeds with the per-seed values")
+    parser.add_argument("--abs-threshold", type=positive_float, default=default("abs_threshold"),
+                        help="the absolute MA criterion shown beside the ratio: max |a| above it (the LLM definition: 100)")
+    parser.add_argument("--analyse", choices=ANALYSED, default=default("analyse"),
+                        help="the model detection, ablation and attack analyse: the final epoch's (default, as the "
+                             "paper's code) or the best-validation checkpoint")
     parser.add_argument("--max-seeds", type=positive_int, default=default("max_seeds"),
                         help="ogbn-proteins: test seed nodes of the paper's detection (default: the profile's; "
                              "full profile: all)")
@@ -87,7 +95,8 @@ def cmd_study(args) -> int:
         return cmd_grid(args)
     config = study_config(args)
     report = run_study(config)
-    print(f"wrote {Path(config.out) / 'report.md'} and {Path(config.out) / 'report.json'}")
+    written = ("seeds.md", "seeds.json") if config.seeds > 1 else ("report.md", "report.json")
+    print(f"wrote {Path(config.out) / written[0]} and {Path(config.out) / written[1]}")
     for line in report["findings"]:
         print(" - " + line)
     return 0

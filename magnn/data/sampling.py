@@ -81,3 +81,41 @@ def neighbor_batches(data: Data, seed_nodes: torch.Tensor, *, fanouts: Sequence[
     for begin in range(0, order.numel(), batch_size):
         seeds = order[begin:begin + batch_size]
         yield subgraph(data, seeds, sample_edges(graph, seeds, fanouts, generator))
+
+
+PAPER_BLOCK_FANOUTS = (5, 10, 15, 1)  # the paper's ogbn-proteins detection: DGL per-layer blocks, first layer first
+
+
+def _draw_in_edges(graph: Graph, nodes: torch.Tensor, fanout: int, generator: torch.Generator) -> torch.Tensor:
+    """Caller-order ids of at most `fanout` distinct incoming edges per node of `nodes` (all of them
+    when it has that few; otherwise `fanout` drawn without replacement, as DGL's replace=False)."""
+    rowptr, perm = graph.rowptr, graph.perm
+    start = rowptr[nodes]
+    degree = rowptr[nodes + 1] - start
+    first = torch.cumsum(degree, 0) - degree
+    total = int(degree.sum())
+    position = torch.arange(total) - torch.repeat_interleave(first, degree)
+    slots = torch.repeat_interleave(start, degree) + position
+    owner = torch.repeat_interleave(torch.arange(nodes.numel()), degree)
+    keys = torch.rand(total, generator=generator, dtype=torch.float64)
+    order = torch.argsort(owner.double() + keys)  # grouped by node, shuffled within each node
+    keep = order[position < fanout]  # `position` is each sorted slot's rank within its node
+    return perm[slots[keep]]
+
+
+def sample_blocks(graph: Graph, seeds: torch.Tensor, fanouts: Sequence[int] = PAPER_BLOCK_FANOUTS,
+                  generator: torch.Generator = None) -> list:
+    """Per-layer blocks as DGL's MultiLayerNeighborSampler draws them: [(dst nodes, edge ids)], the
+    first layer's block first. Sampling starts at the seeds with the last fan-out: the last layer's
+    block holds up to fanouts[-1] incoming edges per seed; each earlier block's destination nodes are
+    the later block's destinations followed by its new sources, each drawing its own layer's fan-out.
+    Unlike `sample_edges` (one union subgraph used by every layer), every layer attends over its own
+    block only."""
+    generator = generator if generator is not None else torch.Generator().manual_seed(0)
+    dst, blocks = seeds, []
+    for fanout in reversed(tuple(fanouts)):
+        edges = _draw_in_edges(graph, dst, int(fanout), generator)
+        blocks.insert(0, (dst, edges))
+        sources = graph.src[edges]
+        dst = torch.cat([dst, torch.unique(sources[~torch.isin(sources, dst)])])
+    return blocks

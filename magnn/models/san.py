@@ -80,7 +80,7 @@ from ..layers import FusedEdgeAttention, projection, reset_projection
 from ..stats import EdgeStats
 from .base import NON_EDGE_TYPE, GraphModel
 from .block import ResidualStream
-from .compat import gnn_mas_node_out
+from .compat import gnn_mas_node_out, gnn_mas_san_proteins
 from .config import FAKE_EDGE_MODES, SANConfig  # noqa: F401  (FAKE_EDGE_MODES importable here)
 from .encoders import EdgeEncoder
 from .positional import LearnedLaplacianPE, SANEigenPE
@@ -193,11 +193,13 @@ class SANAttention(FusedEdgeAttention):
     def __init__(
         self, in_channels: int, heads: int, head_dim: int, edge_dim: int, *,
         ebt: Optional[str] = None, clamp: Optional[float] = 5.0, backend: str = "auto", ebt_init: str = "normal_0.02",
+        bias: bool = False,
     ):
         super().__init__(
-            in_channels, heads, head_dim, edge_dim, mode="gt", ebt=ebt, clamp=clamp, backend=backend, ebt_init=ebt_init
+            in_channels, heads, head_dim, edge_dim, mode="gt", ebt=ebt, clamp=clamp, backend=backend, ebt_init=ebt_init,
+            bias=bias,
         )
-        width, use_bias = heads * head_dim, ebt is not None
+        width, use_bias = heads * head_dim, bias or ebt is not None
         self.lin_q2 = projection(in_channels, width, use_bias)
         self.lin_k2 = projection(in_channels, width, use_bias)
         self.lin_e2 = projection(edge_dim, width, use_bias)
@@ -377,12 +379,15 @@ class SAN(GraphModel):
         self.fuse_edge_projections()
 
     def _make_layer(self, config) -> SANLayer:
-        attention = SANAttention(config.hidden, config.heads, self.head_dim, config.hidden, ebt=config.ebt,
-                                 clamp=config.clamp, backend=config.backend, ebt_init=config.ebt_init)
+        proteins_code = gnn_mas_san_proteins(config.ebt_compat, self.info.edge_features)
+        ebt = None if proteins_code else config.ebt  # the paper's proteins layer never receives its EBT
+        attention = SANAttention(config.hidden, config.heads, self.head_dim, config.hidden, ebt=ebt,
+                                 clamp=config.clamp, backend=config.backend, ebt_init=config.ebt_init,
+                                 bias=proteins_code and config.ebt is not None)
         return SANLayer(
             attention, config.hidden, norm=config.norm, residual=config.residual, dropout=config.dropout,
             edge_encoder=EdgeEncoder(self.info, config.hidden) if config.layer_edge_encoders else None,
-            paper_code=config.paper_code(self.info.edge_features),  # EBT, or ogbn-proteins without EBT
+            paper_code=not proteins_code and config.paper_code(self.info.edge_features),  # EBT on molecules
         )
 
     @property

@@ -44,6 +44,9 @@ class StudyConfig:
     attack_node_only: bool = False  # attack noise on the node embedding only (default: node and edge)
     attack_shared_noise: bool = False  # one attack noise vector shared by every node / edge and batch
     max_seeds: int | None = None  # ogbn-proteins: cap on the test seed nodes of the seed-subgraph detection
+    seeds: int = 1  # the pair run this many times (seed, seed+1, ...): findings as mean and interval over seeds
+    abs_threshold: float = 100.0  # the absolute MA criterion beside the ratio: max |a| above it (the LLM definition)
+    analyse: str = "final"  # the analysed model: "final" (the last epoch's, as the paper's code) or "best" (validation)
     fig4_base: str = "own"  # Fig. 4's base band: "own" (the EBT model's base) or "no_ebt" (the no-EBT base)
 
     @property

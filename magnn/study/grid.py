@@ -57,6 +57,8 @@ class GridConfig:
         if self.study.ckpt_no_ebt or self.study.ckpt_ebt:
             raise UserError("--ckpt-no-ebt / --ckpt-ebt name one pair's checkpoints: run that pair alone "
                             "(--dataset D --model M), not the grid")
+        if self.study.seeds > 1:
+            raise UserError("--seeds runs one pair several times: run that pair alone (--dataset D --model M)")
         return self
 
 

@@ -78,19 +78,22 @@ def _per_detection_figures(data: StudyData, detections: dict, out: Path, title: 
 def report_stage(data: StudyData, task: GraphTask, trained: Trained, detections: dict, ablation: dict,
                  attack: dict, figures: dict, out: Path) -> dict:
     """report.json (every number, and the config that re-runs the study) and report.md."""
+    from ..analysis.detect import tap_kinds
     from .report import finding_details, findings, markdown, report_json
 
     config, metrics = data.config, trained.metrics
     variants = study_variants(config)
     report = {
         "dataset": config.dataset, "model": config.model, "ebt": config.ebt, "profile": config.profile_name,
-        "threshold": config.threshold,
+        "threshold": config.threshold, "abs_threshold": config.abs_threshold,
         "training": {tag: (m or {}).get("test") for tag, m in metrics.items()},
         "training_final": {tag: (m or {}).get("test_final") for tag, m in metrics.items()},
         "training_stopped": {tag: (m or {}).get("stopped") for tag, m in metrics.items()},
         "max_time_minutes": config.train.max_time,
         "ebt_compat": {tag: (c.overrides or {}).get("ebt_compat") for tag, c in trained.configs.items()},
         "fig4_base": fig4_base_label(config),
+        "analysed_model": trained.analysed,
+        "tap_kinds": {tag: tap_kinds(model) for tag, model in trained.models.items()},
         "gamma_source": _gamma_sources(detections),
         "gamma_fit_edges": data.profile.get("fit_edges", 50_000),
         "attack_protocol": attack["protocol"],

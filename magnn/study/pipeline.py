@@ -50,6 +50,10 @@ def run_study(config: StudyConfig) -> dict:
     from ..train import prepare
 
     config.validate()
+    if config.seeds > 1:
+        from .seeds import run_seeds
+
+        return run_seeds(config, run_study)
     plans = {tag: _plan(config, ebt, tag) for tag, ebt in study_variants(config).items()}  # reads given checkpoints
     out = output_folder(config.out, "--out")  # after every check: a refused run writes nothing
     keys = study_keys(config, plans)
@@ -59,7 +63,7 @@ def run_study(config: StudyConfig) -> dict:
         return json.loads((out / "report.json").read_text())
     splits, info, _ = prepare(plans["no_ebt"][0])  # the data once, for every model below
     data, task = StudyData(config, config.profile(), info, splits), task_for(config.dataset)
-    trained = train_stage(plans, info, keys, record)
+    trained = train_stage(plans, info, keys, record, config.analyse)
     detections = detect_stage(data, task, trained, out)
     ablation = ablate_stage(data, task, trained, detections, keys.ablate, record, out)
     attack = attack_stage(data, task, trained, keys.attack, record, out)

@@ -12,6 +12,9 @@ import json
 import math
 
 from ..stats import json_safe
+from .findings import finding_details
+
+POST_SOFTMAX = "post-softmax message"  # magnn.analysis.detect.tap_kinds
 
 __all__ = ["report_json", "format_number", "layer_cell", "findings", "finding_details", "markdown", "PAPER_TABLE1",
            "PAPER_TABLE2"]
@@ -68,130 +71,6 @@ def layer_cell(layer: dict, key: str = "max_ratio_edge") -> str:
 
 # -- report.md ---------------------------------------------------------------------------
 
-def _max_ratio(report, label) -> float:
-    ratios = [l["max_ratio_edge"] for l in report["detection"][label]["layers"]]
-    ratios = [r for r in ratios if r is not None and r == r]  # NaN (all-NaN layers) would make max() order-dependent
-    return max(ratios, default=float("nan"))
-
-
-def _layer_ratios(report, label) -> dict:
-    """{layer name: max edge ratio} of one detection (None / NaN dropped)."""
-    detection = report["detection"].get(label) or {"layers": []}
-    return {l["name"]: l["max_ratio_edge"] for l in detection["layers"]
-            if l.get("max_ratio_edge") is not None and l["max_ratio_edge"] == l["max_ratio_edge"]}
-
-
-def _verdict(ok) -> str:
-    return "REPRODUCED" if ok else "NOT reproduced"
-
-
-def finding_details(report, variants) -> list[dict]:
-    """Each of the paper's qualitative findings with its criterion, evaluated overall and per layer.
-
-    Every entry: {"name", "criterion", "overall": {"verdict", ...numbers}, "per_layer": [{"layer",
-    "verdict", ...numbers}], "layers_reproduced": "k/n"} (docs/REPORT.md).
-    """
-    ebt_tag = [t for t in variants if t != "no_ebt"][0]
-    threshold = report["threshold"]
-    base, trained = _layer_ratios(report, "base no_ebt"), _layer_ratios(report, "trained no_ebt")
-    with_ebt = _layer_ratios(report, f"trained {ebt_tag}")
-    details = [_growth_finding(base, trained), _threshold_finding(trained, threshold),
-               _ebt_finding(trained, with_ebt, ebt_tag), _attack_finding(report, ebt_tag),
-               _ablation_finding(report, threshold)]
-    return [detail for detail in details if detail is not None]
-
-
-def _peak(values: dict) -> float:
-    return max(values.values(), default=float("nan"))
-
-
-def _finding(name, criterion, overall, per_layer) -> dict:
-    count = sum(1 for row in per_layer if row["verdict"] == "REPRODUCED")
-    untestable = sum(1 for row in per_layer if not row["verdict"].startswith(("REPRODUCED", "NOT reproduced")))
-    return {"name": name, "criterion": criterion, "overall": overall, "per_layer": per_layer,
-            "layers_reproduced": f"{count}/{len(per_layer)}" + (f" ({untestable} not testable)" if untestable else "")}
-
-
-def _growth_finding(base: dict, trained: dict) -> dict:
-    layers = [name for name in trained if name in base]
-    peak_trained, peak_base = _peak(trained), _peak(base)
-    return _finding(
-        "trained max ratio >> base",
-        "the trained model's (no EBT) largest edge ratio is more than 10x the base model's; per layer: the "
-        "layer's own max over test batches against the same layer of the base model",
-        {"verdict": _verdict(peak_trained > 10 * peak_base), "trained": peak_trained, "base": peak_base,
-         "factor": peak_trained / peak_base if peak_base else float("nan")},
-        [{"layer": n, "verdict": _verdict(trained[n] > 10 * base[n]), "trained": trained[n], "base": base[n],
-          "factor": trained[n] / base[n] if base[n] else float("nan")} for n in layers])
-
-
-def _threshold_finding(trained: dict, threshold: float) -> dict:
-    return _finding(
-        "MA threshold crossed",
-        f"the trained model's (no EBT) largest edge ratio exceeds the MA threshold {threshold:g}",
-        {"verdict": _verdict(_peak(trained) > threshold), "trained": _peak(trained)},
-        [{"layer": n, "verdict": _verdict(v > threshold), "trained": v} for n, v in trained.items()])
-
-
-def _ebt_finding(trained: dict, with_ebt: dict, ebt_tag: str) -> dict:
-    layers = [name for name in trained if name in with_ebt]
-    peak_trained, peak_ebt = _peak(trained), _peak(with_ebt)
-    return _finding(
-        "EBT reduces trained ratios",
-        f"the trained {ebt_tag} model's largest edge ratio is below the trained no-EBT model's (factor = no EBT / "
-        f"{ebt_tag}); per layer: same layer index",
-        {"verdict": _verdict(peak_ebt < peak_trained), "no_ebt": peak_trained, ebt_tag: peak_ebt,
-         "factor": peak_trained / peak_ebt if peak_ebt else float("nan")},
-        [{"layer": n, "verdict": _verdict(with_ebt[n] < trained[n]), "no_ebt": trained[n], ebt_tag: with_ebt[n],
-          "factor": trained[n] / with_ebt[n] if with_ebt[n] else float("nan")} for n in layers])
-
-
-def _attack_finding(report, ebt_tag: str):
-    attack = report.get("attack") or {}
-    if not (attack.get("no_ebt") and attack.get(ebt_tag)):
-        return None
-    gain = {tag: {round(r["sigma"], 4): r["gain_percent"] for r in rows} for tag, rows in attack.items()}
-    g0, g1 = gain["no_ebt"].get(0.1), gain[ebt_tag].get(0.1)
-    if g0 is None or g1 is None:
-        verdict = "NOT TESTABLE (no sigma 0.1 run)"
-    elif abs(g0 - g1) < 0.05 * max(abs(g0), 1e-9):
-        verdict = "INCONCLUSIVE (within 5% of each other)"
-    else:
-        verdict = _verdict(g1 < g0)
-    return _finding("attack gain lower with EBT at sigma 0.1",
-                    "Explicit Bias Attack gain (loss_opt / loss_random - 1) at sigma 0.1 lower with EBT than without "
-                    "(within 5% of each other: inconclusive); a model-level number, no per-layer form",
-                    {"verdict": verdict, "no_ebt_percent": g0, f"{ebt_tag}_percent": g1}, [])
-
-
-def _ablation_finding(report, threshold: float):
-    ablation = report.get("ablation") or {}
-    fake = (ablation.get("with") or {}).get("meaningless")
-    if fake is None:
-        return None
-    real = {k: v for k, v in ablation["with"].items() if k != "meaningless"}
-    criterion = (f"after adding meaningless edges, their MA frequency (share of edges with r_e > {threshold:g}) "
-                 "exceeds every real bond type's; not testable where no edge exceeds the threshold")
-    per_layer = [dict(_judge_ablation(types, threshold), layer=name)
-                 for name, types in (ablation.get("per_layer") or {}).items()]
-    return _finding("MAs move onto meaningless edges", criterion,
-                    _judge_ablation(dict(real, meaningless=fake), threshold), per_layer)
-
-
-def _judge_ablation(with_types: dict, threshold: float) -> dict:
-    fake_row = with_types.get("meaningless")
-    if fake_row is None:
-        return {"verdict": "NOT TESTABLE (no meaningless edge in this layer)"}
-    others = [v for k, v in with_types.items() if k != "meaningless"]
-    if not any(v["ma_frequency"] for v in with_types.values()):
-        return {"verdict": f"NOT TESTABLE (no edge above {threshold:g})",
-                "meaningless_max_ratio": fake_row["max_ratio"],
-                "real_max_ratio": max((v["max_ratio"] for v in others), default=float("nan"))}
-    top = max((v["ma_frequency"] for v in others), default=0.0)
-    return {"verdict": _verdict(fake_row["ma_frequency"] > top), "meaningless_ma_frequency": fake_row["ma_frequency"],
-            "real_ma_frequency_max": top}
-
-
 def findings(report, variants) -> list[str]:
     """Plain statements of whether the paper's qualitative findings reproduced here: each with its
     criterion, the overall verdict and how many layers reproduce it (details: finding_details)."""
@@ -199,8 +78,15 @@ def findings(report, variants) -> list[str]:
     for item in report.get("findings_detail") or finding_details(report, variants):
         overall = item["overall"]
         numbers = ", ".join(f"{k} {format_number(v)}" for k, v in overall.items() if k != "verdict")
-        layers = f"; per layer {item['layers_reproduced']} reproduced" if item["per_layer"] else ""
+        counted = item["per_layer"] and item["layers_reproduced"] != "-"
+        layers = f"; per layer {item['layers_reproduced']} reproduced" if counted else ""
         lines.append(f"{item['name']}: {overall['verdict']} ({numbers}{layers}) — criterion: {item['criterion']}")
+    post = sorted({f"{tag}: {name}" for tag, kinds in (report.get("tap_kinds") or {}).items()
+                   for name, kind in kinds.items() if kind == POST_SOFTMAX})
+    if post:
+        lines.append(f"post-softmax taps ({', '.join(post)}): their r_e are ratios of attention-weighted messages "
+                     "(one head's weight cancels), not comparable with pre-softmax scores (GT's); compare them only "
+                     "with each other")
     if report["profile"] == "quick":
         lines.append("quick profile: small models trained for minutes; the paper trained to convergence, "
                      "so magnitudes are not comparable (run without --quick for the full protocol)")
@@ -234,6 +120,7 @@ def markdown(report, variants) -> str:
     for index, name in enumerate(layer_names):
         row = [layer_cell(d["layers"][index]) if index < len(d["layers"]) else "-" for d in report["detection"].values()]
         lines.append(f"| {name} | " + " | ".join(row) + " |")
+    lines += robust_lines(report, layer_names)
     sources = report.get("gamma_source") or {}
     fit_edges = report.get("gamma_fit_edges") or 50_000
     how = {"exact": f"the exact ratios |a_ec| / med_e (all H*D) of each layer's first {fit_edges:,} edges "
@@ -274,6 +161,23 @@ def markdown(report, variants) -> str:
               compat_note(report),
               "- Base model: same architecture and seed, untrained, eval mode.", ""]
     return "\n".join(lines)
+
+
+def robust_lines(report, layer_names) -> list[str]:
+    """report.md: per layer and detection, the 99.9 % quantile of r_e with its bootstrap interval over
+    test graphs, the fraction of edges above the threshold, and the max (edge_ratio_robust)."""
+    lines = ["", "## Robust statistics of r_e per layer: 99.9 % quantile [95 % bootstrap interval over test graphs]; "
+             "fraction of edges above the threshold; max", "",
+             "| layer | " + " | ".join(report["detection"]) + " |", "|---|" + "---|" * len(report["detection"])]
+    for index, name in enumerate(layer_names):
+        row = []
+        for d in report["detection"].values():
+            robust = (d["layers"][index].get("edge_ratio_robust") or {}) if index < len(d["layers"]) else {}
+            q, above, top = (robust.get(k) or {} for k in ("q99.9", "fraction_above_threshold", "max"))
+            row.append(f"{_fmt(q.get('value'))} [{_fmt(q.get('low'))}, {_fmt(q.get('high'))}]; "
+                       f"{_fmt(above.get('value'))}; {_fmt(top.get('value'))}" if robust else "-")
+        lines.append(f"| {name} | " + " | ".join(row) + " |")
+    return lines
 
 
 def one_graph_detection_lines(report) -> list[str]:
@@ -322,14 +226,20 @@ def one_graph_detection_lines(report) -> list[str]:
 def compat_note(report) -> str:
     """The Notes line on the paper's SAN/GraphiT EBT code (what --ebt-compat gnn-mas reproduces)."""
     compat = {v for v in (report.get("ebt_compat") or {}).values() if v}
+    if (report.get("dataset"), report.get("model")) == ("ogbn-proteins", "san"):
+        return ("- The paper's SAN on ogbn-proteins (san_gt_layer_proteins.py) never passes the explicit bias to its "
+                "layer: its \"EBT\" run has no EBT, only projections with a bias term, and its no-EBT run's softmax is "
+                "the ordinary one, so the paper's SAN-proteins Table 1 pair compares two models without EBT. "
+                + ("--ebt-compat gnn-mas: this study's runs do the same (the EBT run has no EBT)." if compat else
+                   "This study implements the EBT formula; --ebt-compat gnn-mas reproduces the paper's pair."))
     if compat:
         return ("- --ebt-compat gnn-mas: SAN/GraphiT computed as the paper's published code does (the EBT bias weight "
-                "overwrites every real edge's attention weight, so K, E and e' get no gradient; SAN on ogbn-proteins "
-                "without EBT: every real edge the same weight); the statistics are taken on the score, which the loss "
+                "overwrites every real edge's attention weight, so K, E and e' get no gradient; SAN on ogbn-proteins: "
+                "no EBT in either run, biased projections in the EBT run); the statistics are taken on the score, which the loss "
                 "never sees. GT is unaffected (its code computes the formula). See SPEC §10.")
     return ("- magnn implements the EBT formula. The paper's SAN and GraphiT EBT numbers (Table 1, Fig. 4) come from "
             "code in which the bias weight overwrites every real edge's attention weight (K, E and e' get no gradient, "
-            "so the tapped score stays near its initial scale), and its SAN on ogbn-proteins without EBT behaves alike; "
+            "so the tapped score stays near its initial scale), and its SAN on ogbn-proteins has no EBT in either run; "
             "`--ebt-compat gnn-mas` reproduces that behaviour for a like-for-like comparison.")
 
 

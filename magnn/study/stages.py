@@ -6,7 +6,7 @@ stages it reads from (`StudyKeys`, computed from the config before anything runs
 records the key each finished stage ran with; a re-run skips a stage whose key is recorded
 (and whose files are there) and redoes the rest:
 
-    train <tag>   reuses OUT/<tag>/best.pt and metrics.json
+    train <tag>   reuses OUT/<tag>/last.pt (--analyse best: best.pt) and metrics.json
     ablate        reads OUT/stages/ablation.json
     attack        reads OUT/stages/attack.json
     report        the whole study: report.json is read back (magnn.study.grid skips such a pair)
@@ -30,6 +30,7 @@ log = logging.getLogger("magnn.study.stages")
 
 SIGMAS = (0.01, 0.0316, 0.1)  # the attack's noise levels (SPEC §7)
 RECORD = "stages.json"
+ANALYSED_FILES = {"final": "last.pt", "best": "best.pt"}  # --analyse: the checkpoint each choice loads
 
 
 def stage_key(*parts) -> str:
@@ -71,9 +72,9 @@ class StudyKeys:
     @classmethod
     def of(cls, config, profile: dict, run_configs: dict, given: dict) -> StudyKeys:
         train = {tag: stage_key("train", given[tag] or asdict(run_configs[tag])) for tag in run_configs}
-        ablate = stage_key("ablate", train["no_ebt"], config.ablation_fraction, config.threshold,
+        ablate = stage_key("ablate", train["no_ebt"], config.analyse, config.ablation_fraction, config.threshold,
                            profile["ablation_graphs"], config.train.seed)
-        attack = stage_key("attack", train, SIGMAS, profile["attack_steps"], profile["attack_graphs"],
+        attack = stage_key("attack", train, config.analyse, SIGMAS, profile["attack_steps"], profile["attack_graphs"],
                            config.attack_node_only, config.attack_shared_noise, config.train.seed,
                            config.train.fanouts)
         report = stage_key("report", train, ablate, attack, config.to_dict(), profile)
@@ -97,28 +98,33 @@ class Trained:
     models: dict
     metrics: dict
     configs: dict
+    analysed: dict = None  # per tag: "final" (last.pt), "best" (best.pt) or "given checkpoint <path>"
 
 
-def train_stage(plans: dict, info, keys: StudyKeys, record: StageRecord) -> Trained:
-    """Train each run (or load its given checkpoint, or reuse a current run) and load its best epoch."""
+def train_stage(plans: dict, info, keys: StudyKeys, record: StageRecord, analyse: str = "final") -> Trained:
+    """Train each run (or load its given checkpoint, or reuse a current run) and load the analysed
+    model: the final epoch's (last.pt, as the paper's code analyses) or the best-validation one (best.pt)."""
     from ..train import load_checkpoint
 
-    models, metrics = {}, {}
+    models, metrics, analysed = {}, {}, {}
+    kept = ANALYSED_FILES[analyse]
     for tag, (train_config, checkpoint) in plans.items():
         folder = Path(train_config.out)
         stage = f"train {tag}"
-        if checkpoint is None and record.current(stage, keys.train[tag], folder / "best.pt", folder / "metrics.json"):
+        given = checkpoint is not None
+        if not given and record.current(stage, keys.train[tag], folder / kept, folder / "metrics.json"):
             log.info(f"== training {train_config.model} on {train_config.dataset} ({tag}): current, reused")
-            checkpoint = load_checkpoint(folder / "best.pt", option="--out")
+            checkpoint = load_checkpoint(folder / kept, option="--out")
         else:
             log.info(f"== training {train_config.model} on {train_config.dataset} ({tag})")
-        models[tag], metrics[tag] = _trained(train_config, checkpoint, info)
+        models[tag], metrics[tag] = _trained(train_config, checkpoint, info, kept)
+        analysed[tag] = f"given checkpoint {checkpoint.path}" if given else analyse
         record.mark(stage, keys.train[tag])
-    return Trained(models, metrics, {tag: plan[0] for tag, plan in plans.items()})
+    return Trained(models, metrics, {tag: plan[0] for tag, plan in plans.items()}, analysed)
 
 
-def _trained(config, checkpoint, info):
-    """(model, metrics): loaded from the checkpoint, or trained here and its best epoch loaded."""
+def _trained(config, checkpoint, info, kept: str = "last.pt"):
+    """(model, metrics): loaded from the checkpoint, or trained here and `kept` (last.pt / best.pt) loaded."""
     from ..train import build, load_checkpoint, train
 
     if checkpoint is not None:
@@ -130,7 +136,7 @@ def _trained(config, checkpoint, info):
             metrics = None
     else:
         metrics = train(config)
-        checkpoint = load_checkpoint(Path(config.out) / "best.pt", option="--out")
+        checkpoint = load_checkpoint(Path(config.out) / kept, option="--out")
     model = build(config, info)
     checkpoint.restore_model(model)
     return model, metrics

@@ -23,6 +23,7 @@ from .settings import MODEL_OPTIONS, SCHEDULES, ebt_option, model_overrides
 
 STUDY_EBTS = tuple(variant for variant in EBT_VARIANTS if variant is not None)  # compared with no EBT
 FIG4_BASES = ("own", "no_ebt")
+ANALYSED = ("final", "best")  # magnn study --analyse
 
 
 def check_train_config(config, *, environment: bool = True) -> None:
@@ -103,6 +104,11 @@ def check_study_config(config) -> None:
     check_positive(config.attack_steps, "--attack-steps", integer=True, allow_zero=True)
     check_positive(config.max_seeds, "--max-seeds", integer=True)
     check_choice(config.fig4_base, FIG4_BASES, "--fig4-base")
+    check_choice(config.analyse, ANALYSED, "--analyse")
+    if isinstance(config.seeds, bool) or not isinstance(config.seeds, int) or config.seeds < 1:
+        raise UserError(f"--seeds must be an integer >= 1, got {config.seeds!r}")
+    if not config.abs_threshold > 0:
+        raise UserError(f"--abs-threshold must be > 0, got {config.abs_threshold!r}")
     check_fanouts(config.train.fanouts)  # the seed-subgraph detection samples with them, trained --sampled or not
     check_environment(config.train.device, config.train.data_root, config.out)
 
