@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from ..core.constants import MA_THRESHOLD
 from ..core.errors import UserError, output_folder
+from ..core.files import write_atomically
 from ..train.validation import check_detect_config
 
 if TYPE_CHECKING:
@@ -73,7 +74,7 @@ def run_detect(config: DetectConfig) -> DetectResult:
                         "pick another split")
     report = detect(model, splits[config.split], device=config.device, threshold=config.threshold,
                     max_batches=config.max_batches)
-    (out / "detect.json").write_text(report_json(report.to_dict()))
+    write_atomically(out / "detect.json", report_json(report.to_dict()))
     plot_sorted_ratios({"trained": report}, out / "sorted_max_ratios.png",
                        title=f"{train_config.model} on {train_config.dataset}")
     plot_layer_histograms(report, out / "neg_log10_ratio_hist.png")
