@@ -22,7 +22,7 @@ from typing import Optional, Union
 
 from .errors import UserError
 
-__all__ = ["write_atomically", "check_inside", "temp_name", "TEMP_MARK"]
+__all__ = ["write_atomically", "check_inside", "temp_name", "remove_stale_temps", "TEMP_MARK"]
 
 TEMP_MARK = ".tmp-"  # temporary files are ".<name>.tmp-<pid>" beside their target
 _NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
@@ -108,3 +108,28 @@ def _size(count: int) -> str:
             return f"{count} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
         count /= 1024
     return f"{count} bytes"
+
+
+def remove_stale_temps(folder) -> list:
+    """Delete the temporary files of writers that are gone (a process killed mid-write leaves its
+    ".<name>.tmp-<pid>"): they would eat the space the next write needs. Returns the paths removed."""
+    removed = []
+    for tmp in Path(folder).glob(f".*{TEMP_MARK}*"):
+        pid = tmp.name.rsplit(TEMP_MARK, 1)[-1]
+        if not pid.isdigit() or _alive(int(pid)) or tmp.is_symlink() or not tmp.is_file():
+            continue
+        _remove(tmp)
+        removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True

@@ -22,7 +22,7 @@ from ..core.errors import RunFailed, output_folder
 from ..distributed import init_from_env, rank_world
 from ..stats import json_safe
 from .callbacks import MAProbe, TensorBoard
-from ..core.files import write_atomically
+from ..core.files import remove_stale_temps, write_atomically
 from .checkpoint import (check_fresh_folder, check_resume_settings, load_checkpoint, load_for_resume, save_best,
                          save_last)
 from .config import TrainConfig
@@ -44,6 +44,8 @@ class Trainer:
         self.config, self.trust = config, trust
         self.out = Path(config.out)
         output_folder(self.out, "--out")
+        for stale in remove_stale_temps(self.out):
+            log.info(f"removed {stale}, left by a run killed while writing")
         if not resume:
             check_fresh_folder(self.out, overwrite)
         self.checkpoint = load_for_resume(config, trust) if resume else None
