@@ -39,6 +39,14 @@ def test_rerun_redoes_only_the_stages_whose_settings_changed(tmp_path):
     assert changed["threshold"] == 5.0 and changed["training"] == report["training"]
     assert changed["attack"] == report["attack"]
 
+    # other --epochs (or --seed, --lr: every training setting keys the training): everything is redone,
+    # the study's own stale runs are replaced (not refused as finished runs), report.json records it
+    longer = run_study(dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=2)))
+    after = _stamps(out)
+    assert all(after[stage] != now[stage] for stage in now)
+    assert longer["config"]["train"]["epochs"] == 2
+    assert len(json.loads((out / "no_ebt" / "metrics.json").read_text())["history"]) == 2
+
 
 def test_stage_record_keys_and_files(tmp_path):
     record = StageRecord(tmp_path)

@@ -185,6 +185,7 @@ def ablate_stage(data: StudyData, task: GraphTask, trained: Trained, detections:
 
     path = out / "stages" / "ablation.json"
     if record.current("ablate", key, path):
+        log.info(f"== ablation: current, reused ({path})")
         return json.loads(path.read_text())
     config = data.config
     generator = torch.Generator().manual_seed(config.train.seed)
@@ -214,6 +215,7 @@ def attack_stage(data: StudyData, task: GraphTask, trained: Trained, key: str, r
 
     path = out / "stages" / "attack.json"
     if record.current("attack", key, path):
+        log.info(f"== attack: current, reused ({path})")
         return json.loads(path.read_text())
     config = data.config
     loss_fn = loss_function(data.info.task)
