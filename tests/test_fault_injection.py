@@ -506,3 +506,35 @@ def test_kill_at_a_checkpoint_then_resume_matches_the_straight_run(capsys, tmp_p
     straight = json.loads((tmp_path / "straight" / "metrics.json").read_text())
     resumed = json.loads((killed / "metrics.json").read_text())
     assert strip(straight) == strip(resumed) and straight["test"] == resumed["test"]
+
+
+# -- items 1 and 7 on the command line: --allow-pickle and --tox21-csv ----------------------------
+
+def test_allow_pickle_flag_is_the_cli_opt_in_for_dataset_pickles(capsys, tmp_path, monkeypatch):
+    monkeypatch.delenv("MAGNN_ALLOW_PICKLE", raising=False)
+    marker = tmp_path / "code_ran"
+    _write_zinc_raw(tmp_path / "data" / "ZINC" / "raw", _zinc_source(), extra=_Marker(marker))
+    argv = [*TINY, "--layers", "1", "--epochs", "1", "--data-root", tmp_path / "data", "--ma-probe-graphs", "0"]
+    code, err = run(capsys, "train", *argv, "--out", tmp_path / "a")
+    line = error_line(err, "train", code)
+    assert "--allow-pickle" in line and "train.pickle" in line and not marker.exists()
+    code, err = run(capsys, "train", *argv, "--out", tmp_path / "b", "--allow-pickle")
+    assert code == 0, err
+    assert marker.exists()  # trusted: the file was unpickled in full, as asked
+    assert "MAGNN_ALLOW_PICKLE" not in os.environ
+
+
+def test_tox21_csv_flag_trains_on_the_users_csv(capsys, tmp_path):
+    import json
+
+    csv = _tox21_csv(tmp_path / "mine.csv")
+    argv = ["--dataset", "tox21", "--hidden", "8", "--heads", "2", "--layers", "1", "--epochs", "1",
+            "--backend", "torch", "--data-root", tmp_path / "data", "--ma-probe-graphs", "0"]
+    code, err = run(capsys, "train", *argv, "--out", tmp_path / "run", "--tox21-csv", csv)
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["config"]["tox21_csv"] == str(csv)
+    code, err = run(capsys, "train", *argv, "--out", tmp_path / "other", "--tox21-csv", tmp_path / "absent.csv")
+    assert str(tmp_path / "absent.csv") in error_line(err, "train", code)
+    code, err = run(capsys, "train", *TINY, "--out", tmp_path / "z", "--tox21-csv", csv)
+    assert "--tox21-csv applies to --dataset tox21 only" in error_line(err, "train", code)

@@ -46,6 +46,9 @@ def add_run_options(parser) -> None:
     default = functools.partial(option_default, TrainConfig)
     parser.add_argument("--data-root", default=default("data_root"),
                         help="folder with the dataset files (default: bundled / cache)")
+    parser.add_argument("--tox21-csv", metavar="FILE", default=default("tox21_csv"),
+                        help="TOX21 from your own CSV in the MoleculeNet layout (.csv or .csv.gz: smiles and the "
+                             "12 task columns); default: DATA_ROOT/tox21.csv when present, else the bundled file")
     parser.add_argument("--device", default=default("device"), help="cpu or cuda")
     parser.add_argument("--seed", type=seed_int, default=default("seed"))
     parser.add_argument("--max-graphs", type=positive_int, default=default("max_graphs"),

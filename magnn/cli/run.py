@@ -110,6 +110,8 @@ def add_detect(commands) -> None:
     parser.add_argument("--device", default=default("device"))
     parser.add_argument("--data-root", default=default("data_root"),
                         help="dataset folder (default: the one the checkpoint was trained with)")
+    parser.add_argument("--tox21-csv", metavar="FILE", default=None,
+                        help="TOX21: your own MoleculeNet-layout CSV (default: the one the checkpoint was trained with)")
     add_trust_options(parser)
     parser.set_defaults(func=cmd_detect)
 

@@ -30,6 +30,7 @@ class DetectConfig:
     threshold: float = MA_THRESHOLD
     device: str = "cpu"
     data_root: str | None = None  # default: the one the checkpoint was trained with
+    tox21_csv: str | None = None  # default: the one the checkpoint was trained with
 
     def validate(self) -> DetectConfig:
         check_detect_config(self)
@@ -66,6 +67,8 @@ def run_detect(config: DetectConfig) -> DetectResult:
     train_config = checkpoint.config
     if config.data_root is not None:
         train_config.data_root = config.data_root
+    if config.tox21_csv is not None:
+        train_config.tox21_csv = config.tox21_csv
     out = output_folder(Path(config.out) if config.out else checkpoint.path.parent / f"detect_{config.split}", "--out")
     splits, _, model = prepare(train_config)
     checkpoint.restore_model(model)
