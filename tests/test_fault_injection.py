@@ -343,7 +343,7 @@ def _crafted(folder, good_path, marker):
 
 def test_crafted_checkpoint_runs_no_code_in_detect_study_and_resume(capsys, tmp_path, trained, data_root):
     marker = tmp_path / "pwned"
-    crafted = _crafted(tmp_path, trained / "last.pt", marker)
+    crafted = _crafted(tmp_path, trained / "best.pt", marker)
     resume_out = tmp_path / "resume"
     resume_out.mkdir()
     shutil.copy(crafted, resume_out / "last.pt")
@@ -484,12 +484,25 @@ def _weights(path):
     return torch.load(path, weights_only=True)["model"]
 
 
+def _kill_argv(data_root):
+    return [*TINY, "--layers", "2", "--epochs", "3", "--data-root", str(data_root), "--ma-probe-graphs", "0"]
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, data_root):
+    """The uninterrupted 3-epoch run both kill cases are compared with."""
+    from magnn.cli import main
+
+    out = tmp_path_factory.mktemp("straight")
+    assert main(["train", *map(str, _kill_argv(data_root)), "--out", str(out), "--overwrite"]) == 0
+    return out
+
+
 @pytest.mark.parametrize("moment", ["before", "after"])
-def test_kill_at_a_checkpoint_then_resume_matches_the_straight_run(capsys, tmp_path, data_root, moment):
+def test_kill_at_a_checkpoint_then_resume_matches_the_straight_run(capsys, tmp_path, data_root, straight, moment):
     import json
 
-    argv = [*TINY, "--layers", "2", "--epochs", "3", "--data-root", str(data_root), "--ma-probe-graphs", "0"]
-    assert run(capsys, "train", *argv, "--out", tmp_path / "straight")[0] == 0
+    argv = _kill_argv(data_root)
     killed = tmp_path / "killed"
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     child = subprocess.run([sys.executable, "-c", textwrap.dedent(_KILLER), moment, "train", *argv,
@@ -500,12 +513,12 @@ def test_kill_at_a_checkpoint_then_resume_matches_the_straight_run(capsys, tmp_p
     code, err = run(capsys, "train", *argv, "--resume", "--out", killed)
     assert code == 0, err
     assert [p.name for p in killed.iterdir() if ".tmp-" in p.name] == []
-    a, b = _weights(tmp_path / "straight" / "last.pt"), _weights(killed / "last.pt")
+    a, b = _weights(straight / "last.pt"), _weights(killed / "last.pt")
     assert all(torch.equal(a[key], b[key]) for key in a)
     strip = lambda m: [{k: v for k, v in row.items() if k != "seconds"} for row in m["history"]]  # noqa: E731
-    straight = json.loads((tmp_path / "straight" / "metrics.json").read_text())
+    expected = json.loads((straight / "metrics.json").read_text())
     resumed = json.loads((killed / "metrics.json").read_text())
-    assert strip(straight) == strip(resumed) and straight["test"] == resumed["test"]
+    assert strip(expected) == strip(resumed) and expected["test"] == resumed["test"]
 
 
 # -- items 1 and 7 on the command line: --allow-pickle and --tox21-csv ----------------------------
