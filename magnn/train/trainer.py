@@ -44,13 +44,14 @@ class Trainer:
         self.config, self.trust = config, trust
         self.out = Path(config.out)
         output_folder(self.out, "--out")
-        for stale in remove_stale_temps(self.out):
-            log.info(f"removed {stale}, left by a run killed while writing")
         if not resume:
             check_fresh_folder(self.out, overwrite)
         self.checkpoint = load_for_resume(config, trust) if resume else None
         self.distributed = init_from_env(config.device)
         self.rank, self.world = rank_world()
+        if self.rank == 0:  # the only writer; its own temp files are never stale
+            for stale in remove_stale_temps(self.out):
+                log.info(f"removed {stale}, left by a run killed while writing")
         seed_everything(config.seed)
         self.splits, self.info, model = prepare(config)
         if self.checkpoint is not None:
