@@ -169,6 +169,7 @@ def run(model: torch.nn.Module, data, *, base: Union[str, torch.nn.Module, None]
     result = DetectRun(reports, float(threshold))
     if out is not None:
         from .analysis.figures import plot_layer_histograms, plot_sorted_ratios
+        from .core.files import write_atomically
         from .study.report import report_json
 
         folder = output_folder(Path(out), "out")
@@ -178,5 +179,5 @@ def run(model: torch.nn.Module, data, *, base: Union[str, torch.nn.Module, None]
         for label, report in reports.items():
             result.figures[f"hist_{label}"] = plot_layer_histograms(
                 report, folder / f"neg_log10_ratio_hist_{label}.png", title=f"{title} {label}".strip())
-        (folder / "detect.json").write_text(report_json(result.to_dict()))
+        write_atomically(folder / "detect.json", report_json(result.to_dict()), option="out")
     return result

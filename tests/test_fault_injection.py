@@ -2,8 +2,8 @@
 coming back. Each case plants the fault (a stale lock, a crafted file...) and checks the outcome:
 no hang, no code run, an error naming the file and the fix. Fast enough for CI (seconds each).
 
-The training / checkpoint / study cases (kill at checkpoint moments, disk full, symlinked outputs)
-join this module once those parts move (see issue 28).
+The training / checkpoint / output cases: crafted checkpoints, a run folder that is never
+overwritten silently, symlinks planted in --out, a full disk, and kill -9 at checkpoint moments.
 """
 from __future__ import annotations
 
@@ -316,3 +316,238 @@ def test_crafted_ogbn_proteins_cache_runs_no_code(tmp_path, monkeypatch, cache_f
         load_ogbn_proteins(tmp_path)
     assert str(crafted) in str(caught.value) and "MAGNN_ALLOW_PICKLE=1" in str(caught.value)
     assert not marker.exists()
+
+
+# -- item 1: checkpoints hold tensors and plain data; a crafted one runs no code -----------------
+
+from cli_helpers import TINY, data_root, error_line, run, run_copy, trained  # noqa: E402,F401  (fixtures)
+
+
+class _Touch:
+    """Unpickling it creates `path` (what a crafted file could do with any code)."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def _crafted(folder, good_path, marker):
+    """A checkpoint shaped like good_path's whose unpickling would create `marker`."""
+    good = torch.load(good_path, weights_only=True)
+    path = folder / "crafted.pt"
+    torch.save({**good, "epoch": _Touch(marker)}, path)
+    return path
+
+
+def test_crafted_checkpoint_runs_no_code_in_detect_study_and_resume(capsys, tmp_path, trained, data_root):
+    marker = tmp_path / "pwned"
+    crafted = _crafted(tmp_path, trained / "best.pt", marker)
+    resume_out = tmp_path / "resume"
+    resume_out.mkdir()
+    shutil.copy(crafted, resume_out / "last.pt")
+    for command, argv in (("detect", ["--ckpt", crafted, "--out", tmp_path / "det"]),
+                          ("study", ["--dataset", "zinc", "--quick", "--ckpt-no-ebt", crafted, "--out", tmp_path / "s"]),
+                          ("train", [*TINY, "--layers", "2", "--epochs", "2", "--resume", "--out", resume_out,
+                                     "--data-root", data_root])):
+        code, err = run(capsys, command, *argv)
+        line = error_line(err, command, code)
+        assert not marker.exists(), command
+        assert "--trust-checkpoint" in line and "MAGNN_ALLOW_PICKLE=1" in line and "runs whatever code" in line, line
+
+
+def test_checkpoints_load_as_weights_only(trained):
+    for name in ("best.pt", "last.pt"):
+        state = torch.load(trained / name, weights_only=True)  # raises if anything needs unpickling
+        assert isinstance(state["config"], str)
+
+
+def test_older_pickled_checkpoint_needs_the_opt_in(capsys, tmp_path, trained, data_root, monkeypatch):
+    import json
+
+    import numpy as np
+
+    good = torch.load(trained / "best.pt", weights_only=True)
+    older = tmp_path / "older.pt"  # as magnn wrote them before: config a dict, numpy RNG arrays
+    torch.save({**good, "config": json.loads(good["config"]), "rng": {"numpy": np.random.get_state()}}, older)
+    code, err = run(capsys, "detect", "--ckpt", older, "--out", tmp_path / "det", "--data-root", data_root)
+    assert "--trust-checkpoint" in error_line(err, "detect", code)
+    code, err = run(capsys, "detect", "--ckpt", older, "--out", tmp_path / "det", "--data-root", data_root,
+                    "--trust-checkpoint", "--max-batches", "1")
+    assert code == 0, err
+    assert "MAGNN_TRUST_CHECKPOINT" not in os.environ  # the flag's opt-in ends with the command
+    monkeypatch.setenv("MAGNN_ALLOW_PICKLE", "1")
+    from magnn.train import load_checkpoint
+
+    assert load_checkpoint(older).config.dataset == "zinc"
+
+
+# -- item 5: a finished run folder is never overwritten silently ----------------------------------
+
+def test_fresh_train_into_a_finished_folder_refuses(capsys, run_copy, data_root):
+    before = {p.name: p.read_bytes() for p in run_copy.iterdir() if p.is_file()}
+    code, err = run(capsys, "train", *TINY, "--layers", "2", "--epochs", "1", "--out", run_copy,
+                    "--data-root", data_root)
+    line = error_line(err, "train", code)
+    assert "--resume" in line and "new --out" in line and "--overwrite" in line and str(run_copy) in line
+    assert {p.name: p.read_bytes() for p in run_copy.iterdir() if p.is_file()} == before
+    code, err = run(capsys, "train", *TINY, "--layers", "2", "--epochs", "1", "--out", run_copy,
+                    "--data-root", data_root, "--overwrite", "--seed", "5")
+    assert code == 0, err
+    import json
+
+    assert json.loads((run_copy / "metrics.json").read_text())["config"]["seed"] == 5
+
+
+# -- item 2: outputs atomic, inside --out, and a full disk named -----------------------------------
+
+def test_symlink_planted_in_out_is_refused(capsys, tmp_path, trained, data_root):
+    outside = tmp_path / "outside.json"
+    outside.write_text("precious")
+    out = tmp_path / "det"
+    out.mkdir()
+    (out / "detect.json").symlink_to(outside)
+    code, err = run(capsys, "detect", "--ckpt", trained / "best.pt", "--out", out, "--data-root", data_root,
+                    "--max-batches", "1")
+    line = error_line(err, "detect", code)
+    assert "symlink" in line and str(out / "detect.json") in line
+    assert outside.read_text() == "precious"
+
+
+def test_write_atomically_stays_inside_the_folder(tmp_path):
+    from magnn.core.errors import UserError
+    from magnn.core.files import write_atomically
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "stages").symlink_to(elsewhere)
+    with pytest.raises(UserError, match="outside the output folder"):
+        write_atomically(out / "stages" / "attack.json", "{}", folder=out)
+    assert list(elsewhere.iterdir()) == []
+    write_atomically(out / "ok.json", "{}", folder=out)
+    assert sorted(p.name for p in out.iterdir()) == ["ok.json", "stages"]
+
+
+def test_full_disk_is_one_line_naming_the_file_and_leaves_nothing_half_written(capsys, tmp_path, trained,
+                                                                                data_root, monkeypatch):
+    import errno
+    import json
+
+    from magnn.core import files
+
+    out = tmp_path / "det"
+    argv = ["detect", "--ckpt", trained / "best.pt", "--out", out, "--data-root", data_root, "--max-batches", "1"]
+    assert run(capsys, *argv)[0] == 0
+    before = (out / "detect.json").read_text()
+    real_write = os.write
+
+    def full(fd, data):
+        real_write(fd, bytes(data)[: max(1, len(data) // 2)])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(files.os, "write", full)
+    code, err = run(capsys, *argv)
+    monkeypatch.undo()
+    line = error_line(err, "detect", code)
+    assert "no space left" in line and str(out) in line and "needs" in line and "free" in line, line
+    assert [p.name for p in out.iterdir() if ".tmp-" in p.name] == []
+    assert json.loads((out / "detect.json").read_text()) == json.loads(before)
+
+
+# -- item 8: kill -9 at checkpoint moments, then --resume --------------------------------------------
+
+_KILLER = """
+    import os, signal, sys
+    real = os.replace
+    count = 0
+    def replace(src, dst):
+        global count
+        if str(dst).endswith("last.pt"):
+            count += 1
+            if count == 2 and sys.argv[1] == "before":  # the temp file written, not yet renamed
+                os.kill(os.getpid(), signal.SIGKILL)
+            real(src, dst)
+            if count == 2 and sys.argv[1] == "after":  # last.pt renamed, best.pt/metrics.json not yet
+                os.kill(os.getpid(), signal.SIGKILL)
+        else:
+            real(src, dst)
+    os.replace = replace
+    from magnn.cli import main
+    sys.exit(main(sys.argv[2:]))
+"""
+
+
+def _weights(path):
+    return torch.load(path, weights_only=True)["model"]
+
+
+def _kill_argv(data_root):
+    return [*TINY, "--layers", "2", "--epochs", "3", "--data-root", str(data_root), "--ma-probe-graphs", "0"]
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory, data_root):
+    """The uninterrupted 3-epoch run both kill cases are compared with."""
+    from magnn.cli import main
+
+    out = tmp_path_factory.mktemp("straight")
+    assert main(["train", *map(str, _kill_argv(data_root)), "--out", str(out), "--overwrite"]) == 0
+    return out
+
+
+@pytest.mark.parametrize("moment", ["before", "after"])
+def test_kill_at_a_checkpoint_then_resume_matches_the_straight_run(capsys, tmp_path, data_root, straight, moment):
+    import json
+
+    argv = _kill_argv(data_root)
+    killed = tmp_path / "killed"
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    child = subprocess.run([sys.executable, "-c", textwrap.dedent(_KILLER), moment, "train", *argv,
+                            "--out", str(killed)], env=env, timeout=300, capture_output=True, text=True)
+    assert child.returncode == -9, child.stderr[-2000:]
+    assert not (killed / "metrics.json").exists()
+    assert (moment == "before") == any(".tmp-" in p.name for p in killed.iterdir())
+    code, err = run(capsys, "train", *argv, "--resume", "--out", killed)
+    assert code == 0, err
+    assert [p.name for p in killed.iterdir() if ".tmp-" in p.name] == []
+    a, b = _weights(straight / "last.pt"), _weights(killed / "last.pt")
+    assert all(torch.equal(a[key], b[key]) for key in a)
+    strip = lambda m: [{k: v for k, v in row.items() if k != "seconds"} for row in m["history"]]  # noqa: E731
+    expected = json.loads((straight / "metrics.json").read_text())
+    resumed = json.loads((killed / "metrics.json").read_text())
+    assert strip(expected) == strip(resumed) and expected["test"] == resumed["test"]
+
+
+# -- items 1 and 7 on the command line: --allow-pickle and --tox21-csv ----------------------------
+
+def test_allow_pickle_flag_is_the_cli_opt_in_for_dataset_pickles(capsys, tmp_path, monkeypatch):
+    monkeypatch.delenv("MAGNN_ALLOW_PICKLE", raising=False)
+    marker = tmp_path / "code_ran"
+    _write_zinc_raw(tmp_path / "data" / "ZINC" / "raw", _zinc_source(), extra=_Marker(marker))
+    argv = [*TINY, "--layers", "1", "--epochs", "1", "--data-root", tmp_path / "data", "--ma-probe-graphs", "0"]
+    code, err = run(capsys, "train", *argv, "--out", tmp_path / "a")
+    line = error_line(err, "train", code)
+    assert "--allow-pickle" in line and "train.pickle" in line and not marker.exists()
+    code, err = run(capsys, "train", *argv, "--out", tmp_path / "b", "--allow-pickle")
+    assert code == 0, err
+    assert marker.exists()  # trusted: the file was unpickled in full, as asked
+    assert "MAGNN_ALLOW_PICKLE" not in os.environ
+
+
+def test_tox21_csv_flag_trains_on_the_users_csv(capsys, tmp_path):
+    import json
+
+    csv = _tox21_csv(tmp_path / "mine.csv")
+    argv = ["--dataset", "tox21", "--hidden", "8", "--heads", "2", "--layers", "1", "--epochs", "1",
+            "--backend", "torch", "--data-root", tmp_path / "data", "--ma-probe-graphs", "0"]
+    code, err = run(capsys, "train", *argv, "--out", tmp_path / "run", "--tox21-csv", csv)
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["config"]["tox21_csv"] == str(csv)
+    code, err = run(capsys, "train", *argv, "--out", tmp_path / "other", "--tox21-csv", tmp_path / "absent.csv")
+    assert str(tmp_path / "absent.csv") in error_line(err, "train", code)
+    code, err = run(capsys, "train", *TINY, "--out", tmp_path / "z", "--tox21-csv", csv)
+    assert "--tox21-csv applies to --dataset tox21 only" in error_line(err, "train", code)

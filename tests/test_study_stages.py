@@ -46,6 +46,14 @@ def test_rerun_redoes_only_the_stages_whose_settings_changed(tmp_path):
     assert {stage for stage in first if _stamps(out)[stage] != now[stage]} == {"ablate", "attack", "report"}
     assert set(best["tap_kinds"]["no_ebt"].values()) == {"pre-softmax score"}  # SAN in "gt" mode
 
+    # other --epochs (or --seed, --lr: every training setting keys the training): everything is redone,
+    # the study's own stale runs are replaced (not refused as finished runs), report.json records it
+    longer = run_study(dataclasses.replace(config, train=dataclasses.replace(config.train, epochs=2)))
+    after = _stamps(out)
+    assert all(after[stage] != now[stage] for stage in now)
+    assert longer["config"]["train"]["epochs"] == 2
+    assert len(json.loads((out / "no_ebt" / "metrics.json").read_text())["history"]) == 2
+
 
 def test_analysed_model_is_the_final_epoch_unless_best_is_asked(tmp_path):
     import torch

@@ -29,14 +29,24 @@ def test_resume_with_more_epochs_continues_and_records_it(capsys, run_copy, data
     metrics = json.loads((run_copy / "metrics.json").read_text())
     assert [row["epoch"] for row in metrics["history"]] == [0, 1]
     assert metrics["config"]["epochs"] == 2 and metrics["resumed_at_epoch"] == 1
+    # a finished run resumed with the same --epochs re-evaluates it and rewrites metrics.json
+    (run_copy / "metrics.json").unlink()
     code, err = run(capsys, "train", *TINY, "--layers", "2", "--epochs", "2", "--resume", "--out", run_copy,
                     "--data-root", data_root)
-    assert "already trained 2 epoch(s)" in error_line(err, "train", code)
+    assert code == 0, err
+    again = json.loads((run_copy / "metrics.json").read_text())
+    assert again["history"] == metrics["history"] and again["test"] == metrics["test"]
+    assert again["test_final"] == metrics["test_final"] and again["resumed_at_epoch"] == 2
+    code, err = run(capsys, "train", *TINY, "--layers", "2", "--epochs", "1", "--resume", "--out", run_copy,
+                    "--data-root", data_root)
+    line = error_line(err, "train", code)
+    assert "already trained 2 epoch(s)" in line and "--epochs 2 to re-evaluate" in line
 
 
 def _bad_checkpoints(folder, good_path):
     """name -> (path, words the message must contain)."""
-    good = torch.load(good_path, weights_only=False)
+    good = torch.load(good_path, weights_only=True)
+    recorded = json.loads(good["config"])
     blob = good_path.read_bytes()
     cases = {}
 
@@ -55,9 +65,10 @@ def _bad_checkpoints(folder, good_path):
     write("foreign_dict", {"state_dict": good["model"], "hyper_parameters": {}}, "lacks 'model'")
     write("bare_state_dict", good["model"], "bare state_dict")
     write("a_list", [1, 2, 3], "holds a list")
-    write("unknown_config_key", {**good, "config": {**good["config"], "layer_count": 3}}, "layer_count")
-    write("bad_config_value", {**good, "config": {**good["config"], "dataset": "cora"}}, "--dataset 'cora'")
-    write("config_not_dict", {**good, "config": "zinc"}, "'config' is a str")
+    write("unknown_config_key", {**good, "config": {**recorded, "layer_count": 3}}, "layer_count")
+    write("bad_config_value", {**good, "config": json.dumps({**recorded, "dataset": "cora"})}, "--dataset 'cora'")
+    write("config_not_dict", {**good, "config": 7}, "'config' is a int")
+    write("config_not_json", {**good, "config": "zinc"}, "'config' is not JSON")
     write("weights_not_tensors", {**good, "model": {"w": [1.0]}}, "not a state_dict of tensors")
     folder_case = folder / "a_folder"
     folder_case.mkdir()
@@ -77,8 +88,9 @@ def test_detect_names_every_bad_checkpoint(capsys, tmp_path, trained):
 
 
 def test_checkpoint_weights_that_do_not_fit_their_config(capsys, tmp_path, trained, data_root):
-    good = torch.load(trained / "best.pt", weights_only=False)
-    config = {**good["config"], "overrides": {**good["config"]["overrides"], "num_layers": 3}}
+    good = torch.load(trained / "best.pt", weights_only=True)
+    recorded = json.loads(good["config"])
+    config = {**recorded, "overrides": {**recorded["overrides"], "num_layers": 3}}
     path = tmp_path / "altered.pt"
     torch.save({**good, "config": config}, path)
     code, err = run(capsys, "detect", "--ckpt", path, "--data-root", data_root, "--out", tmp_path / "det")

@@ -357,8 +357,15 @@ def plot_ma_over_epochs(curves_by_label: dict, path, *, title: str = "", thresho
 
 
 def _save(fig, path) -> Path:
+    """The figure as PNG, written atomically inside its folder (magnn.core.files)."""
+    import io
+
+    from ..core.files import write_atomically
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=120, format="png")
     plt.close(fig)
+    write_atomically(path, buffer.getvalue(), durable=False)
     return path

@@ -19,7 +19,7 @@ import argparse
 import os
 import sys
 
-from .common import with_recorded_defaults, read_recorded_config
+from .common import read_recorded_config, trusting, with_recorded_defaults
 from .info import add_build_ext, add_info, cmd_build_ext, cmd_info
 from .run import add_detect, add_train, cmd_detect, cmd_train, detect_config, train_config, train_defaults
 from .study import add_study, cmd_grid, cmd_study, study_config, study_defaults
@@ -65,7 +65,8 @@ def main(argv=None) -> int:
     try:
         if getattr(args, "config", None):
             args = with_recorded_defaults(parser, argv, args)
-        return int(args.func(args) or 0)
+        with trusting(args):
+            return int(args.func(args) or 0)
     except UserError as error:
         if os.environ.get("MAGNN_DEBUG"):
             raise

@@ -3,9 +3,11 @@
 settings as the defaults)."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
+import os
 from pathlib import Path
 
 
@@ -44,6 +46,9 @@ def add_run_options(parser) -> None:
     default = functools.partial(option_default, TrainConfig)
     parser.add_argument("--data-root", default=default("data_root"),
                         help="folder with the dataset files (default: bundled / cache)")
+    parser.add_argument("--tox21-csv", metavar="FILE", default=default("tox21_csv"),
+                        help="TOX21 from your own CSV in the MoleculeNet layout (.csv or .csv.gz: smiles and the "
+                             "12 task columns); default: DATA_ROOT/tox21.csv when present, else the bundled file")
     parser.add_argument("--device", default=default("device"), help="cpu or cuda")
     parser.add_argument("--seed", type=seed_int, default=default("seed"))
     parser.add_argument("--max-graphs", type=positive_int, default=default("max_graphs"),
@@ -105,3 +110,35 @@ def with_recorded_defaults(parser, argv, args):
     return parser.parse_args(argv)
 
 
+
+
+# -- what the user trusts: --allow-pickle, --trust-checkpoint -------------------------------------
+
+TRUST_OPTIONS = {"allow_pickle": "MAGNN_ALLOW_PICKLE", "trust_checkpoint": "MAGNN_TRUST_CHECKPOINT"}
+
+
+def add_trust_options(parser) -> None:
+    """--allow-pickle and --trust-checkpoint: opt-ins to unpickling files magnn otherwise refuses."""
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="trust every pickled file this run reads: dataset files and caches (ZINC raw "
+                             "*.pickle, processed caches) and checkpoints (same as MAGNN_ALLOW_PICKLE=1). "
+                             "Unpickling runs whatever code a file names: only for files you trust")
+    parser.add_argument("--trust-checkpoint", action="store_true",
+                        help="load checkpoints that need full unpickling (written by an older magnn; same as "
+                             "MAGNN_TRUST_CHECKPOINT=1): only for files you trust")
+
+
+@contextlib.contextmanager
+def trusting(args):
+    """The environment variables of the trust options given, set for this command only."""
+    names = [env for option, env in TRUST_OPTIONS.items() if getattr(args, option, False)]
+    saved = {name: os.environ.get(name) for name in names}
+    os.environ.update({name: "1" for name in names})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

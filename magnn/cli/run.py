@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..core.constants import DATASETS, EBT_VARIANTS, SPLITS
 from ..models.registry import MODELS
-from .common import DETECT_DESCRIPTION, add_run_options, add_variants, option_default, description_of, config_from_args
+from .common import DETECT_DESCRIPTION, add_run_options, add_trust_options, add_variants, option_default, description_of, config_from_args
 
 # -- train -----------------------------------------------------------------------------------------
 
@@ -38,7 +38,13 @@ def add_train(commands) -> None:
     parser.add_argument("--heads", type=positive_int, default=None)
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
     parser.add_argument("--activation-checkpointing", action="store_true")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from OUT/last.pt; with the --epochs it already trained, re-evaluate it and "
+                             "rewrite metrics.json")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the run already in --out (metrics.json, best.pt, last.pt); without it a new "
+                             "run into such a folder is refused")
+    add_trust_options(parser)
     add_variants(parser)
     parser.add_argument("--tensorboard", metavar="DIR", default=default("tensorboard"),
                         help="write TensorBoard event files to DIR every epoch: loss, metrics, learning rate and "
@@ -79,7 +85,7 @@ def cmd_train(args) -> int:
     from ..train import train
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    result = train(train_config(args), resume=args.resume)
+    result = train(train_config(args), resume=args.resume, overwrite=args.overwrite)
     test = result["test"]
     print(f"best epoch {result['best_epoch'] + 1}: " + ", ".join(f"test {k} {v:.4f}" for k, v in test.items()))
     print(f"wrote {Path(args.out) / 'metrics.json'}")
@@ -104,6 +110,9 @@ def add_detect(commands) -> None:
     parser.add_argument("--device", default=default("device"))
     parser.add_argument("--data-root", default=default("data_root"),
                         help="dataset folder (default: the one the checkpoint was trained with)")
+    parser.add_argument("--tox21-csv", metavar="FILE", default=None,
+                        help="TOX21: your own MoleculeNet-layout CSV (default: the one the checkpoint was trained with)")
+    add_trust_options(parser)
     parser.set_defaults(func=cmd_detect)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..core.constants import DATASETS
 from ..models.registry import MODELS
-from .common import add_run_options, add_variants, option_default, description_of
+from .common import add_run_options, add_trust_options, add_variants, option_default, description_of
 
 # -- study -----------------------------------------------------------------------------------------
 
@@ -61,6 +61,7 @@ def add_study(commands) -> None:
                         help="ogbn-proteins: test seed nodes of the paper's detection (default: the profile's; "
                              "full profile: all)")
     add_variants(parser)
+    add_trust_options(parser)
     parser.set_defaults(func=cmd_study, recorded=study_defaults)
 
 

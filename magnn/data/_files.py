@@ -53,7 +53,8 @@ def untrusted_message(path, what: str) -> str:
         f"{path} {what}; magnn does not unpickle it, because unpickling runs whatever code the file names. "
         "magnn reads dataset files and caches as tensors and plain data only. If you trust this file (you made "
         "it, or it comes from the dataset's official source), opt in with allow_pickle=True "
-        f"(magnn.data.load_dataset / load_zinc / TOX21) or {ALLOW_PICKLE_ENV}=1 in the environment; otherwise "
+        f"(magnn.data.load_dataset / load_zinc / TOX21), --allow-pickle (magnn train / detect / study) or "
+        f"{ALLOW_PICKLE_ENV}=1 in the environment; otherwise "
         "delete it (a processed cache is rebuilt from the raw files)")
 
 

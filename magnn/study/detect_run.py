@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from ..core.constants import MA_THRESHOLD
 from ..core.errors import UserError, output_folder
+from ..core.files import write_atomically
 from ..train.validation import check_detect_config
 
 if TYPE_CHECKING:
@@ -29,6 +30,7 @@ class DetectConfig:
     threshold: float = MA_THRESHOLD
     device: str = "cpu"
     data_root: str | None = None  # default: the one the checkpoint was trained with
+    tox21_csv: str | None = None  # default: the one the checkpoint was trained with
 
     def validate(self) -> DetectConfig:
         check_detect_config(self)
@@ -65,6 +67,8 @@ def run_detect(config: DetectConfig) -> DetectResult:
     train_config = checkpoint.config
     if config.data_root is not None:
         train_config.data_root = config.data_root
+    if config.tox21_csv is not None:
+        train_config.tox21_csv = config.tox21_csv
     out = output_folder(Path(config.out) if config.out else checkpoint.path.parent / f"detect_{config.split}", "--out")
     splits, _, model = prepare(train_config)
     checkpoint.restore_model(model)
@@ -73,7 +77,7 @@ def run_detect(config: DetectConfig) -> DetectResult:
                         "pick another split")
     report = detect(model, splits[config.split], device=config.device, threshold=config.threshold,
                     max_batches=config.max_batches)
-    (out / "detect.json").write_text(report_json(report.to_dict()))
+    write_atomically(out / "detect.json", report_json(report.to_dict()))
     plot_sorted_ratios({"trained": report}, out / "sorted_max_ratios.png",
                        title=f"{train_config.model} on {train_config.dataset}")
     plot_layer_histograms(report, out / "neg_log10_ratio_hist.png")

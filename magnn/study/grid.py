@@ -24,6 +24,7 @@ import numpy as np
 
 from ..core.constants import DATASETS
 from ..core.errors import RunFailed, UserError, check_choice, output_folder
+from ..core.files import write_atomically
 from ..models.registry import MODELS
 from .config import StudyConfig
 from .pipeline import is_current, run_study
@@ -108,8 +109,8 @@ def run_grid(config: GridConfig) -> dict:
     summary = assemble(out, config.datasets, config.models, fig4_base=config.study.fig4_base,
                        ebt=config.study.ebt, threshold=config.study.threshold)
     summary["pairs"] = status
-    (out / "grid.json").write_text(report_json(summary))
-    (out / "grid.md").write_text(grid_markdown(summary))
+    write_atomically(out / "grid.json", report_json(summary))
+    write_atomically(out / "grid.md", grid_markdown(summary))
     return summary
 
 

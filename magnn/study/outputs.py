@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..core.files import write_atomically
 from .stages import Trained, edge_type_names, study_variants
 from .task import GraphTask, StudyData
 
@@ -106,8 +107,8 @@ def report_stage(data: StudyData, task: GraphTask, trained: Trained, detections:
     report["findings_detail"] = finding_details(report, variants)
     report["findings"] = findings(report, variants)
     report["config"] = config.to_dict()
-    (out / "report.json").write_text(report_json(report))
-    (out / "report.md").write_text(markdown(report, variants))
+    write_atomically(out / "report.json", report_json(report))
+    write_atomically(out / "report.md", markdown(report, variants))
     return report
 
 

@@ -19,10 +19,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from ..core.files import write_atomically
 from .ablation import new_edge_type, type_summary
 from .task import Detection, GraphTask, StudyData
 
@@ -55,9 +55,7 @@ class StageRecord:
 
     def mark(self, stage: str, key: str) -> None:
         self.keys[stage] = key
-        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(self.keys, indent=1, sort_keys=True))
-        os.replace(tmp, self.path)
+        write_atomically(self.path, json.dumps(self.keys, indent=1, sort_keys=True))
 
 
 @dataclass
@@ -116,7 +114,9 @@ def train_stage(plans: dict, info, keys: StudyKeys, record: StageRecord, analyse
             log.info(f"== training {train_config.model} on {train_config.dataset} ({tag}): current, reused")
             checkpoint = load_checkpoint(folder / kept, option="--out")
         else:
-            log.info(f"== training {train_config.model} on {train_config.dataset} ({tag})")
+            log.info(f"== training {train_config.model} on {train_config.dataset} ({tag})"
+                     + (": settings changed since the run in the folder, retraining" if (folder / kept).exists()
+                        and not given else ""))
         models[tag], metrics[tag] = _trained(train_config, checkpoint, info, kept)
         analysed[tag] = f"given checkpoint {checkpoint.path}" if given else analyse
         record.mark(stage, keys.train[tag])
@@ -135,7 +135,7 @@ def _trained(config, checkpoint, info, kept: str = "last.pt"):
             log.warning(f"cannot read {path}; the report leaves this model's training metrics out")
             metrics = None
     else:
-        metrics = train(config)
+        metrics = train(config, overwrite=True)  # the stage key changed: the study replaces its own stale run
         checkpoint = load_checkpoint(Path(config.out) / kept, option="--out")
     model = build(config, info)
     checkpoint.restore_model(model)
@@ -156,7 +156,7 @@ def detect_stage(data: StudyData, task: GraphTask, trained: Trained, out: Path) 
             label = f"{kind} {tag}"
             log.info(f"== detecting MAs: {label}")
             detections[label] = task.detect(data, model, label)
-    (out / "curves.json").write_text(report_json({label: {layer.name: layer.batch_max_ratio_edge
+    write_atomically(out / "curves.json", report_json({label: {layer.name: layer.batch_max_ratio_edge
                                                           for layer in d.report.layers}
                                                   for label, d in detections.items()}))
     return detections
@@ -191,6 +191,7 @@ def ablate_stage(data: StudyData, task: GraphTask, trained: Trained, detections:
 
     path = out / "stages" / "ablation.json"
     if record.current("ablate", key, path):
+        log.info(f"== ablation: current, reused ({path})")
         return json.loads(path.read_text())
     config = data.config
     generator = torch.Generator().manual_seed(config.train.seed)
@@ -220,6 +221,7 @@ def attack_stage(data: StudyData, task: GraphTask, trained: Trained, key: str, r
 
     path = out / "stages" / "attack.json"
     if record.current("attack", key, path):
+        log.info(f"== attack: current, reused ({path})")
         return json.loads(path.read_text())
     config = data.config
     loss_fn = loss_function(data.info.task)
@@ -242,9 +244,7 @@ def attack_stage(data: StudyData, task: GraphTask, trained: Trained, key: str, r
 def _keep(path: Path, value) -> None:
     """A stage's JSON result, written through a temporary file (NaN kept: the report reads it back)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(value, default=str))
-    os.replace(tmp, path)
+    write_atomically(path, json.dumps(value, default=str), folder=path.parent.parent)
 
 
 def study_variants(config) -> dict:

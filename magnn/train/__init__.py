@@ -5,7 +5,11 @@ test metrics of the best checkpoint, and as "test_final" of the final epoch's
 model: the paper's Table 1), DIR/last.pt (every epoch, atomically)
 and DIR/best.pt. `--resume` continues from DIR/last.pt and reaches the same
 weights as an uninterrupted run with the same seed: shuffling is seeded per
-epoch and every RNG state travels in the checkpoint. Under `torchrun`
+epoch and every RNG state travels in the checkpoint; with the --epochs it has
+already trained, it re-evaluates the run and rewrites metrics.json. A new run
+into a folder that holds one is refused unless --overwrite. Checkpoints hold
+tensors and plain data and load with weights_only=True; an older, pickled one
+needs --trust-checkpoint (only for files you trust). Under `torchrun`
 (WORLD_SIZE > 1) molecule batches shard across ranks with DistributedDataParallel.
 
 Library entry point: `train(TrainConfig(...), resume=False)`, or `Trainer(config).fit()`;

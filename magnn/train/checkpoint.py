@@ -3,16 +3,25 @@
 One module for everything that touches checkpoint files, so that the file format and its
 safety rules live in one place. `save_atomically` writes through a temporary file and a
 rename (a kill mid-write loses nothing); `load_checkpoint` turns every problem with a file
-into one UserError that names it and says what to do; `check_resume_settings` refuses a
+into one UserError that names it and says what to do. A checkpoint holds tensors and plain
+data only (weights, optimizer and RNG states as tensors; the config as a JSON string) and is
+read with torch.load(weights_only=True): nothing in it can run code. A file that needs more
+(a checkpoint pickled by an older magnn, or a crafted one) is refused with UntrustedFileError
+unless the user says they trust it (trust=True: --trust-checkpoint, or MAGNN_ALLOW_PICKLE=1); `check_resume_settings` refuses a
 --resume whose settings would make the weights, the optimizer and metrics.json disagree.
 """
 from __future__ import annotations
 
+import io
+import json
 import os
+import pickle
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Optional
 
-from ..core.errors import MissingFileError, UserError, one_line
+from ..core.errors import MissingFileError, UntrustedFileError, UserError, one_line
+from ..core.files import write_atomically
 from .config import TrainConfig
 from .settings import RESUMABLE_SETTINGS, run_settings
 from .rng import rng_state, set_rng_state
@@ -21,19 +30,28 @@ BEST_KEYS = ("model", "config", "epoch")
 RESUME_KEYS = ("model", "optimizer", "scheduler", "rng", "epoch", "history", "best", "config")
 
 
+TRUST_ENV = "MAGNN_ALLOW_PICKLE"  # the data side's opt-in (--allow-pickle); trusts checkpoints too
+TRUST_CHECKPOINT_ENV = "MAGNN_TRUST_CHECKPOINT"  # checkpoints only (--trust-checkpoint)
+
+
 def save_atomically(obj, path: Path) -> None:
-    """torch.save to a temp file in the same folder, then rename: a kill mid-write loses nothing."""
+    """torch.save into memory, then magnn.core.files.write_atomically (temp file, fsync, rename,
+    inside the run folder): a kill mid-write loses nothing, a full disk leaves no temp file."""
     import torch
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_atomically(path, buffer.getvalue())
+
+
+def config_record(config: TrainConfig) -> str:
+    """The config as a checkpoint holds it: a JSON string (plain data, read back by TrainConfig.from_dict)."""
+    return json.dumps(asdict(config), sort_keys=True)
 
 
 def save_best(model, config: TrainConfig, epoch: int, path: Path) -> None:
     """best.pt: the weights of the best validation epoch, with the config that rebuilds the model."""
-    save_atomically({"model": model.state_dict(), "config": asdict(config), "epoch": epoch}, path)
+    save_atomically({"model": model.state_dict(), "config": config_record(config), "epoch": epoch}, path)
 
 
 def save_last(path: Path, *, model, optimizer, scheduler, config: TrainConfig, epoch: int, history: list,
@@ -42,7 +60,8 @@ def save_last(path: Path, *, model, optimizer, scheduler, config: TrainConfig, e
     every RNG state, the history so far) and the callbacks' state (`extras`)."""
     save_atomically({
         "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-        "rng": rng_state(), "epoch": epoch, "history": history, "best": best, "config": asdict(config), **extras,
+        "rng": rng_state(), "epoch": epoch, "history": history, "best": best, "config": config_record(config),
+        **extras,
     }, path)
 
 
@@ -81,18 +100,20 @@ class Checkpoint:
                             f"({type(error).__name__}: {one_line(error)[:200]}); start a new run without --resume") from None
 
 
-def load_checkpoint(path, *, option: str = "--ckpt", resume: bool = False, hint: str = "") -> Checkpoint:
+def load_checkpoint(path, *, option: str = "--ckpt", resume: bool = False, hint: str = "",
+                    trust: Optional[bool] = None) -> Checkpoint:
     """Read and validate a checkpoint `magnn train` wrote (DIR/best.pt, or DIR/last.pt with resume=True).
 
     Every problem (absent, a folder, empty, truncated or not a torch file, a
     foreign object or dict, a config with unknown or invalid settings) raises
     one UserError that names the file (as `option PATH`) and says what to do.
-    The file is unpickled (weights_only=False, as it holds RNG states): load
-    only checkpoints you trust.
+    The file is read with torch.load(weights_only=True); one that needs more
+    raises UntrustedFileError unless trust=True or $MAGNN_ALLOW_PICKLE=1 (then
+    it is unpickled in full: only for files you trust).
     """
     path = Path(path).expanduser()
     hint = hint or "train one with `magnn train --out DIR` and pass DIR/best.pt"
-    state = _read(path, option, resume, hint)
+    state = _read(path, option, resume, hint, trusted(trust))
     where = f"{option} {path}"
     _check_keys(state, where, resume, hint)
     config = _recorded_config(state["config"], where, hint)
@@ -100,8 +121,24 @@ def load_checkpoint(path, *, option: str = "--ckpt", resume: bool = False, hint:
     return Checkpoint(path, state, config, option)
 
 
-def _read(path: Path, option: str, resume: bool, hint: str):
-    """The unpickled file; UserError when it is absent, a folder, empty or unreadable."""
+def trusted(trust: Optional[bool] = None) -> bool:
+    """Whether the user opted in to unpickling checkpoints in full: trust=True, $MAGNN_TRUST_CHECKPOINT=1
+    (what --trust-checkpoint sets) or $MAGNN_ALLOW_PICKLE=1 (--allow-pickle: every file)."""
+    return bool(trust) or any(os.environ.get(name, "").strip().lower() in ("1", "true", "yes")
+                              for name in (TRUST_CHECKPOINT_ENV, TRUST_ENV))
+
+
+def untrusted_checkpoint(where: str) -> str:
+    return (f"{where} holds more than tensors and plain data (a checkpoint pickled by an older magnn, or a crafted "
+            "file); magnn does not unpickle it, because unpickling runs whatever code the file names. magnn reads "
+            "checkpoints as tensors and plain data only. If you trust this file (you wrote it with magnn train), "
+            f"opt in with --trust-checkpoint (load_checkpoint(..., trust=True)) or {TRUST_ENV}=1 in the environment; "
+            "otherwise retrain")
+
+
+def _read(path: Path, option: str, resume: bool, hint: str, trust: bool = False):
+    """The loaded file (tensors and plain data unless `trust`); UserError when it is absent, a folder,
+    empty or unreadable, UntrustedFileError when it needs unpickling beyond tensors and plain data."""
     import torch
 
     where = f"{option} {path}"
@@ -113,7 +150,12 @@ def _read(path: Path, option: str, resume: bool, hint: str):
     if path.stat().st_size == 0:
         raise UserError(f"{where} is empty (0 bytes), not a checkpoint; {hint}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=not trust)
+    except pickle.UnpicklingError as error:
+        if "global" in str(error).lower():  # it names a class or function to call: more than tensors and data
+            raise UntrustedFileError(untrusted_checkpoint(where)) from None
+        raise UserError(f"{where} cannot be read as a checkpoint ({type(error).__name__}: {one_line(error)[:160]}): "
+                        f"the file is truncated, damaged or not written by magnn train; {hint}") from None
     except Exception as error:  # truncated zip, text, another pickle: every failure has the same remedy
         raise UserError(f"{where} cannot be read as a checkpoint ({type(error).__name__}: {one_line(error)[:160]}): "
                         f"the file is truncated, damaged or not written by magnn train; {hint}") from None
@@ -146,6 +188,11 @@ def _recorded_config(raw, where: str, hint: str) -> TrainConfig:
     """The TrainConfig a checkpoint records; UserError when it is not one this magnn accepts."""
     from .validation import check_train_config
 
+    if isinstance(raw, str):  # as written since checkpoints hold plain data only (config_record)
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            raise UserError(f"{where}: its 'config' is not JSON; {hint}") from None
     if not isinstance(raw, dict):
         raise UserError(f"{where}: its 'config' is a {type(raw).__name__}, not a dict of settings; {hint}")
     unknown = sorted(str(key) for key in raw if key not in TrainConfig.__dataclass_fields__)
@@ -173,15 +220,30 @@ def _check_entries(state: dict, where: str, resume: bool, hint: str) -> None:
         raise UserError(f"{where}: its history or best-epoch record is inconsistent; {hint}")
 
 
-def load_for_resume(config: TrainConfig) -> Checkpoint:
-    """OUT/last.pt for `train(config, resume=True)`; UserError when it has nothing left to train."""
+def load_for_resume(config: TrainConfig, trust: Optional[bool] = None) -> Checkpoint:
+    """OUT/last.pt for `train(config, resume=True)`. A run that trained exactly --epochs resumes
+    with nothing left to train: it re-evaluates and rewrites metrics.json. UserError when the
+    checkpoint has trained more epochs than --epochs."""
     last_path = Path(config.out) / "last.pt"
-    checkpoint = load_checkpoint(last_path, option="--resume", resume=True,
+    checkpoint = load_checkpoint(last_path, option="--resume", resume=True, trust=trust,
                                  hint=f"run without --resume first (it writes {last_path})")
-    if checkpoint.state["epoch"] + 1 >= config.epochs:
+    if checkpoint.state["epoch"] + 1 > config.epochs:
         raise UserError(f"--resume: {last_path} has already trained {checkpoint.state['epoch'] + 1} epoch(s) and "
-                        f"--epochs is {config.epochs}; pass a larger --epochs to train further")
+                        f"--epochs is {config.epochs}; pass --epochs {checkpoint.state['epoch'] + 1} to re-evaluate "
+                        "it (rewrites metrics.json) or a larger --epochs to train further")
     return checkpoint
+
+
+FINISHED_FILES = ("metrics.json", "best.pt", "last.pt")
+
+
+def check_fresh_folder(out: Path, overwrite: bool) -> None:
+    """Refuse a fresh run into a folder that holds a run's results, unless overwrite."""
+    present = [name for name in FINISHED_FILES if (Path(out) / name).exists()]
+    if present and not overwrite:
+        raise UserError(f"--out {out} already holds a run ({', '.join(present)}); a new run would replace it. "
+                        "Continue it (or re-evaluate it, with the same --epochs) with --resume, pass a new --out, "
+                        "or --overwrite to replace it")
 
 
 def check_resume_settings(checkpoint: Checkpoint, config: TrainConfig, info) -> None:

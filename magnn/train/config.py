@@ -37,6 +37,7 @@ class TrainConfig:
     warmup_epochs: Optional[int] = None  # linear lr warmup epochs of the cosine schedule; None: the preset's
     max_time: Optional[float] = None  # --max-time: stop after this many MINUTES of training epochs (the paper's max_time)
     tensorboard: Optional[str] = None  # --tensorboard DIR: loss, metrics, lr and per-layer MA figures every epoch
+    tox21_csv: Optional[str] = None  # --tox21-csv FILE: TOX21 from the user's MoleculeNet-layout CSV
     ma_probe_graphs: int = 32  # "ma_over_epochs": MA figures on the first N validation graphs after every epoch; 0: off
 
     def validate(self, *, environment: bool = True) -> TrainConfig:

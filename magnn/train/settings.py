@@ -58,7 +58,8 @@ def run_settings(config, info) -> dict:
     settings = training_settings(config)
     resolved = {"--dataset": config.dataset, "--model": config.model, "--seed": config.seed,
                 "--max-graphs": config.max_graphs, "--lr": settings["lr"], "--batch-size": settings["batch_size"],
-                "--bf16": config.bf16, "--sampled": config.sampled, "schedule": settings["schedule"]}
+                "--bf16": config.bf16, "--sampled": config.sampled, "schedule": settings["schedule"],
+                "--tox21-csv": getattr(config, "tox21_csv", None)}
     if settings["schedule"] != "plateau":
         resolved["warmup_epochs"] = settings["warmup_epochs"]
     if config.sampled:

@@ -27,6 +27,8 @@ def _load(config: TrainConfig):
     from ..data import load_dataset
 
     kwargs = {} if config.max_graphs is None else {"max_graphs": config.max_graphs}
+    if config.tox21_csv is not None:
+        kwargs["csv_path"] = config.tox21_csv
     if not is_distributed():
         return load_dataset(config.dataset, root=config.data_root, **kwargs)
     import torch.distributed as dist

@@ -22,7 +22,9 @@ from ..core.errors import RunFailed, output_folder
 from ..distributed import init_from_env, rank_world
 from ..stats import json_safe
 from .callbacks import MAProbe, TensorBoard
-from .checkpoint import check_resume_settings, load_checkpoint, load_for_resume, save_best, save_last
+from ..core.files import remove_stale_temps, write_atomically
+from .checkpoint import (check_fresh_folder, check_resume_settings, load_checkpoint, load_for_resume, save_best,
+                         save_last)
 from .config import TrainConfig
 from .settings import training_settings
 from .epoch import EpochResult, NonFiniteLoss, loss_function, metric_name, run_epoch
@@ -33,16 +35,23 @@ log = logging.getLogger("magnn.train")
 
 
 class Trainer:
-    """One training run per `config`; `resume=True` continues from OUT/last.pt bit-exactly."""
+    """One training run per `config`; `resume=True` continues from OUT/last.pt bit-exactly (with
+    nothing left to train, it re-evaluates). A fresh run into a folder holding a run is refused
+    unless `overwrite`; `trust` opts in to unpickling older checkpoints (load_checkpoint)."""
 
-    def __init__(self, config: TrainConfig, resume: bool = False):
+    def __init__(self, config: TrainConfig, resume: bool = False, *, overwrite: bool = False, trust=None):
         config.validate()
-        self.config = config
+        self.config, self.trust = config, trust
         self.out = Path(config.out)
         output_folder(self.out, "--out")
-        self.checkpoint = load_for_resume(config) if resume else None
+        if not resume:
+            check_fresh_folder(self.out, overwrite)
+        self.checkpoint = load_for_resume(config, trust) if resume else None
         self.distributed = init_from_env(config.device)
         self.rank, self.world = rank_world()
+        if self.rank == 0:  # the only writer; its own temp files are never stale
+            for stale in remove_stale_temps(self.out):
+                log.info(f"removed {stale}, left by a run killed while writing")
         seed_everything(config.seed)
         self.splits, self.info, model = prepare(config)
         if self.checkpoint is not None:
@@ -190,7 +199,7 @@ class Trainer:
     def _test(self, stopped: dict) -> dict:
         """Test the final epoch's model ("test_final": the paper's Table 1) and the best epoch's ("test")."""
         final_test = self._final_test()
-        load_checkpoint(self.out / "best.pt", option="--out").restore_model(self.core)
+        load_checkpoint(self.out / "best.pt", option="--out", trust=self.trust).restore_model(self.core)
         try:
             test_result = self._run_test()
         except NonFiniteLoss as error:
@@ -237,17 +246,21 @@ class Trainer:
 
     def _write(self, result: dict) -> None:
         if self.rank == 0:
-            (self.out / "metrics.json").write_text(json.dumps(json_safe(result), indent=2, default=str,
-                                                              allow_nan=False))
+            write_atomically(self.out / "metrics.json",
+                             json.dumps(json_safe(result), indent=2, default=str, allow_nan=False))
 
 
-def train(config: TrainConfig, resume: bool = False) -> dict:
+def train(config: TrainConfig, resume: bool = False, *, overwrite: bool = False, trust=None) -> dict:
     """Train per `config` (`magnn train`); returns (and writes) the metrics dictionary.
 
-    resume=True (--resume) continues from config.out/last.pt.
+    resume=True (--resume) continues from config.out/last.pt; when it has trained
+    config.epochs already, the run is re-evaluated and metrics.json rewritten.
+    A fresh run into a folder holding metrics.json, best.pt or last.pt raises
+    UserError unless overwrite=True (--overwrite). trust=True (--trust-checkpoint)
+    loads checkpoints that need full unpickling (older magnn): only files you trust.
 
     Raises UserError for bad settings, bad checkpoints and a --resume whose
     settings differ from its checkpoint's; RunFailed (after writing
     metrics.json with the history so far) when the loss stops being finite.
     """
-    return Trainer(config, resume=resume).fit()
+    return Trainer(config, resume=resume, overwrite=overwrite, trust=trust).fit()

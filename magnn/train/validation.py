@@ -46,6 +46,8 @@ def check_train_config(config, *, environment: bool = True) -> None:
     check_seed(config.seed)
     check_choice(config.backend, backend_choices(), "--backend")
     check_model_overrides(config)
+    if config.tox21_csv is not None and config.dataset != "tox21":
+        raise UserError(f"--tox21-csv applies to --dataset tox21 only (not {config.dataset})")
     if config.sampled:
         if config.dataset != "ogbn-proteins":
             raise UserError("--sampled applies to ogbn-proteins only (molecule datasets train on batches of graphs)")
