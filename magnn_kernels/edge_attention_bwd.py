@@ -337,7 +337,7 @@ def _edge_attention_bwd_src_kernel(
             eid_off = eid[:, None, None] * HD + hd_off[None, :, :]  # int64 (eid is): E*H*D passes 2**31
             q_t = tl.load(q_ptr + dst_off, mask=m3, other=0.0).to(tl.float32)
             e_t = edge_rows(e_ptr, w_ptr, b_ptr, eid, eid_off, emask, m3, hd_off, hd_mask, HD,
-                            EDGE_FEATURES, HAS_EDGE_BIAS)
+                            EDGE_FEATURES, HAS_EDGE_BIAS, False)
             max_t, log_sum_t = load_lse(lse_ptr, dst[:, None], h_idx[None, :], m2, H)
             delta_t = tl.load(delta_ptr + dst[:, None] * H + h_idx[None, :], mask=m2, other=0.0)
             g_n = tl.zeros([BLOCK_E, BLOCK_H, BLOCK_D], tl.float32)

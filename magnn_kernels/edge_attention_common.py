@@ -173,7 +173,7 @@ def load_bias(bias_ptr, eid, emask, h_idx, H, BIAS_PER_HEAD: tl.constexpr,
 
 @triton.jit
 def edge_rows(e_ptr, w_ptr, b_ptr, eid, eid_off, emask, m3, hd_off, hd_mask, HD,
-              EDGE_FEATURES: tl.constexpr, HAS_EDGE_BIAS: tl.constexpr):
+              EDGE_FEATURES: tl.constexpr, HAS_EDGE_BIAS: tl.constexpr, RELOAD_W: tl.constexpr = True):
     """e_ij of the edges eid [BLOCK_E] as fp32 [BLOCK_E, BLOCK_H, BLOCK_D] (0 outside m3).
 
     EDGE_FEATURES == 0: loaded from e_ptr [E, H, D] (eid_off). EDGE_FEATURES = F > 0, the
@@ -181,14 +181,16 @@ def edge_rows(e_ptr, w_ptr, b_ptr, eid, eid_off, emask, m3, hd_off, hd_mask, HD,
     w_ptr W^T [F, H*D] fp32 and b_ptr b [H*D] fp32 (HAS_EDGE_BIAS), and e_ij = b + sum_f
     W[:, f] a_ij,f is formed here in fp32, f ascending (the C++ kernels' order), never
     rounded to the input dtype; every pass forms it the same way, so the backward's
-    recomputation is the forward's bit for bit."""
+    recomputation is the forward's bit for bit. RELOAD_W re-reads W's columns per tile (L1-resident)
+    instead of letting the compiler hold all F of them across the row loop (8 registers each: the
+    dst-row passes then need a stack frame on sm_90); the source-side backward holds them."""
     if EDGE_FEATURES > 0:
         e_t = tl.zeros(m3.shape, tl.float32)
         if HAS_EDGE_BIAS:
             e_t += tl.load(b_ptr + hd_off, mask=hd_mask, other=0.0)[None, :, :]
         for f in tl.static_range(EDGE_FEATURES):
             a_f = tl.load(e_ptr + eid * EDGE_FEATURES + f, mask=emask, other=0.0).to(tl.float32)
-            w_f = tl.load(w_ptr + f * HD + hd_off, mask=hd_mask, other=0.0)
+            w_f = tl.load(w_ptr + f * HD + hd_off, mask=hd_mask, other=0.0, volatile=RELOAD_W)
             e_t += a_f[:, None, None] * w_f[None, :, :]
         e_t = tl.where(m3, e_t, 0.0)
     else:
