@@ -479,7 +479,8 @@ def edge_attention_backward(grad_node, grad_edge, grad_lse, q, k, v, e, lse, nod
         )
 
     def src_pass(items: dict, partial: bool, part_dk=placeholder, part_dv=placeholder):
-        launch_grid = utils.grid(items["num_items"], False, device)
+        # with the projection a persistent grid: its [programs, F, H*D] dW partials stay small (SMs x 8 rows)
+        launch_grid = utils.grid(items["num_items"], proj is not None, device)
         _edge_attention_bwd_src_kernel[launch_grid](
             **items, **common, rev_rowptr_ptr=rev_rowptr, rev_col_ptr=rev_col, rev_perm_ptr=rev_perm,
             dk_ptr=dk, dv_ptr=dv, de_ptr=de if proj is None else placeholder, part_dk_ptr=part_dk,
