@@ -100,7 +100,7 @@ def test_cpu_in_kernel_projection_matches_the_reference(backend, mode, ebt, bias
         _close(x, y, torch.float64, "gradient")
 
 
-@pytest.mark.parametrize("backend", ["torch", "cpu"])
+@pytest.mark.parametrize("backend", ["torch", "cpu", "triton"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("mode", ["gt", "additive"])
 def test_fused_equals_unfused_up_to_rounding(backend, dtype, mode):
