@@ -328,9 +328,12 @@ def measure_step(model_name: str, device: str, dtype: str, checkpointing: bool, 
     if other:  # stats overhead on CUDA: the same step without statistics
         result["step_seconds_without_stats_median"] = statistics.median(other)
         result["stats_overhead"] = statistics.median(times) / statistics.median(other) - 1.0
+    # cpu and triton (what "auto" picks on CUDA) form each layer's edge projection inside the kernels
+    in_kernel = fused and backend in ("cpu", "triton", "auto")
+    result["in_kernel_projection"] = in_kernel
     predicted = plan_step(model_name, data.num_nodes, int(data.edge_index.shape[1]), dtype=dtype,
                           checkpointing=checkpointing, fused=fused, stats=stats,
-                          in_kernel=fused and backend in ("cpu", "auto") and dev.type == "cpu")
+                          in_kernel=in_kernel)
     result["plan"] = predicted
     key = "peak_bytes" if dev.type == "cuda" else "step_increment_bytes"
     result["plan_error"] = predicted[key] / result[f"measured_{'peak' if dev.type == 'cuda' else 'step_increment'}_bytes"] - 1

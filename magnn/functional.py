@@ -277,9 +277,9 @@ def edge_attention(
         a only when a requires one). The same function as passing
         `(a @ e_weight.T + e_bias).view(E, H, D)` as e, up to rounding (e is formed in the
         accumulation dtype, float32 for half inputs, and not rounded to the input dtype).
-        Where it runs in the kernels: cpu. The torch reference forms e unfused (it is the
-        oracle); so does triton until its kernels are restructured (`projection_fallback_reason`
-        says why; a RuntimeWarning says so once).
+        Where it runs in the kernels: cpu and triton (every mode, EBT, bias, dropout and the
+        statistics). The torch reference forms e unfused (it is the oracle); a backend that
+        could not would be named by `projection_fallback_reason`, with a RuntimeWarning once.
       backend: "auto", "torch", "cpu" or "triton".
 
     Returns (node_out [N_dst, H, D], edge_out [E, H, D] or None) in the caller's edge order;
@@ -317,7 +317,7 @@ def edge_attention(
     projection = {}
     if raw_features is not None:
         reason = projection_fallback_reason(chosen)
-        if reason is None:  # cpu: in the kernels; torch: the oracle materialises e itself, unrounded
+        if reason is None:  # cpu, triton: in the kernels; torch: the oracle materialises e itself, unrounded
             e = raw_features
             projection = {"edge_proj": (e_weight, e_bias)}
         else:
@@ -362,20 +362,14 @@ def edge_attention(
     return result
 
 
-# Backends whose entry point takes the projection (edge_proj=(W, b)): cpu forms e = W a + b inside
-# its kernels, the torch reference materialises it (it is the oracle). The others get e formed
-# unfused before their kernels, each with the reason.
-_PROJECTION_FALLBACK = {
-    "triton": (
-        "the Triton kernels do not form e = a @ e_weight.T + e_bias inside themselves yet (that waits for "
-        "the Triton kernel restructure); e is formed unfused as an [E, H*D] tensor before the kernels, the "
-        "same function at the memory cost the in-kernel projection avoids"
-    ),
-}
+# Backends whose entry point takes the projection (edge_proj=(W, b)): cpu and triton form e = W a + b
+# inside their kernels, the torch reference materialises it (it is the oracle). A backend listed
+# here would get e formed unfused before its kernels, with the reason; none is today.
+_PROJECTION_FALLBACK: dict = {}
 
 
 def projection_fallback_reason(backend: str) -> Optional[str]:
-    """None when `backend` takes the edge projection itself (cpu: inside its kernels; torch: the
+    """None when `backend` takes the edge projection itself (cpu, triton: inside its kernels; torch: the
     oracle, which materialises e), else why not: then `edge_attention(e_weight=...)` forms
     e = a @ e_weight.T + e_bias unfused before calling it, with a RuntimeWarning once."""
     return _PROJECTION_FALLBACK.get(backend)

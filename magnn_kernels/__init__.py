@@ -6,4 +6,5 @@ The Python entry is `magnn_kernels.edge_attention.edge_attention`; see that
 module for the layout of the operator's files.
 """
 from . import edge_attention  # noqa: F401  (registers the magnn_triton:: ops)
+from . import edge_attention_proj  # noqa: F401  (and their in-operator projection variants)
 from .utils import INTERPRETED  # noqa: F401

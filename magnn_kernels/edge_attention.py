@@ -1,12 +1,14 @@
 """Fused edge attention in Triton as torch ops (SPEC §3-§4): `magnn_triton::edge_attention_fwd` / `_bwd`.
 
-One operator in five files (Liger-Kernel style):
+One operator in six files (Liger-Kernel style):
   utils.py                   launch helpers: tiles, row-split plans, grids, devices, buffers
   edge_attention_common.py   constexpr flags and the @triton.jit helpers of both directions
   edge_attention_fwd.py      forward kernels and their launch wrapper (+ in-kernel statistics)
   edge_attention_bwd.py      backward kernels and their launch wrapper
   edge_attention.py          this file: the custom ops, their fake (shape-only) versions,
                              the autograd formula, and `edge_attention`, the Python entry
+  edge_attention_proj.py     the in-operator edge projection's ops (e = W a + b formed in the
+                             same kernels, constexpr EDGE_FEATURES) and their Python entry
 
 The ops follow the contract of magnn/core/contract.py, shared with the C++
 backend: argument names and order `FORWARD_ARGS` / `BACKWARD_ARGS`, outputs in

@@ -31,13 +31,13 @@ import torch
 import triton
 import triton.language as tl
 
-from magnn.core.contract import BackwardResult
+from magnn.core.contract import BackwardResult, ProjBackwardResult
 
 from . import utils
 from .edge_attention_common import (
     DELTA_CHUNK, DELTA_GIVEN, DELTA_ROW, EBT_EDGE, EBT_NONE, EBT_SLOT, EBTS, MODE_GT, MODES,
-    clamp_gate, dropout_scale, dst_tile, head_lanes, load_bias, load_ebt_params, load_lse, query_terms, scores,
-    segment_sum, work_item,
+    clamp_gate, dropout_scale, dst_tile, edge_rows, head_lanes, load_bias, load_ebt_params, load_lse, query_terms,
+    scores, segment_sum, work_item,
 )
 
 
@@ -47,7 +47,9 @@ def _edge_attention_bwd_dst_kernel(
     q_ptr,  # [N_dst, H, D] queries
     k_ptr,  # [N_src, H, D] keys
     v_ptr,  # [N_src, H, D] values
-    e_ptr,  # [E, H, D] edge features, caller's edge order
+    e_ptr,  # [E, H, D] edge features, caller's edge order; or (EDGE_FEATURES = F > 0) raw features a [E, F]
+    w_ptr,  # [F, H*D] fp32 projection weight W^T (EDGE_FEATURES > 0)
+    b_ptr,  # [H*D] fp32 projection bias (HAS_EDGE_BIAS)
     bias_ptr,  # [E] | [E, H] structural bias (HAS_BIAS)
     ebt_k_ptr,  # [H, D] EBT k' (EBT != EBT_NONE)
     ebt_e_ptr,  # [H, D] EBT e'
@@ -78,6 +80,7 @@ def _edge_attention_bwd_dst_kernel(
     HAS_CLAMP: tl.constexpr, DROPOUT: tl.constexpr,
     HAS_GRAD_NODE: tl.constexpr, HAS_GRAD_EDGE: tl.constexpr, HAS_GRAD_LSE: tl.constexpr,
     PARTIAL: tl.constexpr, DELTA: tl.constexpr,
+    EDGE_FEATURES: tl.constexpr, HAS_EDGE_BIAS: tl.constexpr,  # in-operator projection (F; 0: e given)
     HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,  # H, D as compile-time values (SHAPE_*), or 0: runtime
     BLOCK_E: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -123,9 +126,10 @@ def _edge_attention_bwd_dst_kernel(
                 delta -= tl.where(owns_node, g_lse, 0.0)
             for block_start in range(start, end, BLOCK_E):
                 emask, m3, src_off, eid, eid_off, k_t, e_t, x, raw, logit = dst_tile(
-                    block_start, end, e_idx, col_ptr, perm_ptr, k_ptr, e_ptr, bias_ptr, q_i, shift,
+                    block_start, end, e_idx, col_ptr, perm_ptr, k_ptr, e_ptr, w_ptr, b_ptr, bias_ptr, q_i, shift,
                     hd_off, hd_mask, h_idx, H, HD, scale, clamp_val,
-                    MODE, EBT, HAS_BIAS, BIAS_PER_HEAD, HAS_CLAMP, BLOCK_E, BLOCK_H)
+                    MODE, EBT, HAS_BIAS, BIAS_PER_HEAD, HAS_CLAMP, EDGE_FEATURES, HAS_EDGE_BIAS,
+                    BLOCK_E, BLOCK_H)
                 attn = tl.exp(tl.where(emask[:, None], (logit - row_max[None, :]) - log_sum[None, :], float("-inf")))
                 msg = tl.load(v_ptr + src_off, mask=m3, other=0.0).to(tl.float32) + msg_bias[None, :, :]
                 grad = g_n[None, :, :]
@@ -150,9 +154,10 @@ def _edge_attention_bwd_dst_kernel(
             sum_dmsg = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
             for block_start in range(start, end, BLOCK_E):
                 emask, m3, src_off, eid, eid_off, k_t, e_t, x, raw, logit = dst_tile(
-                    block_start, end, e_idx, col_ptr, perm_ptr, k_ptr, e_ptr, bias_ptr, q_i, shift,
+                    block_start, end, e_idx, col_ptr, perm_ptr, k_ptr, e_ptr, w_ptr, b_ptr, bias_ptr, q_i, shift,
                     hd_off, hd_mask, h_idx, H, HD, scale, clamp_val,
-                    MODE, EBT, HAS_BIAS, BIAS_PER_HEAD, HAS_CLAMP, BLOCK_E, BLOCK_H)
+                    MODE, EBT, HAS_BIAS, BIAS_PER_HEAD, HAS_CLAMP, EDGE_FEATURES, HAS_EDGE_BIAS,
+                    BLOCK_E, BLOCK_H)
                 attn = tl.exp(tl.where(emask[:, None], (logit - row_max[None, :]) - log_sum[None, :], float("-inf")))
                 msg = tl.load(v_ptr + src_off, mask=m3, other=0.0).to(tl.float32) + msg_bias[None, :, :]
                 g_e = tl.zeros([BLOCK_E, BLOCK_H, BLOCK_D], tl.float32)
@@ -226,13 +231,36 @@ def _edge_attention_bwd_dst_kernel(
                 tl.store(debt_ptr + (row * 3 + 2) * HD + hd_off, d_ebt_v, mask=hd_mask)
 
 
+@triton.jit
+def projection_grads(d_e, a_ptr, w_ptr, da_ptr, eid, emask, m3, hd_off, hd_mask, HD, f_idx, dw_acc, db_acc,
+                     EDGE_FEATURES: tl.constexpr, HAS_EDGE_BIAS: tl.constexpr, NEED_GRAD_A: tl.constexpr):
+    """The in-operator projection's share of one tile's edge gradient d_e (fp32 [BLOCK_E, BLOCK_H,
+    BLOCK_D]): dw_acc [BLOCK_F, BLOCK_H, BLOCK_D] += d_e a^T per feature f (a_ptr: [E, F] raw
+    features), db_acc [BLOCK_H, BLOCK_D] += sum of d_e, and (NEED_GRAD_A) da_ij,f = W[:, f] . d_e_ij
+    stored to da_ptr [E, F] (w_ptr: W^T [F, H*D] fp32). Returns the two accumulators."""
+    d_e = tl.where(m3, d_e, 0.0)
+    if HAS_EDGE_BIAS:
+        db_acc += tl.sum(d_e, axis=0)
+    for f in tl.static_range(EDGE_FEATURES):
+        a_f = tl.load(a_ptr + eid * EDGE_FEATURES + f, mask=emask, other=0.0).to(tl.float32)
+        dw_f = tl.sum(d_e * a_f[:, None, None], axis=0)
+        dw_acc += tl.where(f_idx[:, None, None] == f, dw_f[None, :, :], 0.0)
+        if NEED_GRAD_A:
+            w_f = tl.load(w_ptr + f * HD + hd_off, mask=hd_mask, other=0.0)
+            da_f = tl.sum(tl.sum(d_e * w_f[None, :, :], axis=2), axis=1)
+            tl.store(da_ptr + eid * EDGE_FEATURES + f, da_f.to(da_ptr.dtype.element_ty), mask=emask)
+    return dw_acc, db_acc
+
+
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "drop_threshold"])
 def _edge_attention_bwd_src_kernel(
     # inputs
     q_ptr,  # [N_dst, H, D] queries
     k_ptr,  # [N_src, H, D] keys
     v_ptr,  # [N_src, H, D] values
-    e_ptr,  # [E, H, D] edge features, caller's edge order
+    e_ptr,  # [E, H, D] edge features, caller's edge order; or (EDGE_FEATURES = F > 0) raw features a [E, F]
+    w_ptr,  # [F, H*D] fp32 projection weight W^T (EDGE_FEATURES > 0)
+    b_ptr,  # [H*D] fp32 projection bias (HAS_EDGE_BIAS)
     bias_ptr,  # [E] | [E, H] structural bias (HAS_BIAS)
     ebt_k_ptr,  # [H, D] EBT k' (EBT != EBT_NONE)
     ebt_e_ptr,  # [H, D] EBT e'
@@ -253,7 +281,10 @@ def _edge_attention_bwd_src_kernel(
     # outputs
     dk_ptr,  # [N_src, H, D]
     dv_ptr,  # [N_src, H, D]
-    de_ptr,  # [E, H, D] caller's edge order
+    de_ptr,  # [E, H, D] caller's edge order (EDGE_FEATURES == 0)
+    da_ptr,  # [E, F] caller's edge order, input dtype (EDGE_FEATURES > 0 and NEED_GRAD_A)
+    part_dw_ptr,  # [P, F, H*D] fp32 each program's partial dW^T (EDGE_FEATURES > 0)
+    part_db_ptr,  # [P, H*D] fp32 each program's partial db (HAS_EDGE_BIAS)
     part_dk_ptr,  # [C, H, D] fp32 partial dk of each chunk (PARTIAL)
     part_dv_ptr,  # [C, H, D] fp32 partial dv of each chunk (PARTIAL)
     H, D, scale, clamp_val,
@@ -261,10 +292,17 @@ def _edge_attention_bwd_src_kernel(
     MODE: tl.constexpr, EBT: tl.constexpr, HAS_BIAS: tl.constexpr, BIAS_PER_HEAD: tl.constexpr,
     HAS_CLAMP: tl.constexpr, DROPOUT: tl.constexpr, HAS_GRAD_NODE: tl.constexpr, HAS_GRAD_EDGE: tl.constexpr,
     PARTIAL: tl.constexpr,
+    EDGE_FEATURES: tl.constexpr, HAS_EDGE_BIAS: tl.constexpr,  # in-operator projection (F; 0: e given)
+    NEED_GRAD_A: tl.constexpr, BLOCK_F: tl.constexpr,  # da wanted; next power of two >= F
     HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,  # H, D as compile-time values (SHAPE_*), or 0: runtime
     BLOCK_E: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """src-side backward over the reverse CSR: de per edge, dk and dv summed per source node."""
+    """src-side backward over the reverse CSR: de per edge, dk and dv summed per source node.
+
+    Under the in-operator projection (EDGE_FEATURES = F > 0) de_ij never leaves registers:
+    each program sums dW^T = sum de a^T ([F, H*D]) and db = sum de over its edges and writes
+    them once to its row of part_dw / part_db (the host sums the rows in a fixed order: no
+    float atomics, the same bits every run), and da_ij = W^T de_ij when NEED_GRAD_A."""
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     if HEADS > 0:  # a specialised shape: offsets and masks fold, edge rows load as vectors
@@ -275,6 +313,10 @@ def _edge_attention_bwd_src_kernel(
     h_idx, h_mask, hd_off, hd_mask = head_lanes(H, D, BLOCK_H, BLOCK_D)
 
     ebt_k, ebt_e, ebt_v = load_ebt_params(ebt_k_ptr, ebt_e_ptr, ebt_v_ptr, hd_off, hd_mask, EBT, BLOCK_H, BLOCK_D)
+
+    f_idx = tl.arange(0, BLOCK_F)
+    dw_acc = tl.zeros([BLOCK_F, BLOCK_H, BLOCK_D], tl.float32)  # dW^T of this program's edges (EDGE_FEATURES)
+    db_acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)  # db (HAS_EDGE_BIAS)
 
     for item in range(pid, num_items, nprog):
         node, start, end, _ = work_item(item, item_node_ptr, item_start_ptr, item_end_ptr, rev_rowptr_ptr, PARTIAL)
@@ -294,7 +336,8 @@ def _edge_attention_bwd_src_kernel(
             eid = tl.load(rev_perm_ptr + pos, mask=emask, other=0).to(tl.int64)
             eid_off = eid[:, None, None] * HD + hd_off[None, :, :]  # int64 (eid is): E*H*D passes 2**31
             q_t = tl.load(q_ptr + dst_off, mask=m3, other=0.0).to(tl.float32)
-            e_t = tl.load(e_ptr + eid_off, mask=m3, other=0.0).to(tl.float32)
+            e_t = edge_rows(e_ptr, w_ptr, b_ptr, eid, eid_off, emask, m3, hd_off, hd_mask, HD,
+                            EDGE_FEATURES, HAS_EDGE_BIAS, False)
             max_t, log_sum_t = load_lse(lse_ptr, dst[:, None], h_idx[None, :], m2, H)
             delta_t = tl.load(delta_ptr + dst[:, None] * H + h_idx[None, :], mask=m2, other=0.0)
             g_n = tl.zeros([BLOCK_E, BLOCK_H, BLOCK_D], tl.float32)
@@ -335,13 +378,23 @@ def _edge_attention_bwd_src_kernel(
                 d_e = d_msg + d_logit[:, :, None] * scale * q_t
                 dk += tl.sum(d_logit[:, :, None] * q_t, axis=0) * scale
                 dv += tl.sum(d_msg, axis=0)
-            tl.store(de_ptr + eid_off, d_e.to(de_ptr.dtype.element_ty), mask=m3)
+            if EDGE_FEATURES > 0:
+                dw_acc, db_acc = projection_grads(d_e, e_ptr, w_ptr, da_ptr, eid, emask, m3, hd_off, hd_mask, HD,
+                                                  f_idx, dw_acc, db_acc, EDGE_FEATURES, HAS_EDGE_BIAS, NEED_GRAD_A)
+            else:
+                tl.store(de_ptr + eid_off, d_e.to(de_ptr.dtype.element_ty), mask=m3)
         if PARTIAL:
             tl.store(part_dk_ptr + item * HD + hd_off, dk, mask=hd_mask)
             tl.store(part_dv_ptr + item * HD + hd_off, dv, mask=hd_mask)
         else:
             tl.store(dk_ptr + node * HD + hd_off, dk.to(dk_ptr.dtype.element_ty), mask=hd_mask)
             tl.store(dv_ptr + node * HD + hd_off, dv.to(dv_ptr.dtype.element_ty), mask=hd_mask)
+    if EDGE_FEATURES > 0:
+        f_hd = (f_idx[:, None, None] * HD + hd_off[None, :, :])
+        tl.store(part_dw_ptr + pid * EDGE_FEATURES * HD + f_hd, dw_acc,
+                 mask=(f_idx[:, None, None] < EDGE_FEATURES) & hd_mask[None, :, :])
+        if HAS_EDGE_BIAS:
+            tl.store(part_db_ptr + pid * HD + hd_off, db_acc, mask=hd_mask)
 
 
 # ---------------------------------------------------------------------------
@@ -352,8 +405,13 @@ def _edge_attention_bwd_src_kernel(
 def edge_attention_backward(grad_node, grad_edge, grad_lse, q, k, v, e, lse, node_out,
                             rowptr, col, perm, rev_rowptr, rev_col, rev_perm,
                             bias, ebt_k, ebt_e, ebt_v, mode: str, ebt: str, clamp, dropout: float,
-                            seed: int) -> BackwardResult:
+                            seed: int, proj=None, need_grad_a: bool = False):
     """Launch the backward; the gradients of absent optional inputs are empty tensors.
+
+    Returns a `BackwardResult`, or with proj = (W^T [F, H*D], b [H*D] or None), both fp32 (the
+    in-operator projection; e is then the raw features a [E, F]) a `ProjBackwardResult`: no
+    [E, H, D] gradient, dW [H*D, F] and db summed from per-program partials, da only when
+    need_grad_a (else [0, F]).
 
     dq, dk, dv, de come in the input dtype, dbias and the EBT gradients in float32 (the
     accumulation dtype); only grad_lse[:, 1] (the log-sum part) is read. Bipartite: the dst
@@ -367,13 +425,15 @@ def edge_attention_backward(grad_node, grad_edge, grad_lse, q, k, v, e, lse, nod
     mode_id, ebt_id = MODES[mode], EBTS[ebt]
     drop = utils.dropout_args(dropout, seed)
     has_ebt = ebt_id != EBT_NONE.value
-    dq, dk, dv, de = (utils.empty(t.shape, t.dtype, device) for t in (q, k, v, e))
+    dq, dk, dv = (utils.empty(t.shape, t.dtype, device) for t in (q, k, v))
+    de = utils.empty(e.shape if proj is None else (0, heads, head_dim), e.dtype, device)
     dbias = utils.empty(bias.shape, acc_dtype, device) if bias is not None else q.new_empty(0, dtype=acc_dtype)
+    grads = _ProjGrads(proj, e, need_grad_a, heads * head_dim)
     if num_nodes == 0:  # no dst node, so no edge: the N_src sources get zero gradients
         dk, dv = (torch.zeros(t.shape, dtype=t.dtype, device=device) for t in (k, v))
         ebt_grads = tuple(torch.zeros(p.shape, dtype=acc_dtype, device=device) if has_ebt
                           else q.new_empty(0, dtype=acc_dtype) for p in (ebt_k, ebt_e, ebt_v))
-        return BackwardResult(dq, dk, dv, de, dbias, *ebt_grads)
+        return grads.result(BackwardResult(dq, dk, dv, de, dbias, *ebt_grads))
 
     chunk = utils.row_split(num_edges, device, tile)
     dst_plan, src_plan = utils.row_plan(rowptr, chunk), utils.row_plan(rev_rowptr, chunk)
@@ -398,6 +458,7 @@ def edge_attention_backward(grad_node, grad_edge, grad_lse, q, k, v, e, lse, nod
     grad_edge = grad_edge.contiguous() if grad_edge is not None else None
     common = dict(
         q_ptr=q, k_ptr=k, v_ptr=v, e_ptr=e, bias_ptr=utils.or_placeholder(bias, placeholder),
+        **utils.projection_args(proj, placeholder),
         ebt_k_ptr=utils.or_placeholder(ebt_k, placeholder), ebt_e_ptr=utils.or_placeholder(ebt_e, placeholder),
         ebt_v_ptr=utils.or_placeholder(ebt_v, placeholder),
         grad_node_ptr=utils.or_placeholder(grad_node, placeholder),
@@ -418,9 +479,12 @@ def edge_attention_backward(grad_node, grad_edge, grad_lse, q, k, v, e, lse, nod
         )
 
     def src_pass(items: dict, partial: bool, part_dk=placeholder, part_dv=placeholder):
-        _edge_attention_bwd_src_kernel[utils.grid(items["num_items"], False, device)](
+        # with the projection a persistent grid: its [programs, F, H*D] dW partials stay small (SMs x 8 rows)
+        launch_grid = utils.grid(items["num_items"], proj is not None, device)
+        _edge_attention_bwd_src_kernel[launch_grid](
             **items, **common, rev_rowptr_ptr=rev_rowptr, rev_col_ptr=rev_col, rev_perm_ptr=rev_perm,
-            dk_ptr=dk, dv_ptr=dv, de_ptr=de, part_dk_ptr=part_dk, part_dv_ptr=part_dv, PARTIAL=partial,
+            dk_ptr=dk, dv_ptr=dv, de_ptr=de if proj is None else placeholder, part_dk_ptr=part_dk,
+            part_dv_ptr=part_dv, PARTIAL=partial, **grads.launch_args(launch_grid[0], placeholder),
         )
 
     with utils.device_ctx(device):
@@ -446,4 +510,45 @@ def edge_attention_backward(grad_node, grad_edge, grad_lse, q, k, v, e, lse, nod
     if has_ebt:
         totals = debt.sum(0)  # one deterministic reduction over the per-item rows
         ebt_grads = tuple(totals[i].clone() for i in range(3))
-    return BackwardResult(dq, dk, dv, de, dbias, *ebt_grads)
+    return grads.result(BackwardResult(dq, dk, dv, de, dbias, *ebt_grads))
+
+
+class _ProjGrads:
+    """The in-operator projection's gradient buffers of one backward (inactive without proj): da
+    [E, F] (written by the src kernel when need_grad_a), and per src launch a [programs, F, H*D]
+    / [programs, H*D] buffer of partial dW^T / db, one row per program, summed in a fixed order."""
+
+    def __init__(self, proj, a, need_grad_a: bool, channels: int):
+        self.proj, self.need_grad_a, self.channels = proj, need_grad_a, channels
+        self.parts: list = []
+        if proj is not None:
+            features = proj[0].shape[0]
+            self.da = utils.empty((a.shape[0] if need_grad_a else 0, features), a.dtype, a.device)
+
+    def launch_args(self, programs: int, placeholder) -> dict:
+        """The src kernel's projection arguments for a launch of `programs` programs."""
+        if self.proj is None:
+            return dict(da_ptr=placeholder, part_dw_ptr=placeholder, part_db_ptr=placeholder,
+                        NEED_GRAD_A=False, BLOCK_F=1)
+        w_t, b = self.proj
+        part_dw = utils.empty((programs, w_t.shape[0], self.channels), torch.float32, w_t.device)
+        part_db = utils.empty((programs, self.channels), torch.float32, w_t.device) if b is not None else placeholder
+        self.parts.append((part_dw, part_db))
+        return dict(da_ptr=self.da if self.need_grad_a else placeholder, part_dw_ptr=part_dw, part_db_ptr=part_db,
+                    NEED_GRAD_A=self.need_grad_a, BLOCK_F=triton.next_power_of_2(w_t.shape[0]))
+
+    def result(self, plain: BackwardResult):
+        """`plain` itself without a projection, else the `ProjBackwardResult` (de dropped)."""
+        if self.proj is None:
+            return plain
+        w_t, b = self.proj
+        dw_t = torch.zeros(w_t.shape, dtype=torch.float32, device=w_t.device)
+        db = torch.zeros((self.channels if b is not None else 0,), dtype=torch.float32, device=w_t.device)
+        for part_dw, part_db in self.parts:  # launch order, then program order: the same sums every run
+            dw_t = dw_t + part_dw.sum(0)
+            if b is not None:
+                db = db + part_db.sum(0)
+        if self.need_grad_a and not self.parts:  # no source rows were walked: no edge
+            self.da.zero_()
+        return ProjBackwardResult(plain.dq, plain.dk, plain.dv, self.da, dw_t.t().contiguous(), db, plain.dbias,
+                                  plain.debt_k, plain.debt_e, plain.debt_v)

@@ -172,13 +172,42 @@ def load_bias(bias_ptr, eid, emask, h_idx, H, BIAS_PER_HEAD: tl.constexpr,
 
 
 @triton.jit
-def dst_tile(block_start, end, e_idx, col_ptr, perm_ptr, k_ptr, e_ptr, bias_ptr, q_i, shift,
+def edge_rows(e_ptr, w_ptr, b_ptr, eid, eid_off, emask, m3, hd_off, hd_mask, HD,
+              EDGE_FEATURES: tl.constexpr, HAS_EDGE_BIAS: tl.constexpr, RELOAD_W: tl.constexpr = True):
+    """e_ij of the edges eid [BLOCK_E] as fp32 [BLOCK_E, BLOCK_H, BLOCK_D] (0 outside m3).
+
+    EDGE_FEATURES == 0: loaded from e_ptr [E, H, D] (eid_off). EDGE_FEATURES = F > 0, the
+    in-operator projection (SPEC §3): e_ptr holds the raw features a [E, F] (input dtype),
+    w_ptr W^T [F, H*D] fp32 and b_ptr b [H*D] fp32 (HAS_EDGE_BIAS), and e_ij = b + sum_f
+    W[:, f] a_ij,f is formed here in fp32, f ascending (the C++ kernels' order), never
+    rounded to the input dtype; every pass forms it the same way, so the backward's
+    recomputation is the forward's bit for bit. RELOAD_W re-reads W's columns per tile (L1-resident)
+    instead of letting the compiler hold all F of them across the row loop (8 registers each: the
+    dst-row passes then need a stack frame on sm_90); the source-side backward holds them."""
+    if EDGE_FEATURES > 0:
+        e_t = tl.zeros(m3.shape, tl.float32)
+        if HAS_EDGE_BIAS:
+            e_t += tl.load(b_ptr + hd_off, mask=hd_mask, other=0.0)[None, :, :]
+        for f in tl.static_range(EDGE_FEATURES):
+            a_f = tl.load(e_ptr + eid * EDGE_FEATURES + f, mask=emask, other=0.0).to(tl.float32)
+            w_f = tl.load(w_ptr + f * HD + hd_off, mask=hd_mask, other=0.0, volatile=RELOAD_W)
+            e_t += a_f[:, None, None] * w_f[None, :, :]
+        e_t = tl.where(m3, e_t, 0.0)
+    else:
+        e_t = tl.load(e_ptr + eid_off, mask=m3, other=0.0).to(tl.float32)
+    return e_t
+
+
+@triton.jit
+def dst_tile(block_start, end, e_idx, col_ptr, perm_ptr, k_ptr, e_ptr, w_ptr, b_ptr, bias_ptr, q_i, shift,
              hd_off, hd_mask, h_idx, H, HD, scale, clamp_val,
              MODE: tl.constexpr, EBT: tl.constexpr, HAS_BIAS: tl.constexpr, BIAS_PER_HEAD: tl.constexpr,
-             HAS_CLAMP: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_H: tl.constexpr):
+             HAS_CLAMP: tl.constexpr, EDGE_FEATURES: tl.constexpr, HAS_EDGE_BIAS: tl.constexpr,
+             BLOCK_E: tl.constexpr, BLOCK_H: tl.constexpr):
     """One tile of a dst row (sorted positions block_start + e_idx below end): masks, offsets,
-    k_j (k_ptr: [N, H, D], j from col_ptr: [E]) and e_ij (e_ptr: [E, H, D], caller's edge id
-    from perm_ptr: [E]) loaded, scores recomputed.
+    k_j (k_ptr: [N, H, D], j from col_ptr: [E]) and e_ij (`edge_rows`: loaded from e_ptr
+    [E, H, D], or projected from the raw features; caller's edge id from perm_ptr: [E]),
+    scores recomputed.
 
     Shared by the forward's two passes and the dst-side backward's two passes,
     which all walk the same CSR row the same way."""
@@ -190,7 +219,7 @@ def dst_tile(block_start, end, e_idx, col_ptr, perm_ptr, k_ptr, e_ptr, bias_ptr,
     eid = tl.load(perm_ptr + pos, mask=emask, other=0).to(tl.int64)
     eid_off = eid[:, None, None] * HD + hd_off[None, :, :]  # int64 (eid is): E*H*D passes 2**31
     k_t = tl.load(k_ptr + src_off, mask=m3, other=0.0).to(tl.float32)
-    e_t = tl.load(e_ptr + eid_off, mask=m3, other=0.0).to(tl.float32)
+    e_t = edge_rows(e_ptr, w_ptr, b_ptr, eid, eid_off, emask, m3, hd_off, hd_mask, HD, EDGE_FEATURES, HAS_EDGE_BIAS)
     bias_t = 0.0
     if HAS_BIAS:
         bias_t = load_bias(bias_ptr, eid, emask, h_idx, H, BIAS_PER_HEAD, BLOCK_E, BLOCK_H)

@@ -49,7 +49,9 @@ def _edge_attention_fwd_kernel(
     q_ptr,  # [N_dst, H, D] queries
     k_ptr,  # [N_src, H, D] keys
     v_ptr,  # [N_src, H, D] values
-    e_ptr,  # [E, H, D] edge features, caller's edge order
+    e_ptr,  # [E, H, D] edge features, caller's edge order; or (EDGE_FEATURES = F > 0) raw features a [E, F]
+    w_ptr,  # [F, H*D] fp32 projection weight W^T (EDGE_FEATURES > 0)
+    b_ptr,  # [H*D] fp32 projection bias (HAS_EDGE_BIAS)
     bias_ptr,  # [E] | [E, H] structural bias (HAS_BIAS)
     ebt_k_ptr,  # [H, D] EBT k' (EBT != EBT_NONE)
     ebt_e_ptr,  # [H, D] EBT e'
@@ -82,6 +84,7 @@ def _edge_attention_fwd_kernel(
     PARTIAL: tl.constexpr, LSE_GIVEN: tl.constexpr, MESSAGE_PASS: tl.constexpr, STORE_EDGE: tl.constexpr,
     STATS: tl.constexpr, MBITS: tl.constexpr, WINDOW: tl.constexpr, RATIO_BASE: tl.constexpr,
     LOW_BIT: tl.constexpr,
+    EDGE_FEATURES: tl.constexpr, HAS_EDGE_BIAS: tl.constexpr,  # in-operator projection (F; 0: e given)
     HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,  # H, D as compile-time values (SHAPE_*), or 0: runtime
     BLOCK_E: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -130,9 +133,10 @@ def _edge_attention_fwd_kernel(
                 acc = tl.where(owns_node, slot_msg, acc)
             for block_start in range(start, end, BLOCK_E):
                 emask, m3, src_off, eid, eid_off, k_t, e_t, x, raw, logit = dst_tile(
-                    block_start, end, e_idx, col_ptr, perm_ptr, k_ptr, e_ptr, bias_ptr, q_i, shift,
+                    block_start, end, e_idx, col_ptr, perm_ptr, k_ptr, e_ptr, w_ptr, b_ptr, bias_ptr, q_i, shift,
                     hd_off, hd_mask, h_idx, H, HD, scale, clamp_val,
-                    MODE, EBT, HAS_BIAS, BIAS_PER_HEAD, HAS_CLAMP, BLOCK_E, BLOCK_H)
+                    MODE, EBT, HAS_BIAS, BIAS_PER_HEAD, HAS_CLAMP, EDGE_FEATURES, HAS_EDGE_BIAS,
+                    BLOCK_E, BLOCK_H)
                 logit = tl.where(emask[:, None], logit, float("-inf"))
                 m_new = tl.maximum(m, tl.max(logit, axis=0))
                 m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
@@ -173,9 +177,10 @@ def _edge_attention_fwd_kernel(
                 row_max, log_sum = load_lse(lse_ptr, node, h_idx, h_mask, H)
             for block_start in range(start, end, BLOCK_E):
                 emask, m3, src_off, eid, eid_off, k_t, e_t, x, raw, logit = dst_tile(
-                    block_start, end, e_idx, col_ptr, perm_ptr, k_ptr, e_ptr, bias_ptr, q_i, shift,
+                    block_start, end, e_idx, col_ptr, perm_ptr, k_ptr, e_ptr, w_ptr, b_ptr, bias_ptr, q_i, shift,
                     hd_off, hd_mask, h_idx, H, HD, scale, clamp_val,
-                    MODE, EBT, HAS_BIAS, BIAS_PER_HEAD, HAS_CLAMP, BLOCK_E, BLOCK_H)
+                    MODE, EBT, HAS_BIAS, BIAS_PER_HEAD, HAS_CLAMP, EDGE_FEATURES, HAS_EDGE_BIAS,
+                    BLOCK_E, BLOCK_H)
                 attn = tl.exp(tl.where(emask[:, None], (logit - row_max[None, :]) - log_sum[None, :], float("-inf")))
                 if DROPOUT:
                     attn = attn * dropout_scale(eid, h_idx, seed_lo, seed_hi, drop_threshold, keep_scale)
@@ -264,9 +269,10 @@ def _max_abs_and_argmax(row_max: torch.Tensor, row_argc: torch.Tensor, channels:
 
 def edge_attention_forward(q, k, v, e, rowptr, col, perm, bias, ebt_k, ebt_e, ebt_v, mode: str, ebt: str,
                            clamp, dropout: float, seed: int, mantissa_bits: int,
-                           need_edge_out: bool = True) -> ForwardResult:
+                           need_edge_out: bool = True, proj=None) -> ForwardResult:
     """Launch the forward on contiguous inputs; mantissa_bits < 0: no statistics (empty stats outputs);
-    need_edge_out False: edge_out is not stored (an empty [0, H, D] comes back).
+    need_edge_out False: edge_out is not stored (an empty [0, H, D] comes back). proj = (W^T [F, H*D],
+    b [H*D] or None), both fp32 contiguous: the in-operator projection, e being the raw features a [E, F].
 
     Bipartite: q is [N_dst, H, D] (rowptr [N_dst + 1]), k and v [N_src, H, D]; every launch
     walks the N_dst rows, so N_src only bounds the indices in col."""
@@ -278,7 +284,7 @@ def edge_attention_forward(q, k, v, e, rowptr, col, perm, bias, ebt_k, ebt_e, eb
     drop = utils.dropout_args(dropout, seed)
     stats = mantissa_bits >= 0
     node_out = utils.empty(q.shape, q.dtype, device)
-    edge_out = utils.empty(e.shape if need_edge_out else (0, heads, head_dim), e.dtype, device)
+    edge_out = utils.empty((num_edges if need_edge_out else 0, heads, head_dim), e.dtype, device)
     lse = utils.empty((num_nodes, 2, heads), torch.float32, device)  # row max, log sum
     if stats:
         bins = num_bins(mantissa_bits)
@@ -316,6 +322,7 @@ def edge_attention_forward(q, k, v, e, rowptr, col, perm, bias, ebt_k, ebt_e, eb
         ("row_max_ptr", row_max), ("row_argc_ptr", row_argc))}
     common = dict(
         q_ptr=q, k_ptr=k, v_ptr=v, e_ptr=e, bias_ptr=utils.or_placeholder(bias, placeholder),
+        **utils.projection_args(proj, placeholder),
         ebt_k_ptr=utils.or_placeholder(ebt_k, placeholder), ebt_e_ptr=utils.or_placeholder(ebt_e, placeholder),
         ebt_v_ptr=utils.or_placeholder(ebt_v, placeholder),
         rowptr_ptr=rowptr, col_ptr=col, perm_ptr=perm,

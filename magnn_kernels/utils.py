@@ -312,3 +312,13 @@ def or_placeholder(tensor: Optional[torch.Tensor], placeholder: torch.Tensor) ->
     """`tensor`, or for an absent optional one a stand-in pointer that the kernel never
     dereferences (the HAS_* / EBT / STATS flag that guards its loads and stores is off)."""
     return placeholder if tensor is None else tensor
+
+
+def projection_args(proj, placeholder: torch.Tensor) -> dict:
+    """w_ptr, b_ptr, EDGE_FEATURES and HAS_EDGE_BIAS of a launch: proj = (W^T [F, H*D] fp32, b [H*D]
+    fp32 or None) for the in-operator edge projection, or None (e is given: EDGE_FEATURES 0)."""
+    if proj is None:
+        return dict(w_ptr=placeholder, b_ptr=placeholder, EDGE_FEATURES=0, HAS_EDGE_BIAS=False)
+    w_t, b = proj
+    return dict(w_ptr=w_t, b_ptr=or_placeholder(b, placeholder), EDGE_FEATURES=w_t.shape[0],
+                HAS_EDGE_BIAS=b is not None)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import warnings
 
 import pytest
 import torch
@@ -14,7 +13,7 @@ import torch
 from helpers import random_graph, require_backend
 from magnn import EdgeStats, Graph
 from magnn.core import contract
-from magnn.functional import edge_attention, project_edges, projection_fallback_reason
+from magnn.functional import edge_attention, project_edges
 
 HEADS, HEAD_DIM, FEATS = 2, 4, 3
 
@@ -101,7 +100,7 @@ def test_cpu_in_kernel_projection_matches_the_reference(backend, mode, ebt, bias
         _close(x, y, torch.float64, "gradient")
 
 
-@pytest.mark.parametrize("backend", ["torch", "cpu"])
+@pytest.mark.parametrize("backend", ["torch", "cpu", "triton"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("mode", ["gt", "additive"])
 def test_fused_equals_unfused_up_to_rounding(backend, dtype, mode):
@@ -179,27 +178,6 @@ def test_statistics_equal_unfused(backend):
     assert fused.ma_edges == unfused.ma_edges and fused.argmax == unfused.argmax
 
 
-def test_triton_falls_back_to_the_unfused_projection_and_says_why():
-    """Until the Triton kernel restructure, the triton backend gets e formed unfused: same values
-    as the reference, and a RuntimeWarning with the reason (not a silent memory cost)."""
-    from magnn import functional
-
-    reason = projection_fallback_reason("triton")
-    assert reason and "restructure" in reason and projection_fallback_reason("cpu") is None
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    require_backend("triton", device, torch.float32)
-    problem = [t.to(device) if isinstance(t, (torch.Tensor, Graph)) else t
-               for t in _problem(4, torch.float32, with_b=True)]
-    functional._warned.discard("projection:triton")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        out = _call("triton", *problem, mode="additive")
-    assert any("restructure" in str(w.message) for w in caught)
-    ref = _call("torch", *problem, mode="additive")
-    for x, y in zip(out, ref):
-        _close(x.cpu(), y.cpu(), torch.float32, "triton fallback")
-
-
 def test_bad_projection_arguments_are_refused():
     graph, q, k, v, a, weight, b, _, _ = _problem(1, torch.float32)
     with pytest.raises(ValueError, match="e_weight must be"):
@@ -214,9 +192,10 @@ def test_bad_projection_arguments_are_refused():
         edge_attention(q, k, v, a.double(), graph, e_weight=weight)
 
 
-def test_projection_ops_pass_opcheck():
-    require_backend("cpu", torch.device("cpu"))
-    ns = torch.ops.magnn_cpu
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_projection_ops_pass_opcheck(backend):
+    require_backend(backend, torch.device("cpu"))
+    ns = getattr(torch.ops, contract.OP_NAMESPACES[backend])
     fwd, bwd = ns.edge_attention_proj_fwd.default, ns.edge_attention_proj_bwd.default
     assert [x.name for x in fwd._schema.arguments] == list(contract.PROJ_FORWARD_ARGS)
     assert [x.name for x in bwd._schema.arguments] == list(contract.PROJ_BACKWARD_ARGS)

@@ -224,6 +224,10 @@ def test_check_is_one_call_within_its_budget(tmp_path):
     measured = [step["command"] for step in proteins["steps"]]
     assert len(measured) == len(harness.PROTEINS_MODELS)
     assert all("--steps 1" in c and "--checkpointing" not in c and "--measure" in c for c in measured)
+    # the real-size full-batch step of every model (GT, GraphiT, SAN) with the in-kernel edge projection
+    assert sorted(c.split("--model ")[1].split()[0] for c in measured) == sorted(harness.PROTEINS_MODELS)
+    assert sorted(harness.PROTEINS_MODELS) == ["graphit", "gt", "san"]
+    assert all("--fused" in c and "--nodes" not in c and "--degree" not in c for c in measured)
 
 
 def test_check_runs_alone():

@@ -80,7 +80,8 @@ spec = importlib.util.spec_from_file_location("static", sys.argv[2])
 static = importlib.util.module_from_spec(spec)
 sys.modules["static"] = static
 spec.loader.exec_module(static)
-cases = [c for c in static.CASES if c[0] in ("gt fwd", "gt fwd +stats", "additive fwd no edge_out", "gt bwd")]
+cases = [c for c in static.CASES if c[0] in ("gt fwd", "gt fwd +stats", "additive fwd no edge_out", "gt bwd",
+                                             "gt fwd proj F=8", "gt bwd proj F=8")]
 print(json.dumps(static.model(["proteins-600k"], "bf16", 8, 8, cases)))
 """
 
@@ -130,7 +131,7 @@ def test_edge_rows_move_as_128_bit_vectors(modelled):
         for launch in _tile_kernels(row):
             assert launch["constexprs"]["HEADS"] == 8 and launch["constexprs"]["HEAD_DIM"] == 8
             edge = launch["tile_loop"]["edge_access"]
-            assert edge["loads"], (case, launch["kernel"])
+            assert edge["loads"] or row["edge_features"], (case, launch["kernel"])
             for side in ("loads", "stores"):
                 assert set(edge[side]) <= {"LDG.E.128", "STG.E.128"}, (case, launch["kernel"], edge)
     stores = modelled["workloads"]["proteins-600k"]["cases"]["gt fwd"]["launches"][0]["tile_loop"]["edge_access"]
@@ -158,3 +159,19 @@ def test_persistent_grid_is_sized_from_the_build_occupancy(modelled):
     launch = next(m for m in _tile_kernels(row) if m["constexprs"]["STATS"] and not m["constexprs"]["PARTIAL"])
     assert launch["items"] > launch["grid"][0]
     assert launch["grid"][0] == modelled["constants"]["sms"] * launch["ctas_per_sm"]
+
+
+def test_projection_variants_read_no_edge_by_hidden_input(modelled):
+    """The in-operator projection (F = 8, ogbn-proteins' edge features): the forward's tile loop
+    loads no [E, H, D] tensor (e is formed from a [E, 8]) and stores edge_out as 128-bit rows; the
+    backward stores no [E, H, D] gradient; the minimal traffic is below the unfused pass's."""
+    cases = modelled["workloads"]["proteins-600k"]["cases"]
+    fwd, bwd = cases["gt fwd proj F=8"], cases["gt bwd proj F=8"]
+    assert fwd["edge_features"] == bwd["edge_features"] == 8
+    for launch in _tile_kernels(fwd):
+        assert launch["constexprs"]["EDGE_FEATURES"] == 8
+        assert not launch["tile_loop"]["edge_access"]["loads"]
+        assert set(launch["tile_loop"]["edge_access"]["stores"]) == {"STG.E.128"}
+    for launch in _tile_kernels(bwd):
+        assert not launch["tile_loop"]["edge_access"]["stores"], launch["kernel"]
+    assert fwd["min_bytes"] < cases["gt fwd"]["min_bytes"] and bwd["min_bytes"] < cases["gt bwd"]["min_bytes"]

@@ -117,19 +117,16 @@ def test_unkept_edge_out_is_empty_in_both_ops_and_their_fakes(backend, mode, man
 
 
 @pytest.mark.parametrize("backend", ["cpu", "triton"])
-def test_projection_ops_follow_the_contract_or_the_backend_projects_unfused(backend):
-    """The in-operator edge projection's ops (contract.PROJ_FORWARD_ARGS / PROJ_BACKWARD_ARGS):
-    a backend either registers them with the contract's schema, fakes and autograd, or
-    magnn.functional names why it forms e unfused for it (Triton until its kernel restructure)."""
+def test_projection_ops_follow_the_contract(backend):
+    """The in-operator edge projection's ops (contract.PROJ_FORWARD_ARGS / PROJ_BACKWARD_ARGS) are
+    registered by both compiled backends with the contract's schema, and magnn.functional
+    dispatches the projection to them (no unfused fallback)."""
     from magnn.functional import projection_fallback_reason
 
     device = DEVICE if backend == "triton" else torch.device("cpu")
     require_backend(backend, device)
     namespace = getattr(torch.ops, contract.OP_NAMESPACES[backend])
-    if not hasattr(namespace, "edge_attention_proj_fwd"):
-        assert backend != "cpu"
-        assert projection_fallback_reason(backend) is not None
-        return
+    assert projection_fallback_reason(backend) is None
     fwd, bwd = namespace.edge_attention_proj_fwd.default, namespace.edge_attention_proj_bwd.default
     assert [name for name, _ in _signature(fwd)[0]] == list(contract.PROJ_FORWARD_ARGS)
     assert [name for name, _ in _signature(bwd)[0]] == list(contract.PROJ_BACKWARD_ARGS)
@@ -139,3 +136,13 @@ def test_projection_ops_follow_the_contract_or_the_backend_projects_unfused(back
     for name, kind in _signature(fwd)[0]:
         if name in plain:
             assert plain[name] == kind, name
+
+
+def test_both_backends_register_the_same_projection_schema():
+    require_backend("cpu", torch.device("cpu"))
+    require_backend("triton", DEVICE)
+    for name in ("edge_attention_proj_fwd", "edge_attention_proj_bwd"):
+        cpu = getattr(torch.ops.magnn_cpu, name).default
+        triton = getattr(torch.ops.magnn_triton, name).default
+        assert _signature(cpu) == _signature(triton)
+        assert str(cpu._schema).split("(", 1)[1] == str(triton._schema).split("(", 1)[1]

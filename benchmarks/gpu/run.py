@@ -705,8 +705,11 @@ def stage_proteins(stage: Stage) -> None:
     for index, (model, ckpt) in enumerate(settings):
         key = f"{model}{'-checkpointing' if ckpt else ''}"
         path = out / f"proteins_{key}.json"
+        # real size (the script's default nodes and degree), the composed edge projection formed inside
+        # the Triton kernels (--fused: one [H*D, 8] matrix per layer, no [E, hidden] tensor)
         command = [sys.executable, str(script), "--measure", "--device", "cuda", "--model", model, "--dtype", "bf16",
-                   "--json", str(path)] + (["--checkpointing"] if ckpt else []) + (["--steps", "1"] if check else [])
+                   "--fused", "--json", str(path)] + (["--checkpointing"] if ckpt else []) \
+            + (["--steps", "1"] if check else [])
         if not stage.dry_run and stage.left() < 30:
             results[key] = {"status": "skipped: stage budget"}
             continue

@@ -78,7 +78,10 @@ TARGET = GPUTarget("cuda", 90, 32)
 WORKLOADS = ("molecules", "proteins-600k", "proteins-full")
 PROTEINS_FULL = (132_534, 79_122_504)
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-# (name, direction, mode, statistics, need_edge_out)
+# (name, direction, mode, statistics, need_edge_out[, F]): F > 0 is the in-operator edge projection
+# (SPEC §3): e formed in the kernels from raw features a [E, F] (ogbn-proteins: F = 8), no [E, H, D]
+# e input nor gradient; in the backward need_edge_out stands for an edge_out gradient
+PROJ_FEATURES = 8
 CASES = (
     ("gt fwd", "fwd", "gt", False, True),
     ("gt fwd +stats", "fwd", "gt", True, True),
@@ -88,6 +91,10 @@ CASES = (
     ("additive fwd +stats", "fwd", "additive", True, True),
     ("gt bwd", "bwd", "gt", False, True),
     ("additive bwd", "bwd", "additive", False, True),
+    ("gt fwd proj F=8", "fwd", "gt", False, True, PROJ_FEATURES),
+    ("gt fwd proj F=8 no edge_out", "fwd", "gt", False, False, PROJ_FEATURES),
+    ("gt bwd proj F=8", "bwd", "gt", False, True, PROJ_FEATURES),
+    ("gt bwd proj F=8 no grad_edge", "bwd", "gt", False, False, PROJ_FEATURES),
 )
 
 
@@ -225,8 +232,9 @@ class capture_launches:
 
 
 def capture_case(work: Workload, direction: str, mode: str, stats: bool, need_edge_out: bool,
-                 dtype: torch.dtype, heads: int, head_dim: int) -> list[Launch]:
-    """The launches one pass makes on this workload (meta tensors, real CSR row pointers)."""
+                 dtype: torch.dtype, heads: int, head_dim: int, features: int = 0) -> list[Launch]:
+    """The launches one pass makes on this workload (meta tensors, real CSR row pointers); features
+    F > 0: the in-operator projection (a [E, F], W^T [F, H*D] and b [H*D] in fp32)."""
     from magnn_kernels.edge_attention_bwd import edge_attention_backward
     from magnn_kernels.edge_attention_fwd import edge_attention_forward
 
@@ -236,15 +244,21 @@ def capture_case(work: Workload, direction: str, mode: str, stats: bool, need_ed
     col, perm, rev_col, rev_perm = (torch.empty(num_edges, dtype=torch.long, device=meta) for _ in range(4))
     q, k, v, node_out = (torch.empty(n, heads, head_dim, dtype=dtype, device=meta) for _ in range(4))
     e = torch.empty(num_edges, heads, head_dim, dtype=dtype, device=meta)
+    proj = None
+    if features:
+        proj = (torch.empty(features, heads * head_dim, dtype=torch.float32, device=meta),
+                torch.empty(heads * head_dim, dtype=torch.float32, device=meta))
+    edge_in = torch.empty(num_edges, features, dtype=dtype, device=meta) if features else e
     with capture_launches() as cap:
         if direction == "fwd":
-            edge_attention_forward(q, k, v, e, rowptr, col, perm, None, None, None, None, mode, "none", None,
-                                   0.0, 0, 7 if stats else -1, need_edge_out)
+            edge_attention_forward(q, k, v, edge_in, rowptr, col, perm, None, None, None, None, mode, "none", None,
+                                   0.0, 0, 7 if stats else -1, need_edge_out, proj=proj)
         else:
             lse = torch.empty(n, 2, heads, dtype=torch.float32, device=meta)
-            edge_attention_backward(node_out, torch.empty_like(e), None, q, k, v, e, lse, node_out, rowptr, col,
+            grad_edge = torch.empty_like(e) if need_edge_out or not features else None
+            edge_attention_backward(node_out, grad_edge, None, q, k, v, edge_in, lse, node_out, rowptr, col,
                                     perm, rev_rowptr, rev_col, rev_perm, None, None, None, None, mode, "none",
-                                    None, 0.0, 0)
+                                    None, 0.0, 0, **({"proj": proj} if features else {}))
     return cap.launches
 
 
@@ -472,9 +486,17 @@ def model_launch(launch: Launch, hw: dict = H100_SXM) -> dict:
 
 
 def min_bytes(work: Workload, direction: str, mode: str, stats: bool, need_edge_out: bool, itemsize: int,
-              heads: int, head_dim: int) -> int:
-    """Fewest bytes the pass moves: each tensor read or written once."""
+              heads: int, head_dim: int, features: int = 0) -> int:
+    """Fewest bytes the pass moves: each tensor read or written once (with the projection, F > 0: the
+    raw features a [E, F] in place of e, no de; the backward's grad_edge only with need_edge_out)."""
     n, num_edges, c = work.num_nodes, work.num_edges, heads * head_dim
+    if features:
+        csr = 2 * num_edges * 8 + (n + 1) * 8
+        lse = n * 2 * heads * 4
+        if direction == "fwd":
+            total = (4 * n * c + num_edges * (features + c * int(need_edge_out))) * itemsize + lse + csr
+            return total + (num_edges * 12 if stats else 0)
+        return (8 * n * c + num_edges * (features + c * int(need_edge_out))) * itemsize + lse + 2 * csr
     csr = 2 * num_edges * 8 + (n + 1) * 8  # col, perm, rowptr (int64)
     lse = n * 2 * heads * 4
     if direction == "fwd":
@@ -486,9 +508,13 @@ def min_bytes(work: Workload, direction: str, mode: str, stats: bool, need_edge_
     return (8 * n * c + 3 * num_edges * c) * itemsize + lse + 2 * csr
 
 
-def min_edge_bytes(work: Workload, direction: str, need_edge_out: bool, itemsize: int, channels: int) -> int:
-    """The [E, H, D] part of min_bytes: e (+ edge_out) forward; e, grad_edge, de backward."""
+def min_edge_bytes(work: Workload, direction: str, need_edge_out: bool, itemsize: int, channels: int,
+                   features: int = 0) -> int:
+    """The [E, H, D] part of min_bytes: e (+ edge_out) forward; e, grad_edge, de backward. With the
+    projection (F > 0) only edge_out / grad_edge (with need_edge_out) are [E, H, D] tensors."""
     streams = (1 + int(need_edge_out)) if direction == "fwd" else 3
+    if features:
+        streams = int(need_edge_out)
     return streams * work.num_edges * channels * itemsize
 
 
@@ -500,20 +526,23 @@ def model(workloads: list[str], dtype: str = "bf16", heads: int = 8, head_dim: i
     for name in workloads:
         work = workload(name)
         rows = {}
-        for case, direction, mode, stats, need_edge_out in cases:
-            launches = capture_case(work, direction, mode, stats, need_edge_out, DTYPES[dtype], heads, head_dim)
+        for case, direction, mode, stats, need_edge_out, *proj in cases:
+            features = proj[0] if proj else 0
+            launches = capture_case(work, direction, mode, stats, need_edge_out, DTYPES[dtype], heads, head_dim,
+                                    features)
             modelled = [model_launch(launch, hw) for launch in launches]
             issue_ms = sum(m["issue_ms"] for m in modelled)
             itemsize = DTYPES[dtype].itemsize
-            nbytes = min_bytes(work, direction, mode, stats, need_edge_out, itemsize, heads, head_dim)
+            nbytes = min_bytes(work, direction, mode, stats, need_edge_out, itemsize, heads, head_dim, features)
             roofline_ms = nbytes / hw["hbm_bytes_per_s"] * 1e3
             # the bytes the code streams: its edge-tensor traffic (from the SASS) in place of the
             # minimal edge traffic, the rest (nodes, CSR, statistics rows) as in the minimum
-            min_edge = min_edge_bytes(work, direction, need_edge_out, itemsize, heads * head_dim)
+            min_edge = min_edge_bytes(work, direction, need_edge_out, itemsize, heads * head_dim, features)
             streamed = nbytes - min_edge + sum(m["edge_stream_bytes"] for m in modelled)
             stream_ms = streamed / hw["hbm_bytes_per_s"] * 1e3
             estimate = max(issue_ms, stream_ms, roofline_ms)
             rows[case] = dict(direction=direction, mode=mode, stats=stats, need_edge_out=need_edge_out,
+                              edge_features=features,
                               launches=modelled, issue_ms=issue_ms, min_bytes=nbytes, roofline_ms=roofline_ms,
                               streamed_bytes=streamed, stream_ms=stream_ms, estimate_ms=estimate,
                               roofline_share_at_best=roofline_ms / estimate)

@@ -1,7 +1,8 @@
 """The Triton backend: magnn.functional's backend contract over the `magnn_triton::` ops (magnn_kernels/).
 
     run_triton_backend(q, k, v, e, graph, *, mode, clamp, bias, ebt, ebt_params,
-                       mantissa_bits, tap, return_lse=False, dropout=0.0, seed=0, need_edge_out=True)
+                       mantissa_bits, tap, return_lse=False, dropout=0.0, seed=0, need_edge_out=True,
+                       edge_proj=None)
         -> (node_out, edge_out | None, RawStats | None) [+ lse with return_lse]
 
 Bipartite graphs: q over graph.num_nodes destinations, k and v over graph.num_src_nodes
@@ -16,6 +17,7 @@ import torch
 
 from magnn_kernels import INTERPRETED
 from magnn_kernels.edge_attention import edge_attention
+from magnn_kernels.edge_attention_proj import edge_attention_projected
 
 from ..core.binning import RawStats, reduce_rows
 from ..core.contract import ForwardResult, ebt_name, logsumexp
@@ -53,24 +55,31 @@ def _raw_stats(result: ForwardResult, num_edges: int, channels: int) -> RawStats
 
 
 def run_triton_backend(q, k, v, e, graph, *, mode, clamp, bias, ebt, ebt_params, mantissa_bits, tap,
-                       return_lse: bool = False, dropout: float = 0.0, seed: int = 0, need_edge_out: bool = True):
+                       return_lse: bool = False, dropout: float = 0.0, seed: int = 0, need_edge_out: bool = True,
+                       edge_proj=None):
     """Backend entry point: (node_out, edge_out, RawStats | None), same contract as the torch reference;
     with return_lse, also the [N_dst, H] log-sum-exp of each (node, head)'s softmax before dropout
     (-inf where nothing is attended), differentiable. need_edge_out=False: edge_out is None (not
-    stored; its rows still reduced for the statistics)."""
+    stored; its rows still reduced for the statistics). edge_proj = (W [H*D, F], b [H*D] or None):
+    e is the raw features a [E, F] and e = W a + b is formed inside the kernels
+    (`magnn_triton::edge_attention_proj_fwd`)."""
     graph.check_index_bounds()  # an unvalidated graph's indices, once: the kernels do not bound-check them
     ebt_k = ebt_e = ebt_v = None
     if ebt is not None:
         ebt_k, ebt_e, ebt_v = ebt_params
-    tensors = [q, k, v, e] + ([bias] if bias is not None else []) + ([ebt_k, ebt_e, ebt_v] if ebt else [])
-    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    w_e, b_e = edge_proj if edge_proj is not None else (None, None)
+    tensors = [q, k, v, e, w_e, b_e, bias] + ([ebt_k, ebt_e, ebt_v] if ebt else [])
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     reverse = (graph.rev_rowptr, graph.rev_col, graph.rev_perm) if needs_grad else (None, None, None)
     edge_stats = mantissa_bits is not None and tap == "edge"
-    result = edge_attention(
-        q, k, v, e, graph.rowptr, graph.col, graph.perm, *reverse, bias=bias, ebt_k=ebt_k, ebt_e=ebt_e, ebt_v=ebt_v,
-        mode=mode, ebt=ebt_name(ebt), clamp=clamp, dropout=dropout, seed=seed,
-        mantissa_bits=mantissa_bits if edge_stats else -1, need_edge_out=need_edge_out,
-    )
+    options = dict(bias=bias, ebt_k=ebt_k, ebt_e=ebt_e, ebt_v=ebt_v, mode=mode, ebt=ebt_name(ebt), clamp=clamp,
+                   dropout=dropout, seed=seed, mantissa_bits=mantissa_bits if edge_stats else -1,
+                   need_edge_out=need_edge_out)
+    if edge_proj is None:
+        result = edge_attention(q, k, v, e, graph.rowptr, graph.col, graph.perm, *reverse, **options)
+    else:
+        result = edge_attention_projected(q, k, v, e, w_e, b_e, graph.rowptr, graph.col, graph.perm, *reverse,
+                                          **options)
     raw = None
     if mantissa_bits is not None:
         if tap == "node":

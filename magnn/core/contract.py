@@ -274,8 +274,7 @@ def register_fakes_and_autograd(namespace: str) -> None:
 # ``edge_attention_proj_bwd`` takes `PROJ_BACKWARD_ARGS` (the backward's, e replaced likewise,
 # plus ``need_grad_a``) and returns `ProjBackwardResult`: da only when need_grad_a (else
 # [0, F]), dw_e and db_e in the accumulation dtype (db_e empty without b_e), reduced from the
-# per-edge gradient of e without storing it. Registered by the C++ backend; the Triton ops get
-# them with the kernel restructure (until then `magnn.functional` projects e unfused for Triton).
+# per-edge gradient of e without storing it. Registered by both compiled backends.
 
 PROJ_FORWARD_ARGS = (
     "q", "k", "v", "a", "w_e", "b_e",

@@ -623,7 +623,7 @@ INDEX = {"rowptr_ptr", "col_ptr", "perm_ptr", "rev_rowptr_ptr", "rev_col_ptr", "
          "item_start_ptr", "item_end_ptr", "seg_node_ptr", "seg_ptr_ptr", "hist_abs_ptr", "hist_ratio_ptr",
          "nan_count_ptr"}
 DATA = {"q_ptr", "k_ptr", "v_ptr", "e_ptr", "node_out_ptr", "edge_out_ptr", "grad_node_ptr", "grad_edge_ptr",
-        "dq_ptr", "dk_ptr", "dv_ptr", "de_ptr", "out_ptr"}
+        "dq_ptr", "dk_ptr", "dv_ptr", "de_ptr", "da_ptr", "out_ptr"}
 
 def compile_for_sm90(kernel, constexprs, data="bf16"):
     signature = {}
@@ -656,29 +656,35 @@ TILES = [dict(HEADS=0, HEAD_DIM=0, BLOCK_E=16, BLOCK_H=8, BLOCK_D=8),
 # stored or not (need_edge_out), with and without statistics on the rows
 FWD_VARIANTS = [(GT, EDGE, 1, 0, 0, 1, 1), (ADD, SLOT, 1, 1, 1, 1, 0), (ADD, NONE, 0, 0, 0, 0, 0),
                 (GT, SLOT, 0, 1, 0, 0, 1), (GT, NONE, 1, 0, 0, 0, 0), (ADD, NONE, 1, 0, 0, 0, 1)]
+# the in-operator edge projection (EDGE_FEATURES = F, e_ptr the raw [E, F] features) on some of each
+PROJ = dict(EDGE_FEATURES=8, HAS_EDGE_BIAS=True)
+NO_PROJ = dict(EDGE_FEATURES=0, HAS_EDGE_BIAS=False)
 for i, (mode, ebt, stats, partial, lse_given, drop, store) in enumerate(FWD_VARIANTS):
     compile_for_sm90(fwd._edge_attention_fwd_kernel, dict(
         MODE=mode, EBT=ebt, HAS_BIAS=True, BIAS_PER_HEAD=mode == ADD, HAS_CLAMP=True, DROPOUT=bool(drop),
         PARTIAL=bool(partial), LSE_GIVEN=bool(lse_given),
         MESSAGE_PASS=mode == ADD and (stats or store) and (not partial or lse_given),
         STORE_EDGE=bool(store), STATS=bool(stats),
-        MBITS=7, WINDOW=2048 if stats else 1, RATIO_BASE=ku.hist_layout(7)[1], LOW_BIT=16, **TILES[i % 2]))
+        MBITS=7, WINDOW=2048 if stats else 1, RATIO_BASE=ku.hist_layout(7)[1], LOW_BIT=16, **TILES[i % 2],
+        **(PROJ if i in (0, 1, 3) else NO_PROJ)))
 compile_for_sm90(fwd._edge_attention_fwd_kernel, dict(
     MODE=GT, EBT=NONE, HAS_BIAS=False, BIAS_PER_HEAD=False, HAS_CLAMP=False, DROPOUT=False, PARTIAL=False,
     LSE_GIVEN=False, MESSAGE_PASS=False, STORE_EDGE=True, STATS=True, MBITS=7, WINDOW=2048,
-    RATIO_BASE=ku.hist_layout(7)[1], LOW_BIT=16, HEADS=4, HEAD_DIM=64, BLOCK_E=4, BLOCK_H=4, BLOCK_D=64))
+    RATIO_BASE=ku.hist_layout(7)[1], LOW_BIT=16, HEADS=4, HEAD_DIM=64, BLOCK_E=4, BLOCK_H=4, BLOCK_D=64, **PROJ))
 for i, (mode, ebt, partial, delta, grad_lse, drop) in enumerate([(GT, EDGE, False, common.DELTA_GIVEN, True, True),
                                                   (ADD, SLOT, False, common.DELTA_ROW, True, True),
                                                   (ADD, EDGE, True, common.DELTA_CHUNK, True, True),
                                                   (GT, NONE, True, common.DELTA_GIVEN, False, False)]):
     compile_for_sm90(bwd._edge_attention_bwd_dst_kernel, dict(
         MODE=mode, EBT=ebt, HAS_BIAS=True, BIAS_PER_HEAD=partial, HAS_CLAMP=True, DROPOUT=drop, HAS_GRAD_NODE=True,
-        HAS_GRAD_EDGE=True, HAS_GRAD_LSE=grad_lse, PARTIAL=partial, DELTA=delta.value, **TILES[i % 2]))
+        HAS_GRAD_EDGE=True, HAS_GRAD_LSE=grad_lse, PARTIAL=partial, DELTA=delta.value, **TILES[i % 2],
+        **(PROJ if i in (0, 2) else NO_PROJ)))
 for i, (mode, ebt, partial, drop) in enumerate([(GT, EDGE, False, True), (ADD, SLOT, True, True),
                                                (ADD, NONE, False, False)]):
     compile_for_sm90(bwd._edge_attention_bwd_src_kernel, dict(
         MODE=mode, EBT=ebt, HAS_BIAS=True, BIAS_PER_HEAD=True, HAS_CLAMP=True, DROPOUT=drop, HAS_GRAD_NODE=True,
-        HAS_GRAD_EDGE=partial, PARTIAL=partial, **TILES[i % 2]))
+        HAS_GRAD_EDGE=partial, PARTIAL=partial, **TILES[i % 2], **(PROJ if i < 2 else NO_PROJ),
+        NEED_GRAD_A=i == 0, BLOCK_F=8 if i < 2 else 1))
 compile_for_sm90(fwd._edge_attention_fwd_merge_kernel, dict(WITH_ACC=True, BLOCK_H=8, BLOCK_D=8))
 compile_for_sm90(common._segment_sum_kernel, dict(BLOCK_R=64))
 print("compiled")
