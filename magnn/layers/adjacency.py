@@ -1,7 +1,8 @@
 """The adjacency forms PyG layers accept, as a `magnn.Graph` for the fused operator.
 
 PyG passes a sparse adjacency transposed (`adj_t` [N_dst, N_src]: row = destination,
-column = source); its stored entries are the edges, in storage order, and its values
+column = source); its stored entries are the edges, in storage order (a CSC adjacency's in
+row-major order), and its values
 stand in for edge_attr when they are 2-D (PyG's `MessagePassing._collect` rule).
 """
 from __future__ import annotations
@@ -36,6 +37,8 @@ def _from_torch_sparse(adj_t: torch.Tensor, edge_attr):
     """(edge_index [2, E] source-first, edge_attr) from a torch.sparse adj_t [N_dst, N_src]."""
     from torch_geometric.utils import to_edge_index
 
+    if adj_t.layout == torch.sparse_csc:  # to_edge_index reads COO and CSR: the same entries, row-major
+        adj_t = adj_t.to_sparse_coo().coalesce()
     indices, values = to_edge_index(adj_t)
     if edge_attr is None and values.dim() > 1:
         edge_attr = values
@@ -52,8 +55,8 @@ def _graph_from_edge_index(edge_index, size) -> Graph:
         if edge_index.is_sorted_by_col or getattr(edge_index, "_T_indptr", None) is not None:
             cached = edge_index.get_csc()
         edge_index = edge_index.as_tensor()
-    if torch.compiler.is_compiling():  # the indices were checked when traced eagerly; no data-dependent branch
-        graph = Graph(edge_index.long(), num_dst, num_src_nodes=num_src, validate=False)
+    if torch.compiler.is_compiling():
+        graph = _traced_graph(edge_index.long(), num_src, num_dst)
     else:
         graph = Graph(edge_index, num_dst, num_src_nodes=num_src)
     if cached is not None:
@@ -62,6 +65,21 @@ def _graph_from_edge_index(edge_index, size) -> Graph:
         graph.__dict__["col"] = row.long()
         graph.__dict__["perm"] = (torch.arange(graph.num_edges, device=graph.device) if perm is None
                                   else perm.long())
+    return graph
+
+
+def _traced_graph(edge_index: torch.Tensor, num_src: int, num_dst: int) -> Graph:
+    """The Graph inside torch.compile: the index bounds are checked by an asynchronous assert
+    in the compiled code (no host sync, no data-dependent branch, no graph break) instead of
+    Graph's eager validation, which raises with a message naming the bad index."""
+    graph = Graph(edge_index, num_dst, num_src_nodes=num_src, validate=False)
+    if edge_index.dim() != 2 or edge_index.shape[0] != 2:
+        raise LayerInputError(f"edge_index must have shape [2, E], got {list(edge_index.shape)}")
+    if edge_index.shape[1] > 0:
+        low, high = torch.aminmax(edge_index, dim=1)
+        inside = (low.min() >= 0) & (high[0] < num_src) & (high[1] < num_dst)
+        torch._assert_async(inside, "magnn TransformerConv: edge_index holds a node index outside [0, N_src) x [0, N_dst)")
+    graph._index_bounds_checked = True
     return graph
 
 

@@ -20,6 +20,7 @@ from ..stats import EdgeStats, StatsTap
 from ..stats.collection import _fill
 from .adjacency import as_fused_graph, attention_result
 from .attention import projects_in_kernel
+from .scriptable import ScriptableTransformerConv
 
 # the hooks through which PyG lets a caller see or change the per-message tensors: with any
 # of them registered, `propagate` runs PyG's message/aggregate path so that they fire
@@ -70,8 +71,8 @@ class TransformerConv(StatsTap, MessagePassing):
     edge_attr, its values serve as edge_attr when they are 2-D (PyG's rule).
 
     in_channels may be -1 or (-1, -1) (lazy, inferred on the first call). ``torch.jit.script``
-    scripts PyG's layer with this layer's parameters (`__prepare_scriptable__`), as the fused
-    path is not TorchScript. The dropout mask comes from magnn's counter-based generator on
+    scripts `ScriptableTransformerConv` with this layer's parameters (`__prepare_scriptable__`; the
+    fused path is not TorchScript): forward(x, edge_index, edge_attr) -> out, PyG's message path. The dropout mask comes from magnn's counter-based generator on
     the fused path (SPEC §3): same distribution as PyG's draws, other numbers.
     """
 
@@ -202,15 +203,14 @@ class TransformerConv(StatsTap, MessagePassing):
         return out
 
     def __prepare_scriptable__(self):
-        """What `torch.jit.script` compiles: PyG's TransformerConv holding this layer's parameters
-        (the fused operator is not TorchScript; PyG's path computes the same function)."""
-        from torch_geometric.nn import TransformerConv as PyGTransformerConv
-
+        """What `torch.jit.script` compiles: `ScriptableTransformerConv` holding this layer's
+        parameters (the fused operator is not TorchScript; PyG's path computes the same function)."""
         if any(isinstance(p, torch.nn.parameter.UninitializedParameter) for p in self.parameters()):
             raise LayerInputError("torch.jit.script needs initialised parameters: run the lazy layer once first")
-        twin = PyGTransformerConv(self.in_channels, self.out_channels, self.heads, self.concat, self.beta,
-                                  self.dropout, self.edge_dim, self.lin_key.bias is not None, self.root_weight,
-                                  aggr=self.aggr, flow=self.flow)
+        twin = ScriptableTransformerConv(
+            self.lin_key.in_channels, self.lin_query.in_channels, self.out_channels, self.heads, self.concat,
+            self.beta, self.dropout, self.edge_dim, self.lin_key.bias is not None, self.root_weight,
+            self.aggr, self.flow)
         twin.load_state_dict(self.state_dict())
         return twin.to(next(self.parameters()).device).train(self.training)
 
