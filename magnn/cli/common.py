@@ -12,6 +12,10 @@ from pathlib import Path
 DETECT_DESCRIPTION = "`magnn detect`: MA detection on a split from a saved checkpoint (detect.json + figures)."
 
 
+DEVICE_HELP = ("auto (cuda when visible, else cpu), cpu, cuda or cuda:N; under torchrun a bare cuda is each "
+               "rank's cuda:LOCAL_RANK")
+
+
 def description_of(module) -> str:
     """A subcommand's --help text: its module's docstring up to the library's entry point."""
     return module.__doc__.split("Library entry point")[0].strip() + "\n"
@@ -44,7 +48,7 @@ def add_run_options(parser) -> None:
     default = functools.partial(option_default, TrainConfig)
     parser.add_argument("--data-root", default=default("data_root"),
                         help="folder with the dataset files (default: bundled / cache)")
-    parser.add_argument("--device", default=default("device"), help="cpu or cuda")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--seed", type=seed_int, default=default("seed"))
     parser.add_argument("--max-graphs", type=positive_int, default=default("max_graphs"),
                         help="use the first N graphs of each split")
