@@ -31,6 +31,7 @@ from typing import Callable, Iterable, Optional, Sequence, Union
 import torch
 
 from .analysis.detect import DetectionReport, LayerReport, fit_gamma, record_batch
+from .core.progress import progress_enabled
 from .core.constants import MA_THRESHOLD
 from .core.errors import UserError, check_positive, output_folder
 from .stats import collect
@@ -92,7 +93,7 @@ def detect_model(model: torch.nn.Module, data, *, forward: Forward = _default_fo
     model.eval().to(device)
     reports: dict[str, LayerReport] = {}
     batches = _batches(data, batch_size)
-    for position, batch in enumerate(tqdm(batches, desc=desc, disable=not progress, leave=False)):
+    for position, batch in enumerate(tqdm(batches, desc=desc, disable=not progress_enabled(progress), leave=False)):
         if max_batches is not None and position >= max_batches:
             break
         batch = batch.to(device) if hasattr(batch, "to") else batch

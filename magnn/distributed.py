@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 
+import torch
 import torch.distributed as dist
 
 from .stats import EdgeStats
@@ -22,6 +23,19 @@ def rank_world() -> tuple[int, int]:
     if is_distributed():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def resolve_device(device: str = "auto") -> str:
+    """The device this process runs on. "auto": cuda when a CUDA device is visible, else cpu. Under
+    torchrun (LOCAL_RANK set), a bare "cuda" becomes cuda:LOCAL_RANK, so the ranks of one machine
+    with several GPUs each take their own (torchrun numbers them 0..nproc_per_node-1 per machine);
+    an explicit index ("cuda:1") is kept as given."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    local_rank = os.environ.get("LOCAL_RANK")
+    if device == "cuda" and local_rank is not None:
+        device = f"cuda:{int(local_rank)}"
+    return device
 
 
 def init_from_env(device: str) -> bool:

@@ -113,6 +113,8 @@ def test_missing_compiler_is_a_reason_and_auto_falls_back(monkeypatch):
     monkeypatch.setattr(cpu_backend, "_library_path", None)
     monkeypatch.setattr(cpu_backend, "_build_error", None)
     monkeypatch.setenv("CXX", "/nonexistent/c++")
+    # and no prebuilt library of these sources (one would serve: tests/test_light_core.py)
+    monkeypatch.setattr(cpu_backend, "prebuilt_library", lambda folder, directory: None)
     reason = cpu_backend.unavailable_reason(torch.device("cpu"), torch.float32)
     assert reason is not None and "no C++ compiler" in reason
     with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):

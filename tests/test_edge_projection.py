@@ -345,8 +345,8 @@ def test_fused_edge_attention_projects_narrow_edge_inputs_in_the_operator(backen
     x = torch.randn(20, 12, generator=gen)
     edge_attr = torch.randn(edge_index.shape[1], 5, generator=gen)
     seen = []
-    real = layers.edge_attention
-    monkeypatch.setattr(layers, "edge_attention", lambda *a, **kw: seen.append(a[3].shape) or real(*a, **kw))
+    real = layers.attention.edge_attention
+    monkeypatch.setattr(layers.attention, "edge_attention", lambda *a, **kw: seen.append(a[3].shape) or real(*a, **kw))
     _compare_fused_unfused(lambda: layer(x, edge_index, edge_attr)[0], layer.lin_e, list(layer.parameters()))
     assert seen[0] == (edge_index.shape[1], 5) and seen[1] == (edge_index.shape[1], 2, 8)
 
@@ -365,8 +365,8 @@ def test_transformer_conv_projects_edge_attr_in_the_operator(backend, monkeypatc
     x = torch.randn(25, 10, generator=gen)
     edge_attr = torch.randn(edge_index.shape[1], 4, generator=gen)
     seen = []
-    real = layers.edge_attention
-    monkeypatch.setattr(layers, "edge_attention", lambda *a, **kw: seen.append(a[3].shape) or real(*a, **kw))
+    real = layers.transformer_conv.edge_attention
+    monkeypatch.setattr(layers.transformer_conv, "edge_attention", lambda *a, **kw: seen.append(a[3].shape) or real(*a, **kw))
 
     def run():
         torch.manual_seed(5)  # the dropout seed
@@ -398,8 +398,8 @@ def test_proteins_paper_models_project_in_the_operator(name, monkeypatch):
     assert set(fused.state_dict()) == set(plain.state_dict())
     fused.load_state_dict(plain.state_dict())
     seen = []
-    real = layers.edge_attention
-    monkeypatch.setattr(layers, "edge_attention", lambda *a, **kw: seen.append(a[3].shape) or real(*a, **kw))
+    real = layers.attention.edge_attention
+    monkeypatch.setattr(layers.attention, "edge_attention", lambda *a, **kw: seen.append(a[3].shape) or real(*a, **kw))
     outputs, grads = [], []
     for model in (plain, fused):
         seen.clear()

@@ -195,9 +195,13 @@ def test_graph_input_and_user_errors():
         ours(x, edge_index)
     with pytest.raises(ValueError, match="num_src_nodes"):  # a source index beyond x_src
         ours((x[0][:3], x[1]), edge_index, edge_attr)
+    # edge_attr without edge_dim: PyG adds it to the values unprojected (PyG's message path runs)
+    torch.manual_seed(0)
+    pyg_plain = pyg_nn.TransformerConv(3, 2)
     no_edges = TransformerConv(3, 2)
-    with pytest.raises(LayerInputError, match="edge_dim"):
-        no_edges(torch.randn(4, 3), torch.tensor([[0], [1]]), torch.randn(1, 2))
+    no_edges.load_state_dict(pyg_plain.state_dict())
+    args = (torch.randn(4, 3), torch.tensor([[0, 2], [1, 1]]), torch.randn(2, 1, 2))  # [E, H, C]
+    torch.testing.assert_close(no_edges(*args), pyg_plain(*args))
     with pytest.raises(ValueError, match="dropout"):
         TransformerConv(3, 2, dropout=1.0)
     with pytest.raises(ValueError, match="in_channels"):

@@ -266,6 +266,8 @@ def _optimise(injector, loss_fn, batches, random_noise, protocol: AttackProtocol
     plateau, stopping below min_lr or after max_epochs. Returns (the noise per batch, the run's record)."""
     from tqdm import tqdm
 
+    from ..core.progress import progress_enabled
+
     if protocol.shared_noise:
         leaves = [raw.clone().requires_grad_() for raw in (random_noise[0] if batches else [])]
         optimised = [leaves for _ in batches]
@@ -277,7 +279,7 @@ def _optimise(injector, loss_fn, batches, random_noise, protocol: AttackProtocol
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimiser, mode="max", factor=protocol.factor, patience=protocol.patience)
     run = {"epoch_losses": [], "stop_reason": "max_epochs", "reductions": 0}
-    for _ in tqdm(range(protocol.max_epochs), desc=desc, disable=not progress, leave=False):
+    for _ in tqdm(range(protocol.max_epochs), desc=desc, disable=not progress_enabled(progress), leave=False):
         run["epoch_losses"].append(_ascend_epoch(injector, loss_fn, batches, optimised, optimiser))
         before = optimiser.param_groups[0]["lr"]
         scheduler.step(run["epoch_losses"][-1])

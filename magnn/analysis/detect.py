@@ -20,6 +20,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ..core.progress import progress_enabled
 from ..core.constants import MA_THRESHOLD
 from ..stats import EdgeStats, collect
 
@@ -142,7 +143,7 @@ def detect(model, graphs, *, batch_size: int = 1, device="cpu", threshold: float
     total = len(loader) if max_batches is None else min(max_batches, len(loader))
     sampler = ExactRatioSampler(model, fit_edges if fit else 0)
     try:
-        for position, batch in enumerate(tqdm(loader, total=total, desc=desc, disable=not progress, leave=False)):
+        for position, batch in enumerate(tqdm(loader, total=total, desc=desc, disable=not progress_enabled(progress), leave=False)):
             if max_batches is not None and position >= max_batches:
                 break
             record_batch(reports, forward_with_stats(model, batch.to(device), threshold))
@@ -230,7 +231,7 @@ def detect_seed_subgraphs(model, data, seeds=None, *, fanouts=PAPER_FANOUTS, max
     model.eval().to(device)
     graph = Graph(data.edge_index, data.num_nodes, validate=False)
     reports: dict[str, LayerReport] = {}
-    for node in tqdm(seeds.tolist(), desc=desc, disable=not progress or rank != 0, leave=False, unit="seed"):
+    for node in tqdm(seeds.tolist(), desc=desc, disable=not progress_enabled(progress) or rank != 0, leave=False, unit="seed"):
         one = torch.tensor([node])
         generator = seed_generator(seed, node)  # the same subgraph however the seeds are sharded
         batch = subgraph(data, one, sample_edges(graph, one, fanouts, generator)).to(device)

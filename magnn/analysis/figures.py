@@ -4,14 +4,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")  # headless: figures go to files
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from .gamma import neg_log10_edges
+from ..core.constants import MA_THRESHOLD
+from ..core.errors import missing_extra
 
-from .gamma import neg_log10_edges  # noqa: E402
-from ..core.constants import MA_THRESHOLD  # noqa: E402
+
+def _subplots(*args, **kwargs):
+    """(figure, axes) like pyplot.subplots, on a matplotlib Figure with its own Agg canvas: figures
+    go to files without pyplot, so the caller's backend (a notebook's) is never switched."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as error:
+        raise missing_extra(error, "magnn.analysis.figures") from error
+    figsize = kwargs.pop("figsize", None)
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(*args, **kwargs)
 
 __all__ = ["plot_sorted_ratios", "plot_edge_ratios", "plot_edge_ratios_by_layer", "plot_grid_panels",
            "plot_layer_histograms", "plot_type_heatmap", "plot_ablation",
@@ -56,7 +67,7 @@ def _layer_panels(count: int, *, sharey: bool = False):
     the grid's unused cells are blanked."""
     cols = min(5, max(count, 1))
     rows = int(np.ceil(count / cols)) or 1
-    fig, grid = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False, sharey=sharey)
+    fig, grid = _subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False, sharey=sharey)
     for index in range(count, rows * cols):
         grid[index // cols][index % cols].axis("off")
     return fig, [grid[index // cols][index % cols] for index in range(count)], cols
@@ -110,7 +121,7 @@ def plot_sorted_ratios(reports: dict, path, *, title: str = "", threshold: float
 
 def plot_edge_ratios(edge_ratio_by_label: dict, path, *, title: str = "", threshold: float = MA_THRESHOLD) -> Path:
     """Per-edge ratios r_e sorted descending, one line per model (paper Fig. 1)."""
-    fig, ax = plt.subplots(figsize=(6, 3.6))
+    fig, ax = _subplots(figsize=(6, 3.6))
     for label, ratios in edge_ratio_by_label.items():
         values = np.sort(np.asarray(ratios, dtype=float)[np.isfinite(ratios)])[::-1]
         color, dash = _style(label)
@@ -183,7 +194,7 @@ def plot_grid_panels(panels: dict, path, *, rows: list, cols: list, title: str =
     panels: (row, col) -> {"lines": {label: sorted-ascending values}, "band": (low, high) or None,
     "note": str}; missing pairs are drawn as empty panels saying so.
     """
-    fig, axes = plt.subplots(len(rows), len(cols), figsize=(3.4 * len(cols), 2.7 * len(rows)), squeeze=False)
+    fig, axes = _subplots(len(rows), len(cols), figsize=(3.4 * len(cols), 2.7 * len(rows)), squeeze=False)
     for r, row in enumerate(rows):
         for c, col in enumerate(cols):
             ax = axes[r][c]
@@ -268,7 +279,7 @@ def plot_type_heatmap(report, path, *, type_names=(), title: str = "", threshold
             max_ratio[row, col] = cell.get("max_ratio", np.nan)
     labels = [type_names[t] if 0 <= t < len(type_names) and type_names[t] else str(t) for t in types]
     width = 2.0 + 1.0 * max(len(types), 1)
-    fig, axes = plt.subplots(1, 2, figsize=(2 * width, 1.4 + 0.4 * len(layers)))
+    fig, axes = _subplots(1, 2, figsize=(2 * width, 1.4 + 0.4 * len(layers)))
     panels = (
         (frequency, f"share of edges with r_e > {threshold:g}", dict(cmap="magma", vmin=0.0, vmax=max(frequency.max(), 1e-3)), "{:.2%}"),
         (max_ratio, "largest r_e (log colour)", dict(cmap="viridis", norm=LogNorm(vmin=max(np.nanmin(max_ratio), 1.0) if np.isfinite(max_ratio).any() else 1.0,
@@ -291,7 +302,7 @@ def plot_type_heatmap(report, path, *, type_names=(), title: str = "", threshold
 
 def plot_ablation(summaries: dict, path, *, title: str = "", threshold: float = MA_THRESHOLD) -> Path:
     """Per edge type, with and without the added meaningless edges: MA frequency and largest r_e."""
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.6))
+    fig, (left, right) = _subplots(1, 2, figsize=(11, 3.6))
     labels = sorted({t for summary in summaries.values() for t in summary})
     width = 0.8 / max(len(summaries), 1)
     positions = np.arange(len(labels))
@@ -325,7 +336,7 @@ def plot_ma_over_epochs(curves_by_label: dict, path, *, title: str = "", thresho
     for curves in curves_by_label.values():
         names += [name for name in curves.get("layers", []) if name not in names]
     cols = max(1, len(names))
-    fig, axes = plt.subplots(2, cols, figsize=(min(3.0 * cols, 30), 5.0), squeeze=False, sharex=True)
+    fig, axes = _subplots(2, cols, figsize=(min(3.0 * cols, 30), 5.0), squeeze=False, sharex=True)
     if not names:
         axes[0][0].text(0.5, 0.5, "no MA curves recorded", ha="center", va="center")
     for index, name in enumerate(names):
@@ -365,7 +376,6 @@ def _save(fig, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
-    fig.savefig(buffer, dpi=120, format="png")
-    plt.close(fig)
+    fig.savefig(buffer, dpi=120, format="png")  # the figure is not pyplot's: nothing to close
     write_atomically(path, buffer.getvalue(), durable=False)
     return path

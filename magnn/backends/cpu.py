@@ -27,6 +27,7 @@ Backend contract (see `magnn.functional`)::
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import math
 import os
@@ -188,10 +189,6 @@ def edge_attention_bwd(grad_node, grad_edge, grad_lse, q, k, v, e, lse, node_out
 def _compile_and_load(verbose: bool) -> str:
     from torch.utils import cpp_extension
 
-    if _compiler() is None:
-        raise RuntimeError("no C++ compiler found (install g++ or set CXX)")
-    if not cpp_extension.is_ninja_available():
-        raise RuntimeError("ninja, which torch.utils.cpp_extension needs, is not installed (pip install ninja)")
     folder = csrc_dir()
     if folder is None:
         raise RuntimeError(
@@ -200,6 +197,15 @@ def _compile_and_load(verbose: bool) -> str:
         )
     cflags, ldflags = _build_flags()
     directory = build_directory()
+    missing = _missing_build_tool(cpp_extension)
+    if missing is not None:
+        prebuilt = prebuilt_library(folder, directory)
+        if prebuilt is None:
+            raise RuntimeError(f"{missing}, and no prebuilt extension of these sources is in {directory}")
+        torch.ops.load_library(prebuilt)
+        if not hasattr(torch.ops.magnn_cpu, "edge_attention_fwd"):
+            raise RuntimeError(f"{prebuilt} loaded but did not register torch.ops.magnn_cpu")
+        return prebuilt
     with build_guard(directory):
         path = cpp_extension.load(
             name=EXTENSION_NAME,
@@ -213,7 +219,46 @@ def _compile_and_load(verbose: bool) -> str:
         )
     if not hasattr(torch.ops.magnn_cpu, "edge_attention_fwd"):
         raise RuntimeError(f"{path} loaded but did not register torch.ops.magnn_cpu")
+    _write_stamp(directory / SOURCES_STAMP, sources_digest(folder))
     return str(path)
+
+
+# -- a prebuilt extension serves without a compiler ---------------------------------------------
+# Each successful build writes SOURCES_STAMP beside the library: the digest of the sources, the
+# flags and torch's version it was built from. Without a compiler (or ninja), a library whose stamp
+# matches the current digest is loaded as it is; any other is refused (it may be stale).
+SOURCES_STAMP = "magnn-sources.sha256"
+
+
+def sources_digest(folder: Path) -> str:
+    """sha256 of the C++ sources (names and contents), the build flags and torch's version."""
+    digest = hashlib.sha256()
+    for name in sorted(SOURCES):
+        digest.update(name.encode() + b"\0" + (Path(folder) / name).read_bytes() + b"\0")
+    digest.update(repr(_build_flags()).encode() + torch.__version__.encode())
+    return digest.hexdigest()
+
+
+def prebuilt_library(folder: Path, directory: Path) -> Optional[str]:
+    """The built library in `directory` when its stamp matches the sources in `folder`, else None."""
+    library, stamp = Path(directory) / f"{EXTENSION_NAME}.so", Path(directory) / SOURCES_STAMP
+    if library.is_file() and stamp.is_file() and stamp.read_text().strip() == sources_digest(folder):
+        return str(library)
+    return None
+
+
+def _missing_build_tool(cpp_extension) -> Optional[str]:
+    if _compiler() is None:
+        return "no C++ compiler found (install g++ or set CXX)"
+    if not cpp_extension.is_ninja_available():
+        return "ninja, which torch.utils.cpp_extension needs, is not installed (pip install ninja)"
+    return None
+
+
+def _write_stamp(path: Path, digest: str) -> None:
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    temporary.write_text(digest + "\n")
+    os.replace(temporary, path)  # atomic: a reader sees the old stamp or the new one
 
 
 # -- an interrupted build must not block every later one ------------------------------------

@@ -14,6 +14,10 @@ from pathlib import Path
 DETECT_DESCRIPTION = "`magnn detect`: MA detection on a split from a saved checkpoint (detect.json + figures)."
 
 
+DEVICE_HELP = ("auto (cuda when visible, else cpu), cpu, cuda or cuda:N; under torchrun a bare cuda is each "
+               "rank's cuda:LOCAL_RANK")
+
+
 def description_of(module) -> str:
     """A subcommand's --help text: its module's docstring up to the library's entry point."""
     return module.__doc__.split("Library entry point")[0].strip() + "\n"
@@ -49,7 +53,7 @@ def add_run_options(parser) -> None:
     parser.add_argument("--tox21-csv", metavar="FILE", default=default("tox21_csv"),
                         help="TOX21 from your own CSV in the MoleculeNet layout (.csv or .csv.gz: smiles and the "
                              "12 task columns); default: DATA_ROOT/tox21.csv when present, else the bundled file")
-    parser.add_argument("--device", default=default("device"), help="cpu or cuda")
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--seed", type=seed_int, default=default("seed"))
     parser.add_argument("--max-graphs", type=positive_int, default=default("max_graphs"),
                         help="use the first N graphs of each split")

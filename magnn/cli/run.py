@@ -8,7 +8,8 @@ from pathlib import Path
 
 from ..core.constants import DATASETS, EBT_VARIANTS, SPLITS
 from ..models.registry import MODELS
-from .common import DETECT_DESCRIPTION, add_run_options, add_trust_options, add_variants, option_default, description_of, config_from_args
+from .common import (DETECT_DESCRIPTION, DEVICE_HELP, add_run_options, add_trust_options, add_variants, config_from_args,
+                     description_of, option_default)
 
 # -- train -----------------------------------------------------------------------------------------
 
@@ -107,7 +108,7 @@ def add_detect(commands) -> None:
     parser.add_argument("--max-batches", type=positive_int, default=default("max_batches"),
                         help="first N batches only (>= 1)")
     parser.add_argument("--threshold", type=positive_float, default=default("threshold"))
-    parser.add_argument("--device", default=default("device"))
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--data-root", default=default("data_root"),
                         help="dataset folder (default: the one the checkpoint was trained with)")
     parser.add_argument("--tox21-csv", metavar="FILE", default=None,

@@ -12,7 +12,8 @@ One hierarchy, every class a `MagnnError`::
     │   ├── BackendSettingError   (also ValueError) $MAGNN_BACKEND names no backend
     │   ├── NothingToCollect      (also ValueError) `magnn.stats.collect` found nothing to attach to
     │   ├── DoubleBackwardError   (also RuntimeError) a compiled backend was asked for a double backward
-    │   └── LayerInputError       (also ArgumentError) a layer got inputs that do not fit how it was built
+    │   ├── LayerInputError       (also ArgumentError) a layer got inputs that do not fit how it was built
+    │   └── MissingExtraError     (also ImportError) a feature needs an optional extra that is not installed
     ├── ArgumentError             (also ValueError) a call's argument is outside its domain
     └── ArgumentTypeError         (also TypeError) a call's argument has the wrong type
 
@@ -226,3 +227,16 @@ def _first_line(error: BaseException) -> str:
 def one_line(error: BaseException) -> str:
     """An exception's message folded onto one line (torch's messages often span many)."""
     return " ".join(part.strip() for part in str(error).splitlines() if part.strip()) or type(error).__name__
+
+
+class MissingExtraError(UserError, ImportError):
+    """A feature needs a package of an optional extra (`pip install 'magnn[study]'`)."""
+
+
+def missing_extra(error: ImportError, feature: str, extra: str = "study") -> MissingExtraError:
+    """The MissingExtraError to raise (from `error`) when `feature` cannot import its package."""
+    package = error.name or str(error)
+    return MissingExtraError(
+        f"{feature} needs {package}, which comes with magnn's '{extra}' extra: pip install 'magnn[{extra}]'",
+        name=error.name)
+

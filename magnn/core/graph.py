@@ -184,11 +184,11 @@ class Graph:
     # -- degrees ------------------------------------------------------------
     @cached_view
     def in_degree(self) -> torch.Tensor:
-        return torch.bincount(self.dst, minlength=self.num_nodes)
+        return _degree(self.dst, self.num_nodes)
 
     @cached_view
     def out_degree(self) -> torch.Tensor:
-        return torch.bincount(self.src, minlength=self.num_src_nodes)
+        return _degree(self.src, self.num_src_nodes)
 
     def degree_stats(self) -> DegreeStats:
         if self.num_nodes == 0:
@@ -262,6 +262,14 @@ def _check_index_bounds_once(graph: Graph) -> bool:
                 )
     graph._index_bounds_checked = True
     return True
+
+
+def _degree(index: torch.Tensor, num_nodes: int) -> torch.Tensor:
+    """How often each of num_nodes nodes occurs in `index` (in-bounds indices): a scatter-add into
+    [num_nodes] zeros, whose shape, unlike bincount's, does not depend on the data (torch.compile
+    traces it without a graph break)."""
+    counts = torch.zeros(num_nodes, dtype=torch.long, device=index.device)
+    return counts.index_add_(0, index.long(), torch.ones_like(index, dtype=torch.long))
 
 
 def _rowptr(degree: torch.Tensor, num_nodes: int) -> torch.Tensor:

@@ -18,11 +18,17 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-import pandas as pd
 import torch
-from ogb.nodeproppred import PygNodePropPredDataset
 from torch_geometric.data import Data
 from torch_geometric.utils import scatter
+
+from ..core.errors import missing_extra
+
+try:  # the study's extras
+    import pandas as pd
+    from ogb.nodeproppred import PygNodePropPredDataset
+except ImportError as _error:
+    raise missing_extra(_error, "magnn.data (ogbn-proteins)") from _error
 
 from ._files import CorruptDataError, MissingDataError, default_root, scan_gzip_csv, weights_only_loads
 from .info import DatasetInfo

@@ -16,14 +16,20 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
-import pandas as pd
 import torch
-from ogb.utils import smiles2graph
-from ogb.utils.features import allowable_features
-from rdkit import Chem, rdBase
-from rdkit.Chem.Scaffolds import MurckoScaffold
 from torch_geometric.data import Data, InMemoryDataset
 from tqdm import tqdm
+
+from ..core.errors import missing_extra
+
+try:  # the study's extras
+    import pandas as pd
+    from ogb.utils import smiles2graph
+    from ogb.utils.features import allowable_features
+    from rdkit import Chem, rdBase
+    from rdkit.Chem.Scaffolds import MurckoScaffold
+except ImportError as _error:
+    raise missing_extra(_error, "magnn.data (TOX21 featurisation)") from _error
 
 from ._files import (CorruptDataError, MissingDataError, bundled_path, default_root, sha256_file,
                      weights_only_loads)

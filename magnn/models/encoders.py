@@ -23,8 +23,14 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-from ogb.graphproppred.mol_encoder import AtomEncoder, BondEncoder
 from torch import nn
+
+from ..core.errors import missing_extra
+
+try:  # the study's extras
+    from ogb.graphproppred.mol_encoder import AtomEncoder, BondEncoder
+except ImportError as _error:
+    raise missing_extra(_error, "magnn.models (OGB atom and bond encoders)") from _error
 
 from ..data.info import DatasetInfo
 from .inputs import add_noise

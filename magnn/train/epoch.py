@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ..core.progress import progress_enabled
 from ..distributed import rank_world
 
 OGB_EVALUATORS = {"tox21": "ogbg-moltox21", "ogbn-proteins": "ogbn-proteins"}
@@ -139,7 +140,7 @@ def _graph_epoch(run: _Pass, part, batch_size: int, seed: int) -> EpochResult:
     total_loss, total_graphs = 0.0, 0
     targets, predictions = [], []
     loader = _loader(part, batch_size, shuffle=run.training, seed_for_epoch=seed)
-    for batch in tqdm(loader, desc=run.desc, leave=False, disable=rank != 0 or not run.desc, unit="batch"):
+    for batch in tqdm(loader, desc=run.desc, leave=False, disable=rank != 0 or not run.desc or not progress_enabled(), unit="batch"):
         batch = batch.to(run.device)
         with torch.set_grad_enabled(run.training), run.autocast:
             pred = run.model(batch).float()
@@ -179,7 +180,7 @@ def _sampled_epoch(run: _Pass, data, batch_size, seed, mask_key, fanouts) -> Epo
                                shuffle=shuffle)
     total, targets, predictions = 0.0, [], []
     for batch in tqdm(batches, total=-(-seeds.numel() // batch_size), desc=run.desc, leave=False,
-                      disable=not run.desc or rank != 0):
+                      disable=not run.desc or rank != 0 or not progress_enabled()):
         batch = batch.to(run.device)
         with run.autocast:
             pred = run.model(batch)[: batch.num_seeds].float()
