@@ -209,6 +209,19 @@ def refuse_double_backward(namespace: str, tensors) -> None:
         raise DoubleBackwardError(double_backward_message(namespace))
 
 
+def _returned_gradients(args: tuple, ctx, direct: dict, accumulated: dict) -> tuple:
+    """An autograd formula's result, one entry per op argument in `args` order, None where the
+    input needs no gradient. `direct` gradients are returned as the backward op gives them;
+    `accumulated` ones (name -> (gradient, input)) come in the accumulation dtype and go back in
+    their input's dtype, for inputs that were given; EBT gradients only when the call used EBT."""
+    need = dict(zip(args, ctx.needs_input_grad))
+    given = {name: grad for name, grad in direct.items() if need[name]}
+    for name, (grad, like) in accumulated.items():
+        if like is not None and need[name] and (ctx.ebt != "none" or not name.startswith("ebt_")):
+            given[name] = grad.to(like.dtype)
+    return tuple(given.get(name) for name in args)
+
+
 def _backward_formula(namespace: str):
     def formula(ctx, grad_node, grad_edge, grad_lse, *_stats_grads):
         (q, k, v, e, lse, node_out, rowptr, col, perm, rev_rowptr, rev_col, rev_perm,
@@ -228,24 +241,11 @@ def _backward_formula(namespace: str):
             rev_rowptr, rev_col, rev_perm, bias, ebt_k, ebt_e, ebt_v, ctx.mode, ctx.ebt, ctx.clamp,
             ctx.dropout, ctx.seed,
         ))
-        need = dict(zip(FORWARD_ARGS, ctx.needs_input_grad))
-        with_ebt = ctx.ebt != "none"
-
-        def cast(grad: Tensor, like: Optional[Tensor], name: str, present: bool = True) -> Optional[Tensor]:
-            # bias and EBT gradients come in the accumulation dtype; the input's dtype goes back
-            return grad.to(like.dtype) if present and like is not None and need[name] else None
-
-        given = {
-            "q": grads.dq if need["q"] else None,
-            "k": grads.dk if need["k"] else None,
-            "v": grads.dv if need["v"] else None,
-            "e": grads.de if need["e"] else None,
-            "bias": cast(grads.dbias, bias, "bias"),
-            "ebt_k": cast(grads.debt_k, ebt_k, "ebt_k", with_ebt),
-            "ebt_e": cast(grads.debt_e, ebt_e, "ebt_e", with_ebt),
-            "ebt_v": cast(grads.debt_v, ebt_v, "ebt_v", with_ebt),
-        }
-        return tuple(given.get(name) for name in FORWARD_ARGS)
+        return _returned_gradients(
+            FORWARD_ARGS, ctx, {"q": grads.dq, "k": grads.dk, "v": grads.dv, "e": grads.de},
+            {"bias": (grads.dbias, bias), "ebt_k": (grads.debt_k, ebt_k), "ebt_e": (grads.debt_e, ebt_e),
+             "ebt_v": (grads.debt_v, ebt_v)},
+        )
 
     return formula
 
@@ -376,24 +376,11 @@ def _proj_backward_formula(namespace: str):
             rev_rowptr, rev_col, rev_perm, bias, ebt_k, ebt_e, ebt_v, ctx.mode, ctx.ebt, ctx.clamp,
             ctx.dropout, ctx.seed, bool(need["a"]),
         ))
-        with_ebt = ctx.ebt != "none"
-
-        def cast(grad: Tensor, like: Optional[Tensor], name: str, present: bool = True) -> Optional[Tensor]:
-            return grad.to(like.dtype) if present and like is not None and need[name] else None
-
-        given = {
-            "q": grads.dq if need["q"] else None,
-            "k": grads.dk if need["k"] else None,
-            "v": grads.dv if need["v"] else None,
-            "a": grads.da if need["a"] else None,
-            "w_e": cast(grads.dw_e, w_e, "w_e"),
-            "b_e": cast(grads.db_e, b_e, "b_e"),
-            "bias": cast(grads.dbias, bias, "bias"),
-            "ebt_k": cast(grads.debt_k, ebt_k, "ebt_k", with_ebt),
-            "ebt_e": cast(grads.debt_e, ebt_e, "ebt_e", with_ebt),
-            "ebt_v": cast(grads.debt_v, ebt_v, "ebt_v", with_ebt),
-        }
-        return tuple(given.get(name) for name in PROJ_FORWARD_ARGS)
+        return _returned_gradients(
+            PROJ_FORWARD_ARGS, ctx, {"q": grads.dq, "k": grads.dk, "v": grads.dv, "a": grads.da},
+            {"w_e": (grads.dw_e, w_e), "b_e": (grads.db_e, b_e), "bias": (grads.dbias, bias),
+             "ebt_k": (grads.debt_k, ebt_k), "ebt_e": (grads.debt_e, ebt_e), "ebt_v": (grads.debt_v, ebt_v)},
+        )
 
     return formula
 
