@@ -267,9 +267,11 @@ def _check_index_bounds_once(graph: Graph) -> bool:
 def _degree(index: torch.Tensor, num_nodes: int) -> torch.Tensor:
     """How often each of num_nodes nodes occurs in `index` (in-bounds indices): a scatter-add into
     [num_nodes] zeros, whose shape, unlike bincount's, does not depend on the data (torch.compile
-    traces it without a graph break)."""
-    counts = torch.zeros(num_nodes, dtype=torch.long, device=index.device)
-    return counts.index_add_(0, index.long(), torch.ones_like(index, dtype=torch.long))
+    traces it without a graph break). An index outside [0, num_nodes) is counted in a spare last
+    bin (negative ones in the first) rather than raising here: the graph's bounds check names it."""
+    counts = torch.zeros(num_nodes + 1, dtype=torch.long, device=index.device)
+    counts.index_add_(0, index.long().clamp(0, num_nodes), torch.ones_like(index, dtype=torch.long))
+    return counts[:num_nodes]
 
 
 def _rowptr(degree: torch.Tensor, num_nodes: int) -> torch.Tensor:
