@@ -620,12 +620,12 @@ def test_models_that_drop_edge_out_never_have_it_written(name, kind, overrides, 
     outputs, gradients and statistics are those of the same model while a forward hook observes
     its attention layers, which keeps edge_out for the hook (the detection's exact-ratio sampler
     reads its rows from there, and still gets them)."""
-    import magnn.layers
+    import magnn.layers.attention
     import magnn.models.san
     from magnn.analysis.detect import ExactRatioSampler
 
     asked = []
-    for module in (magnn.layers, magnn.models.san):
+    for module in (magnn.layers.attention, magnn.models.san):
         def spy(*args, _original=module.edge_attention, **kwargs):
             asked.append(kwargs.get("need_edge_out", True))
             return _original(*args, **kwargs)
