@@ -21,6 +21,21 @@ from torch_geometric.typing import Adj, OptTensor
 from torch_geometric.utils import softmax
 
 
+def add_projections(module, source: int, destination: int, heads: int, out_channels: int,
+                    edge_dim: Optional[int], bias: bool, concat: bool, beta: bool) -> None:
+    """PyG TransformerConv's projections, with its names and shapes (lin_key, lin_query, lin_value
+    [H*C, in], lin_edge [H*C, edge_dim] without bias, lin_skip, lin_beta [1, 3*skip]), in its
+    order, so state_dicts match PyG's and a seed draws the same initial weights."""
+    width = heads * out_channels
+    module.lin_key = Linear(source, width, bias=bias)
+    module.lin_query = Linear(destination, width, bias=bias)
+    module.lin_value = Linear(source, width, bias=bias)
+    module.lin_edge = Linear(edge_dim, width, bias=False) if edge_dim is not None else None
+    skip_width = width if concat else out_channels
+    module.lin_skip = Linear(destination, skip_width, bias=bias)
+    module.lin_beta = Linear(3 * skip_width, 1, bias=False) if beta else None
+
+
 class ScriptableTransformerConv(MessagePassing):
     """PyG's TransformerConv computation with magnn's TransformerConv's parameter names."""
 
@@ -29,14 +44,7 @@ class ScriptableTransformerConv(MessagePassing):
         super().__init__(aggr=aggr, flow=flow, node_dim=0)
         self.out_channels, self.heads, self.concat, self.dropout = out_channels, heads, concat, dropout
         self.root_weight, self.beta = root_weight, beta
-        width = heads * out_channels
-        self.lin_key = Linear(source, width, bias=bias)
-        self.lin_query = Linear(destination, width, bias=bias)
-        self.lin_value = Linear(source, width, bias=bias)
-        self.lin_edge = Linear(edge_dim, width, bias=False) if edge_dim is not None else None
-        skip_width = width if concat else out_channels
-        self.lin_skip = Linear(destination, skip_width, bias=bias)
-        self.lin_beta = Linear(3 * skip_width, 1, bias=False) if beta else None
+        add_projections(self, source, destination, heads, out_channels, edge_dim, bias, concat, beta)
 
     def forward(self, x: Union[Tensor, Tuple[Tensor, Tensor]], edge_index: Adj,
                 edge_attr: OptTensor = None) -> Tensor:

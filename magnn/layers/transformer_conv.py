@@ -8,7 +8,6 @@ from typing import Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 from torch_geometric.nn.conv import MessagePassing
-from torch_geometric.nn.dense.linear import Linear
 from torch_geometric.utils import softmax
 
 from ..core import hugepages
@@ -20,7 +19,7 @@ from ..stats import EdgeStats, StatsTap
 from ..stats.collection import _fill
 from .adjacency import as_fused_graph, attention_result
 from .attention import projects_in_kernel
-from .scriptable import ScriptableTransformerConv
+from .scriptable import ScriptableTransformerConv, add_projections
 
 # the hooks through which PyG lets a caller see or change the per-message tensors: with any
 # of them registered, `propagate` runs PyG's message/aggregate path so that they fire
@@ -95,14 +94,7 @@ class TransformerConv(StatsTap, MessagePassing):
         self.root_weight, self.concat, self.dropout, self.edge_dim = root_weight, concat, float(dropout), edge_dim
         self.backend = backend
         self._alpha = None
-        width = heads * out_channels
-        self.lin_key = Linear(source, width, bias=bias)
-        self.lin_query = Linear(destination, width, bias=bias)
-        self.lin_value = Linear(source, width, bias=bias)
-        self.lin_edge = Linear(edge_dim, width, bias=False) if edge_dim is not None else None
-        skip_width = width if concat else out_channels
-        self.lin_skip = Linear(destination, skip_width, bias=bias)
-        self.lin_beta = Linear(3 * skip_width, 1, bias=False) if self.beta else None
+        add_projections(self, source, destination, heads, out_channels, edge_dim, bias, concat, self.beta)
         self.init_stats_tap()
         self._call_targets: tuple = ()
         self.reset_parameters()
