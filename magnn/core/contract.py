@@ -127,17 +127,18 @@ def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def fake_forward(q: Tensor, e: Tensor, mantissa_bits: int, need_edge_out: bool = True) -> tuple:
+def fake_forward(q: Tensor, num_edges: int, edge_dtype: torch.dtype, mantissa_bits: int,
+                 need_edge_out: bool = True) -> tuple:
     """The forward's outputs as empty tensors of the right shapes and dtypes: the
-    `register_fake` body of both compiled backends."""
+    `register_fake` body of both compiled backends' ops, plain (edge_out in e's dtype) and
+    with the projection inside (edge_out in q's dtype)."""
     stats = mantissa_bits >= 0
     bins = num_bins(mantissa_bits) if stats else 0
-    rows = e.shape[0] if stats else 0
+    rows = num_edges if stats else 0
     scalar = lambda dtype: q.new_empty((), dtype=dtype)  # noqa: E731
     return tuple(ForwardResult(
         node_out=torch.empty_like(q, memory_format=torch.contiguous_format),
-        edge_out=(torch.empty_like(e, memory_format=torch.contiguous_format) if need_edge_out
-                  else e.new_empty((0, *e.shape[1:]))),
+        edge_out=q.new_empty((num_edges if need_edge_out else 0, *q.shape[1:]), dtype=edge_dtype),
         lse=q.new_empty((q.shape[0], 2, q.shape[1]), dtype=accumulation_dtype(q.dtype)),
         hist_abs=q.new_empty((bins,), dtype=torch.int64),
         hist_ratio=q.new_empty((bins,), dtype=torch.int64),
@@ -168,7 +169,7 @@ def fake_backward(q: Tensor, k: Tensor, v: Tensor, e: Tensor, bias: Optional[Ten
 
 def _forward_fake(q, k, v, e, rowptr, col, perm, rev_rowptr, rev_col, rev_perm, bias, ebt_k, ebt_e, ebt_v,
                   mode, ebt, clamp, dropout, seed, mantissa_bits, need_edge_out=True):
-    return fake_forward(q, e, mantissa_bits, need_edge_out)
+    return fake_forward(q, e.shape[0], e.dtype, mantissa_bits, need_edge_out)
 
 
 def _backward_fake(grad_node, grad_edge, grad_lse, q, k, v, e, lse, node_out, rowptr, col, perm,
@@ -304,23 +305,7 @@ class ProjBackwardResult(NamedTuple):
 
 def _proj_forward_fake(q, k, v, a, w_e, b_e, rowptr, col, perm, rev_rowptr, rev_col, rev_perm, bias, ebt_k, ebt_e,
                        ebt_v, mode, ebt, clamp, dropout, seed, mantissa_bits, need_edge_out=True):
-    stats = mantissa_bits >= 0
-    bins = num_bins(mantissa_bits) if stats else 0
-    rows = a.shape[0] if stats else 0
-    edges = a.shape[0] if need_edge_out else 0
-    scalar = lambda dtype: q.new_empty((), dtype=dtype)  # noqa: E731
-    return tuple(ForwardResult(
-        node_out=torch.empty_like(q, memory_format=torch.contiguous_format),
-        edge_out=q.new_empty((edges, *q.shape[1:])),
-        lse=q.new_empty((q.shape[0], 2, q.shape[1]), dtype=accumulation_dtype(q.dtype)),
-        hist_abs=q.new_empty((bins,), dtype=torch.int64),
-        hist_ratio=q.new_empty((bins,), dtype=torch.int64),
-        row_ratio=q.new_empty((rows,), dtype=torch.float32),
-        row_max_abs=q.new_empty((rows,), dtype=torch.float32),
-        nan_count=scalar(torch.int64),
-        max_abs=scalar(torch.float32),
-        argmax=scalar(torch.int64),
-    ))
+    return fake_forward(q, a.shape[0], q.dtype, mantissa_bits, need_edge_out)
 
 
 def _proj_backward_fake(grad_node, grad_edge, grad_lse, q, k, v, a, w_e, b_e, lse, node_out, rowptr, col, perm,
