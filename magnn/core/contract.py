@@ -210,6 +210,22 @@ def refuse_double_backward(namespace: str, tensors) -> None:
         raise DoubleBackwardError(double_backward_message(namespace))
 
 
+def _incoming_gradients(forward_op: str, grad_node, grad_edge, grad_lse, rev_rowptr) -> tuple:
+    """(grad_edge, whether any gradient flows) for a backward formula: an edge_out of no rows
+    (E = 0, or need_edge_out=False) carries no gradient; a forward run without the reverse CSR
+    cannot be differentiated (RuntimeError naming what to pass)."""
+    if grad_edge is not None and grad_edge.shape[0] == 0:
+        grad_edge = None
+    if grad_node is None and grad_edge is None and grad_lse is None:
+        return grad_edge, False
+    if rev_rowptr is None:
+        raise RuntimeError(
+            f"{forward_op} ran without the reverse CSR (no input required a gradient at call time); pass "
+            "rev_rowptr, rev_col, rev_perm to differentiate it"
+        )
+    return grad_edge, True
+
+
 def _returned_gradients(args: tuple, ctx, direct: dict, accumulated: dict) -> tuple:
     """An autograd formula's result, one entry per op argument in `args` order, None where the
     input needs no gradient. `direct` gradients are returned as the backward op gives them;
@@ -228,15 +244,10 @@ def _backward_formula(namespace: str):
         (q, k, v, e, lse, node_out, rowptr, col, perm, rev_rowptr, rev_col, rev_perm,
          bias, ebt_k, ebt_e, ebt_v) = ctx.saved_tensors
         refuse_double_backward(namespace, (grad_node, grad_edge, grad_lse, q, k, v, e, bias, ebt_k, ebt_e, ebt_v))
-        if grad_edge is not None and grad_edge.shape[0] == 0:
-            grad_edge = None  # an edge_out of no rows (E = 0, or need_edge_out=False) carries no gradient
-        if grad_node is None and grad_edge is None and grad_lse is None:
+        grad_edge, flows = _incoming_gradients(f"{namespace}::edge_attention_fwd", grad_node, grad_edge, grad_lse,
+                                               rev_rowptr)
+        if not flows:
             return (None,) * len(FORWARD_ARGS)
-        if rev_rowptr is None:
-            raise RuntimeError(
-                f"{namespace}::edge_attention_fwd ran without the reverse CSR (no input required a gradient at "
-                "call time); pass rev_rowptr, rev_col, rev_perm to differentiate it"
-            )
         grads = BackwardResult(*getattr(torch.ops, namespace).edge_attention_bwd(
             grad_node, grad_edge, grad_lse, q, k, v, e, lse, node_out, rowptr, col, perm,
             rev_rowptr, rev_col, rev_perm, bias, ebt_k, ebt_e, ebt_v, ctx.mode, ctx.ebt, ctx.clamp,
@@ -346,15 +357,10 @@ def _proj_backward_formula(namespace: str):
          bias, ebt_k, ebt_e, ebt_v) = ctx.saved_tensors
         refuse_double_backward(namespace, (grad_node, grad_edge, grad_lse, q, k, v, a, w_e, b_e, bias, ebt_k, ebt_e,
                                            ebt_v))
-        if grad_edge is not None and grad_edge.shape[0] == 0:
-            grad_edge = None
-        if grad_node is None and grad_edge is None and grad_lse is None:
+        grad_edge, flows = _incoming_gradients(f"{namespace}::edge_attention_proj_fwd", grad_node, grad_edge,
+                                               grad_lse, rev_rowptr)
+        if not flows:
             return (None,) * len(PROJ_FORWARD_ARGS)
-        if rev_rowptr is None:
-            raise RuntimeError(
-                f"{namespace}::edge_attention_proj_fwd ran without the reverse CSR (no input required a gradient at "
-                "call time); pass rev_rowptr, rev_col, rev_perm to differentiate it"
-            )
         need = dict(zip(PROJ_FORWARD_ARGS, ctx.needs_input_grad))
         grads = ProjBackwardResult(*getattr(torch.ops, namespace).edge_attention_proj_bwd(
             grad_node, grad_edge, grad_lse, q, k, v, a, w_e, b_e, lse, node_out, rowptr, col, perm,
