@@ -37,6 +37,7 @@ from .core.dropout import SEED_BOUND
 from .core.constants import EBT_VARIANTS, MODES  # noqa: F401  (re-exported)
 from .core.errors import ArgumentError, ArgumentTypeError, BackendSettingError  # noqa: F401  (BackendSettingError importable here)
 from .core.graph import Graph, as_graph
+from .core.mitigation import apply_sink_and_gate, check_sink_and_gate
 from .core.validation import (  # noqa: F401  (check_clamp, check_dropout, FLOAT_DTYPES re-exported)
     FLOAT_DTYPES, check_attention_inputs, check_clamp, check_dropout, check_edge_types, check_seed_argument,
 )
@@ -230,6 +231,8 @@ def edge_attention(
     need_edge_out: bool = True,
     e_weight: Optional[torch.Tensor] = None,
     e_bias: Optional[torch.Tensor] = None,
+    sink: Optional[torch.Tensor] = None,
+    gate: Optional[torch.Tensor] = None,
     backend: str = "auto",
 ):
     """Fused edge attention over incoming edges (SPEC §3).
@@ -280,6 +283,15 @@ def edge_attention(
         Where it runs in the kernels: cpu and triton (every mode, EBT, bias, dropout and the
         statistics). The torch reference forms e unfused (it is the oracle); a backend that
         could not would be named by `projection_fallback_reason`, with a RuntimeWarning once.
+      sink: a learned per-head sink logit [H] (gpt-oss): exp(sink_h) joins every softmax
+        denominator with value 0, so node_out_i is scaled by sigmoid(lse_i - sink_h) (the sink
+        clamped like every logit). lse includes the sink's term and alpha sums to 1 minus its
+        share; dropout never drops it; edge_out in "gt" mode (the score) is unchanged, in
+        "additive" mode it is the message with the sink-inclusive weight (SPEC §3).
+      gate: a per-(node, head) gate logit [N_dst, H] (gated attention, Qiu et al. 2025):
+        node_out_i,h is multiplied by sigmoid(gate_i,h); lse, alpha and edge_out are unchanged.
+        Both are node-sized epilogues on the backend's log-sum-exp: the same on every backend,
+        with gradients for sink, gate and through lse's backward.
       backend: "auto", "torch", "cpu" or "triton".
 
     Returns (node_out [N_dst, H, D], edge_out [E, H, D] or None) in the caller's edge order;
@@ -312,6 +324,9 @@ def edge_attention(
     if dropout > 0 and seed is None:
         seed = int(torch.randint(SEED_BOUND, (), dtype=torch.int64))
     targets = stats_targets(stats)
+    epilogue = sink is not None or gate is not None
+    if epilogue:
+        check_sink_and_gate(q, sink, gate, mode, any(t.tap == "edge" for t in targets))
     chosen = _backend_name(backend, q.device.type, q.dtype)
     implementation = _implementation(chosen)
     projection = {}
@@ -335,8 +350,10 @@ def edge_attention(
     # here when edge-tap collectors take the backend's one in-kernel reduction
     edge_bits, node_bits = _finest(targets, "edge"), _finest(targets, "node")
     kernel_tap = "node" if edge_bits is None and node_bits is not None else "edge"
+    if epilogue and kernel_tap == "node":  # the kernels' node_out is not the final one: reduced here
+        kernel_tap = "edge"
     # return_lse and dropout go to the backend only when asked for: the default call is the plain contract
-    want_lse = return_lse or return_alpha
+    want_lse = return_lse or return_alpha or epilogue
     node_out, edge_out, raw, *lse = implementation(
         q, k, v, e, graph, **options,
         mantissa_bits=edge_bits if kernel_tap == "edge" else node_bits, tap=kernel_tap,
@@ -346,6 +363,10 @@ def edge_attention(
         **({} if need_edge_out or (return_alpha and mode == "gt") else {"need_edge_out": False}),
         **projection,
     )
+    if epilogue:
+        node_out, lse[0], scale = apply_sink_and_gate(node_out, lse[0], sink, gate, options["clamp"])
+        if scale is not None and mode == "additive" and edge_out is not None:
+            edge_out = (edge_out.to(scale.dtype) * scale[graph.dst].unsqueeze(-1)).to(edge_out.dtype)
     if targets:
         raws = {kernel_tap: raw}
         if kernel_tap == "edge" and node_bits is not None:

@@ -1,0 +1,248 @@
+"""The learned sink logit and the attention gate of `edge_attention` (SPEC §3, "Sink and gate"):
+an independent per-node oracle, every backend against the reference in values and gradients
+(isolated and masked nodes, self loops, duplicate edges, empty graphs, huge logits, half
+precision, dropout), float64 gradcheck, merging, torch.compile and the argument checks."""
+import math
+
+import pytest
+import torch
+
+from helpers import random_graph, random_inputs, require_backend
+from magnn import Graph
+from magnn.core.errors import ArgumentError, ArgumentTypeError
+from magnn.functional import edge_attention, merge_attention
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+HEADS, HEAD_DIM, NODES = 2, 4, 12
+ISOLATED = 2
+
+
+def _case(seed, dtype=torch.float64, *, ebt=None, bias=None, scale=1.0, nodes=NODES, edges=30):
+    gen = torch.Generator().manual_seed(seed)
+    edge_index = random_graph(nodes, edges, generator=gen, isolated=ISOLATED, self_loops=2, duplicates=3)
+    q, k, v, e, b, params = random_inputs(nodes, edge_index, HEADS, HEAD_DIM, dtype=dtype, generator=gen,
+                                          bias=bias, ebt=ebt, scale=scale)
+    sink = (torch.randn(HEADS, generator=gen, dtype=torch.float64) * 2).to(dtype).requires_grad_()
+    gate = torch.randn(nodes, HEADS, generator=gen, dtype=torch.float64).to(dtype).requires_grad_()
+    return edge_index, (q, k, v, e), b, params, sink, gate
+
+
+def dense_oracle(q, k, v, e, edge_index, *, mode, clamp, bias, sink, gate):
+    """Per node, straight from SPEC §3 in float64: softmax over the node's logits and the sink
+    logit (value 0), node_out gated; lse over the same terms."""
+    num_nodes = q.shape[0]
+    q, k, v, e = (t.double() for t in (q, k, v, e))
+    src, dst = edge_index
+    node_out = torch.zeros(q.shape, dtype=torch.float64)
+    lse = torch.full((num_nodes, q.shape[1]), -math.inf, dtype=torch.float64)
+    for i in range(num_nodes):
+        incoming = (dst == i).nonzero().reshape(-1).tolist()
+        logits, messages = [], []
+        for edge in incoming:
+            j = int(src[edge])
+            if mode == "gt":
+                logit, message = (q[i] * k[j] * e[edge]).sum(-1) / math.sqrt(q.shape[2]), v[j]
+            else:
+                logit, message = (q[i] * (k[j] + e[edge])).sum(-1) / math.sqrt(q.shape[2]), v[j] + e[edge]
+            if bias is not None:
+                logit = logit + bias[edge].double()
+            logits.append(logit)
+            messages.append(message)
+        if sink is not None:
+            logits.append(sink.double())
+            messages.append(torch.zeros_like(q[i]))
+        if not logits:
+            continue
+        stacked = torch.stack(logits)
+        if clamp is not None:
+            stacked = stacked.clamp(-clamp, clamp)
+        weights = torch.softmax(stacked, 0)
+        for position, message in enumerate(messages):
+            node_out[i] += weights[position].unsqueeze(-1) * message
+        lse[i] = torch.logsumexp(stacked, 0)
+    if gate is not None:
+        node_out = node_out * torch.sigmoid(gate.double()).unsqueeze(-1)
+    return node_out, lse
+
+
+@pytest.mark.parametrize("mode", ["gt", "additive"])
+@pytest.mark.parametrize("clamp", [None, 1.5])
+@pytest.mark.parametrize("which", ["sink", "gate", "both"])
+def test_reference_matches_the_dense_oracle(mode, clamp, which):
+    edge_index, (q, k, v, e), _, _, sink, gate = _case(1)
+    sink_arg = sink if which in ("sink", "both") else None
+    gate_arg = gate if which in ("gate", "both") else None
+    node_out, _, lse, alpha = edge_attention(q, k, v, e, edge_index, mode=mode, clamp=clamp, sink=sink_arg,
+                                             gate=gate_arg, return_lse=True, return_alpha=True, backend="torch")
+    want_out, want_lse = dense_oracle(q, k, v, e, edge_index, mode=mode, clamp=clamp, bias=None,
+                                      sink=sink_arg, gate=gate_arg)
+    torch.testing.assert_close(node_out, want_out, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(lse, want_lse, rtol=1e-10, atol=1e-12)
+    isolated = torch.arange(NODES - ISOLATED, NODES)
+    assert torch.equal(node_out[isolated], torch.zeros_like(node_out[isolated]))  # no edge: 0, not NaN
+    # alpha leaves the sink its share: 1 - sum_j alpha_ij = exp(sink - lse)
+    total = torch.zeros(NODES, HEADS, dtype=torch.float64).index_add(0, edge_index[1], alpha)
+    if sink_arg is not None:
+        clamped = sink_arg if clamp is None else sink_arg.clamp(-clamp, clamp)
+        torch.testing.assert_close(1 - total, torch.exp(clamped - lse), rtol=1e-10, atol=1e-12)
+    else:
+        attended = torch.isfinite(lse)
+        torch.testing.assert_close(total[attended], torch.ones_like(total[attended]))
+
+
+def test_default_none_changes_nothing():
+    edge_index, (q, k, v, e), _, _, _, _ = _case(2)
+    plain = edge_attention(q, k, v, e, edge_index, return_lse=True, backend="torch")
+    explicit = edge_attention(q, k, v, e, edge_index, return_lse=True, sink=None, gate=None, backend="torch")
+    for a, b in zip(plain, explicit):
+        assert torch.equal(a, b)
+
+
+def test_float64_gradcheck_of_the_reference():
+    edge_index, (q, k, v, e), b, params, sink, gate = _case(3, nodes=6, edges=10, bias="edge_head", ebt="slot")
+    graph = Graph(edge_index, 6)
+
+    def function(q, k, v, e, b, sink, gate):
+        node_out, edge_out, lse = edge_attention(q, k, v, e, graph, bias=b, ebt="slot", ebt_params=params,
+                                                 clamp=3.0, sink=sink, gate=gate, return_lse=True, backend="torch")
+        return node_out, edge_out, torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)
+
+    assert torch.autograd.gradcheck(function, (q, k, v, e, b, sink, gate))
+
+
+def _backend_run(backend, tensors, graph, *, b=None, params=None, ebt=None, sink=None, gate=None, mode="gt",
+                 **kwargs):
+    leaves = [t for t in (*tensors, b, *(params or ()), sink, gate) if t is not None]
+    node_out, edge_out, lse, alpha = edge_attention(
+        *tensors, graph, mode=mode, bias=b, ebt=ebt, ebt_params=params, sink=sink, gate=gate, return_lse=True,
+        return_alpha=True, backend=backend, **kwargs)
+    gen = torch.Generator().manual_seed(7)
+    finite_lse = torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)
+    loss = sum((t.float() * torch.randn(t.shape, generator=gen)).sum() for t in (node_out, edge_out, finite_lse, alpha))
+    return (node_out, edge_out, lse, alpha), torch.autograd.grad(loss, leaves, allow_unused=True)
+
+
+def _detached(case, dtype):
+    edge_index, tensors, b, params, sink, gate = case
+    fresh = lambda t: None if t is None else t.detach().to(dtype).requires_grad_()  # noqa: E731
+    return (Graph(edge_index, tensors[0].shape[0]), [fresh(t) for t in tensors], fresh(b),
+            None if params is None else tuple(fresh(p) for p in params), fresh(sink), fresh(gate))
+
+
+def _assert_match(got, want, values, grads):
+    (outs, grads_got), (outs_want, grads_want) = got, want
+    for a, b in zip(outs, outs_want):
+        torch.testing.assert_close(a.double(), b.double(), rtol=values, atol=values)
+    for a, b in zip(grads_got, grads_want):
+        assert (a is None) == (b is None)
+        if a is not None:
+            assert torch.isfinite(a).all()
+            torch.testing.assert_close(a.double(), b.double(), rtol=grads, atol=grads)
+
+
+@pytest.mark.parametrize("backend,dtype", [("cpu", torch.float32), ("cpu", torch.float64), ("triton", torch.float32)],
+                         ids=lambda x: str(x).replace("torch.", ""))
+@pytest.mark.parametrize("mode,ebt,clamp,bias,dropout", [
+    ("gt", None, None, None, 0.0), ("gt", "slot", 2.0, "edge_head", 0.0), ("additive", "edge", None, "edge", 0.0),
+    ("gt", "edge", 5.0, None, 0.3), ("additive", None, 1.0, "edge_head", 0.0),
+])
+def test_backends_match_the_reference(backend, dtype, mode, ebt, clamp, bias, dropout):
+    require_backend(backend, torch.device("cpu"), dtype)
+    case = _case(10, ebt=ebt, bias=bias)
+    tolerance = dict(values=1e-5, grads=1e-4) if dtype == torch.float32 else dict(values=1e-9, grads=1e-9)
+    options = dict(mode=mode, ebt=ebt, clamp=clamp, **({"dropout": dropout, "seed": 5} if dropout else {}))
+    graph, tensors, b, params, sink, gate = _detached(case, dtype)
+    got = _backend_run(backend, tensors, graph, b=b, params=params, sink=sink, gate=gate, **options)
+    graph, tensors, b, params, sink, gate = _detached(case, dtype)
+    want = _backend_run("torch", tensors, graph, b=b, params=params, sink=sink, gate=gate, **options)
+    _assert_match(got, want, **tolerance)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+def test_masked_nodes_huge_logits_and_empty_graphs(backend):
+    require_backend(backend, torch.device("cpu"))
+    edge_index, tensors, _, _, sink, gate = _case(11, torch.float32)
+    bias = torch.randn(edge_index.shape[1], HEADS) * 1e30  # huge logits, finite
+    bias[edge_index[1] == 0] = -math.inf  # node 0: every edge masked (an isolated node for both heads)
+    case = (edge_index, tensors, bias, None, sink, gate)
+    for which in ({"sink": True}, {"gate": True}, {"sink": True, "gate": True}):
+        graph, ts, b, _, s, g = _detached(case, torch.float32)
+        kw = dict(sink=s if "sink" in which else None, gate=g if "gate" in which else None)
+        got = _backend_run(backend, ts, graph, b=b, **kw)
+        assert torch.equal(got[0][0][0], torch.zeros_like(got[0][0][0]))
+        graph, ts, b, _, s, g = _detached(case, torch.float32)
+        want = _backend_run("torch", ts, graph, b=b, sink=s if "sink" in which else None,
+                            gate=g if "gate" in which else None)
+        _assert_match(got, want, values=1e-5, grads=1e-4)
+    empty = torch.zeros(2, 0, dtype=torch.long)
+    q = torch.randn(3, HEADS, HEAD_DIM, requires_grad=True)
+    e = torch.randn(0, HEADS, HEAD_DIM)
+    s = torch.randn(HEADS, requires_grad=True)
+    g = torch.randn(3, HEADS, requires_grad=True)
+    node_out, _, lse = edge_attention(q, q, q, e, empty, sink=s, gate=g, return_lse=True, backend=backend)
+    assert torch.equal(node_out, torch.zeros_like(node_out))
+    assert torch.equal(lse, s.detach().expand(3, HEADS))  # only the sink is attended
+    grads = torch.autograd.grad(node_out.sum() + lse.sum(), (q, s, g))
+    assert torch.equal(grads[1], torch.full((HEADS,), 3.0)) and torch.equal(grads[2], torch.zeros_like(g))
+
+
+@pytest.mark.parametrize("backend,dtype", [("cpu", torch.float16), ("cpu", torch.bfloat16),
+                                           ("triton", torch.float16), ("triton", torch.bfloat16)],
+                         ids=lambda x: str(x).replace("torch.", ""))
+def test_half_precision(backend, dtype):
+    require_backend(backend, torch.device("cpu"), dtype)
+    case = _case(12, ebt="slot")
+    graph, tensors, b, params, sink, gate = _detached(case, dtype)
+    got = _backend_run(backend, tensors, graph, params=params, ebt="slot", sink=sink, gate=gate, clamp=5.0)
+    graph, tensors, b, params, sink, gate = _detached(case, torch.float64)
+    want = _backend_run("torch", tensors, graph, params=params, ebt="slot", sink=sink, gate=gate, clamp=5.0)
+    assert got[0][0].dtype == dtype
+    _assert_match(got, want, values=3e-2, grads=6e-2)
+
+
+def test_sink_merges_like_one_softmax():
+    """SAN's union: a sink attended in one part merges exactly into the softmax over both parts."""
+    edge_index, (q, k, v, e), _, _, sink, _ = _case(13)
+    half = edge_index.shape[1] // 2
+    parts = [edge_index[:, :half], edge_index[:, half:]]
+    first, _, lse_first = edge_attention(q, k, v, e[:half], parts[0], sink=sink, return_lse=True, backend="torch")
+    second, _, lse_second = edge_attention(q, k, v, e[half:], parts[1], return_lse=True, backend="torch")
+    merged, merged_lse = merge_attention((first, second), (lse_first, lse_second))
+    whole, _, whole_lse = edge_attention(q, k, v, e, edge_index, sink=sink, return_lse=True, backend="torch")
+    torch.testing.assert_close(merged, whole)
+    torch.testing.assert_close(merged_lse, whole_lse)
+
+
+def test_torch_compile_traces_sink_and_gate():
+    require_backend("cpu", torch.device("cpu"))
+    edge_index, tensors, _, _, sink, gate = _case(14, torch.float32)
+    graph = Graph(edge_index, NODES)
+
+    def function(q, k, v, e, sink, gate):
+        node_out, edge_out = edge_attention(q, k, v, e, graph, clamp=2.0, sink=sink, gate=gate, backend="cpu")
+        return node_out.square().sum() + edge_out.sum()
+
+    leaves = [t.detach().requires_grad_() for t in (*tensors, sink, gate)]
+    eager = function(*leaves)
+    eager_grads = torch.autograd.grad(eager, leaves)
+    traced = torch.compile(function, backend="aot_eager", fullgraph=True)(*leaves)
+    torch.testing.assert_close(traced, eager)
+    for a, b in zip(torch.autograd.grad(traced, leaves), eager_grads):
+        torch.testing.assert_close(a, b)
+
+
+def test_bad_sink_and_gate_are_refused():
+    from magnn import EdgeStats
+
+    edge_index, (q, k, v, e), _, _, sink, gate = _case(15)
+    with pytest.raises(ArgumentError, match="sink must have shape"):
+        edge_attention(q, k, v, e, edge_index, sink=sink[:1], backend="torch")
+    with pytest.raises(ArgumentError, match="gate must have shape"):
+        edge_attention(q, k, v, e, edge_index, gate=gate[1:], backend="torch")
+    with pytest.raises(ArgumentTypeError, match="sink must be a floating-point tensor"):
+        edge_attention(q, k, v, e, edge_index, sink=[0.0, 1.0], backend="torch")
+    stats = EdgeStats()
+    with pytest.raises(ArgumentError, match="additive"):
+        edge_attention(q, k, v, e, edge_index, mode="additive", sink=sink, stats=stats, backend="torch")
+    assert stats.calls == 0
