@@ -246,3 +246,89 @@ def test_bad_sink_and_gate_are_refused():
     with pytest.raises(ArgumentError, match="additive"):
         edge_attention(q, k, v, e, edge_index, mode="additive", sink=sink, stats=stats, backend="torch")
     assert stats.calls == 0
+
+
+# -- layers and models: mitigation="sink" / "gate" ------------------------------------------------
+from edge_cases import MODEL_NAMES, batches, build, train_step_and_detect  # noqa: E402
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("mitigation", ["sink", "gate"])
+def test_models_train_with_a_sink_or_a_gate(name, mitigation):
+    model, transform = build(name, None, "default", mitigation=mitigation)
+    layers = [layer.attention for layer in model.layers]
+    if mitigation == "sink":
+        assert all(layer.sink_logit.shape == (4,) for layer in layers)
+    else:
+        assert all(layer.lin_gate.out_features == 4 for layer in layers)
+    for batch in batches(transform).values():
+        train_step_and_detect(model, batch)
+    # the new parameters learn: they get a gradient from the loss
+    model.train()
+    model.zero_grad()
+    batch = batches(transform)["mixed"]
+    torch.nn.functional.binary_cross_entropy_with_logits(model(batch), batch.y).backward()
+    new = [layer.sink_logit if mitigation == "sink" else layer.lin_gate.weight for layer in layers]
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in new)
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_mitigation_none_and_ebt_names_build_the_same_models(name):
+    torch.manual_seed(0)
+    plain, _ = build(name, None, "default")
+    torch.manual_seed(0)
+    none, _ = build(name, None, "default", mitigation="none")
+    torch.manual_seed(0)
+    slot, _ = build(name, "slot", "default")
+    torch.manual_seed(0)
+    named, _ = build(name, None, "default", mitigation="ebt-slot")
+    for a, b in ((plain, none), (slot, named)):
+        sa, sb = a.state_dict(), b.state_dict()
+        assert list(sa) == list(sb) and all(torch.equal(sa[key], sb[key]) for key in sa)
+    assert named.ebt == "slot"
+    with pytest.raises(ArgumentError, match="drop one of them"):
+        build(name, "edge", "default", mitigation="ebt-slot")
+    with pytest.raises(ArgumentError, match="unknown mitigation"):
+        build(name, None, "default", mitigation="sinks")
+
+
+def test_san_union_with_a_sink_and_a_gate_matches_the_layer_formula():
+    """SAN's two calls + merge: the sink attended once and the gate on the merged node_out equal one
+    softmax over real + fake edges with the sink, gated (the dense oracle over the union)."""
+    from magnn.models.san import SANAttention, full_fake_edges
+
+    torch.manual_seed(3)
+    layer = SANAttention(8, 2, 4, 8, clamp=None, backend="torch", sink=True, gate=True).double()
+    with torch.no_grad():
+        layer.sink_logit.copy_(torch.tensor([0.5, -1.0]))
+    x = torch.randn(5, 8, dtype=torch.float64)
+    edge_index = torch.tensor([[0, 1, 2, 3], [1, 2, 3, 4]])
+    fake = full_fake_edges(edge_index, None, 5, 1.0)  # gamma 1: log-weight 0, a plain union softmax
+    edge_attr = torch.randn(4, 8, dtype=torch.float64)
+    fake_attr = torch.randn(1, 8, dtype=torch.float64)
+    node_out, _ = layer(x, edge_index, edge_attr, fake=fake, fake_attr=fake_attr, need_edge_out=False)
+    shape = (5, 2, 4)
+    q, k, v = (lin(x).view(shape) for lin in (layer.lin_q, layer.lin_k, layer.lin_v))
+    q2, k2 = layer.lin_q2(x).view(shape), layer.lin_k2(x).view(shape)
+    e = layer.lin_e(edge_attr).view(4, 2, 4)
+    e2 = layer.lin_e2(fake_attr).view(1, 2, 4).expand(fake.num_edges, 2, 4)
+    # the union as one softmax for the dense oracle: every edge (real or fake) gets its own source
+    # node whose key is the edge's product q_i * k_j * e_ij (q = 1, e = 1), so the oracle's logit is
+    # sum_d(q_i k_j e_ij) / sqrt(D) with the edge set's own q, k, e, and its value is v_j
+    src = torch.cat([edge_index[0], fake.index[0]])
+    dst = torch.cat([edge_index[1], fake.index[1]])
+    total = src.shape[0]
+    q_edge = torch.cat([q[edge_index[1]], q2[fake.index[1]]])
+    k_edge = torch.cat([k[edge_index[0]], k2[fake.index[0]]])
+    ones = torch.ones(total, 2, 4, dtype=torch.float64)
+    e_all = torch.cat([e, e2])
+    per_edge_k = q_edge * k_edge * e_all  # [S, H, D], S = total > 5 nodes
+    node_ids = torch.arange(total)
+    edge_graph = torch.stack([node_ids, dst])
+    v_src = v[src]
+    queries = torch.cat([ones[:5], torch.zeros(total - 5, 2, 4, dtype=torch.float64)])
+    want, _ = dense_oracle(queries, per_edge_k, v_src, ones,
+                           edge_graph, mode="gt", clamp=None, bias=None, sink=layer.sink_logit.detach(),
+                           gate=None)
+    gate = torch.sigmoid(layer.lin_gate(x)).unsqueeze(-1)
+    torch.testing.assert_close(node_out.view(shape), (want[:5] * gate).detach())

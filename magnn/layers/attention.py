@@ -86,6 +86,10 @@ class FusedEdgeAttention(StatsTap, nn.Module):
       clamp: None (no clamp) or a positive number c: logits are clipped to [-c, c].
       backend: "auto" or a key of `magnn.functional.BACKENDS` ("torch", "triton", "cpu").
       ebt_init: "normal_0.02" (Sun et al.) or "standard_normal" (the GNN paper's code).
+      sink: a learned per-head sink logit ``sink_logit`` [H] (initialised 0), an extra
+        softmax term with value 0 (SPEC §3, "Sink and gate").
+      gate: gated attention: ``lin_gate`` = Linear(in_channels, H) of the destination node's
+        input gives each (node, head) the gate logit; node_out is multiplied by its sigmoid.
 
     Parameters are drawn by `reset_parameters()` (PyG's convention), which the
     constructor calls last; it re-initialises them at any time.
@@ -103,6 +107,8 @@ class FusedEdgeAttention(StatsTap, nn.Module):
         bias: bool = False,
         backend: str = "auto",
         ebt_init: str = "normal_0.02",
+        sink: bool = False,
+        gate: bool = False,
     ):
         super().__init__()
         for name, value in zip(("in_channels", "heads", "head_dim", "edge_dim"), (in_channels, heads, head_dim, edge_dim)):
@@ -128,6 +134,12 @@ class FusedEdgeAttention(StatsTap, nn.Module):
             self.register_parameter("ebt_k", None)
             self.register_parameter("ebt_e", None)
             self.register_parameter("ebt_v", None)
+        # only when asked for: a layer without them keeps its parameters, their order and their draws
+        if sink:
+            self.sink_logit = nn.Parameter(torch.zeros(heads))
+        else:
+            self.register_parameter("sink_logit", None)
+        self.lin_gate = projection(in_channels, heads, True) if gate else None
         self.init_stats_tap()
         FusedEdgeAttention.reset_parameters(self)  # this class's parameters (subclasses draw theirs after)
 
@@ -138,7 +150,8 @@ class FusedEdgeAttention(StatsTap, nn.Module):
         k', e', v' from N(0, std) with std 0.02 or 1 by `ebt_init`, drawn in that order
         (q, k, v, e, then k', e', v'). init="xavier" (SPEC §6's base model, as
         `magnn.analysis.detect.xavier_reset`): Xavier-uniform projection weights and zero
-        biases; the EBT parameters, which are not projections, keep their values.
+        biases; the EBT parameters, which are not projections, keep their values. Then the
+        gate's projection (its init rule) and the sink logit (0, with init="default").
         """
         for linear in (self.lin_q, self.lin_k, self.lin_v, self.lin_e):
             reset_projection(linear, init)
@@ -149,6 +162,11 @@ class FusedEdgeAttention(StatsTap, nn.Module):
                     # randn * std (normal_(0, std) would draw other numbers from the same generator):
                     # this draw defines the EBT parameters' initial values for a seed
                     parameter.copy_(torch.randn(parameter.shape, dtype=parameter.dtype, device=parameter.device) * std)
+        if self.lin_gate is not None:
+            reset_projection(self.lin_gate, init)
+        if self.sink_logit is not None and init == "default":
+            with torch.no_grad():
+                self.sink_logit.zero_()
 
     def forward(
         self,
@@ -184,11 +202,21 @@ class FusedEdgeAttention(StatsTap, nn.Module):
             num_nodes=num_nodes, mode=self.mode, clamp=self.clamp, bias=bias,
             ebt=self.ebt, ebt_params=ebt_params, stats=targets or None, edge_types=edge_types,
             need_edge_out=need_edge_out or self.output_observed(), backend=self.backend, **projection,
+            **self.mitigation_inputs(x),
         )
         # explicit widths: reshape(0, -1) is ambiguous for a graph without edges (or nodes)
         width = self.heads * self.head_dim
         edge_out = None if edge_out is None else edge_out.reshape(edge_attr.shape[0], width)
         return node_out.reshape(x.shape[0], width), edge_out
+
+    def mitigation_inputs(self, x: torch.Tensor) -> dict:
+        """`edge_attention`'s sink= and gate= for this layer's input x (empty without them)."""
+        inputs = {}
+        if self.sink_logit is not None:
+            inputs["sink"] = self.sink_logit
+        if self.lin_gate is not None:
+            inputs["gate"] = self.lin_gate(x)
+        return inputs
 
     def edge_input(self, edge_attr: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, dict]:
         """What `edge_attention` gets for the edges: (raw edge_attr [E, F], {e_weight, e_bias})
@@ -211,4 +239,5 @@ class FusedEdgeAttention(StatsTap, nn.Module):
         return (
             f"{self.in_channels}, heads={self.heads}, head_dim={self.head_dim}, edge_dim={self.edge_dim}, "
             f"mode={self.mode!r}, ebt={self.ebt!r}, clamp={self.clamp}, backend={self.backend!r}"
+            + (", sink=True" if self.sink_logit is not None else "") + (", gate=True" if self.lin_gate is not None else "")
         )

@@ -65,6 +65,10 @@ class GraphModel(nn.Module):
         embedding alone) or "species+edge_mean" (adds a Linear of the mean incoming edge features).
       fused_edge_projection: fold the one shared edge Linear into each layer's edge
         projection (same function, no [E, hidden] shared embedding in memory).
+      mitigation: "none" (the default: the model as configured), "ebt-edge" / "ebt-slot" (the
+        same as ebt="edge" / "slot"), "sink" (a learned per-head sink logit in every layer) or
+        "gate" (gated attention: each layer's node_out times sigmoid(Linear(h_i) -> [H]));
+        SPEC §3, "Sink and gate".
     """
 
     PE_CHOICES: tuple = (None,)
@@ -96,6 +100,7 @@ class GraphModel(nn.Module):
         self.pe, self.pe_dim = config.pe, config.pe_dim
         self.clamp, self.backend, self.checkpoint = config.clamp, config.backend, config.checkpoint
         self.node_input, self.fused_edge_projection = config.node_input, config.fused_edge_projection
+        self.mitigation = config.mitigation
         self.node_encoder = NodeEncoder(info, config.hidden, node_input=config.node_input)
         self.head = build_head(info, config.hidden, config.readout)
         self.readout = getattr(self.head, "readout", None)
@@ -112,6 +117,7 @@ class GraphModel(nn.Module):
         return FusedEdgeAttention(
             self.hidden, self.heads, self.head_dim, self.hidden,
             mode="gt", ebt=self.ebt, clamp=self.clamp, backend=self.backend, ebt_init=self.ebt_init,
+            **self.config.mitigation_layers(),
         )
 
     def make_edge_encoder(self, shared: bool) -> Optional[EdgeEncoder]:

@@ -9,6 +9,7 @@ from typing import Optional, Union
 
 from ..data.info import DatasetInfo
 from ..core.errors import ArgumentError
+from ..core.mitigation import MITIGATION_EBT, check_mitigation
 from ..core.validation import check_clamp, check_ebt, check_ebt_init, check_positive_int
 from ..functional import check_backend_name
 from .block import NORMS
@@ -53,6 +54,7 @@ class ModelConfig:
     checkpoint: bool
     node_input: str
     fused_edge_projection: bool
+    mitigation: str
 
     @classmethod
     def from_arguments(cls, arguments: dict):
@@ -62,7 +64,23 @@ class ModelConfig:
     def resolve(self, info: DatasetInfo, default_pe: Optional[str]) -> "ModelConfig":
         """A copy with the dataset-dependent defaults filled in (see `resolve_depth_and_pe`)."""
         num_layers, pe = resolve_depth_and_pe(info, self.num_layers, self.pe, default_pe)
-        return replace(self, num_layers=num_layers, pe=pe)
+        return replace(self, num_layers=num_layers, pe=pe, ebt=self.resolved_ebt())
+
+    def resolved_ebt(self) -> Optional[str]:
+        """`ebt`, or the EBT variant that mitigation "ebt-edge" / "ebt-slot" names (ArgumentError when
+        both are given and differ)."""
+        check_mitigation(self.mitigation)
+        wanted = MITIGATION_EBT.get(self.mitigation)
+        if wanted is None or self.ebt == wanted:
+            return self.ebt
+        if self.ebt is not None:
+            raise ArgumentError(f"mitigation={self.mitigation!r} is ebt={wanted!r}, but ebt={self.ebt!r} was given: "
+                                "drop one of them")
+        return wanted
+
+    def mitigation_layers(self) -> dict:
+        """The attention layers' keywords for mitigation "sink" / "gate" (SPEC §3): sink=True or gate=True."""
+        return {self.mitigation: True} if self.mitigation in ("sink", "gate") else {}
 
     def check(self, owner: str, pe_choices: tuple, info: DatasetInfo) -> None:
         """ValueError naming the first bad setting (of a resolved config)."""
@@ -79,6 +97,7 @@ class ModelConfig:
             raise ArgumentError(f"unknown norm {self.norm!r}; choose one of {NORMS}")
         check_ebt(self.ebt)
         check_ebt_init(self.ebt_init)
+        check_mitigation(self.mitigation)
         if self.pe not in pe_choices:
             raise ArgumentError(f"{owner} supports pe in {pe_choices}, got {self.pe!r}")
         if self.pe is not None and self.pe_dim < 1:
@@ -116,9 +135,16 @@ class _EdgeEncodedConfig(ModelConfig):
 
     def check(self, owner: str, pe_choices: tuple, info: DatasetInfo) -> None:
         super().check(owner, pe_choices, info)
+        self.check_paper_code_mitigation(info)
         if self.fused_edge_projection and (self.layer_edge_encoders or info.edge_features != "proteins"):
             raise ArgumentError("fused_edge_projection=True needs one shared Linear edge encoder "
                              "(edge_features='proteins' and layer_edge_encoders=False)")
+
+    def check_paper_code_mitigation(self, info: DatasetInfo) -> None:
+        """ebt_compat="gnn-mas" reproduces the paper's code, which has no sink or gate."""
+        if self.ebt_compat is not None and self.mitigation in ("sink", "gate"):
+            raise ArgumentError(f"ebt_compat={self.ebt_compat!r} reproduces the paper's code, which has no "
+                                f"{self.mitigation}: drop ebt_compat or use mitigation='none'")
 
     def paper_code(self, edge_features: Optional[str]) -> bool:
         """Whether ebt_compat="gnn-mas" changes the layers (see `magnn.models.compat`)."""

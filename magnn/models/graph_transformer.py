@@ -103,6 +103,7 @@ class GraphTransformer(GraphModel):
         edge_stream: bool = True,
         node_input: str = "species+edge_mean",
         fused_edge_projection: bool = False,
+        mitigation: str = "none",
     ):
         config = self.make_config(info, GraphTransformerConfig.from_arguments(locals()))
         super().__init__(info, config)

@@ -151,6 +151,7 @@ class GraphiT(GraphModel):
         checkpoint: bool = False,
         node_input: str = "species+edge_mean",
         fused_edge_projection: bool = False,
+        mitigation: str = "none",
         ebt_compat: Optional[str] = None,
     ):
         config = self.make_config(info, GraphiTConfig.from_arguments(locals()))

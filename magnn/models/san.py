@@ -74,10 +74,11 @@ import torch
 from torch import nn
 
 from ..core.graph import Graph
+from ..core.mitigation import apply_sink_and_gate
 from ..data.info import DatasetInfo
 from ..functional import edge_attention, merge_attention
 from ..layers import FusedEdgeAttention, projection, reset_projection
-from ..stats import EdgeStats
+from ..stats import EdgeStats, add_to_all, reduce_rows
 from .base import NON_EDGE_TYPE, GraphModel
 from .block import ResidualStream
 from .compat import gnn_mas_node_out, gnn_mas_san_proteins
@@ -193,11 +194,11 @@ class SANAttention(FusedEdgeAttention):
     def __init__(
         self, in_channels: int, heads: int, head_dim: int, edge_dim: int, *,
         ebt: Optional[str] = None, clamp: Optional[float] = 5.0, backend: str = "auto", ebt_init: str = "normal_0.02",
-        bias: bool = False,
+        bias: bool = False, sink: bool = False, gate: bool = False,
     ):
         super().__init__(
             in_channels, heads, head_dim, edge_dim, mode="gt", ebt=ebt, clamp=clamp, backend=backend, ebt_init=ebt_init,
-            bias=bias,
+            bias=bias, sink=sink, gate=gate,
         )
         width, use_bias = heads * head_dim, bias or ebt is not None
         self.lin_q2 = projection(in_channels, width, use_bias)
@@ -256,22 +257,38 @@ class SANAttention(FusedEdgeAttention):
         edge_targets = tuple(t for t in targets if t.tap == "edge") or None
         node_targets = tuple(t for t in targets if t.tap == "node") or None
         common = dict(mode="gt", clamp=self.clamp, return_lse=True, need_edge_out=need_edge_out, backend=self.backend)
+        # the sink, like the slot, is attended once (real-edge call); the gate scales the merged node_out
+        mitigation = self.mitigation_inputs(x)
         real_out, real_edge_out, real_lse = edge_attention(
             q, k, v, e, graph, bias=bias, ebt=self.ebt, ebt_params=ebt_params,
-            stats=edge_targets, edge_types=edge_types, **common, **projection,
+            stats=edge_targets, edge_types=edge_types, sink=mitigation.get("sink"), **common, **projection,
         )
         fake_out, fake_edge_out, fake_lse = edge_attention(
             q2, k2, v, e2, fake.graph(num_nodes), ebt=fake_ebt, ebt_params=ebt_params if fake_ebt else None,
             stats=edge_targets, edge_types=NON_EDGE_TYPE, **common,
         )
-        node_out, _ = merge_attention(
-            (real_out, fake_out), (real_lse, fake_lse), (None, fake.node_log_weight(num_nodes)), stats=node_targets
+        node_out, merged_lse = merge_attention(
+            (real_out, fake_out), (real_lse, fake_lse), (None, fake.node_log_weight(num_nodes)),
+            stats=None if "gate" in mitigation else node_targets,
         )
+        if "gate" in mitigation:
+            node_out = gate_node_out(node_out, merged_lse, mitigation["gate"], node_targets)
         width = heads * head_dim
         if not need_edge_out:  # neither edge_out is written, and nothing is concatenated
             return node_out.reshape(num_nodes, width), None
         edge_out = torch.cat([real_edge_out, fake_edge_out])
         return node_out.reshape(num_nodes, width), edge_out.reshape(edge_out.shape[0], width)
+
+
+def gate_node_out(node_out, lse, gate, node_targets):
+    """The merged node_out gated (SPEC §3, `magnn.core.mitigation`); node-tap collectors get the gated one."""
+    node_out, _, _ = apply_sink_and_gate(node_out, lse, None, gate, None)
+    if node_targets:
+        num_nodes, heads, head_dim = node_out.shape
+        raw = reduce_rows(node_out.detach().reshape(num_nodes, heads * head_dim),
+                          max(t.mantissa_bits for t in node_targets))
+        add_to_all(node_targets, {"node": raw}, heads=heads)
+    return node_out
 
 
 def attend_union(attention: "SANAttention", h, graph: Graph, e, *, fake: Optional[FakeEdges], fake_attr):
@@ -364,6 +381,7 @@ class SAN(GraphModel):
         checkpoint: bool = False,
         node_input: str = "species+edge_mean",
         fused_edge_projection: bool = False,
+        mitigation: str = "none",
         ebt_compat: Optional[str] = None,
     ):
         config = self.make_config(info, SANConfig.from_arguments(locals()))
@@ -383,7 +401,7 @@ class SAN(GraphModel):
         ebt = None if proteins_code else config.ebt  # the paper's proteins layer never receives its EBT
         attention = SANAttention(config.hidden, config.heads, self.head_dim, config.hidden, ebt=ebt,
                                  clamp=config.clamp, backend=config.backend, ebt_init=config.ebt_init,
-                                 bias=proteins_code and config.ebt is not None)
+                                 bias=proteins_code and config.ebt is not None, **config.mitigation_layers())
         return SANLayer(
             attention, config.hidden, norm=config.norm, residual=config.residual, dropout=config.dropout,
             edge_encoder=EdgeEncoder(self.info, config.hidden) if config.layer_edge_encoders else None,
