@@ -332,3 +332,35 @@ def test_san_union_with_a_sink_and_a_gate_matches_the_layer_formula():
                            gate=None)
     gate = torch.sigmoid(layer.lin_gate(x)).unsqueeze(-1)
     torch.testing.assert_close(node_out.view(shape), (want[:5] * gate).detach())
+
+
+# -- the command line: --mitigation in magnn train and magnn study --------------------------------
+def test_mitigation_option_parses_into_the_configs():
+    from magnn.cli import build_parser, study_config, train_config
+    from magnn.core.errors import UserError
+
+    parser = build_parser()
+    sink = train_config(parser.parse_args(["train", "--mitigation", "sink", "--layers", "3"]))
+    assert sink.ebt is None and sink.overrides == {"mitigation": "sink", "num_layers": 3}
+    slot = train_config(parser.parse_args(["train", "--mitigation", "ebt-slot"]))
+    assert slot.ebt == "slot" and slot.overrides == {}
+    assert train_config(parser.parse_args(["train", "--mitigation", "none"])).overrides == {}
+    with pytest.raises(UserError, match="drop one of them"):
+        train_config(parser.parse_args(["train", "--mitigation", "ebt-slot", "--ebt", "edge"]))
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", "--mitigation", "sinks"])
+    studied = study_config(parser.parse_args(["study", "--model", "san", "--mitigation", "gate"]))
+    assert studied.train.overrides == {"mitigation": "gate"} and studied.ebt == "edge"
+    studied = study_config(parser.parse_args(["study", "--mitigation", "ebt-slot"]))
+    assert studied.ebt == "slot" and studied.train.overrides == {}
+
+
+def test_train_builds_the_mitigated_model():
+    from magnn.models.registry import build_model
+    from edge_cases import TOX21
+
+    model = build_model("gt", TOX21, num_layers=1, hidden=8, heads=2, mitigation="gate", backend="torch")
+    assert model.layers[0].attention.lin_gate is not None and model.mitigation == "gate"
+    with pytest.raises(ArgumentError, match="paper's code"):
+        build_model("san", TOX21, num_layers=1, hidden=8, heads=2, ebt="edge", ebt_compat="gnn-mas",
+                    mitigation="sink", backend="torch")

@@ -26,6 +26,11 @@ def description_of(module) -> str:
 ARCHITECTURE_HELP = ("ogbn-proteins: the paper's model inputs (species only, one shared edge Linear; the default) or "
                      "magnn's richer inputs (mean edge features in the node input, GT edge stream, per-layer edge "
                      "Linears)")
+MITIGATION_HELP = ("the attention-sink mitigation of every model trained (SPEC §3): ebt-edge / ebt-slot are --ebt "
+                   "edge / slot; sink: a learned per-head sink logit in each softmax; gate: each layer's attention "
+                   "output times a per-head sigmoid gate of the node's input; none (default): as configured. "
+                   "In magnn study, ebt-* picks the EBT variant compared with no EBT, and sink / gate are added "
+                   "to both models of the pair")
 EBT_COMPAT_HELP = ("gnn-mas: SAN and GraphiT as the paper's published code computes them (the EBT bias weight "
                    "overwrites every real edge's attention weight; SAN on ogbn-proteins alike without EBT), for a "
                    "like-for-like Table 1 / Fig. 4; GT is unaffected")
@@ -69,12 +74,15 @@ def add_run_options(parser) -> None:
 
 
 def add_variants(parser, default=None) -> None:
-    """--architecture and --ebt-compat, their choices read from magnn.models.presets."""
+    """--architecture, --ebt-compat and --mitigation, their choices read from magnn.models.presets and
+    magnn.core.mitigation."""
+    from ..core.mitigation import MITIGATIONS
     from ..models.presets import EBT_COMPAT_MODES, PROTEINS_ARCHITECTURES
 
     parser.add_argument("--architecture", choices=tuple(PROTEINS_ARCHITECTURES), default=default,
                         help=ARCHITECTURE_HELP)
     parser.add_argument("--ebt-compat", choices=EBT_COMPAT_MODES, default=default, help=EBT_COMPAT_HELP)
+    parser.add_argument("--mitigation", choices=MITIGATIONS, default=default, help=MITIGATION_HELP)
     parser.add_argument("--config", metavar="FILE", default=None,
                         help="start from the config a run recorded (its metrics.json / report.json): the same "
                              "settings, so the same numbers; options given beside it change them")

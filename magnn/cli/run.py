@@ -70,14 +70,16 @@ def train_defaults(raw: dict) -> dict:
 
 def train_config(args):
     """The TrainConfig that `magnn train`'s parsed options describe."""
-    from ..models.presets import variant_overrides
+    from ..models.presets import mitigation_ebt, variant_overrides
     from ..train import MODEL_OPTIONS, TrainConfig
 
     sizes = {keyword: getattr(args, option) for option, keyword in MODEL_OPTIONS.items()
              if getattr(args, option, None) is not None}
-    variants = variant_overrides(args.model, args.dataset, architecture=args.architecture, ebt_compat=args.ebt_compat)
+    variants = variant_overrides(args.model, args.dataset, architecture=args.architecture, ebt_compat=args.ebt_compat,
+                                 mitigation=args.mitigation)
     fields = {name: getattr(args, name) for name in TrainConfig.__dataclass_fields__ if hasattr(args, name)}
-    fields.update(ebt=None if args.ebt == "none" else args.ebt, fanouts=tuple(args.fanouts),
+    ebt = mitigation_ebt(args.mitigation, None if args.ebt == "none" else args.ebt)
+    fields.update(ebt=ebt, fanouts=tuple(args.fanouts),
                   overrides={**args.overrides, **variants, **sizes})  # explicit sizes win
     return TrainConfig(**fields)
 

@@ -28,7 +28,7 @@ from typing import Optional
 __all__ = ["Preset", "PRESETS", "PROTOCOL", "DATASETS", "dataset_key", "get_preset", "PROTEINS_ARCHITECTURES",
            "proteins_architecture", "architecture_name", "QUICK_MODEL", "QUICK_DATASET_MODEL", "QUICK_TRAINING",
            "STUDY_PROFILES", "NODE_STUDY_PROFILES", "QUICK_PAIRS", "study_profile", "EBT_COMPAT_MODES",
-           "EBT_COMPAT_MODELS", "PRESET_NAMES", "variant_overrides"]
+           "EBT_COMPAT_MODELS", "PRESET_NAMES", "variant_overrides", "mitigation_ebt"]
 
 from ..core.constants import DATASETS  # re-exported: the datasets presets exist for
 
@@ -198,14 +198,33 @@ EBT_COMPAT_MODELS = ("san", "graphit")
 PRESET_NAMES = ("paper", "quick")
 
 
-def variant_overrides(model: str, dataset: str, *, architecture: Optional[str] = None,
-                      ebt_compat: Optional[str] = None) -> dict:
-    """The model keywords that the named variants select: `architecture` (ogbn-proteins only:
-    PROTEINS_ARCHITECTURES) and `ebt_compat` (SAN and GraphiT; GT computes the formula either way).
-    UserError when a variant does not apply to the dataset or is unknown."""
+def mitigation_ebt(mitigation: Optional[str], ebt: Optional[str]) -> Optional[str]:
+    """The EBT variant a run uses: `ebt`, or the one --mitigation ebt-edge / ebt-slot names (UserError
+    when --ebt names another one). The other mitigations leave `ebt` alone."""
     from ..core.errors import UserError
+    from ..core.mitigation import MITIGATION_EBT
+
+    wanted = MITIGATION_EBT.get(mitigation)
+    if wanted is None or ebt in (None, wanted):
+        return ebt if wanted is None else wanted
+    raise UserError(f"--mitigation {mitigation} is --ebt {wanted}, but --ebt {ebt} was given: drop one of them")
+
+
+def variant_overrides(model: str, dataset: str, *, architecture: Optional[str] = None,
+                      ebt_compat: Optional[str] = None, mitigation: Optional[str] = None) -> dict:
+    """The model keywords that the named variants select: `architecture` (ogbn-proteins only:
+    PROTEINS_ARCHITECTURES), `ebt_compat` (SAN and GraphiT; GT computes the formula either way) and
+    `mitigation` "sink" / "gate" (the model keyword; "ebt-edge" / "ebt-slot" are the EBT setting,
+    `mitigation_ebt`; "none" selects nothing). UserError when a variant does not apply or is unknown."""
+    from ..core.errors import UserError
+    from ..core.mitigation import MITIGATIONS
 
     overrides = {}
+    if mitigation is not None:
+        if mitigation not in MITIGATIONS:
+            raise UserError(f"unknown --mitigation {mitigation!r}; choose one of {MITIGATIONS}")
+        if mitigation in ("sink", "gate"):
+            overrides["mitigation"] = mitigation
     if architecture is not None:
         if dataset != "ogbn-proteins":
             raise UserError(f"--architecture chooses between ogbn-proteins' two model forms; drop it for "

@@ -15,11 +15,11 @@ import dataclasses
 from dataclasses import asdict, dataclass, field
 
 from ..core.constants import MA_THRESHOLD
-from ..models.presets import study_profile, variant_overrides
+from ..models.presets import mitigation_ebt, study_profile, variant_overrides
 from ..train import TrainConfig
 from ..train.validation import check_study_config, check_variant_choices
 
-VARIANT_OPTIONS = ("architecture", "ebt_compat")
+VARIANT_OPTIONS = ("architecture", "ebt_compat", "mitigation")
 
 
 def _template() -> TrainConfig:
@@ -103,9 +103,12 @@ class StudyConfig:
         train = {name: value for name, value in options.items() if name in train_fields}
         train.setdefault("epochs", None)
         template = TrainConfig(**train)
-        architecture, ebt_compat = (options.get(name) for name in VARIANT_OPTIONS)
-        check_variant_choices(architecture, ebt_compat)
+        architecture, ebt_compat, mitigation = (options.get(name) for name in VARIANT_OPTIONS)
+        check_variant_choices(architecture, ebt_compat, mitigation)
         template.overrides = {**variant_overrides(template.model, template.dataset, architecture=architecture,
-                                                  ebt_compat=ebt_compat), **template.overrides}
+                                                  ebt_compat=ebt_compat, mitigation=mitigation), **template.overrides}
         template.fanouts = tuple(template.fanouts)
-        return cls(train=template, **{name: value for name, value in options.items() if name in own})
+        study = {name: value for name, value in options.items() if name in own}
+        if mitigation_ebt(mitigation, None) is not None:  # ebt-edge / ebt-slot: the EBT variant compared
+            study["ebt"] = mitigation_ebt(mitigation, None)
+        return cls(train=template, **study)

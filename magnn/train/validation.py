@@ -125,10 +125,14 @@ def check_detect_config(config) -> None:
     check_environment(config.device, config.data_root, config.out)
 
 
-def check_variant_choices(architecture, ebt_compat) -> None:
-    """--architecture and --ebt-compat name entries of the registries in magnn.models.presets."""
+def check_variant_choices(architecture, ebt_compat, mitigation=None) -> None:
+    """--architecture, --ebt-compat and --mitigation name entries of the registries in magnn.models.presets
+    and magnn.core.mitigation."""
+    from ..core.mitigation import MITIGATIONS
+
     check_choice(architecture, (None,) + tuple(PROTEINS_ARCHITECTURES), "--architecture")
     check_choice(ebt_compat, (None,) + EBT_COMPAT_MODES, "--ebt-compat")
+    check_choice(mitigation, (None,) + MITIGATIONS, "--mitigation")
 
 
 # -- the command line's option types ---------------------------------------------------------
