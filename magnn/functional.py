@@ -41,7 +41,8 @@ from .core.mitigation import apply_sink_and_gate, check_sink_and_gate
 from .core.validation import (  # noqa: F401  (check_clamp, check_dropout, FLOAT_DTYPES re-exported)
     FLOAT_DTYPES, check_attention_inputs, check_clamp, check_dropout, check_edge_types, check_seed_argument,
 )
-from .stats import EdgeStats, StatsArg, add_to_all, stats_targets
+from .core.mitigation import clamped_sink
+from .stats import AttentionStats, EdgeStats, StatsArg, add_to_all, recomputing, stats_targets
 
 
 
@@ -324,6 +325,8 @@ def edge_attention(
     if dropout > 0 and seed is None:
         seed = int(torch.randint(SEED_BOUND, (), dtype=torch.int64))
     targets = stats_targets(stats)
+    attention_targets = tuple(t for t in targets if isinstance(t, AttentionStats))
+    targets = tuple(t for t in targets if not isinstance(t, AttentionStats))
     epilogue = sink is not None or gate is not None
     if epilogue:
         check_sink_and_gate(q, sink, gate, mode, any(t.tap == "edge" for t in targets))
@@ -353,7 +356,7 @@ def edge_attention(
     if epilogue and kernel_tap == "node":  # the kernels' node_out is not the final one: reduced here
         kernel_tap = "edge"
     # return_lse and dropout go to the backend only when asked for: the default call is the plain contract
-    want_lse = return_lse or return_alpha or epilogue
+    want_lse = return_lse or return_alpha or epilogue or bool(attention_targets)
     node_out, edge_out, raw, *lse = implementation(
         q, k, v, e, graph, **options,
         mantissa_bits=edge_bits if kernel_tap == "edge" else node_bits, tap=kernel_tap,
@@ -376,11 +379,47 @@ def edge_attention(
     result = (node_out, edge_out if need_edge_out else None)
     if return_lse:
         result += (lse[0],)
-    if return_alpha:
+    if return_alpha or attention_targets:
         if projection:  # alpha needs e itself (unless gt reads the logits off a float32 edge_out)
             e = project_edges(raw_features, e_weight, e_bias, q.shape[1], q.shape[2])
-        result += (attention_weights(q, k, e, graph, lse[0], edge_out, **options),)
+        alpha = attention_weights(q, k, e, graph, lse[0], edge_out, **options)
+        if attention_targets:
+            summary = attention_summary(q, graph, lse[0], alpha, sink=sink, **options)
+            if not recomputing():  # a recomputed forward's statistics were taken when it first ran
+                for target in attention_targets:
+                    target.add(*summary)
+        if return_alpha:
+            result += (alpha,)
     return result
+
+
+def attention_summary(q, graph: Graph, lse, alpha, *, sink=None, mode, clamp, bias, ebt, ebt_params):
+    """(sink_mass [N, H], edge_entropy [N, H], in-degree [N]) of one call for `AttentionStats` (SPEC §4),
+    without gradients, in lse's dtype: the EBT slot's weight plus the sink's, exp(l - lse_i) (NaN where
+    nothing is attended), and -sum_j p log p over the edges with p = alpha renormalised over the
+    node's edges (NaN where no edge is attended)."""
+    with torch.no_grad():
+        lse, alpha = lse.detach(), alpha.detach().to(lse.dtype)
+        num_nodes, heads, head_dim = q.shape
+        attended = torch.isfinite(lse)
+        safe = torch.where(attended, lse, torch.zeros_like(lse))
+        mass = torch.zeros_like(lse)
+        if ebt == "slot":
+            q_w, k_slot, e_slot = (t.detach().to(lse.dtype) for t in (q, ebt_params[0], ebt_params[1]))
+            slot = (q_w * (k_slot * e_slot if mode == "gt" else k_slot + e_slot)).sum(-1) / math.sqrt(head_dim)
+            if clamp is not None:
+                slot = slot.clamp(-clamp, clamp)
+            mass = mass + torch.exp(slot - safe)
+        if sink is not None:
+            mass = mass + torch.exp(clamped_sink(sink.detach(), clamp, lse.dtype) - safe)
+        mass = torch.where(attended, mass, torch.full_like(mass, math.nan))
+        dst = graph.dst
+        total = torch.zeros_like(lse).index_add(0, dst, alpha)
+        share = alpha / torch.where(total > 0, total, torch.ones_like(total))[dst]
+        entropy = torch.zeros_like(lse).index_add(0, dst, -torch.special.xlogy(share, share))
+        entropy = torch.where(total > 0, entropy, torch.full_like(entropy, math.nan))
+        degree = torch.bincount(dst, minlength=num_nodes)
+    return mass, entropy, degree
 
 
 # Backends whose entry point takes the projection (edge_proj=(W, b)): cpu and triton form e = W a + b

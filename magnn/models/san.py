@@ -78,7 +78,8 @@ from ..core.mitigation import apply_sink_and_gate
 from ..data.info import DatasetInfo
 from ..functional import edge_attention, merge_attention
 from ..layers import FusedEdgeAttention, projection, reset_projection
-from ..stats import EdgeStats, add_to_all, reduce_rows
+from ..stats import AttentionStats, EdgeStats, add_to_all, recomputing, reduce_rows
+from ..stats.attention import union_rows
 from .base import NON_EDGE_TYPE, GraphModel
 from .block import ResidualStream
 from .compat import gnn_mas_node_out, gnn_mas_san_proteins
@@ -256,16 +257,20 @@ class SANAttention(FusedEdgeAttention):
         targets = self.stats_targets(stats)
         edge_targets = tuple(t for t in targets if t.tap == "edge") or None
         node_targets = tuple(t for t in targets if t.tap == "node") or None
+        # sink mass and entropy of the union: each call's own rows (a private collector), joined below
+        attention_targets = tuple(t for t in targets if isinstance(t, AttentionStats))
+        part_stats = [AttentionStats(keep_rows=True) for _ in range(2)] if attention_targets else [None, None]
         common = dict(mode="gt", clamp=self.clamp, return_lse=True, need_edge_out=need_edge_out, backend=self.backend)
         # the sink, like the slot, is attended once (real-edge call); the gate scales the merged node_out
         mitigation = self.mitigation_inputs(x)
         real_out, real_edge_out, real_lse = edge_attention(
             q, k, v, e, graph, bias=bias, ebt=self.ebt, ebt_params=ebt_params,
-            stats=edge_targets, edge_types=edge_types, sink=mitigation.get("sink"), **common, **projection,
+            stats=_with(edge_targets, part_stats[0]), edge_types=edge_types, sink=mitigation.get("sink"), **common,
+            **projection,
         )
         fake_out, fake_edge_out, fake_lse = edge_attention(
             q2, k2, v, e2, fake.graph(num_nodes), ebt=fake_ebt, ebt_params=ebt_params if fake_ebt else None,
-            stats=edge_targets, edge_types=NON_EDGE_TYPE, **common,
+            stats=_with(edge_targets, part_stats[1]), edge_types=NON_EDGE_TYPE, **common,
         )
         node_out, merged_lse = merge_attention(
             (real_out, fake_out), (real_lse, fake_lse), (None, fake.node_log_weight(num_nodes)),
@@ -273,11 +278,23 @@ class SANAttention(FusedEdgeAttention):
         )
         if "gate" in mitigation:
             node_out = gate_node_out(node_out, merged_lse, mitigation["gate"], node_targets)
+        if attention_targets and not recomputing():
+            rows = union_rows([part.rows() for part in part_stats], (real_lse, fake_lse),
+                              (None, fake.node_log_weight(num_nodes)), merged_lse)
+            for target in attention_targets:
+                target.add(*rows)
         width = heads * head_dim
         if not need_edge_out:  # neither edge_out is written, and nothing is concatenated
             return node_out.reshape(num_nodes, width), None
         edge_out = torch.cat([real_edge_out, fake_edge_out])
         return node_out.reshape(num_nodes, width), edge_out.reshape(edge_out.shape[0], width)
+
+
+def _with(targets, extra):
+    """`targets` (a tuple or None) with one more collector (None: unchanged)."""
+    if extra is None:
+        return targets
+    return (*(targets or ()), extra)
 
 
 def gate_node_out(node_out, lse, gate, node_targets):

@@ -12,30 +12,35 @@ import torch
 
 from ..core.binning import RawStats
 from ..core.errors import NothingToCollect, UserError
+from .attention import AttentionStats
 from .reduction import reduce_tensor
 from .types import EdgeStats
 
-__all__ = ["StatsArg", "stats_targets", "add_to_all", "StatsTap", "recomputing", "collect"]
+__all__ = ["StatsArg", "stats_targets", "add_to_all", "StatsTap", "recomputing", "collect", "collect_attention"]
 
 
-StatsArg = Union["EdgeStats", Sequence["EdgeStats"], None]
+StatsArg = Union["EdgeStats", "AttentionStats", Sequence[Union["EdgeStats", "AttentionStats"]], None]
+COLLECTORS = (EdgeStats, AttentionStats)
 
 
 def stats_targets(stats: StatsArg) -> tuple[EdgeStats, ...]:
-    """`stats=` as a tuple of distinct EdgeStats (None -> (); one -> (one,); duplicates dropped)."""
+    """`stats=` as a tuple of distinct collectors (EdgeStats or AttentionStats; None -> (); one ->
+    (one,); duplicates dropped)."""
     if stats is None:
         return ()
-    if isinstance(stats, EdgeStats):
+    if isinstance(stats, COLLECTORS):
         return (stats,)
     if isinstance(stats, (list, tuple)):
         targets: list[EdgeStats] = []
         for item in stats:
-            if not isinstance(item, EdgeStats):
-                raise TypeError(f"stats must hold magnn.stats.EdgeStats objects, got {type(item).__name__}")
+            if not isinstance(item, COLLECTORS):
+                raise TypeError(f"stats must hold magnn.stats.EdgeStats or AttentionStats objects, "
+                                f"got {type(item).__name__}")
             if not any(item is seen for seen in targets):
                 targets.append(item)
         return tuple(targets)
-    raise TypeError(f"stats must be a magnn.stats.EdgeStats, a list/tuple of them or None, got {type(stats).__name__}")
+    raise TypeError(f"stats must be a magnn.stats.EdgeStats or AttentionStats, a list/tuple of them or None, "
+                    f"got {type(stats).__name__}")
 
 
 def add_to_all(
@@ -89,8 +94,8 @@ class StatsTap:
 
     def attach_collector(self, stats: "EdgeStats") -> None:
         """Adds `stats` to the collectors every call of this layer fills (what `collect` does)."""
-        if not isinstance(stats, EdgeStats):
-            raise TypeError(f"a collector must be a magnn.stats.EdgeStats, got {type(stats).__name__}")
+        if not isinstance(stats, COLLECTORS):
+            raise TypeError(f"a collector must be a magnn.stats.EdgeStats or AttentionStats, got {type(stats).__name__}")
         if not any(stats is active for active in self._collectors):
             self._collectors.append(stats)
 
@@ -256,5 +261,27 @@ def collect(model: torch.nn.Module, *, modules: Sequence[str] = (), **stats_kwar
     finally:
         for handle in handles:
             handle.remove()
+        for name, module in taps:
+            module.detach_collector(collected[name])
+
+
+@contextlib.contextmanager
+def collect_attention(model: torch.nn.Module, **stats_kwargs) -> Iterator[dict[str, AttentionStats]]:
+    """Attach a fresh `AttentionStats` (sink mass and edge entropy per node and head) to every magnn
+    attention layer (`StatsTap`) of `model`, named by module path; blocks nest with `collect`'s.
+
+        with magnn.stats.collect_attention(model, keep_rows=True) as attention:
+            model(batch)
+    """
+    taps = [(name, m) for name, m in model.named_modules() if isinstance(m, StatsTap)]
+    if not taps:
+        raise NothingToCollect("collect_attention(model): the model has no magnn attention layer "
+                               "(FusedEdgeAttention or another StatsTap)")
+    collected = {name: AttentionStats(**stats_kwargs) for name, _ in taps}
+    try:
+        for name, module in taps:
+            module.attach_collector(collected[name])
+        yield collected
+    finally:
         for name, module in taps:
             module.detach_collector(collected[name])
