@@ -168,13 +168,16 @@ def select_backend(name: str, device: torch.device, dtype: torch.dtype) -> Backe
     return backend
 
 
-def attention_weights(q, k, e, graph: Graph, lse, edge_out, *, mode, clamp, bias, ebt, ebt_params):
+def attention_weights(q, k, e, graph: Graph, lse, edge_out, *, mode, clamp, bias, ebt, ebt_params,
+                      edges: slice = slice(None)):
     """alpha [E, H] (caller's order, before dropout) from the saved log-sum-exp: alpha_ij =
     exp(l_ij - lse_i) with the clamped logit l_ij recomputed per edge in torch (gt: from
-    edge_out, which is the score w_ij); 0 where node i attends to nothing. Differentiable."""
+    edge_out, which is the score w_ij); 0 where node i attends to nothing. Differentiable.
+    edges: only these rows of the caller's edges (e, edge_out hold just those rows; bias all E)."""
     work = lse.dtype
     head_dim = q.shape[2]
-    src, dst = graph.src, graph.dst
+    src, dst = graph.src[edges], graph.dst[edges]
+    bias = None if bias is None else bias[edges]
     if mode == "gt" and edge_out is not None and edge_out.dtype in (torch.float32, torch.float64):
         logits = edge_out.to(work).sum(-1)
     else:
@@ -379,27 +382,37 @@ def edge_attention(
     result = (node_out, edge_out if need_edge_out else None)
     if return_lse:
         result += (lse[0],)
-    if return_alpha or attention_targets:
+    if attention_targets and not recomputing():  # a recomputed forward's statistics were taken when it first ran
+        def edge_rows(rows: slice) -> torch.Tensor:  # e's rows (formed per chunk under the projection)
+            if not projection:
+                return e[rows]
+            return project_edges(raw_features[rows], e_weight, e_bias, q.shape[1], q.shape[2])
+
+        summary = attention_summary(q, k, edge_rows, graph, lse[0], edge_out, sink=sink, **options)
+        for target in attention_targets:
+            target.add(*summary)
+    if return_alpha:
         if projection:  # alpha needs e itself (unless gt reads the logits off a float32 edge_out)
             e = project_edges(raw_features, e_weight, e_bias, q.shape[1], q.shape[2])
-        alpha = attention_weights(q, k, e, graph, lse[0], edge_out, **options)
-        if attention_targets:
-            summary = attention_summary(q, graph, lse[0], alpha, sink=sink, **options)
-            if not recomputing():  # a recomputed forward's statistics were taken when it first ran
-                for target in attention_targets:
-                    target.add(*summary)
-        if return_alpha:
-            result += (alpha,)
+        result += (attention_weights(q, k, e, graph, lse[0], edge_out, **options),)
     return result
 
 
-def attention_summary(q, graph: Graph, lse, alpha, *, sink=None, mode, clamp, bias, ebt, ebt_params):
+# edges per chunk of `attention_summary`: its [chunk, H, D] temporaries stay small on any graph
+SUMMARY_CHUNK_EDGES = 1 << 18
+
+
+def attention_summary(q, k, edge_rows, graph: Graph, lse, edge_out, *, sink=None, mode, clamp, bias, ebt,
+                      ebt_params):
     """(sink_mass [N, H], edge_entropy [N, H], in-degree [N]) of one call for `AttentionStats` (SPEC §4),
     without gradients, in lse's dtype: the EBT slot's weight plus the sink's, exp(l - lse_i) (NaN where
-    nothing is attended), and -sum_j p log p over the edges with p = alpha renormalised over the
-    node's edges (NaN where no edge is attended)."""
+    nothing is attended), and -sum_j p log p over the edges with p the weights alpha renormalised over
+    the node's edges (NaN where no edge is attended). The weights are recomputed as `return_alpha`
+    forms them, in chunks of edges (`edge_rows(slice)` gives e's rows): two passes, the edge totals
+    and then the entropy, with O(chunk * H * D) temporaries."""
+    options = dict(mode=mode, clamp=clamp, bias=bias, ebt=ebt, ebt_params=ebt_params)
     with torch.no_grad():
-        lse, alpha = lse.detach(), alpha.detach().to(lse.dtype)
+        lse = lse.detach()
         num_nodes, heads, head_dim = q.shape
         attended = torch.isfinite(lse)
         safe = torch.where(attended, lse, torch.zeros_like(lse))
@@ -407,16 +420,25 @@ def attention_summary(q, graph: Graph, lse, alpha, *, sink=None, mode, clamp, bi
         if ebt == "slot":
             q_w, k_slot, e_slot = (t.detach().to(lse.dtype) for t in (q, ebt_params[0], ebt_params[1]))
             slot = (q_w * (k_slot * e_slot if mode == "gt" else k_slot + e_slot)).sum(-1) / math.sqrt(head_dim)
-            if clamp is not None:
-                slot = slot.clamp(-clamp, clamp)
-            mass = mass + torch.exp(slot - safe)
+            mass = mass + torch.exp((slot if clamp is None else slot.clamp(-clamp, clamp)) - safe)
         if sink is not None:
             mass = mass + torch.exp(clamped_sink(sink.detach(), clamp, lse.dtype) - safe)
         mass = torch.where(attended, mass, torch.full_like(mass, math.nan))
         dst = graph.dst
-        total = torch.zeros_like(lse).index_add(0, dst, alpha)
-        share = alpha / torch.where(total > 0, total, torch.ones_like(total))[dst]
-        entropy = torch.zeros_like(lse).index_add(0, dst, -torch.special.xlogy(share, share))
+        chunks = [slice(start, start + SUMMARY_CHUNK_EDGES) for start in range(0, graph.num_edges, SUMMARY_CHUNK_EDGES)]
+
+        def weights(rows: slice) -> torch.Tensor:
+            rows_out = None if edge_out is None else edge_out[rows]
+            return attention_weights(q, k, edge_rows(rows), graph, lse, rows_out, edges=rows, **options).to(lse.dtype)
+
+        total = torch.zeros_like(lse)
+        for rows in chunks:
+            total.index_add_(0, dst[rows], weights(rows))
+        divisor = torch.where(total > 0, total, torch.ones_like(total))
+        entropy = torch.zeros_like(lse)
+        for rows in chunks:
+            share = weights(rows) / divisor[dst[rows]]
+            entropy.index_add_(0, dst[rows], -torch.special.xlogy(share, share))
         entropy = torch.where(total > 0, entropy, torch.full_like(entropy, math.nan))
         degree = torch.bincount(dst, minlength=num_nodes)
     return mass, entropy, degree

@@ -187,3 +187,26 @@ def test_san_union_rows_equal_one_softmax_over_real_and_fake_edges():
             sink=layer.sink_logit.detach())
         torch.testing.assert_close(mass[i].double(), want_mass[i], rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(entropy[i].double(), want_entropy[i], rtol=1e-5, atol=1e-6, equal_nan=True)
+
+
+def test_chunks_and_the_edge_projection_give_the_same_rows(monkeypatch):
+    """The summary's passes over chunks of edges (small here) and with e formed per chunk from the raw
+    features (the in-operator projection) give the rows of one pass over the materialised e."""
+    import magnn.functional as functional
+
+    edge_index, (q, k, v, _), params, sink = _case(6)
+    gen = torch.Generator().manual_seed(6)
+    raw = torch.randn(edge_index.shape[1], 3, generator=gen, dtype=torch.float64)
+    weight = torch.randn(HEADS * HEAD_DIM, 3, generator=gen, dtype=torch.float64)
+    e = (raw @ weight.T).view(-1, HEADS, HEAD_DIM)
+    whole = AttentionStats(keep_rows=True)
+    edge_attention(q, k, v, e, edge_index, mode="additive", ebt="slot", ebt_params=params, stats=whole,
+                   backend="torch")
+    monkeypatch.setattr(functional, "SUMMARY_CHUNK_EDGES", 7)
+    for backend in ("torch", "cpu"):
+        require_backend(backend, torch.device("cpu"), torch.float64)
+        chunked = AttentionStats(keep_rows=True)
+        edge_attention(q, k, v, raw, edge_index, mode="additive", ebt="slot", ebt_params=params, e_weight=weight,
+                       stats=chunked, backend=backend)
+        for a, b in zip(chunked.rows(), whole.rows()):
+            torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, equal_nan=True)
