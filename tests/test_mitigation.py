@@ -364,3 +364,26 @@ def test_train_builds_the_mitigated_model():
     with pytest.raises(ArgumentError, match="paper's code"):
         build_model("san", TOX21, num_layers=1, hidden=8, heads=2, ebt="edge", ebt_compat="gnn-mas",
                     mitigation="sink", backend="torch")
+
+
+def test_magnn_train_with_a_sink_resumes_and_reruns_from_its_config(tmp_path):
+    """`magnn train --mitigation sink`: the checkpoint holds the sink logits, --resume continues
+    the same model, and --config metrics.json re-builds it (the mitigation travels in overrides)."""
+    import json
+
+    from cli_helpers import TINY
+    from magnn.cli import main
+    from magnn.train import load_checkpoint
+
+    out = tmp_path / "sink"
+    common = [*TINY, "--layers", "2", "--out", str(out), "--data-root", str(tmp_path / "data"),
+              "--ma-probe-graphs", "0"]
+    assert main(["train", *common, "--mitigation", "sink", "--epochs", "1"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["config"]["overrides"]["mitigation"] == "sink" and metrics["config"]["ebt"] is None
+    state = load_checkpoint(out / "last.pt").state["model"]
+    assert sorted(k for k in state if k.endswith("sink_logit")) == [f"layers.{i}.attention.sink_logit" for i in range(2)]
+    assert main(["train", *common, "--mitigation", "sink", "--epochs", "2", "--resume"]) == 0
+    again = tmp_path / "again"
+    assert main(["train", "--config", str(out / "metrics.json"), "--out", str(again), "--epochs", "1"]) == 0
+    assert json.loads((again / "metrics.json").read_text())["config"]["overrides"]["mitigation"] == "sink"
