@@ -387,3 +387,45 @@ def test_magnn_train_with_a_sink_resumes_and_reruns_from_its_config(tmp_path):
     again = tmp_path / "again"
     assert main(["train", "--config", str(out / "metrics.json"), "--out", str(again), "--epochs", "1"]) == 0
     assert json.loads((again / "metrics.json").read_text())["config"]["overrides"]["mitigation"] == "sink"
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpu", "triton"])
+def test_node_tap_statistics_reduce_the_final_node_out(backend):
+    """A node-tap collector (alone, or beside an edge-tap one) reduces the sink-scaled, gated node_out
+    that the call returns, not the kernels' own node_out."""
+    from magnn import EdgeStats
+    from magnn.stats import reduce_rows
+
+    require_backend(backend, torch.device("cpu"))
+    edge_index, tensors, _, _, sink, gate = _case(16, torch.float32)
+    for taps in (("node",), ("node", "edge")):
+        collectors = [EdgeStats(tap=tap) for tap in taps]
+        node_out, _ = edge_attention(*tensors, edge_index, sink=sink, gate=gate, stats=collectors, backend=backend)
+        own = reduce_rows(node_out.detach().reshape(NODES, HEADS * HEAD_DIM))
+        assert torch.equal(collectors[0].hist_abs.counts, own.hist_abs.cpu())
+        assert collectors[0].max_abs == float(own.max_abs)
+
+
+def test_bipartite_graphs_take_a_gate_per_destination_node():
+    require_backend("cpu", torch.device("cpu"), torch.float64)
+    gen = torch.Generator().manual_seed(17)
+    num_src, num_dst = 7, 5
+    edge_index = torch.stack([torch.randint(0, num_src, (20,), generator=gen), torch.randint(0, num_dst - 1, (20,),
+                                                                                             generator=gen)])
+    q = torch.randn(num_dst, HEADS, HEAD_DIM, generator=gen, dtype=torch.float64)
+    k, v = (torch.randn(num_src, HEADS, HEAD_DIM, generator=gen, dtype=torch.float64) for _ in range(2))
+    e = torch.randn(20, HEADS, HEAD_DIM, generator=gen, dtype=torch.float64)
+    sink = torch.randn(HEADS, generator=gen, dtype=torch.float64)
+    gate = torch.randn(num_dst, HEADS, generator=gen, dtype=torch.float64)
+    results = []
+    for backend in ("cpu", "torch"):
+        leaves = [t.clone().requires_grad_() for t in (q, k, v, e, sink, gate)]
+        node_out, _, lse = edge_attention(*leaves[:4], edge_index, sink=leaves[4], gate=leaves[5], return_lse=True,
+                                          backend=backend)
+        assert node_out.shape == (num_dst, HEADS, HEAD_DIM) and torch.equal(node_out[-1], torch.zeros_like(node_out[-1]))
+        grads = torch.autograd.grad(node_out.square().sum() + lse.sum(), leaves)
+        results.append((node_out, lse, *grads))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+    with pytest.raises(ArgumentError, match="gate must have shape"):
+        edge_attention(q, k, v, e, edge_index, gate=torch.zeros(num_src, HEADS, dtype=torch.float64), backend="torch")
