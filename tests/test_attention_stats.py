@@ -210,3 +210,24 @@ def test_chunks_and_the_edge_projection_give_the_same_rows(monkeypatch):
                        stats=chunked, backend=backend)
         for a, b in zip(chunked.rows(), whole.rows()):
             torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, equal_nan=True)
+
+
+def test_degree_buckets_add_up_and_merge():
+    from magnn.stats.attention import degree_bucket
+
+    assert degree_bucket(torch.tensor([0, 1, 2, 3, 4, 7, 8, 1000])).tolist() == [0, 1, 2, 2, 3, 3, 4, 10]
+    edge_index, (q, k, v, e), params, sink = _case(7)
+    first, second, both = (AttentionStats(keep_rows=True) for _ in range(3))
+    for target in (first, both):
+        edge_attention(q, k, v, e, edge_index, sink=sink, stats=target, backend="torch")
+    for target in (second, both):
+        edge_attention(q, k, v, e, edge_index, ebt="slot", ebt_params=params, stats=target, backend="torch")
+    mass, entropy, degree = both.rows()
+    for row in both.by_degree():
+        members = (degree >= row["degree_low"]) & (degree <= row["degree_high"])
+        chosen = mass[members][~torch.isnan(mass[members])]
+        assert row["sink_rows"] == chosen.numel()
+        if chosen.numel():
+            assert math.isclose(row["mean_sink_mass"], float(chosen.double().mean()), rel_tol=1e-12)
+    assert first.merge(second).by_degree() == both.by_degree()
+    assert both.by_degree()[0]["degree_low"] == 0 and both.by_degree()[0]["mean_entropy"] is None  # isolated nodes

@@ -13,9 +13,10 @@ Per call and per (destination node i, head h), from the call's softmax:
 
 Both are reduced like `EdgeStats`: exact log-binned integer histograms (a float32 value's
 bin is its bit pattern shifted right, M mantissa bits kept) that add across calls, layers,
-batches and processes, with counts, sums and maxima; optionally the per-row values
-(`keep_rows`) with each node's in-degree, for relating them to degree, MA edges and edge
-types. A collector's histograms are exactly `LogHistogram.of` of the rows it was given.
+batches and processes, with counts, sums and maxima, also per in-degree bucket (0, 1, 2-3,
+4-7, ...: `by_degree()`); optionally the per-row values (`keep_rows`) with each node's
+in-degree, for relating them to MA edges and edge types (`magnn.analysis.sinks`). A
+collector's histograms are exactly `LogHistogram.of` of the rows it was given.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ import torch
 from ..core.constants import DEFAULT_MANTISSA_BITS
 from .types import LogHistogram
 
-__all__ = ["AttentionStats", "union_rows"]
+__all__ = ["AttentionStats", "union_rows", "degree_bucket"]
 
 
 class AttentionStats:
@@ -58,6 +59,8 @@ class AttentionStats:
         self.sink_rows = self.entropy_rows = 0  # (node, head) pairs where each is defined
         self.sink_mass_sum = self.entropy_sum = 0.0
         self.max_sink_mass = self.max_entropy = float("nan")
+        # per in-degree bucket b (`degree_bucket`): [sink rows, sink sum, entropy rows, entropy sum]
+        self.degree_buckets: dict[int, list] = {}
         self._parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     def add(self, sink_mass: torch.Tensor, entropy: torch.Tensor, degree: torch.Tensor) -> None:
@@ -78,6 +81,7 @@ class AttentionStats:
                     float(valid.max()) if valid.numel() else float("nan"))
             histogram = LogHistogram.of(valid, self.mantissa_bits)
             setattr(part, "hist_sink_mass" if name == "sink" else "hist_entropy", histogram)
+        part.degree_buckets = _bucket_sums(rows[0], rows[1], degree.detach().to("cpu", torch.int64))
         part.heads = sink_mass.shape[1] if sink_mass.shape[0] else None
         part.calls = 1
         if self.keep_rows:
@@ -106,6 +110,9 @@ class AttentionStats:
         self.entropy_sum += other.entropy_sum
         self.max_sink_mass = _nanmax(self.max_sink_mass, other.max_sink_mass)
         self.max_entropy = _nanmax(self.max_entropy, other.max_entropy)
+        for bucket, sums in other.degree_buckets.items():
+            mine = self.degree_buckets.setdefault(bucket, [0, 0.0, 0, 0.0])
+            self.degree_buckets[bucket] = [a + b for a, b in zip(mine, sums)]
         if self.keep_rows:
             self._parts.extend(other._parts)
         self.heads = self.heads if self.heads is not None else other.heads
@@ -119,6 +126,19 @@ class AttentionStats:
             empty = torch.empty(0, self.heads or 0)
             return empty, empty.clone(), torch.empty(0, dtype=torch.int64)
         return tuple(torch.cat(column) for column in zip(*self._parts))
+
+    def by_degree(self) -> list[dict]:
+        """Per in-degree bucket, ascending: its degree range [low, high], the defined rows and the
+        mean sink mass and edge entropy over them (None where a bucket has no defined row)."""
+        table = []
+        for bucket in sorted(self.degree_buckets):
+            sink_rows, sink_sum, entropy_rows, entropy_sum = self.degree_buckets[bucket]
+            low, high = (0, 0) if bucket == 0 else (1 << (bucket - 1), (1 << bucket) - 1)
+            table.append({"degree_low": low, "degree_high": high, "sink_rows": sink_rows,
+                          "mean_sink_mass": sink_sum / sink_rows if sink_rows else None,
+                          "entropy_rows": entropy_rows,
+                          "mean_entropy": entropy_sum / entropy_rows if entropy_rows else None})
+        return table
 
     def to_dict(self) -> dict:
         """The numbers as plain JSON values: means over the defined rows, maxima, counts, and the
@@ -138,12 +158,36 @@ class AttentionStats:
             "mean_entropy": mean(self.entropy_sum, self.entropy_rows),
             "max_entropy": finite(self.max_entropy),
             "median_entropy": finite(self.hist_entropy.lower_median()[0]),
+            "by_degree": self.by_degree(),
         }
 
     def __repr__(self) -> str:
         info = self.to_dict()
         return (f"AttentionStats(calls={self.calls}, mean_sink_mass={info['mean_sink_mass']}, "
                 f"mean_entropy={info['mean_entropy']})")
+
+
+def degree_bucket(degree: torch.Tensor) -> torch.Tensor:
+    """The in-degree bucket of each node: 0 for degree 0, else floor(log2(degree)) + 1 (1, 2-3, 4-7, ...)."""
+    bits = torch.zeros_like(degree)
+    remaining = degree.clone()
+    while bool((remaining > 0).any()):
+        bits += (remaining > 0).to(bits.dtype)
+        remaining >>= 1
+    return bits
+
+
+def _bucket_sums(sink_mass: torch.Tensor, entropy: torch.Tensor, degree: torch.Tensor) -> dict[int, list]:
+    """{bucket: [sink rows, sink sum, entropy rows, entropy sum]} of one call's rows (NaN rows left out)."""
+    buckets = degree_bucket(degree).unsqueeze(-1).expand_as(sink_mass)
+    sums = {}
+    for bucket in torch.unique(buckets).tolist():
+        row = []
+        for values in (sink_mass, entropy):
+            chosen = values[(buckets == bucket) & ~torch.isnan(values)]
+            row += [int(chosen.numel()), float(chosen.double().sum())]
+        sums[bucket] = row
+    return sums
 
 
 def _nanmax(a: float, b: float) -> float:
