@@ -231,3 +231,29 @@ def test_degree_buckets_add_up_and_merge():
             assert math.isclose(row["mean_sink_mass"], float(chosen.double().mean()), rel_tol=1e-12)
     assert first.merge(second).by_degree() == both.by_degree()
     assert both.by_degree()[0]["degree_low"] == 0 and both.by_degree()[0]["mean_entropy"] is None  # isolated nodes
+
+
+def test_sink_relations_on_planted_rows(tmp_path):
+    """Nodes 0 and 1 receive an MA edge and carry the large sink mass; the relations say so."""
+    from magnn.analysis.sinks import plot_sink_profile, sink_relations
+
+    edge_index = torch.tensor([[1, 2, 3, 0, 0, 1], [0, 0, 1, 2, 3, 3]])
+    edge_ratio = torch.tensor([5000.0, 2.0, 3000.0, 1.0, 4.0, 2.0])
+    edge_types = torch.tensor([1, 0, 1, 0, 0, 2])
+    mass = torch.tensor([[0.9, 0.7], [0.8, 0.8], [0.1, 0.1], [0.2, 0.0], [math.nan, math.nan]])
+    entropy = torch.tensor([[0.1, 0.2], [0.0, 0.0], [0.0, 0.0], [0.6, 0.4], [math.nan, math.nan]])
+    degree = torch.tensor([2, 1, 1, 2, 0])
+    relations = sink_relations(mass, entropy, degree, edge_index, edge_ratio, edge_types=edge_types)
+    assert relations["by_ma"]["with_ma_edge"] == {"nodes": 2, "mean_sink_mass": pytest.approx(0.8),
+                                                  "mean_entropy": pytest.approx(0.075)}
+    assert relations["by_ma"]["without_ma_edge"]["nodes"] == 2
+    assert relations["by_ma"]["without_ma_edge"]["mean_sink_mass"] == pytest.approx(0.1)
+    assert relations["by_edge_type"]["1"] == {"edges": 2, "ma_edges": 2, "mean_destination_sink_mass": pytest.approx(0.8)}
+    assert relations["by_edge_type"]["2"]["mean_destination_sink_mass"] == pytest.approx(0.1)
+    assert relations["degree_correlation"] is not None
+    with pytest.raises(ValueError, match="edge_ratio"):
+        sink_relations(mass, entropy, degree, edge_index, edge_ratio[:3])
+    stats = AttentionStats()
+    stats.add(mass, entropy, degree)
+    path = plot_sink_profile({"layer 0": stats.by_degree()}, tmp_path / "sinks.png", title="planted")
+    assert path.stat().st_size > 0

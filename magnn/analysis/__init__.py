@@ -1,2 +1,3 @@
 """Analysis on trained and base models: MA detection (`detect`), the Explicit Bias Attack
-(`attack`) and the figures both draw (`figures`)."""
+(`attack`), the figures both draw (`figures`) and how attention-sink mass relates to in-degree,
+MA edges and edge types (`sinks`)."""
