@@ -6,9 +6,8 @@ import pytest
 import torch
 
 from helpers import random_graph, random_inputs, require_backend
-from magnn import Graph
 from magnn.functional import edge_attention
-from magnn.stats import AttentionStats, EdgeStats, LogHistogram, collect, collect_attention
+from magnn.stats import AttentionStats, LogHistogram, collect, collect_attention
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
