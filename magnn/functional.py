@@ -37,11 +37,10 @@ from .core.dropout import SEED_BOUND
 from .core.constants import EBT_VARIANTS, MODES  # noqa: F401  (re-exported)
 from .core.errors import ArgumentError, ArgumentTypeError, BackendSettingError  # noqa: F401  (BackendSettingError importable here)
 from .core.graph import Graph, as_graph
-from .core.mitigation import apply_sink_and_gate, check_sink_and_gate
+from .core.mitigation import apply_sink_and_gate, check_sink_and_gate, clamped_sink
 from .core.validation import (  # noqa: F401  (check_clamp, check_dropout, FLOAT_DTYPES re-exported)
     FLOAT_DTYPES, check_attention_inputs, check_clamp, check_dropout, check_edge_types, check_seed_argument,
 )
-from .core.mitigation import clamped_sink
 from .stats import AttentionStats, EdgeStats, StatsArg, add_to_all, recomputing, stats_targets
 
 
