@@ -28,7 +28,8 @@ from .gamma import EPS, FIT_EDGES, ExactRatioSampler, GammaFit, fit_gamma, fit_g
 from .robust import BatchRatios, robust_summary
 
 __all__ = ["EPS", "GammaFit", "fit_gamma", "LayerReport", "DetectionReport", "detect", "xavier_reset",
-           "detect_seed_subgraphs", "detect_full_graph", "FullGraphDetection", "seed_generator", "ExactRatioSampler"]
+           "detect_seed_subgraphs", "detect_full_graph", "FullGraphDetection", "seed_generator", "ExactRatioSampler",
+           "block_refusal"]
 
 # -- detection over a split -----------------------------------------------------------
 
@@ -101,6 +102,7 @@ def record_batch(reports: dict, stats: dict) -> None:
 @dataclass
 class DetectionReport:
     layers: list
+    form: Optional[str] = None  # one large graph's seed form: "per-layer blocks, ..." or "union subgraph, ..."
 
     def to_dict(self) -> dict:
         return {"layers": [layer.to_dict() for layer in self.layers]}
@@ -200,29 +202,58 @@ def _node_mask_seeds(data, seeds) -> torch.Tensor:
     return seeds.long().cpu()
 
 
+def block_refusal(model) -> Optional[str]:
+    """Why `model` cannot run layer by layer over per-layer blocks (None: it can): magnn's models say
+    (GraphModel.block_refusal); any other module takes one graph for every layer."""
+    refusal = getattr(model, "block_refusal", None)
+    return refusal() if callable(refusal) else f"{type(model).__name__} takes one graph for every layer"
+
+
+def _seed_batch(data, graph, node: int, fanouts, blocks: bool, generator):
+    """One seed's mini-batch: its per-layer blocks (block_batch) or its union subgraph (subgraph)."""
+    from ..data.sampling import block_batch, sample_blocks, sample_edges, subgraph
+
+    one = torch.tensor([node])
+    if blocks:
+        return block_batch(data, sample_blocks(graph, one, fanouts, generator))
+    return subgraph(data, one, sample_edges(graph, one, fanouts, generator))
+
+
 @torch.no_grad()
-def detect_seed_subgraphs(model, data, seeds=None, *, fanouts=PAPER_FANOUTS, max_seeds: Optional[int] = None,
-                          device="cpu", threshold: float = MA_THRESHOLD, seed: int = 0, fit: bool = True,
-                          progress: bool = True, desc: str = "detect (seed subgraphs)") -> DetectionReport:
-    """The paper's detection on one large graph: one neighbour-sampled subgraph per seed node
-    (a batch of one seed, `fanouts` per hop), each contributing its maximum edge ratio per layer.
+def detect_seed_subgraphs(model, data, seeds=None, *, fanouts=None, blocks: Optional[bool] = None,
+                          max_seeds: Optional[int] = None, device="cpu", threshold: float = MA_THRESHOLD,
+                          seed: int = 0, fit: bool = True, progress: bool = True,
+                          desc: str = "detect (seed subgraphs)") -> DetectionReport:
+    """The paper's detection on one large graph: one neighbour-sampled batch per seed node, each
+    contributing its maximum edge ratio per layer.
+
+    blocks=True: the paper's code's form, DGL per-layer blocks (`sample_blocks`, default fan-outs
+    [5, 10, 15, 1], first layer first): layer l attends over block l only. blocks=False: one union
+    subgraph drawn `fanouts` hops out from the seed (default (5, 10, 15)) that every layer attends
+    over. None: blocks when the model can run them (`block_refusal`), else the union subgraph.
+    The report's `form` says which was used.
 
     seeds: node ids or a bool mask (default: data.test_mask); `max_seeds` keeps the first
-    that many (in node order). Each seed's subgraph is drawn from `seed_generator(seed, node)`;
-    under torchrun the ranks split the seeds and every rank ends with all of them, merged. Histograms merge over all subgraphs (an edge drawn for two
-    seeds counts twice, as in the paper's loop). Returns a DetectionReport whose "batches"
-    are the seeds.
+    that many (in node order). Each seed's batch is drawn from `seed_generator(seed, node)`;
+    under torchrun the ranks split the seeds and every rank ends with all of them, merged. Histograms
+    merge over all batches (an edge drawn for two seeds counts twice, as in the paper's loop).
+    Returns a DetectionReport whose "batches" are the seeds.
     """
     from tqdm import tqdm
 
     from ..core.graph import Graph
     from ..data.proteins import check_node_graph
-    from ..data.sampling import sample_edges, subgraph
+    from ..data.sampling import PAPER_BLOCK_FANOUTS
     from ..distributed import all_reduce_stats, rank_world
 
     check_node_graph(data, "detection")
     if max_seeds is not None and max_seeds < 1:
         raise ValueError(f"max_seeds must be >= 1 (or None for all seeds), got {max_seeds}")
+    refusal = block_refusal(model)
+    if blocks and refusal is not None:
+        raise ValueError(f"blocks=True: {refusal}; pass blocks=False for one union subgraph per seed")
+    blocks = refusal is None if blocks is None else blocks
+    fanouts = tuple(fanouts) if fanouts is not None else (PAPER_BLOCK_FANOUTS if blocks else PAPER_FANOUTS)
     seeds = _node_mask_seeds(data, seeds)
     if max_seeds is not None:
         seeds = seeds[:max_seeds]
@@ -232,9 +263,7 @@ def detect_seed_subgraphs(model, data, seeds=None, *, fanouts=PAPER_FANOUTS, max
     graph = Graph(data.edge_index, data.num_nodes, validate=False)
     reports: dict[str, LayerReport] = {}
     for node in tqdm(seeds.tolist(), desc=desc, disable=not progress_enabled(progress) or rank != 0, leave=False, unit="seed"):
-        one = torch.tensor([node])
-        generator = seed_generator(seed, node)  # the same subgraph however the seeds are sharded
-        batch = subgraph(data, one, sample_edges(graph, one, fanouts, generator)).to(device)
+        batch = _seed_batch(data, graph, node, fanouts, blocks, seed_generator(seed, node)).to(device)
         record_batch(reports, forward_with_stats(model, batch, threshold))
     merged = all_reduce_stats({name: r.stats for name, r in reports.items()})
     if world > 1:  # every rank's per-seed maxima, rank by rank
@@ -251,7 +280,8 @@ def detect_seed_subgraphs(model, data, seeds=None, *, fanouts=PAPER_FANOUTS, max
         report.summarise(threshold)
         if fit:
             report.gamma = fit_gamma(report.stats.hist_ratio)
-    return DetectionReport(list(reports.values()))
+    form = f"per-layer blocks, fan-outs {list(fanouts)}" if blocks else f"union subgraph, fan-outs {list(fanouts)}"
+    return DetectionReport(list(reports.values()), form=form)
 
 
 def seed_generator(seed: int, node: int) -> torch.Generator:
