@@ -219,41 +219,43 @@ def _seed_batch(data, graph, node: int, fanouts, blocks: bool, generator):
     return subgraph(data, one, sample_edges(graph, one, fanouts, generator))
 
 
+def _seed_form(model, blocks: Optional[bool], fanouts) -> tuple[bool, tuple]:
+    """(blocks, fan-outs) of the seed form: blocks=None picks blocks when the model can run them."""
+    from ..data.sampling import PAPER_BLOCK_FANOUTS
+
+    refusal = block_refusal(model)
+    if blocks and refusal is not None:
+        raise ValueError(f"blocks=True: {refusal}; pass blocks=False for one union subgraph per seed")
+    blocks = refusal is None if blocks is None else blocks
+    return blocks, tuple(fanouts) if fanouts is not None else (PAPER_BLOCK_FANOUTS if blocks else PAPER_FANOUTS)
+
+
 @torch.no_grad()
 def detect_seed_subgraphs(model, data, seeds=None, *, fanouts=None, blocks: Optional[bool] = None,
                           max_seeds: Optional[int] = None, device="cpu", threshold: float = MA_THRESHOLD,
                           seed: int = 0, fit: bool = True, progress: bool = True,
                           desc: str = "detect (seed subgraphs)") -> DetectionReport:
     """The paper's detection on one large graph: one neighbour-sampled batch per seed node, each
-    contributing its maximum edge ratio per layer.
+    contributing its maximum edge ratio per layer; a DetectionReport whose "batches" are the seeds.
 
     blocks=True: the paper's code's form, DGL per-layer blocks (`sample_blocks`, default fan-outs
-    [5, 10, 15, 1], first layer first): layer l attends over block l only. blocks=False: one union
-    subgraph drawn `fanouts` hops out from the seed (default (5, 10, 15)) that every layer attends
-    over. None: blocks when the model can run them (`block_refusal`), else the union subgraph.
-    The report's `form` says which was used.
-
-    seeds: node ids or a bool mask (default: data.test_mask); `max_seeds` keeps the first
-    that many (in node order). Each seed's batch is drawn from `seed_generator(seed, node)`;
-    under torchrun the ranks split the seeds and every rank ends with all of them, merged. Histograms
-    merge over all batches (an edge drawn for two seeds counts twice, as in the paper's loop).
-    Returns a DetectionReport whose "batches" are the seeds.
+    [5, 10, 15, 1], first layer first), layer l over block l only; False: one union subgraph drawn
+    `fanouts` hops out (default (5, 10, 15)) for every layer; None: blocks when the model can run
+    them (`block_refusal`). The report's `form` says which. seeds: node ids or a bool mask (default:
+    data.test_mask); `max_seeds` keeps the first that many. Each seed's batch is drawn from
+    `seed_generator(seed, node)`; under torchrun the ranks split the seeds and every rank ends with
+    all of them. Histograms merge over all batches (an edge drawn for two seeds counts twice).
     """
     from tqdm import tqdm
 
     from ..core.graph import Graph
     from ..data.proteins import check_node_graph
-    from ..data.sampling import PAPER_BLOCK_FANOUTS
     from ..distributed import all_reduce_stats, rank_world
 
     check_node_graph(data, "detection")
     if max_seeds is not None and max_seeds < 1:
         raise ValueError(f"max_seeds must be >= 1 (or None for all seeds), got {max_seeds}")
-    refusal = block_refusal(model)
-    if blocks and refusal is not None:
-        raise ValueError(f"blocks=True: {refusal}; pass blocks=False for one union subgraph per seed")
-    blocks = refusal is None if blocks is None else blocks
-    fanouts = tuple(fanouts) if fanouts is not None else (PAPER_BLOCK_FANOUTS if blocks else PAPER_FANOUTS)
+    blocks, fanouts = _seed_form(model, blocks, fanouts)
     seeds = _node_mask_seeds(data, seeds)
     if max_seeds is not None:
         seeds = seeds[:max_seeds]
