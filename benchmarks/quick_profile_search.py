@@ -64,8 +64,6 @@ def growth(base_report: dict, trained_report: dict) -> dict:
 
 
 def search(args) -> dict:
-    import torch
-
     from magnn.analysis.detect import detect
     from magnn.study.config import StudyConfig
     from magnn.study.stages import _base
@@ -88,7 +86,6 @@ def search(args) -> dict:
         trained = detect(model, graphs, desc=f"epoch {count}", fit=False).to_dict()
         result["epochs"][str(count)] = dict(growth(base_report, trained), val_loss=val_loss[count])
         del model
-    torch.cuda.empty_cache() if torch.cuda.is_available() else None
     return result
 
 
