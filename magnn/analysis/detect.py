@@ -26,6 +26,7 @@ from ..stats import EdgeStats, collect
 
 from .gamma import EPS, FIT_EDGES, ExactRatioSampler, GammaFit, fit_gamma, fit_gamma_exact
 from .robust import BatchRatios, robust_summary
+from .unbiased import collect_without_bias
 
 __all__ = ["EPS", "GammaFit", "fit_gamma", "LayerReport", "DetectionReport", "detect", "xavier_reset",
            "detect_seed_subgraphs", "detect_full_graph", "FullGraphDetection", "seed_generator", "ExactRatioSampler",
@@ -73,12 +74,15 @@ class LayerReport:
         }
 
 
-def forward_with_stats(model, batch, threshold: float, **collect_kwargs) -> dict:
+def forward_with_stats(model, batch, threshold: float, without_bias: bool = False, **collect_kwargs) -> dict:
     """One forward of `batch` with statistics on every attention layer, counted by the batch's
-    per-edge `edge_type` where it has one; returns what `collect` yields (name -> EdgeStats)."""
+    per-edge `edge_type` where it has one; returns what `collect` yields (name -> EdgeStats).
+    without_bias: of each layer's score without EBT's bias term (magnn.analysis.unbiased)."""
+    from .unbiased import collect_without_bias
+
     if getattr(batch, "edge_type", None) is not None:
         collect_kwargs["edge_types"] = batch.edge_type
-    with collect(model, threshold=threshold, **collect_kwargs) as stats:
+    with (collect_without_bias if without_bias else collect)(model, threshold=threshold, **collect_kwargs) as stats:
         model(batch)
     return stats
 
@@ -114,16 +118,15 @@ class DetectionReport:
 @torch.no_grad()
 def detect(model, graphs, *, batch_size: int = 1, device="cpu", threshold: float = MA_THRESHOLD,
            max_batches: Optional[int] = None, fit: bool = True, progress: bool = True,
-           desc: str = "detect", fit_edges: int = FIT_EDGES) -> DetectionReport:
+           desc: str = "detect", fit_edges: int = FIT_EDGES, without_bias: bool = False) -> DetectionReport:
     """Run `model` in eval mode over `graphs` (a list/dataset of PyG Data) collecting MA stats.
-
     A single Data (one large graph, e.g. an ogbn-proteins split whose `mask` selects its
     nodes) runs `detect_seed_subgraphs` over the masked nodes (max_batches caps the seeds).
 
-    One graph per batch follows the paper's protocol (each batch contributes
-    its maximum edge ratio per layer). Edge types come from `data.edge_type`.
-    The gamma fit uses the exact ratios of each layer's first `fit_edges` edges
-    (the paper's code; 0: the merged histogram), see the module docstring.
+    One graph per batch follows the paper's protocol (each batch contributes its maximum edge ratio
+    per layer). Edge types come from `data.edge_type`. The gamma fit uses the exact ratios of each
+    layer's first `fit_edges` edges (the paper's code; 0: the merged histogram), see the module
+    docstring. without_bias: of the score without EBT's bias term (`collect_without_bias`).
     """
     from torch_geometric.data import Data
     from torch_geometric.loader import DataLoader
@@ -134,21 +137,22 @@ def detect(model, graphs, *, batch_size: int = 1, device="cpu", threshold: float
     if max_batches is not None and max_batches < 1:
         raise ValueError(f"max_batches must be >= 1 (or None for all batches), got {max_batches}")
     if isinstance(graphs, Data):  # one large graph (an ogbn-proteins split): the paper's seed subgraphs
-        seeds = getattr(graphs, "mask", None)
-        return detect_seed_subgraphs(model, graphs, seeds, max_seeds=max_batches, device=device, threshold=threshold,
-                                     fit=fit, progress=progress, desc=desc)
+        if without_bias:
+            raise ValueError("without_bias=True measures graph batches; the one-graph seed form has no such option")
+        return detect_seed_subgraphs(model, graphs, getattr(graphs, "mask", None), max_seeds=max_batches,
+                                     device=device, threshold=threshold, fit=fit, progress=progress, desc=desc)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     model.eval().to(device)
     reports: dict[str, LayerReport] = {}
     loader = DataLoader(graphs, batch_size=batch_size, shuffle=False)
     total = len(loader) if max_batches is None else min(max_batches, len(loader))
-    sampler = ExactRatioSampler(model, fit_edges if fit else 0)
+    sampler = ExactRatioSampler(model, fit_edges if fit and not without_bias else 0)
     try:
         for position, batch in enumerate(tqdm(loader, total=total, desc=desc, disable=not progress_enabled(progress), leave=False)):
             if max_batches is not None and position >= max_batches:
                 break
-            record_batch(reports, forward_with_stats(model, batch.to(device), threshold))
+            record_batch(reports, forward_with_stats(model, batch.to(device), threshold, without_bias))
     finally:
         sampler.remove()
     merged = all_reduce_stats({name: r.stats for name, r in reports.items()})
@@ -212,7 +216,6 @@ def block_refusal(model) -> Optional[str]:
 def _seed_batch(data, graph, node: int, fanouts, blocks: bool, generator):
     """One seed's mini-batch: its per-layer blocks (block_batch) or its union subgraph (subgraph)."""
     from ..data.sampling import block_batch, sample_blocks, sample_edges, subgraph
-
     one = torch.tensor([node])
     if blocks:
         return block_batch(data, sample_blocks(graph, one, fanouts, generator))
@@ -222,7 +225,6 @@ def _seed_batch(data, graph, node: int, fanouts, blocks: bool, generator):
 def _seed_form(model, blocks: Optional[bool], fanouts) -> tuple[bool, tuple]:
     """(blocks, fan-outs) of the seed form: blocks=None picks blocks when the model can run them."""
     from ..data.sampling import PAPER_BLOCK_FANOUTS
-
     refusal = block_refusal(model)
     if blocks and refusal is not None:
         raise ValueError(f"blocks=True: {refusal}; pass blocks=False for one union subgraph per seed")
