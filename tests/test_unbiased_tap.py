@@ -81,3 +81,13 @@ def test_detect_without_bias_on_a_graph_model():
     for ours, theirs in zip(unbiased.layers, plain.layers):
         assert ours.stats.rows == theirs.stats.rows and len(ours.batch_max_ratio_edge) == 3
         assert ours.batch_max_ratio_edge != theirs.batch_max_ratio_edge
+
+
+def test_magnn_detect_has_a_without_bias_option():
+    from magnn.cli import build_parser
+    from magnn.cli.run import detect_config
+
+    argv = ["detect", "--ckpt", "x.pt", "--without-bias"]
+    assert detect_config(build_parser(argv).parse_args(argv)).without_bias is True
+    argv = ["detect", "--ckpt", "x.pt"]
+    assert detect_config(build_parser(argv).parse_args(argv)).without_bias is False
