@@ -42,6 +42,7 @@ def test_study_end_to_end_on_generated_proteins(tmp_path):
     assert all(layer["stats"]["rows"] == saved["graph"]["directed_edges"] for layer in full["layers"])
     assert full["test_nodes"]["layers.0.attention"]["nodes"] <= saved["graph"]["test_nodes"]
     assert saved["architecture"]["name"] == "paper" and saved["training_mode"]["sampled"] is False
+    assert "per-layer blocks, fan-outs [5, 10, 15, 1]" in saved["detection_forms"]["detection"]  # the paper's form
     assert set(saved["attack"]) == {"no_ebt", "ebt_edge"} and saved["ablation"]["with"]
     markdown = (out / "report.md").read_text()
     assert "two forms side by side" in markdown and "**paper**" in markdown
@@ -54,7 +55,8 @@ def test_seed_subgraph_detection_is_one_batch_per_seed(small_graph):
     data, info = small_graph
     model = _model("gt", info)
     seeds = torch.nonzero(data.test_mask).reshape(-1)[:5]
-    report = detect_seed_subgraphs(model, data, data.test_mask, fanouts=(3, 4), max_seeds=5, progress=False, fit=False)
+    report = detect_seed_subgraphs(model, data, data.test_mask, fanouts=(3, 4), blocks=False, max_seeds=5,
+                                   progress=False, fit=False)  # the union form
     # the same subgraphs (same generator draws), one graph per batch through the molecule detector
     graph = Graph(data.edge_index, data.num_nodes, validate=False)
     graphs = [subgraph(data, s.view(1), sample_edges(graph, s.view(1), (3, 4), seed_generator(0, int(s))))

@@ -90,6 +90,15 @@ def test_markdown_table1_final_and_best_attack_protocol_and_compat_note():
     assert "K, E and e' get no gradient" in markdown(dict(compat, findings=[]), VARIANTS)
 
 
+def test_table2_states_the_ebt_gain_difference_and_why_zinc_has_no_paper_column():
+    text = markdown(dict(_report(), findings=[]), VARIANTS)  # ZINC: gains 4.0% without EBT, 2.0% with
+    assert "| 0.1 | 4 | 2 | -2 | - | - |" in text
+    assert "EBT minus no EBT, gain in percentage points: -2.00 at sigma 0.01; -2.00 at sigma 0.1" in text
+    assert "attacks GT on TOX21 only" in text and "not the same experiment" in text
+    tox21 = markdown(dict(_report(dataset="tox21"), findings=[]), VARIANTS)
+    assert "| 0.1 | 4 | 2 | -2 | 4.73 | 2.53 |" in tox21 and "not the same experiment" not in tox21
+
+
 def test_report_schema_doc_names_every_top_level_key():
     doc = (Path(__file__).resolve().parents[1] / "docs" / "REPORT.md").read_text()
     documented = set(re.findall(r"`([a-z_0-9]+)`", doc))

@@ -26,9 +26,11 @@ from ..stats import EdgeStats, collect
 
 from .gamma import EPS, FIT_EDGES, ExactRatioSampler, GammaFit, fit_gamma, fit_gamma_exact
 from .robust import BatchRatios, robust_summary
+from .unbiased import collect_without_bias
 
 __all__ = ["EPS", "GammaFit", "fit_gamma", "LayerReport", "DetectionReport", "detect", "xavier_reset",
-           "detect_seed_subgraphs", "detect_full_graph", "FullGraphDetection", "seed_generator", "ExactRatioSampler"]
+           "detect_seed_subgraphs", "detect_full_graph", "FullGraphDetection", "seed_generator", "ExactRatioSampler",
+           "block_refusal"]
 
 # -- detection over a split -----------------------------------------------------------
 
@@ -72,12 +74,15 @@ class LayerReport:
         }
 
 
-def forward_with_stats(model, batch, threshold: float, **collect_kwargs) -> dict:
+def forward_with_stats(model, batch, threshold: float, without_bias: bool = False, **collect_kwargs) -> dict:
     """One forward of `batch` with statistics on every attention layer, counted by the batch's
-    per-edge `edge_type` where it has one; returns what `collect` yields (name -> EdgeStats)."""
+    per-edge `edge_type` where it has one; returns what `collect` yields (name -> EdgeStats).
+    without_bias: of each layer's score without EBT's bias term (magnn.analysis.unbiased)."""
+    from .unbiased import collect_without_bias
+
     if getattr(batch, "edge_type", None) is not None:
         collect_kwargs["edge_types"] = batch.edge_type
-    with collect(model, threshold=threshold, **collect_kwargs) as stats:
+    with (collect_without_bias if without_bias else collect)(model, threshold=threshold, **collect_kwargs) as stats:
         model(batch)
     return stats
 
@@ -101,6 +106,7 @@ def record_batch(reports: dict, stats: dict) -> None:
 @dataclass
 class DetectionReport:
     layers: list
+    form: Optional[str] = None  # one large graph's seed form: "per-layer blocks, ..." or "union subgraph, ..."
 
     def to_dict(self) -> dict:
         return {"layers": [layer.to_dict() for layer in self.layers]}
@@ -112,16 +118,15 @@ class DetectionReport:
 @torch.no_grad()
 def detect(model, graphs, *, batch_size: int = 1, device="cpu", threshold: float = MA_THRESHOLD,
            max_batches: Optional[int] = None, fit: bool = True, progress: bool = True,
-           desc: str = "detect", fit_edges: int = FIT_EDGES) -> DetectionReport:
+           desc: str = "detect", fit_edges: int = FIT_EDGES, without_bias: bool = False) -> DetectionReport:
     """Run `model` in eval mode over `graphs` (a list/dataset of PyG Data) collecting MA stats.
-
     A single Data (one large graph, e.g. an ogbn-proteins split whose `mask` selects its
     nodes) runs `detect_seed_subgraphs` over the masked nodes (max_batches caps the seeds).
 
-    One graph per batch follows the paper's protocol (each batch contributes
-    its maximum edge ratio per layer). Edge types come from `data.edge_type`.
-    The gamma fit uses the exact ratios of each layer's first `fit_edges` edges
-    (the paper's code; 0: the merged histogram), see the module docstring.
+    One graph per batch follows the paper's protocol (each batch contributes its maximum edge ratio
+    per layer). Edge types come from `data.edge_type`. The gamma fit uses the exact ratios of each
+    layer's first `fit_edges` edges (the paper's code; 0: the merged histogram), see the module
+    docstring. without_bias: of the score without EBT's bias term (`collect_without_bias`).
     """
     from torch_geometric.data import Data
     from torch_geometric.loader import DataLoader
@@ -132,21 +137,22 @@ def detect(model, graphs, *, batch_size: int = 1, device="cpu", threshold: float
     if max_batches is not None and max_batches < 1:
         raise ValueError(f"max_batches must be >= 1 (or None for all batches), got {max_batches}")
     if isinstance(graphs, Data):  # one large graph (an ogbn-proteins split): the paper's seed subgraphs
-        seeds = getattr(graphs, "mask", None)
-        return detect_seed_subgraphs(model, graphs, seeds, max_seeds=max_batches, device=device, threshold=threshold,
-                                     fit=fit, progress=progress, desc=desc)
+        if without_bias:
+            raise ValueError("without_bias=True measures graph batches; the one-graph seed form has no such option")
+        return detect_seed_subgraphs(model, graphs, getattr(graphs, "mask", None), max_seeds=max_batches,
+                                     device=device, threshold=threshold, fit=fit, progress=progress, desc=desc)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     model.eval().to(device)
     reports: dict[str, LayerReport] = {}
     loader = DataLoader(graphs, batch_size=batch_size, shuffle=False)
     total = len(loader) if max_batches is None else min(max_batches, len(loader))
-    sampler = ExactRatioSampler(model, fit_edges if fit else 0)
+    sampler = ExactRatioSampler(model, fit_edges if fit and not without_bias else 0)
     try:
         for position, batch in enumerate(tqdm(loader, total=total, desc=desc, disable=not progress_enabled(progress), leave=False)):
             if max_batches is not None and position >= max_batches:
                 break
-            record_batch(reports, forward_with_stats(model, batch.to(device), threshold))
+            record_batch(reports, forward_with_stats(model, batch.to(device), threshold, without_bias))
     finally:
         sampler.remove()
     merged = all_reduce_stats({name: r.stats for name, r in reports.items()})
@@ -200,29 +206,58 @@ def _node_mask_seeds(data, seeds) -> torch.Tensor:
     return seeds.long().cpu()
 
 
-@torch.no_grad()
-def detect_seed_subgraphs(model, data, seeds=None, *, fanouts=PAPER_FANOUTS, max_seeds: Optional[int] = None,
-                          device="cpu", threshold: float = MA_THRESHOLD, seed: int = 0, fit: bool = True,
-                          progress: bool = True, desc: str = "detect (seed subgraphs)") -> DetectionReport:
-    """The paper's detection on one large graph: one neighbour-sampled subgraph per seed node
-    (a batch of one seed, `fanouts` per hop), each contributing its maximum edge ratio per layer.
+def block_refusal(model) -> Optional[str]:
+    """Why `model` cannot run layer by layer over per-layer blocks (None: it can): magnn's models say
+    (GraphModel.block_refusal); any other module takes one graph for every layer."""
+    refusal = getattr(model, "block_refusal", None)
+    return refusal() if callable(refusal) else f"{type(model).__name__} takes one graph for every layer"
 
-    seeds: node ids or a bool mask (default: data.test_mask); `max_seeds` keeps the first
-    that many (in node order). Each seed's subgraph is drawn from `seed_generator(seed, node)`;
-    under torchrun the ranks split the seeds and every rank ends with all of them, merged. Histograms merge over all subgraphs (an edge drawn for two
-    seeds counts twice, as in the paper's loop). Returns a DetectionReport whose "batches"
-    are the seeds.
+
+def _seed_batch(data, graph, node: int, fanouts, blocks: bool, generator):
+    """One seed's mini-batch: its per-layer blocks (block_batch) or its union subgraph (subgraph)."""
+    from ..data.sampling import block_batch, sample_blocks, sample_edges, subgraph
+    one = torch.tensor([node])
+    if blocks:
+        return block_batch(data, sample_blocks(graph, one, fanouts, generator))
+    return subgraph(data, one, sample_edges(graph, one, fanouts, generator))
+
+
+def _seed_form(model, blocks: Optional[bool], fanouts) -> tuple[bool, tuple]:
+    """(blocks, fan-outs) of the seed form: blocks=None picks blocks when the model can run them."""
+    from ..data.sampling import PAPER_BLOCK_FANOUTS
+    refusal = block_refusal(model)
+    if blocks and refusal is not None:
+        raise ValueError(f"blocks=True: {refusal}; pass blocks=False for one union subgraph per seed")
+    blocks = refusal is None if blocks is None else blocks
+    return blocks, tuple(fanouts) if fanouts is not None else (PAPER_BLOCK_FANOUTS if blocks else PAPER_FANOUTS)
+
+
+@torch.no_grad()
+def detect_seed_subgraphs(model, data, seeds=None, *, fanouts=None, blocks: Optional[bool] = None,
+                          max_seeds: Optional[int] = None, device="cpu", threshold: float = MA_THRESHOLD,
+                          seed: int = 0, fit: bool = True, progress: bool = True,
+                          desc: str = "detect (seed subgraphs)") -> DetectionReport:
+    """The paper's detection on one large graph: one neighbour-sampled batch per seed node, each
+    contributing its maximum edge ratio per layer; a DetectionReport whose "batches" are the seeds.
+
+    blocks=True: the paper's code's form, DGL per-layer blocks (`sample_blocks`, default fan-outs
+    [5, 10, 15, 1], first layer first), layer l over block l only; False: one union subgraph drawn
+    `fanouts` hops out (default (5, 10, 15)) for every layer; None: blocks when the model can run
+    them (`block_refusal`). The report's `form` says which. seeds: node ids or a bool mask (default:
+    data.test_mask); `max_seeds` keeps the first that many. Each seed's batch is drawn from
+    `seed_generator(seed, node)`; under torchrun the ranks split the seeds and every rank ends with
+    all of them. Histograms merge over all batches (an edge drawn for two seeds counts twice).
     """
     from tqdm import tqdm
 
     from ..core.graph import Graph
     from ..data.proteins import check_node_graph
-    from ..data.sampling import sample_edges, subgraph
     from ..distributed import all_reduce_stats, rank_world
 
     check_node_graph(data, "detection")
     if max_seeds is not None and max_seeds < 1:
         raise ValueError(f"max_seeds must be >= 1 (or None for all seeds), got {max_seeds}")
+    blocks, fanouts = _seed_form(model, blocks, fanouts)
     seeds = _node_mask_seeds(data, seeds)
     if max_seeds is not None:
         seeds = seeds[:max_seeds]
@@ -232,9 +267,7 @@ def detect_seed_subgraphs(model, data, seeds=None, *, fanouts=PAPER_FANOUTS, max
     graph = Graph(data.edge_index, data.num_nodes, validate=False)
     reports: dict[str, LayerReport] = {}
     for node in tqdm(seeds.tolist(), desc=desc, disable=not progress_enabled(progress) or rank != 0, leave=False, unit="seed"):
-        one = torch.tensor([node])
-        generator = seed_generator(seed, node)  # the same subgraph however the seeds are sharded
-        batch = subgraph(data, one, sample_edges(graph, one, fanouts, generator)).to(device)
+        batch = _seed_batch(data, graph, node, fanouts, blocks, seed_generator(seed, node)).to(device)
         record_batch(reports, forward_with_stats(model, batch, threshold))
     merged = all_reduce_stats({name: r.stats for name, r in reports.items()})
     if world > 1:  # every rank's per-seed maxima, rank by rank
@@ -251,7 +284,8 @@ def detect_seed_subgraphs(model, data, seeds=None, *, fanouts=PAPER_FANOUTS, max
         report.summarise(threshold)
         if fit:
             report.gamma = fit_gamma(report.stats.hist_ratio)
-    return DetectionReport(list(reports.values()))
+    form = f"per-layer blocks, fan-outs {list(fanouts)}" if blocks else f"union subgraph, fan-outs {list(fanouts)}"
+    return DetectionReport(list(reports.values()), form=form)
 
 
 def seed_generator(seed: int, node: int) -> torch.Generator:

@@ -110,6 +110,9 @@ def add_detect(commands) -> None:
     parser.add_argument("--max-batches", type=positive_int, default=default("max_batches"),
                         help="first N batches only (>= 1)")
     parser.add_argument("--threshold", type=positive_float, default=default("threshold"))
+    parser.add_argument("--without-bias", action="store_true",
+                        help="statistics of each layer's score without EBT's bias term b_e,i (gt mode; molecule "
+                             "splits): what the bias does not touch (magnn.analysis.unbiased)")
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--data-root", default=default("data_root"),
                         help="dataset folder (default: the one the checkpoint was trained with)")

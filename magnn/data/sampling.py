@@ -119,3 +119,35 @@ def sample_blocks(graph: Graph, seeds: torch.Tensor, fanouts: Sequence[int] = PA
         sources = graph.src[edges]
         dst = torch.cat([dst, torch.unique(sources[~torch.isin(sources, dst)])])
     return blocks
+
+
+def block_batch(data: Data, blocks: list) -> Data:
+    """The mini-batch Data of per-layer blocks (`sample_blocks`'s output), which a model runs layer by
+    layer (magnn.models: layer l attends over block l only).
+
+    Nodes are the first block's sources, ordered so that every block's destinations are a prefix
+    (the seeds first, as in DGL's blocks): layer l reads the states of block l's sources and writes
+    those of its destinations, the next block's sources. `edge_index` and the edge fields hold the
+    blocks' edges one block after another (an edge drawn for two blocks appears in both);
+    `block_ptr` [B + 1] gives each block's rows, `block_num_dst` [B] its destination count (magnn's
+    models hand each layer its block's rows of the edge inputs and of the collectors' edge types).
+    """
+    first_dst, first_edges = blocks[0]
+    sources = data.edge_index[0, first_edges]
+    nodes = torch.cat([first_dst, torch.unique(sources[~torch.isin(sources, first_dst)])])
+    local = torch.full((data.num_nodes,), -1, dtype=torch.long, device=nodes.device)
+    local[nodes] = torch.arange(nodes.numel(), device=nodes.device)
+    edge_ids = torch.cat([edges for _, edges in blocks])
+    counts = torch.tensor([0] + [edges.numel() for _, edges in blocks])
+    batch = Data(edge_index=local[data.edge_index[:, edge_ids]], num_nodes=nodes.numel())
+    for name in NODE_FIELDS:
+        if getattr(data, name, None) is not None:
+            batch[name] = data[name][nodes]
+    for name in EDGE_FIELDS:
+        if getattr(data, name, None) is not None:
+            batch[name] = data[name][edge_ids]
+    batch.block_ptr = torch.cumsum(counts, 0)
+    batch.block_num_dst = torch.tensor([dst.numel() for dst, _ in blocks])
+    batch.num_seeds = blocks[-1][0].numel()
+    batch.node_ids = nodes
+    return batch

@@ -16,6 +16,7 @@ from torch.utils.checkpoint import checkpoint as activation_checkpoint
 from torch_geometric.transforms import Compose
 
 from ..core.errors import ArgumentTypeError
+from ..core.graph import Graph
 from ..data.info import DatasetInfo
 from ..layers import FusedEdgeAttention
 from .config import ModelConfig, resolve_depth_and_pe
@@ -179,6 +180,55 @@ class GraphModel(nn.Module):
             return layer(*args, **kwargs)
         # the backward pass recomputes the layer; magnn.stats skips a recomputation's statistics itself
         return activation_checkpoint(layer, *args, use_reentrant=False, **kwargs)
+
+    def block_refusal(self) -> Optional[str]:
+        """Why this model cannot run layer by layer over per-layer blocks (`layer_blocks`), or None when
+        it can: the node input must not pool edges (node_input "species+edge_mean" would average every
+        block's edges); subclasses add their own reasons."""
+        if self.node_input != "species":
+            return f"node_input={self.node_input!r} averages the edge features of every block"
+        return None
+
+    def layer_blocks(self, data) -> Optional[list]:
+        """Per layer, (Graph over its block's edges, the block's rows of the edge inputs, its number of
+        destination nodes) when `data` carries DGL-style per-layer blocks (`block_ptr`, `block_num_dst`:
+        magnn.data.sampling.block_batch), else None: one graph serves every layer.
+
+        With blocks, layer l attends over block l only, reads the states of its sources (the
+        previous block's destinations; every node for the first layer) and keeps those of its
+        destinations, a prefix of its sources, as DGL's blocks do. Blocks after the last layer
+        shape the earlier blocks' destinations but no layer attends over them (the paper's
+        fan-outs [5, 10, 15, 1] for its 3 layers). ValueError when the model cannot run blocks
+        (`block_refusal`) or there are fewer blocks than layers."""
+        ptr = getattr(data, "block_ptr", None)
+        if ptr is None:
+            return None
+        refusal = self.block_refusal()
+        if refusal is not None:
+            raise ValueError(f"per-layer blocks need the paper's ogbn-proteins architecture: {refusal}; "
+                             "build the model with magnn.models.presets.proteins_architecture(model, 'paper')")
+        ptr, num_dst = [int(v) for v in ptr], [int(v) for v in data.block_num_dst]
+        if len(num_dst) < self.num_layers:
+            raise ValueError(f"{len(num_dst)} blocks for {self.num_layers} layers: sample one block per layer at least")
+        sources = [int(data.num_nodes)] + num_dst
+        return [(Graph(data.edge_index[:, ptr[i]:ptr[i + 1]], num_nodes=sources[i]), slice(ptr[i], ptr[i + 1]),
+                 num_dst[i]) for i in range(self.num_layers)]
+
+    def run_block_layer(self, layer: nn.Module, rows: slice, num_dst: int, *args) -> torch.Tensor:
+        """The node states of one layer run over its block (`layer_blocks`): layer(*args)'s node output
+        (the first of a tuple) cut to the block's destinations. While it runs, the layer's active
+        collectors that count by edge type see only this block's rows of the types they hold
+        (collect(edge_types=...) holds every block's rows, one block after another)."""
+        held = [c for c in getattr(layer.attention, "collectors", ()) if c.edge_types is not None and c.tap == "edge"]
+        saved = [c.edge_types for c in held]
+        for collector in held:
+            collector.edge_types = collector.edge_types[rows]
+        try:
+            out = self.run_layer(layer, *args)
+        finally:
+            for collector, types in zip(held, saved):
+                collector.edge_types = types
+        return (out[0] if isinstance(out, tuple) else out)[:num_dst]
 
     def predict(self, h: torch.Tensor, data) -> torch.Tensor:
         """The head on the last node states: [num_graphs, num_tasks] or [N, num_tasks]."""

@@ -121,6 +121,11 @@ class GraphTransformer(GraphModel):
     def positional_encoding(self) -> Optional[nn.Module]:
         return self.lap_pe
 
+    def block_refusal(self) -> Optional[str]:
+        if self.edge_stream:
+            return "edge_stream=True carries edge states from one layer's edges to the next's"
+        return super().block_refusal()
+
     def embed(self, data) -> tuple[torch.Tensor, torch.Tensor]:
         """Input node and edge embeddings ([N, hidden], [E, hidden]), positional encoding included."""
         return self.embed_nodes(data), self.edge_input.shared(data, None)
@@ -129,6 +134,11 @@ class GraphTransformer(GraphModel):
         """Predictions; node_noise / edge_noise are added to the input embeddings (for attacks)."""
         h = self.add_noise(self.embed_nodes(data), node_noise, "node_noise")
         e = self.edge_input.shared(data, edge_noise)
+        blocks = self.layer_blocks(data)
+        if blocks is not None:  # layer l over block l; the same edge embedding's rows for each (no edge stream)
+            for layer, (block, rows, num_dst) in zip(self.layers, blocks):
+                h = self.run_block_layer(layer, rows, num_dst, h, e[rows], block)
+            return self.predict(h, data)
         graph = Graph(data.edge_index, num_nodes=h.shape[0])
         for layer in self.layers:
             h, e = self.run_layer(layer, h, e, graph)

@@ -176,6 +176,11 @@ class GraphiT(GraphModel):
     def positional_encoding(self) -> Optional[nn.Module]:
         return self.lap_pe
 
+    def block_refusal(self) -> Optional[str]:
+        if self.non_edge is not None:
+            return "pe='rw' attends over the random-walk kernel's support of the whole graph"
+        return super().block_refusal()
+
     def attention_support(self, data, num_nodes: int):
         """(Graph, bias or None, extra-row embeddings or None) the layers attend over."""
         if self.non_edge is None:
@@ -185,10 +190,15 @@ class GraphiT(GraphModel):
     def forward(self, data, *, node_noise: Optional[torch.Tensor] = None, edge_noise: Optional[torch.Tensor] = None):
         """Predictions; node_noise / edge_noise are added to the input embeddings (for attacks)."""
         h = self.add_noise(self.embed_nodes(data), node_noise, "node_noise")
-        graph, bias, extra_embedding = self.attention_support(data, h.shape[0])
+        blocks = self.layer_blocks(data)
+        graph, bias, extra_embedding = self.attention_support(data, h.shape[0]) if blocks is None else (None, None, None)
         shared_edges = self.edge_input.shared(data, edge_noise)
-        for layer in self.layers:
+        for index, layer in enumerate(self.layers):
             e = self.edge_input.for_layer(layer, data, shared_edges, edge_noise)
+            if blocks is not None:  # layer `index` over its own block (magnn.data.sampling.block_batch)
+                graph, rows, num_dst = blocks[index]
+                h = self.run_block_layer(layer, rows, num_dst, h, e[rows], graph, None, None)
+                continue
             num_real = e.shape[0]
             if extra_embedding is not None:
                 e = torch.cat([e, extra_embedding.to(e.dtype)])

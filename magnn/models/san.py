@@ -429,6 +429,11 @@ class SAN(GraphModel):
     def positional_encoding(self) -> Optional[nn.Module]:
         return self.lpe
 
+    def block_refusal(self) -> Optional[str]:
+        if self.full_graph and self.gamma != 0:
+            return "full_graph=True attends over fake edges of the whole graph"
+        return super().block_refusal()
+
     def build_fake_edges(self, data, num_nodes: int) -> Optional[FakeEdges]:
         """This forward's fake edges (None when full_graph is off or gamma is 0)."""
         if not self.full_graph or self.gamma == 0 or num_nodes == 0:
@@ -446,11 +451,16 @@ class SAN(GraphModel):
         """Predictions; node_noise / edge_noise are added to the input embeddings (for attacks)."""
         h = self.add_noise(self.embed_nodes(data), node_noise, "node_noise")
         num_nodes = h.shape[0]
-        graph = Graph(data.edge_index, num_nodes=num_nodes)
-        fake = self.build_fake_edges(data, num_nodes)
+        blocks = self.layer_blocks(data)
+        graph = Graph(data.edge_index, num_nodes=num_nodes) if blocks is None else None
+        fake = self.build_fake_edges(data, num_nodes) if blocks is None else None
         fake_attr = self.fake_edge.weight if self.fake_edge is not None else None
         shared_edges = self.edge_input.shared(data, edge_noise)
-        for layer in self.layers:
+        for index, layer in enumerate(self.layers):
             e = self.edge_input.for_layer(layer, data, shared_edges, edge_noise)
+            if blocks is not None:  # layer `index` over its own block (magnn.data.sampling.block_batch)
+                block, rows, num_dst = blocks[index]
+                h = self.run_block_layer(layer, rows, num_dst, h, e[rows], block, None, fake_attr)
+                continue
             h = self.run_layer(layer, h, e, graph, fake, fake_attr)
         return self.predict(h, data)

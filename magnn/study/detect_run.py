@@ -31,6 +31,7 @@ class DetectConfig:
     device: str = "cpu"
     data_root: str | None = None  # default: the one the checkpoint was trained with
     tox21_csv: str | None = None  # default: the one the checkpoint was trained with
+    without_bias: bool = False  # statistics of the score without EBT's bias term (magnn.analysis.unbiased)
 
     def validate(self) -> DetectConfig:
         check_detect_config(self)
@@ -76,7 +77,7 @@ def run_detect(config: DetectConfig) -> DetectResult:
         raise UserError(f"--split {config.split}: the {train_config.dataset} {config.split} split is empty; "
                         "pick another split")
     report = detect(model, splits[config.split], device=config.device, threshold=config.threshold,
-                    max_batches=config.max_batches)
+                    max_batches=config.max_batches, without_bias=config.without_bias)
     write_atomically(out / "detect.json", report_json(report.to_dict()))
     plot_sorted_ratios({"trained": report}, out / "sorted_max_ratios.png",
                        title=f"{train_config.model} on {train_config.dataset}")

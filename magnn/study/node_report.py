@@ -12,7 +12,9 @@ def node_report(data, train_config, detections: dict) -> dict:
     kwargs = model_config(config.model, data.info, preset="paper", **model_overrides(train_config))
     keys = ("num_layers", "hidden", "heads", "node_input", "edge_stream", "layer_edge_encoders", "fused_edge_projection")
     test = graph.test_mask
-    seeds_used = len(next(iter(detections.values())).report.layers[0].batch_max_ratio_edge) if detections else 0
+    first = next(iter(detections.values())).report if detections else None
+    seeds_used = len(first.layers[0].batch_max_ratio_edge) if first is not None else 0
+    form = (first.form if first is not None else None) or "union subgraph"
     return {
         "architecture": {"name": architecture_name(config.model, kwargs),
                          "model": {k: kwargs[k] for k in keys if k in kwargs}},
@@ -20,8 +22,10 @@ def node_report(data, train_config, detections: dict) -> dict:
         "graph": {"nodes": int(graph.num_nodes), "directed_edges": int(graph.edge_index.shape[1]),
                   "test_nodes": int(test.sum())},
         "detection_forms": {
-            "detection": f"the paper's: one sampled subgraph per test seed node (fan-outs {list(config.fanouts)}), "
-                         f"each contributing its max edge ratio per layer; {seeds_used} seeds",
+            "detection": f"the paper's: one sampled batch per test seed node ({form}; per-layer blocks: layer l "
+                         "attends over block l only, as the paper's DGL code; union subgraph: every layer over one "
+                         f"subgraph, for models that cannot run blocks), each contributing its max edge ratio per "
+                         f"layer; {seeds_used} seeds",
             "detection_full_graph": "magnn's: one forward over the whole graph, statistics on every layer and edge; "
                                     "per test node, the max r_e over its incoming edges",
         },

@@ -79,12 +79,14 @@ class NodeTask(GraphTask):
     node_level = True
 
     def detect(self, data: StudyData, model, label: str) -> Detection:
-        """The paper's seed-subgraph detection and magnn's full-graph detection."""
-        from ..analysis.detect import detect_full_graph, detect_seed_subgraphs
+        """The paper's seed detection (per-layer blocks with the paper's fan-outs [5, 10, 15, 1] where the
+        model can run them; otherwise one union subgraph per seed with --fanouts) and magnn's full-graph detection."""
+        from ..analysis.detect import block_refusal, detect_full_graph, detect_seed_subgraphs
 
         config, profile, graph = data.config, data.profile, data.splits["test"]
         cap = config.max_seeds if config.max_seeds is not None else profile["detect_graphs"]
-        seeds = detect_seed_subgraphs(model, graph, graph.test_mask, fanouts=config.train.fanouts, max_seeds=cap,
+        fanouts = None if block_refusal(model) is None else config.train.fanouts
+        seeds = detect_seed_subgraphs(model, graph, graph.test_mask, fanouts=fanouts, max_seeds=cap,
                                       device=config.train.device, threshold=config.threshold, seed=config.train.seed,
                                       desc=f"{label}: seed subgraphs")
         log.info(f"== detecting MAs: {label}, full graph")
