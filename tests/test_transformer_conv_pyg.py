@@ -5,6 +5,8 @@ sparse adjacencies, EdgeIndex, int32 indices, to_hetero with lazy channels, GNNE
 torch.compile(fullgraph=True) without graph breaks, aggr/flow."""
 from __future__ import annotations
 
+from typing import Optional, Tuple, Union
+
 import pytest
 import torch
 
@@ -201,6 +203,56 @@ def test_jit_script_of_a_model_holding_the_layer():
     x, edge_index, edge_attr = _graph(edge_dim=3)
     torch.testing.assert_close(torch.jit.script(ours)(x, edge_index, edge_attr), theirs(x, edge_index, edge_attr))
     assert ours.conv1.jittable() is ours.conv1  # PyG's deprecated spelling still answers
+
+
+class _Holder(torch.nn.Module):
+    """A model holding the layer, as PyG's test scripts it: forward with return_attention_weights."""
+
+    def __init__(self, conv):
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x: Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]], edge_index: torch.Tensor,
+                edge_attr: Optional[torch.Tensor]
+                ) -> Tuple[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+        return self.conv(x, edge_index, edge_attr, return_attention_weights=True)
+
+
+@pytest.mark.parametrize("edge_dim", [None, 3, 64])  # 3 < H*C: projected inside the kernels; 64: before them
+@pytest.mark.parametrize("bipartite", [False, True])
+def test_scripted_layer_on_the_cpu_backend_gives_the_eager_numbers(edge_dim, bipartite):
+    """Scripted on the cpu backend, the twin calls the same operator on the same CSR: outputs equal
+    eager's exactly (PyG's tests compare them with allclose's defaults), gradients and alpha agree."""
+    torch.manual_seed(3)
+    conv = TransformerConv((8, 5) if bipartite else 8, 4, heads=2, edge_dim=edge_dim, beta=True, backend="cpu")
+    x, edge_index, edge_attr = _graph(edge_dim=edge_dim)
+    x = (x, torch.randn(4, 5)) if bipartite else x
+    edge_index = edge_index[:, edge_index[1] < 4] if bipartite else edge_index
+    edge_attr = None if edge_attr is None else edge_attr[: edge_index.shape[1]]
+    scripted = torch.jit.script(conv)
+    eager_out, scripted_out = conv(x, edge_index, edge_attr), scripted(x, edge_index, edge_attr)
+    assert torch.equal(scripted_out, eager_out)
+    eager_grads = torch.autograd.grad(eager_out.square().sum(), list(conv.parameters()))
+    scripted_grads = torch.autograd.grad(scripted_out.square().sum(), list(scripted.parameters()))
+    for eager_grad, scripted_grad in zip(eager_grads, scripted_grads):
+        torch.testing.assert_close(scripted_grad, eager_grad)
+    out, (index, alpha) = torch.jit.script(_Holder(conv))(x, edge_index, edge_attr)
+    eager_result = conv(x, edge_index, edge_attr, return_attention_weights=True)
+    assert torch.equal(out, eager_out) and torch.equal(index, edge_index)
+    torch.testing.assert_close(alpha, eager_result[1][1])
+
+
+def test_scripted_layer_trains_with_attention_dropout_on_the_cpu_backend():
+    torch.manual_seed(0)
+    conv = TransformerConv(8, 4, heads=2, edge_dim=3, dropout=0.5, backend="cpu").train()
+    x, edge_index, edge_attr = _graph(edge_dim=3)
+    scripted = torch.jit.script(conv)
+    outs = [scripted(x, edge_index, edge_attr) for _ in range(2)]
+    assert not torch.equal(outs[0], outs[1])  # a new mask per call
+    grads = torch.autograd.grad(outs[0].sum(), list(scripted.parameters()))
+    assert all(torch.isfinite(grad).all() for grad in grads)
+    scripted.eval()
+    torch.testing.assert_close(scripted(x, edge_index, edge_attr), conv.eval()(x, edge_index, edge_attr))
 
 
 @pytest.mark.parametrize("backend", ["torch", "cpu"])
