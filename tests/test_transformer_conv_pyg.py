@@ -10,6 +10,7 @@ from typing import Optional, Tuple, Union
 import pytest
 import torch
 
+from magnn.core.errors import LayerInputError
 from magnn.layers import TransformerConv
 from magnn.stats import collect
 
@@ -240,6 +241,55 @@ def test_scripted_layer_on_the_cpu_backend_gives_the_eager_numbers(edge_dim, bip
     eager_result = conv(x, edge_index, edge_attr, return_attention_weights=True)
     assert torch.equal(out, eager_out) and torch.equal(index, edge_index)
     torch.testing.assert_close(alpha, eager_result[1][1])
+
+
+def test_scripted_layer_takes_a_torch_sparse_adjacency_through_pyg_path():
+    """A torch.sparse adj_t is a Tensor to TorchScript too: the cpu twin must not read it as [2, E]."""
+    torch.manual_seed(0)
+    conv = TransformerConv(8, 4, heads=2, backend="cpu")
+    x, edge_index, _ = _graph()
+    adj_t = to_torch_csc_tensor(edge_index, size=(6, 6)).t()
+    torch.testing.assert_close(torch.jit.script(conv)(x, adj_t), conv(x, edge_index), atol=1e-6, rtol=1e-5)
+
+
+def test_sparse_values_without_edge_dim_take_pyg_path():
+    """A sparse adjacency's 2-D values are edge_attr to PyG even without edge_dim (it adds them to
+    the messages' values): the layer then takes PyG's path, as for an edge_attr passed so."""
+    theirs, ours = _pair(heads=2)
+    for backend in ("torch", "cpu"):
+        ours.backend = backend
+        x = torch.randn(3, 8)
+        adj_t = torch.sparse_coo_tensor(torch.tensor([[2], [0]]), torch.randn(1, 4), (3, 3, 4))
+        torch.testing.assert_close(ours(x, adj_t), theirs(x, adj_t))
+
+
+def _sparse_tensor_class():
+    import torch_geometric.typing
+
+    if not torch_geometric.typing.WITH_TORCH_SPARSE:
+        pytest.skip("torch-sparse is not installed: PyG's SparseTensor is then a placeholder that cannot be built")
+    return torch_geometric.typing.SparseTensor
+
+
+@pytest.mark.parametrize("edge_dim", [None, 3])
+def test_sparse_tensor_adjacency_matches_pyg(edge_dim):
+    """SparseTensor adj_t (its 2-D values as edge_attr): outputs, alpha as the adjacency's values and
+    the scripted layer as PyG's layer, on both backends; a wrongly sized adjacency is refused."""
+    sparse_tensor = _sparse_tensor_class()
+    theirs, ours = _pair(heads=2, edge_dim=edge_dim)
+    x, edge_index, edge_attr = _graph(edge_dim=edge_dim)
+    adj_t = sparse_tensor.from_edge_index(edge_index, edge_attr, sparse_sizes=(6, 6)).t()
+    expected = theirs(x, adj_t)
+    their_alpha = theirs(x, adj_t, return_attention_weights=True)[1]
+    for backend in ("torch", "cpu"):
+        ours.backend = backend
+        torch.testing.assert_close(ours(x, adj_t), expected)
+        out, alpha = ours(x, adj_t, return_attention_weights=True)
+        assert alpha.sizes() == [6, 6, 2] and alpha.nnz() == edge_index.shape[1]
+        torch.testing.assert_close(alpha.storage.value(), their_alpha.storage.value())
+        torch.testing.assert_close(torch.jit.script(ours)(x, adj_t), expected)
+    with pytest.raises(LayerInputError, match="adj_t"):
+        ours(x, sparse_tensor.from_edge_index(edge_index, edge_attr, sparse_sizes=(6, 7)).t())
 
 
 def test_scripted_layer_trains_with_attention_dropout_on_the_cpu_backend():

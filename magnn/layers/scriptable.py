@@ -1,13 +1,14 @@
 """`ScriptableTransformerConv`: what `torch.jit.script` compiles for `magnn.layers.TransformerConv`.
 
 The fused operator (Python dispatch, Graph objects, statistics) is not TorchScript, so scripting
-the layer scripts this PyG-only twin holding the same parameters and computing the same function
+the layer scripts this twin holding the same parameters and computing the same function
 through PyG's message/aggregate path, or, where the eager layer runs the cpu backend, through
 that backend's operator (`scripted_fused`: the same numbers as eager). Inside a model the layer
 scripts as `OverloadedScriptableTransformerConv`, with PyG's forward signatures
 (return_attention_weights included); scripted on its own, as `ScriptableTransformerConv`, forward(x,
 edge_index, edge_attr) -> out. The edge features travel as `edge_features` (PyG's scripted collect
-demands a non-None `edge_attr`), so a sparse adjacency's values do not stand in for them here.
+demands a non-None `edge_attr`); a SparseTensor's 2-D values stand in for a missing edge_attr, as
+on the eager layer (PyG's TorchScript path takes no torch.sparse adjacency).
 """
 # no `from __future__ import annotations`: TorchScript reads the class attribute `_alpha`'s
 # annotation as an object, not a string
@@ -95,12 +96,16 @@ class ScriptableTransformerConv(MessagePassing):
     def attend(self, query: Tensor, key: Tensor, value: Tensor, edge_index: Adj, edge_attr: OptTensor,
                want_alpha: bool) -> Tensor:
         """The attended values [N_dst, H, C]; sets `_alpha`. The cpu operator when fused_cpu applies
-        (a tensor edge_index, CPU tensors of a kernel dtype, no edge_attr without edge_dim, which
+        (a dense [2, E] edge_index, CPU tensors of a kernel dtype, no edge_attr without edge_dim, which
         PyG adds to the values on its path, as the eager layer does), else PyG's message path."""
+        if edge_attr is None and isinstance(edge_index, SparseTensor):
+            stored = edge_index.coo()[2]  # 2-D values stand in for edge_attr, as on the eager layer
+            if stored is not None and stored.dim() > 1:
+                edge_attr = stored
         if self.fused_cpu:
             lin_edge = self.lin_edge
-            if isinstance(edge_index, Tensor) and query.device.type == "cpu" and kernel_dtype(query.dtype) \
-                    and (edge_attr is None or lin_edge is not None):
+            if isinstance(edge_index, Tensor) and edge_index.layout == torch.strided and query.device.type == "cpu" \
+                    and kernel_dtype(query.dtype) and (edge_attr is None or lin_edge is not None):
                 out, alpha = fused_attend(query, key, value, edge_index, edge_attr,
                                           None if lin_edge is None else lin_edge.weight, self.project_in_kernel,
                                           self.dropout if self.training else 0.0, want_alpha)

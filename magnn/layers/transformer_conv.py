@@ -18,7 +18,7 @@ from ..core.validation import check_dropout, check_positive_int
 from ..functional import check_backend_name, edge_attention, select_backend
 from ..stats import EdgeStats, StatsTap
 from ..stats.collection import _fill
-from .adjacency import as_fused_graph, attention_result
+from .adjacency import as_fused_graph, attention_result, holds_edge_features
 from .attention import projects_in_kernel
 from .scriptable import OverloadedScriptableTransformerConv, ScriptableTransformerConv, add_projections
 
@@ -149,7 +149,10 @@ class TransformerConv(StatsTap, MessagePassing):
 
     def propagate(self, edge_index, size=None, **kwargs):
         """The fused operator when `fused_applies`, else PyG's message/aggregate path."""
-        if not self.fused_applies(kwargs.get("edge_attr")):
+        edge_attr = kwargs.get("edge_attr")
+        if edge_attr is None and holds_edge_features(edge_index):
+            edge_attr = True  # the adjacency's values serve as edge_attr (only whether there is one matters)
+        if not self.fused_applies(edge_attr):
             kwargs.pop("return_alpha", None)
             if isinstance(edge_index, Graph):
                 edge_index, size = edge_index.edge_index, edge_index.size
