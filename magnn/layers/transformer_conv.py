@@ -211,14 +211,22 @@ class TransformerConv(StatsTap, MessagePassing):
         arguments = (self.lin_key.in_channels, self.lin_query.in_channels, self.out_channels, self.heads,
                      self.concat, self.beta, self.dropout, self.edge_dim, self.lin_key.bias is not None,
                      self.root_weight, self.aggr, self.flow)
-        fused_cpu = self.fused_applies(None) and weight.device.type == "cpu" and \
-            select_backend(self.backend, weight.device, weight.dtype).name == "cpu"
+        fused_cpu = self.fused_applies(None) and self._runs_cpu_operator(weight)
         in_kernel = fused_cpu and self.lin_edge is not None and \
             projects_in_kernel(self.lin_edge, self.heads * self.out_channels)
         twin_class = ScriptableTransformerConv if _scripted_on_its_own() else OverloadedScriptableTransformerConv
         twin = twin_class(*arguments, fused_cpu=fused_cpu, project_in_kernel=in_kernel)
         twin.load_state_dict(self.state_dict())
         return twin.to(weight.device).train(self.training)
+
+    def _runs_cpu_operator(self, weight: torch.Tensor) -> bool:
+        """Whether the fused path runs the C++ cpu operator for parameters like `weight`."""
+        if weight.device.type != "cpu" or self.backend not in ("auto", "cpu"):
+            return False
+        try:
+            return select_backend(self.backend, weight.device, weight.dtype).name == "cpu"
+        except RuntimeError:  # backend="cpu" that cannot run here: the scripted twin takes PyG's path
+            return False
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}({self.in_channels}, {self.out_channels}, heads={self.heads})"
@@ -228,7 +236,10 @@ def _scripted_on_its_own() -> bool:
     """Whether `torch.jit.script` was called on this layer itself rather than on a model holding it:
     torch's preparation walk (`call_prepare_scriptable_func_impl`) has then recorded no module yet.
     Anything else, a changed torch included, answers False (the overloaded twin, PyG's behaviour)."""
-    caller = sys._getframe(2)  # _scripted_on_its_own <- __prepare_scriptable__ <- torch's walk
+    try:
+        caller = sys._getframe(2)  # _scripted_on_its_own <- __prepare_scriptable__ <- torch's walk
+    except ValueError:  # a shallower stack: not torch's walk
+        return False
     memo = caller.f_locals.get("memo")
     return caller.f_code.co_name == "call_prepare_scriptable_func_impl" and isinstance(memo, dict) and not memo
 
