@@ -206,6 +206,29 @@ def test_jit_script_of_a_model_holding_the_layer():
     assert ours.conv1.jittable() is ours.conv1  # PyG's deprecated spelling still answers
 
 
+class _Stack(torch.nn.Module):
+    def __init__(self, layers: int):
+        super().__init__()
+        self.convs = torch.nn.ModuleList([TransformerConv(8, 4, heads=2, backend="torch") for _ in range(layers)])
+
+    def forward(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        out = x
+        for conv in self.convs:
+            out = out + conv(x, edge_index).sum()
+        return out
+
+
+def test_scripting_a_model_of_many_layers_keeps_each_twin_in_its_place():
+    """torch's preparation walk records modules by id() and swaps each layer for its twin: a layer
+    freed mid-walk let a later module reuse its address and be replaced by that twin (a PyG
+    aggregation module turned into a TransformerConv twin, failing the compile now and then)."""
+    x, edge_index, _ = _graph()
+    for _ in range(5):
+        model = _Stack(12)
+        expected = model(x, edge_index)
+        torch.testing.assert_close(torch.jit.script(model)(x, edge_index), expected)
+
+
 class _Holder(torch.nn.Module):
     """A model holding the layer, as PyG's test scripts it: forward with return_attention_weights."""
 

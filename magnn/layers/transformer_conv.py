@@ -217,6 +217,11 @@ class TransformerConv(StatsTap, MessagePassing):
         twin_class = ScriptableTransformerConv if _scripted_on_its_own() else OverloadedScriptableTransformerConv
         twin = twin_class(*arguments, fused_cpu=fused_cpu, project_in_kernel=in_kernel)
         twin.load_state_dict(self.state_dict())
+        # torch's preparation walk records modules by id() and puts the twin in this layer's place in
+        # its parent, which may free this layer mid-walk; a later module allocated at the same address
+        # would then be taken for this layer and replaced by the twin. The twin keeps it alive (in a
+        # tuple, which neither the walk nor TorchScript treats as a submodule).
+        twin._prepared_from = (self,)
         return twin.to(weight.device).train(self.training)
 
     def _runs_cpu_operator(self, weight: torch.Tensor) -> bool:
