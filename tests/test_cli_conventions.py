@@ -40,6 +40,21 @@ def test_top_level_help_imports_no_heavy_package():
         assert name in result.stdout
 
 
+def test_help_and_version_import_no_torch():
+    """`import magnn` / `magnn.cli` and `magnn --help` / `--version` leave torch unloaded (what keeps
+    `magnn --help` fast: torch's import alone takes seconds); the package's names still load on use."""
+    code = ("import sys\nimport magnn, magnn.cli\nfrom magnn.cli import main\n"
+            "codes = [main([flag]) for flag in ('--help', '--version')]\n"
+            "print('TORCH', 'torch' in sys.modules, codes)\n"
+            "print('NAMES', magnn.Graph.__module__, magnn.collect.__module__, magnn.functional.__name__, "
+            "'torch' in sys.modules)")
+    result = _python(code)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "TORCH False [0, 0]" in result.stdout
+    assert "NAMES magnn.core.graph magnn.stats.collection magnn.functional True" in result.stdout
+    assert set(magnn.__all__) <= set(dir(magnn))
+
+
 def test_subcommand_help_shows_defaults(capsys):
     assert main(["train", "--help"]) == 0
     text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines

@@ -1,4 +1,6 @@
-"""A regular (wheel) install ships the C++ sources and keeps the cpu backend usable.
+"""A regular (wheel) install ships the C++ sources and keeps the cpu backend usable; in a fresh venv
+it runs magnn.layers on the cpu backend without the study's extras, which its metadata lists only
+under the `study` extra.
 
 Builds the wheel from a copy of the checkout (no network: --no-build-isolation
 uses the installed setuptools), installs it into a temporary folder and runs
@@ -19,6 +21,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from test_light_core import BLOCKER, EXTRAS  # the import blocker of the study's extras
 
 REPO = Path(__file__).resolve().parents[1]
 # what a build never needs; the rest of the checkout is copied as it is
@@ -54,8 +57,10 @@ def _module_files(root: Path, package: str) -> set[str]:
             if "__pycache__" not in path.parts}
 
 
-@pytest.mark.slow
-def test_wheel_ships_the_csrc_and_the_installed_cpu_backend_works(tmp_path):
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    """The wheel built from a copy of the checkout (no network: the installed setuptools)."""
+    tmp_path = tmp_path_factory.mktemp("wheel")
     source = tmp_path / "source"
     shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(*IGNORED))
     wheels = tmp_path / "wheels"
@@ -64,7 +69,12 @@ def test_wheel_ships_the_csrc_and_the_installed_cpu_backend_works(tmp_path):
          "-w", str(wheels)],
         cwd=source, check=True, capture_output=True, text=True,
     )
-    (wheel,) = wheels.glob("magnn-*.whl")
+    (built,) = wheels.glob("magnn-*.whl")
+    return built
+
+
+@pytest.mark.slow
+def test_wheel_ships_the_csrc_and_the_installed_cpu_backend_works(tmp_path, wheel):
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
     # the C++ sources, inside the package, where magnn.backends.cpu looks first
@@ -100,3 +110,70 @@ def test_wheel_ships_the_csrc_and_the_installed_cpu_backend_works(tmp_path):
     assert Path(report["csrc"]) == site / "magnn" / "_csrc"
     assert Path(report["library"]).is_relative_to(tmp_path / "extensions")
     assert report["match"]
+
+
+# what `pip install magnn` must bring and what only `magnn[study]` may
+CORE = ("torch", "torch-geometric", "numpy", "scipy", "tqdm", "ninja")
+
+CHECK_LIGHT = textwrap.dedent("""
+    import json, sys
+    import torch
+    import magnn.layers
+    from magnn.backends import cpu
+    torch.manual_seed(0)
+    conv = magnn.layers.TransformerConv(4, 3, heads=2, edge_dim=2, backend="cpu")
+    edge_index = torch.tensor([[0, 1, 2, 3, 3], [1, 2, 3, 0, 1]])
+    x, edge_attr = torch.randn(4, 4), torch.randn(5, 2)
+    fused = conv(x, edge_index, edge_attr)
+    conv.register_message_forward_hook(lambda *args: None)  # PyG's message path: the same function
+    json.dump({"magnn": magnn.__file__, "loaded": cpu.is_loaded(),
+               "match": torch.allclose(fused, conv(x, edge_index, edge_attr), atol=1e-6),
+               "extras": sorted(n for n in sys.modules if n.split(".")[0] in EXTRAS)}, sys.stdout)
+""")
+
+
+def _requires_dist(wheel: Path) -> list[str]:
+    with zipfile.ZipFile(wheel) as archive:
+        (metadata,) = [name for name in archive.namelist() if name.endswith(".dist-info/METADATA")]
+        text = archive.read(metadata).decode()
+    return [line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("Requires-Dist:")]
+
+
+def test_wheel_metadata_keeps_the_study_extras_out_of_the_core(wheel):
+    requires = _requires_dist(wheel)
+    for name in CORE:
+        assert any(spec.startswith(name) and "extra ==" not in spec for spec in requires), (name, requires)
+    assert any(spec.startswith("triton") and "platform_system" in spec and "extra" not in spec for spec in requires)
+    for name in EXTRAS:
+        naming = [spec for spec in requires if spec.startswith(name)]
+        assert naming and all('extra == "study"' in spec for spec in naming), (name, requires)
+
+
+@pytest.mark.slow
+def test_a_fresh_venv_with_the_wheel_runs_the_layers_without_the_study_extras(tmp_path, wheel):
+    """`pip install magnn` (the wheel, --no-deps: torch and PyG come from the system site through
+    --system-site-packages, no network) in a new venv; ogb, rdkit, matplotlib and pandas are made
+    unimportable (the system site has them); magnn.layers and the cpu backend run. The cpu extension
+    is the one this checkout built (same sources: its stamp matches) and no compiler is offered, so
+    the installed copy loads it as a prebuilt library instead of compiling for minutes."""
+    from magnn.backends import cpu
+
+    cpu.build()
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index",
+                    "-q", str(wheel)], check=True, capture_output=True, text=True)
+    extensions = tmp_path / "extensions"
+    shutil.copytree(cpu.build_directory(), extensions / cpu.build_directory().name,
+                    ignore=shutil.ignore_patterns("*.o", "*.ninja*", "lock", "*.lock", "*.tmp"))
+    workdir = tmp_path / "elsewhere"  # not the checkout: only the installed magnn is importable
+    workdir.mkdir()
+    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "PYTHONSAFEPATH")}
+    env.update(TORCH_EXTENSIONS_DIR=str(extensions), CXX="/nonexistent/c++", PYTHONNOUSERSITE="1")
+    run = subprocess.run([str(python), "-c", BLOCKER + f"EXTRAS = {EXTRAS!r}\n" + CHECK_LIGHT], cwd=workdir,
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(run.stdout)
+    assert Path(report["magnn"]).is_relative_to(venv), report
+    assert report["loaded"] and report["match"] and report["extras"] == [], report

@@ -5,9 +5,12 @@ sparse adjacencies, EdgeIndex, int32 indices, to_hetero with lazy channels, GNNE
 torch.compile(fullgraph=True) without graph breaks, aggr/flow."""
 from __future__ import annotations
 
+from typing import Optional, Tuple, Union
+
 import pytest
 import torch
 
+from magnn.core.errors import LayerInputError
 from magnn.layers import TransformerConv
 from magnn.stats import collect
 
@@ -201,6 +204,128 @@ def test_jit_script_of_a_model_holding_the_layer():
     x, edge_index, edge_attr = _graph(edge_dim=3)
     torch.testing.assert_close(torch.jit.script(ours)(x, edge_index, edge_attr), theirs(x, edge_index, edge_attr))
     assert ours.conv1.jittable() is ours.conv1  # PyG's deprecated spelling still answers
+
+
+class _Stack(torch.nn.Module):
+    def __init__(self, layers: int):
+        super().__init__()
+        self.convs = torch.nn.ModuleList([TransformerConv(8, 4, heads=2, backend="torch") for _ in range(layers)])
+
+    def forward(self, x: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        out = x
+        for conv in self.convs:
+            out = out + conv(x, edge_index).sum()
+        return out
+
+
+def test_scripting_a_model_of_many_layers_keeps_each_twin_in_its_place():
+    """torch's preparation walk records modules by id() and swaps each layer for its twin: a layer
+    freed mid-walk let a later module reuse its address and be replaced by that twin (a PyG
+    aggregation module turned into a TransformerConv twin, failing the compile now and then)."""
+    x, edge_index, _ = _graph()
+    for _ in range(5):
+        model = _Stack(12)
+        expected = model(x, edge_index)
+        torch.testing.assert_close(torch.jit.script(model)(x, edge_index), expected)
+
+
+class _Holder(torch.nn.Module):
+    """A model holding the layer, as PyG's test scripts it: forward with return_attention_weights."""
+
+    def __init__(self, conv):
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x: Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]], edge_index: torch.Tensor,
+                edge_attr: Optional[torch.Tensor]
+                ) -> Tuple[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+        return self.conv(x, edge_index, edge_attr, return_attention_weights=True)
+
+
+@pytest.mark.parametrize("edge_dim", [None, 3, 64])  # 3 < H*C: projected inside the kernels; 64: before them
+@pytest.mark.parametrize("bipartite", [False, True])
+def test_scripted_layer_on_the_cpu_backend_gives_the_eager_numbers(edge_dim, bipartite):
+    """Scripted on the cpu backend, the twin calls the same operator on the same CSR: outputs equal
+    eager's exactly (PyG's tests compare them with allclose's defaults), gradients and alpha agree."""
+    torch.manual_seed(3)
+    conv = TransformerConv((8, 5) if bipartite else 8, 4, heads=2, edge_dim=edge_dim, beta=True, backend="cpu")
+    x, edge_index, edge_attr = _graph(edge_dim=edge_dim)
+    x = (x, torch.randn(4, 5)) if bipartite else x
+    edge_index = edge_index[:, edge_index[1] < 4] if bipartite else edge_index
+    edge_attr = None if edge_attr is None else edge_attr[: edge_index.shape[1]]
+    scripted = torch.jit.script(conv)
+    eager_out, scripted_out = conv(x, edge_index, edge_attr), scripted(x, edge_index, edge_attr)
+    assert torch.equal(scripted_out, eager_out)
+    eager_grads = torch.autograd.grad(eager_out.square().sum(), list(conv.parameters()))
+    scripted_grads = torch.autograd.grad(scripted_out.square().sum(), list(scripted.parameters()))
+    for eager_grad, scripted_grad in zip(eager_grads, scripted_grads):
+        torch.testing.assert_close(scripted_grad, eager_grad)
+    out, (index, alpha) = torch.jit.script(_Holder(conv))(x, edge_index, edge_attr)
+    eager_result = conv(x, edge_index, edge_attr, return_attention_weights=True)
+    assert torch.equal(out, eager_out) and torch.equal(index, edge_index)
+    torch.testing.assert_close(alpha, eager_result[1][1])
+
+
+def test_scripted_layer_takes_a_torch_sparse_adjacency_through_pyg_path():
+    """A torch.sparse adj_t is a Tensor to TorchScript too: the cpu twin must not read it as [2, E]."""
+    torch.manual_seed(0)
+    conv = TransformerConv(8, 4, heads=2, backend="cpu")
+    x, edge_index, _ = _graph()
+    adj_t = to_torch_csc_tensor(edge_index, size=(6, 6)).t()
+    torch.testing.assert_close(torch.jit.script(conv)(x, adj_t), conv(x, edge_index), atol=1e-6, rtol=1e-5)
+
+
+def test_sparse_values_without_edge_dim_take_pyg_path():
+    """A sparse adjacency's 2-D values are edge_attr to PyG even without edge_dim (it adds them to
+    the messages' values): the layer then takes PyG's path, as for an edge_attr passed so."""
+    theirs, ours = _pair(heads=2)
+    for backend in ("torch", "cpu"):
+        ours.backend = backend
+        x = torch.randn(3, 8)
+        adj_t = torch.sparse_coo_tensor(torch.tensor([[2], [0]]), torch.randn(1, 4), (3, 3, 4))
+        torch.testing.assert_close(ours(x, adj_t), theirs(x, adj_t))
+
+
+def _sparse_tensor_class():
+    import torch_geometric.typing
+
+    if not torch_geometric.typing.WITH_TORCH_SPARSE:
+        pytest.skip("torch-sparse is not installed: PyG's SparseTensor is then a placeholder that cannot be built")
+    return torch_geometric.typing.SparseTensor
+
+
+@pytest.mark.parametrize("edge_dim", [None, 3])
+def test_sparse_tensor_adjacency_matches_pyg(edge_dim):
+    """SparseTensor adj_t (its 2-D values as edge_attr): outputs, alpha as the adjacency's values and
+    the scripted layer as PyG's layer, on both backends; a wrongly sized adjacency is refused."""
+    sparse_tensor = _sparse_tensor_class()
+    theirs, ours = _pair(heads=2, edge_dim=edge_dim)
+    x, edge_index, edge_attr = _graph(edge_dim=edge_dim)
+    adj_t = sparse_tensor.from_edge_index(edge_index, edge_attr, sparse_sizes=(6, 6)).t()
+    expected = theirs(x, adj_t)
+    their_alpha = theirs(x, adj_t, return_attention_weights=True)[1]
+    for backend in ("torch", "cpu"):
+        ours.backend = backend
+        torch.testing.assert_close(ours(x, adj_t), expected)
+        out, alpha = ours(x, adj_t, return_attention_weights=True)
+        assert alpha.sizes() == [6, 6, 2] and alpha.nnz() == edge_index.shape[1]
+        torch.testing.assert_close(alpha.storage.value(), their_alpha.storage.value())
+        torch.testing.assert_close(torch.jit.script(ours)(x, adj_t), expected)
+    with pytest.raises(LayerInputError, match="adj_t"):
+        ours(x, sparse_tensor.from_edge_index(edge_index, edge_attr, sparse_sizes=(6, 7)).t())
+
+
+def test_scripted_layer_trains_with_attention_dropout_on_the_cpu_backend():
+    torch.manual_seed(0)
+    conv = TransformerConv(8, 4, heads=2, edge_dim=3, dropout=0.5, backend="cpu").train()
+    x, edge_index, edge_attr = _graph(edge_dim=3)
+    scripted = torch.jit.script(conv)
+    outs = [scripted(x, edge_index, edge_attr) for _ in range(2)]
+    assert not torch.equal(outs[0], outs[1])  # a new mask per call
+    grads = torch.autograd.grad(outs[0].sum(), list(scripted.parameters()))
+    assert all(torch.isfinite(grad).all() for grad in grads)
+    scripted.eval()
+    torch.testing.assert_close(scripted(x, edge_index, edge_attr), conv.eval()(x, edge_index, edge_attr))
 
 
 @pytest.mark.parametrize("backend", ["torch", "cpu"])

@@ -89,7 +89,10 @@ def as_fused_graph(edge_index, size, edge_attr: Optional[torch.Tensor]):
         return edge_index, edge_attr
     sparse_tensor = _sparse_tensor_class()
     if sparse_tensor is not None and isinstance(edge_index, sparse_tensor):
-        row, col, value = edge_index.coo()
+        if tuple(edge_index.sparse_sizes()) != (size[1], size[0]):
+            raise LayerInputError(f"a SparseTensor adjacency must be adj_t [N_dst, N_src] = [{size[1]}, {size[0]}], "
+                                  f"got {list(edge_index.sparse_sizes())}")
+        row, col, value = edge_index.coo()  # row-major: the edges in storage order, row = destination
         if edge_attr is None and value is not None and value.dim() > 1:
             edge_attr = value
         edge_index = torch.stack([col, row])
@@ -103,6 +106,18 @@ def as_fused_graph(edge_index, size, edge_attr: Optional[torch.Tensor]):
             f"edge_index must be a [2, E] integer tensor, an EdgeIndex, a torch.sparse or SparseTensor adjacency "
             f"or a magnn.Graph, got {type(edge_index).__name__}")
     return _graph_from_edge_index(edge_index, size), edge_attr
+
+
+def holds_edge_features(edge_index) -> bool:
+    """Whether `edge_index` is a sparse adjacency (SparseTensor or torch.sparse) whose values are
+    2-D, so that they stand in for a missing edge_attr."""
+    sparse_tensor = _sparse_tensor_class()
+    if sparse_tensor is not None and isinstance(edge_index, sparse_tensor):
+        value = edge_index.storage.value()
+        return value is not None and value.dim() > 1
+    if isinstance(edge_index, torch.Tensor) and edge_index.layout in SPARSE_LAYOUTS:
+        return edge_index.values().dim() > 1
+    return False
 
 
 def attention_result(edge_index, alpha: torch.Tensor):

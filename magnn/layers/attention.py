@@ -93,6 +93,14 @@ class FusedEdgeAttention(StatsTap, nn.Module):
 
     Parameters are drawn by `reset_parameters()` (PyG's convention), which the
     constructor calls last; it re-initialises them at any time.
+
+    Not a PyG `MessagePassing` (the layer for PyG's tools is `magnn.layers.TransformerConv`):
+    its result is a pair (x_out, e_out) with an edge stream that the next layer reads, while
+    PyG's machinery around a MessagePassing (to_hetero, HeteroConv, explainers, jit) expects one
+    node tensor from message -> aggregate -> update; the EBT slot is attended beside the edges,
+    so an edge mask over the messages would not cover it; and in "gt" mode e_out is the
+    per-edge score w_ij, not a message. A subclass would either break those tools or drop
+    the edge output the models are built on.
     """
 
     def __init__(

@@ -3,6 +3,7 @@ whose `propagate` runs magnn's fused operator when nothing needs the per-edge me
 from __future__ import annotations
 
 import math
+import sys
 from typing import Optional, Sequence, Union
 
 import torch
@@ -14,12 +15,12 @@ from ..core import hugepages
 from ..core.errors import LayerInputError
 from ..core.graph import Graph
 from ..core.validation import check_dropout, check_positive_int
-from ..functional import check_backend_name, edge_attention
+from ..functional import check_backend_name, edge_attention, select_backend
 from ..stats import EdgeStats, StatsTap
 from ..stats.collection import _fill
-from .adjacency import as_fused_graph, attention_result
+from .adjacency import as_fused_graph, attention_result, holds_edge_features
 from .attention import projects_in_kernel
-from .scriptable import ScriptableTransformerConv, add_projections
+from .scriptable import OverloadedScriptableTransformerConv, ScriptableTransformerConv, add_projections
 
 # the hooks through which PyG lets a caller see or change the per-message tensors: with any
 # of them registered, `propagate` runs PyG's message/aggregate path so that they fire
@@ -70,9 +71,11 @@ class TransformerConv(StatsTap, MessagePassing):
     edge_attr, its values serve as edge_attr when they are 2-D (PyG's rule).
 
     in_channels may be -1 or (-1, -1) (lazy, inferred on the first call). ``torch.jit.script``
-    scripts `ScriptableTransformerConv` with this layer's parameters (`__prepare_scriptable__`; the
-    fused path is not TorchScript): forward(x, edge_index, edge_attr) -> out, PyG's message path. The dropout mask comes from magnn's counter-based generator on
-    the fused path (SPEC §3): same distribution as PyG's draws, other numbers.
+    scripts a twin holding this layer's parameters (`__prepare_scriptable__`) with PyG's forward
+    signatures (return_attention_weights included): on the cpu backend it calls the same C++
+    operator (same numbers as eager), elsewhere PyG's message path (equal within rounding). The
+    dropout mask comes from magnn's counter-based generator on the fused path (SPEC §3): same
+    distribution as PyG's draws, other numbers.
     """
 
     _alpha: Optional[torch.Tensor]
@@ -146,7 +149,10 @@ class TransformerConv(StatsTap, MessagePassing):
 
     def propagate(self, edge_index, size=None, **kwargs):
         """The fused operator when `fused_applies`, else PyG's message/aggregate path."""
-        if not self.fused_applies(kwargs.get("edge_attr")):
+        edge_attr = kwargs.get("edge_attr")
+        if edge_attr is None and holds_edge_features(edge_index):
+            edge_attr = True  # the adjacency's values serve as edge_attr (only whether there is one matters)
+        if not self.fused_applies(edge_attr):
             kwargs.pop("return_alpha", None)
             if isinstance(edge_index, Graph):
                 edge_index, size = edge_index.edge_index, edge_index.size
@@ -195,19 +201,52 @@ class TransformerConv(StatsTap, MessagePassing):
         return out
 
     def __prepare_scriptable__(self):
-        """What `torch.jit.script` compiles: `ScriptableTransformerConv` holding this layer's
-        parameters (the fused operator is not TorchScript; PyG's path computes the same function)."""
+        """What `torch.jit.script` compiles: a twin holding this layer's parameters (the Python
+        dispatch around the fused operator is not TorchScript). When this layer's eager forward
+        runs the C++ cpu operator, the twin calls that operator itself (fused_cpu: the same
+        numbers as eager); otherwise PyG's path (the same function within float rounding)."""
         if any(isinstance(p, torch.nn.parameter.UninitializedParameter) for p in self.parameters()):
             raise LayerInputError("torch.jit.script needs initialised parameters: run the lazy layer once first")
-        twin = ScriptableTransformerConv(
-            self.lin_key.in_channels, self.lin_query.in_channels, self.out_channels, self.heads, self.concat,
-            self.beta, self.dropout, self.edge_dim, self.lin_key.bias is not None, self.root_weight,
-            self.aggr, self.flow)
+        weight = self.lin_key.weight
+        arguments = (self.lin_key.in_channels, self.lin_query.in_channels, self.out_channels, self.heads,
+                     self.concat, self.beta, self.dropout, self.edge_dim, self.lin_key.bias is not None,
+                     self.root_weight, self.aggr, self.flow)
+        fused_cpu = self.fused_applies(None) and self._runs_cpu_operator(weight)
+        in_kernel = fused_cpu and self.lin_edge is not None and \
+            projects_in_kernel(self.lin_edge, self.heads * self.out_channels)
+        twin_class = ScriptableTransformerConv if _scripted_on_its_own() else OverloadedScriptableTransformerConv
+        twin = twin_class(*arguments, fused_cpu=fused_cpu, project_in_kernel=in_kernel)
         twin.load_state_dict(self.state_dict())
-        return twin.to(next(self.parameters()).device).train(self.training)
+        # torch's preparation walk records modules by id() and puts the twin in this layer's place in
+        # its parent, which may free this layer mid-walk; a later module allocated at the same address
+        # would then be taken for this layer and replaced by the twin. The twin keeps it alive (in a
+        # tuple, which neither the walk nor TorchScript treats as a submodule).
+        twin._prepared_from = (self,)
+        return twin.to(weight.device).train(self.training)
+
+    def _runs_cpu_operator(self, weight: torch.Tensor) -> bool:
+        """Whether the fused path runs the C++ cpu operator for parameters like `weight`."""
+        if weight.device.type != "cpu" or self.backend not in ("auto", "cpu"):
+            return False
+        try:
+            return select_backend(self.backend, weight.device, weight.dtype).name == "cpu"
+        except RuntimeError:  # backend="cpu" that cannot run here: the scripted twin takes PyG's path
+            return False
 
     def __repr__(self) -> str:
         return f"{self.__class__.__name__}({self.in_channels}, {self.out_channels}, heads={self.heads})"
+
+
+def _scripted_on_its_own() -> bool:
+    """Whether `torch.jit.script` was called on this layer itself rather than on a model holding it:
+    torch's preparation walk (`call_prepare_scriptable_func_impl`) has then recorded no module yet.
+    Anything else, a changed torch included, answers False (the overloaded twin, PyG's behaviour)."""
+    try:
+        caller = sys._getframe(2)  # _scripted_on_its_own <- __prepare_scriptable__ <- torch's walk
+    except ValueError:  # a shallower stack: not torch's walk
+        return False
+    memo = caller.f_locals.get("memo")
+    return caller.f_code.co_name == "call_prepare_scriptable_func_impl" and isinstance(memo, dict) and not memo
 
 
 def _node_pair(x) -> tuple[torch.Tensor, torch.Tensor]:
