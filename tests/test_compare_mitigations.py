@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from pathlib import Path
 
 import pytest
 
@@ -75,12 +77,17 @@ def test_comparison_numbers_and_intervals(comparison):
     table = [line for line in (out / "compare.md").read_text().splitlines() if line.startswith("| ")]
     assert len(table) == 1 + 5 and [line.split(" | ")[0][2:] for line in table[1:]] == list(MITIGATIONS)
     assert (out / summary["figures"]["compare"]).is_file()
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "REPORT.md").read_text()
+    documented = set(re.findall(r"`([a-z_0-9.]+)`", doc))
+    for key in list(summary) + list(summary["rows"][0]):  # compare.json's keys, each in docs/REPORT.md
+        assert key in documented, key
 
 
 def test_compare_mitigations_refuses_a_mitigation_or_the_grid(capsys, tmp_path):
-    for extra in (["--mitigation", "sink"], ["--dataset", "all"]):
+    for extra, says in ((["--dataset", "zinc", "--mitigation", "sink"], "trains every mitigation itself"),
+                        (["--dataset", "all"], "compares on one dataset and model")):
         code, err = run(capsys, "study", "--compare-mitigations", "--model", "gt", "--quick", "--out", tmp_path / "o",
-                        *(["--dataset", "zinc"] if extra[0] != "--dataset" else []), *extra)
+                        *extra)
         line = error_line(err, "study", code)
-        assert "--compare-mitigations" in line
+        assert "--compare-mitigations" in line and says in line, line
     assert not (tmp_path / "o").exists()

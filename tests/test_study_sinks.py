@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 
@@ -36,3 +38,8 @@ def test_study_reports_each_trained_models_sink_profile(tmp_path):
         detected = {layer["name"]: layer["stats"]["rows"] for layer in report["detection"][f"trained {tag}"]["layers"]}
         for name, layer in entry["layers"].items():  # the same test graphs as the detection: every edge typed once
             assert sum(t["edges"] for t in layer["relations"]["by_edge_type"].values()) == detected[name]
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "REPORT.md").read_text()
+    documented = set(re.findall(r"`([a-z_0-9.]+)`", doc))
+    layer = next(iter(sinks["ebt_slot"]["layers"].values()))
+    for key in ["sinks", "sink_profile"] + list(sinks["ebt_slot"]) + list(layer) + list(layer["relations"]):
+        assert key in documented, key  # docs/REPORT.md names every key of report.json "sinks"
