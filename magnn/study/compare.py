@@ -106,8 +106,8 @@ def measure_seed(config) -> dict:
     numbers = {}
     for mitigation in MITIGATIONS:
         tag = TAGS[mitigation]
-        profile = sink_profile(trained.models[tag], graphs, device=config.train.device,
-                               threshold=config.threshold) if graphs else {}
+        profile = sink_profile(trained.models[tag], graphs, device=config.train.device, threshold=config.threshold,
+                               desc=f"sink profile: trained {tag}") if graphs else {}
         numbers[mitigation] = _numbers(report, tag, profile, trained.metrics[tag], attack["attack"].get(tag),
                                        config.analyse)
     write_atomically(out / "measures.json", report_json({"numbers": numbers, **report}))

@@ -19,20 +19,24 @@ log = logging.getLogger("magnn.study.sink_profile")
 __all__ = ["sink_profile", "sinks_stage", "model_sink_mass"]
 
 
-def sink_profile(model, graphs, *, device="cpu", threshold: float = MA_THRESHOLD, batch_size: int = 64) -> dict:
+def sink_profile(model, graphs, *, device="cpu", threshold: float = MA_THRESHOLD, batch_size: int = 64,
+                 desc: str = "sink profile") -> dict:
     """Per attention layer of `model` over `graphs` (PyG Data, in batches): {"summary":
     AttentionStats.to_dict() (with "by_degree"), "relations": sink_relations(...) or None,
     "relations_note": why relations is None (the layer attends over other edges than the graph's)}."""
     import torch
     from torch_geometric.loader import DataLoader
+    from tqdm import tqdm
 
+    from ..core.progress import progress_enabled
     from ..stats import collect, collect_attention
 
     model.eval().to(device)
     edges, types, offset = [], [], 0
     with torch.no_grad(), collect(model, threshold=threshold, keep_edge_ratio=True) as ratios, \
             collect_attention(model, keep_rows=True) as attention:
-        for batch in DataLoader(list(graphs), batch_size=batch_size):
+        for batch in tqdm(DataLoader(list(graphs), batch_size=batch_size), desc=desc, leave=False,
+                          disable=not progress_enabled(True)):
             batch = batch.to(device)
             model(batch)
             edges.append(batch.edge_index.cpu() + offset)
@@ -84,7 +88,8 @@ def sinks_stage(data, task, trained, out: Path) -> tuple[dict, dict]:
     sinks = {}
     for tag, model in trained.models.items():
         log.info(f"== sink profile: trained {tag}")
-        layers = sink_profile(model, graphs, device=config.train.device, threshold=config.threshold)
+        layers = sink_profile(model, graphs, device=config.train.device, threshold=config.threshold,
+                              desc=f"sink profile: trained {tag}")
         sinks[tag] = {"layers": layers, "overall": model_sink_mass(layers), "graphs": len(graphs)}
     lines = {f"{tag} {layer}": profile["summary"]["by_degree"]
              for tag, entry in sinks.items() for layer, profile in entry["layers"].items()}
