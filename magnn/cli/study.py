@@ -60,6 +60,11 @@ def add_study(commands) -> None:
     parser.add_argument("--max-seeds", type=positive_int, default=default("max_seeds"),
                         help="ogbn-proteins: test seed nodes of the paper's detection (default: the profile's; "
                              "full profile: all)")
+    parser.add_argument("--compare-mitigations", action="store_true",
+                        help="train each mitigation (none, ebt-edge, ebt-slot, sink, gate) on the same data and "
+                             "seeds (with --seeds N) into OUT/seed_<s>/<tag>, each against its own untrained base; "
+                             "OUT/compare.md / .json / .png: MA growth, sink mass, test loss, attack gain with "
+                             "intervals (magnn.study.compare)")
     add_variants(parser)
     add_trust_options(parser)
     parser.set_defaults(func=cmd_study, recorded=study_defaults)
@@ -92,6 +97,8 @@ def cmd_study(args) -> int:
     from ..study import run_study
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if getattr(args, "compare_mitigations", False):
+        return cmd_compare(args)
     if "all" in (args.dataset, args.model):
         return cmd_grid(args)
     config = study_config(args)
@@ -100,6 +107,28 @@ def cmd_study(args) -> int:
     print(f"wrote {Path(config.out) / written[0]} and {Path(config.out) / written[1]}")
     for line in report["findings"]:
         print(" - " + line)
+    return 0
+
+
+def cmd_compare(args) -> int:
+    """`magnn study --compare-mitigations`: every mitigation on one (dataset, model) (magnn.study.compare)."""
+    from ..core.errors import UserError
+    from ..study.compare import run_comparison
+
+    if "all" in (args.dataset, args.model):
+        raise UserError("--compare-mitigations compares on one dataset and model: pass --dataset and --model "
+                        "(not 'all')")
+    if args.mitigation is not None:
+        raise UserError(f"--compare-mitigations trains every mitigation itself: drop --mitigation {args.mitigation}")
+    for name in ("ckpt_no_ebt", "ckpt_ebt"):
+        if getattr(args, name, None):
+            raise UserError(f"--compare-mitigations trains its own models: drop --{name.replace('_', '-')}")
+    summary = run_comparison(study_config(args))
+    print(f"wrote {Path(args.out) / 'compare.md'} and {Path(args.out) / 'compare.json'}")
+    for row in summary["rows"]:
+        growth = row["growth"]["mean"]
+        print(f" - {row['mitigation']}: growth over own base {growth:.4g}" if growth == growth
+              else f" - {row['mitigation']}: growth not measured")
     return 0
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["finding_details", "GROWTH", "GROWTH_MARGIN", "ABS_THRESHOLD", "STATISTIC"]
+__all__ = ["finding_details", "model_growth", "GROWTH", "GROWTH_MARGIN", "ABS_THRESHOLD", "STATISTIC"]
 
 GROWTH = 10.0  # "trained >> base": growth over the own base above this factor
 GROWTH_MARGIN = 2.0  # "lowers growth": the no-EBT growth is more than this factor of the EBT growth
@@ -98,6 +98,12 @@ def _growth(report, tag: str) -> tuple[dict, dict]:
                              "max": peak(numbers, "max"), "max_abs": peak(numbers, "max_abs"),
                              "median_abs": min((r["median_abs"] for r in numbers.values()), default=float("nan"))}
     return growth_row(whole(base), whole(trained)), rows
+
+
+def model_growth(report, tag: str) -> tuple[dict, dict]:
+    """(overall growth row, {layer: growth row}) of the model `tag` over its own base, from a report's
+    "detection" ("base <tag>", "trained <tag>") and "tap_kinds": overall compares the peaks over layers."""
+    return _growth(report, tag)
 
 
 def _growth_finding(report, tag: str, paper_claim: bool) -> dict:

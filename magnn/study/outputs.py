@@ -77,8 +77,9 @@ def _per_detection_figures(data: StudyData, detections: dict, out: Path, title: 
 
 
 def report_stage(data: StudyData, task: GraphTask, trained: Trained, detections: dict, ablation: dict,
-                 attack: dict, figures: dict, out: Path) -> dict:
-    """report.json (every number, and the config that re-runs the study) and report.md."""
+                 attack: dict, figures: dict, out: Path, extra: dict | None = None) -> dict:
+    """report.json (every number, and the config that re-runs the study) and report.md; `extra`: the
+    other stages' report.json entries (e.g. "sinks", magnn.study.sink_profile)."""
     from ..analysis.detect import tap_kinds
     from .report import finding_details, findings, markdown, report_json
 
@@ -104,6 +105,7 @@ def report_stage(data: StudyData, task: GraphTask, trained: Trained, detections:
         "figures": {name: str(Path(path).name) for name, path in figures.items()},
     }
     report.update(task.extra_report(data, trained.configs["no_ebt"], detections))
+    report.update(extra or {})
     report["findings_detail"] = finding_details(report, variants)
     report["findings"] = findings(report, variants)
     report["config"] = config.to_dict()

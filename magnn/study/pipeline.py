@@ -27,6 +27,7 @@ from pathlib import Path
 from ..core.errors import UserError, output_folder
 from .config import StudyConfig
 from .outputs import figures_stage, report_stage
+from .sink_profile import sinks_stage
 from .stages import (
     StageRecord,
     StudyKeys,
@@ -68,7 +69,9 @@ def run_study(config: StudyConfig) -> dict:
     ablation = ablate_stage(data, task, trained, detections, keys.ablate, record, out)
     attack = attack_stage(data, task, trained, keys.attack, record, out)
     figures = figures_stage(data, task, trained, detections, ablation, out)
-    report = report_stage(data, task, trained, detections, ablation, attack, figures, out)
+    sinks, sink_figures = sinks_stage(data, task, trained, out)
+    figures.update(sink_figures)
+    report = report_stage(data, task, trained, detections, ablation, attack, figures, out, extra={"sinks": sinks})
     record.mark("report", keys.report)
     return report
 

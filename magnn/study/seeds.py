@@ -13,7 +13,7 @@ import math
 import os
 from pathlib import Path
 
-__all__ = ["run_seeds", "aggregate"]
+__all__ = ["run_seeds", "aggregate", "interval"]
 
 
 def run_seeds(config, run_study) -> dict:
@@ -34,7 +34,7 @@ def run_seeds(config, run_study) -> dict:
     return summary
 
 
-def _interval(values: list) -> dict:
+def interval(values: list) -> dict:
     """Mean and Student-t 95 % interval of the finite values (NaN interval for fewer than two)."""
     from scipy import stats
 
@@ -58,7 +58,7 @@ def _summarise(rows: dict) -> dict:
             and all(isinstance(rows[s].get(k), (int, float, type(None))) for s in seeds)]
     verdicts = {str(s): rows[s].get("verdict") for s in seeds}
     reproduced = sum(1 for v in verdicts.values() if v == "REPRODUCED")
-    numbers = {k: dict(_interval([rows[s].get(k) for s in seeds]), per_seed={str(s): rows[s].get(k) for s in seeds})
+    numbers = {k: dict(interval([rows[s].get(k) for s in seeds]), per_seed={str(s): rows[s].get(k) for s in seeds})
                for k in keys}
     return {"verdicts": verdicts, "seeds_reproduced": f"{reproduced}/{len(seeds)}", "numbers": numbers}
 

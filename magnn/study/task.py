@@ -66,6 +66,10 @@ class GraphTask:
     def attack_inputs(self, data: StudyData) -> list:
         return subset(data.splits["val"], data.profile["attack_graphs"])
 
+    def sink_inputs(self, data: StudyData) -> list:
+        """The graphs the sink profile reads (magnn.study.sink_profile): the detection's test graphs."""
+        return subset(data.splits["test"], data.profile["detect_graphs"])
+
     def extra_figures(self, data: StudyData, detections: dict, out, title: str) -> dict:
         return {}
 
@@ -119,6 +123,10 @@ class NodeTask(GraphTask):
         generator = torch.Generator().manual_seed(config.train.seed)
         return [subgraph(graph, seed.view(1), sample_edges(topology, seed.view(1), config.train.fanouts, generator))
                 for seed in seeds]
+
+    def sink_inputs(self, data: StudyData) -> list:
+        """Nothing: one large graph's profile needs its sampled subgraphs' node numbering (not done)."""
+        return []
 
     def extra_figures(self, data: StudyData, detections: dict, out, title: str) -> dict:
         from ..analysis.figures import plot_sorted_ratios
