@@ -37,3 +37,13 @@ def test_interval_over_seeds_is_student_t():
     x = item["numbers"]["x"]
     assert x["mean"] == 3.0 and math.isclose(x["high"] - 3.0, 4.302652729911275 * 2 / math.sqrt(3))
     assert item["seeds_reproduced"] == "2/3"
+
+
+def test_a_measurement_is_not_reported_as_a_claim_reproduced_in_no_seed():
+    def report(verdict):
+        return {"findings_detail": [{"name": "init effect", "criterion": "c", "per_layer": [],
+                                     "overall": {"verdict": verdict, "factor": 2.0}}]}
+    measured = aggregate({s: report("MEASURED (not one of the paper's claims)") for s in (1, 2)})["findings"][0]
+    assert "MEASURED in every seed" in measured and "REPRODUCED in" not in measured
+    claimed = aggregate({1: report("REPRODUCED"), 2: report("NOT reproduced")})["findings"][0]
+    assert "REPRODUCED in 1/2 seeds" in claimed

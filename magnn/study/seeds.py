@@ -92,6 +92,9 @@ def _line(item) -> str:
     numbers = "; ".join(f"{k} {_fmt(v['mean'])} [{_fmt(v['low'])}, {_fmt(v['high'])}] (seeds: "
                         + ", ".join(_fmt(x) for x in v["per_seed"].values()) + ")"
                         for k, v in overall["numbers"].items())
+    verdicts = [str(v) for v in overall["verdicts"].values()]
+    if verdicts and all(v.startswith("MEASURED") for v in verdicts):  # a measurement, not a claim to reproduce
+        return f"{item['name']}: MEASURED in every seed, not one of the paper's claims ({numbers})"
     return f"{item['name']}: REPRODUCED in {overall['seeds_reproduced']} seeds ({numbers})"
 
 
