@@ -236,8 +236,8 @@ def _forget_plans(key: int) -> None:
     _PLANS_BY_CSR.pop(key, None)
 
 
-def row_plan(rowptr: torch.Tensor, chunk: int) -> RowPlan:
-    """The work items of a CSR, cached per CSR tensor for as long as it lives: building one syncs
+def cached_plan(rowptr: torch.Tensor, key, build):
+    """build(), cached per CSR tensor and key for as long as the tensor lives: building a plan syncs
     with the device, so a graph seen before (its cached rowptr) never plans, or syncs, again,
     however many graphs came between. In-place edits bump the tensor's version, part of the key."""
     entry = _PLANS_BY_CSR.get(id(rowptr))
@@ -245,14 +245,19 @@ def row_plan(rowptr: torch.Tensor, chunk: int) -> RowPlan:
         try:
             entry = (weakref.ref(rowptr), {})
         except TypeError:  # not weak-referenceable: no caching
-            return _build_plan(rowptr, chunk)
+            return build()
         _PLANS_BY_CSR[id(rowptr)] = entry
         weakref.finalize(rowptr, _forget_plans, id(rowptr))
     plans = entry[1]
-    key = (rowptr._version, chunk)
+    key = (rowptr._version, key)
     if key not in plans:
-        plans[key] = _build_plan(rowptr, chunk)
+        plans[key] = build()
     return plans[key]
+
+
+def row_plan(rowptr: torch.Tensor, chunk: int) -> RowPlan:
+    """The work items of a CSR (cached per CSR tensor: `cached_plan`)."""
+    return cached_plan(rowptr, chunk, lambda: _build_plan(rowptr, chunk))
 
 
 # ---------------------------------------------------------------------------
