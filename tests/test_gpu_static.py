@@ -175,3 +175,30 @@ def test_projection_variants_read_no_edge_by_hidden_input(modelled):
     for launch in _tile_kernels(bwd):
         assert not launch["tile_loop"]["edge_access"]["stores"], launch["kernel"]
     assert fwd["min_bytes"] < cases["gt fwd"]["min_bytes"] and bwd["min_bytes"] < cases["gt bwd"]["min_bytes"]
+
+
+def test_molecule_batch_packs_short_rows_into_busy_tiles():
+    """The 128-molecule ZINC batch (rows of 1-4 edges): the forward packs its rows several to a
+    tile (edge_attention_packed, one launch per SLOTS bucket) and at least half of the tiles' lanes
+    hold an edge (13% with one row per 16-edge tile); launches are captured, none compiled."""
+    import torch
+
+    work = static.workload("molecules")
+    launches = static.capture_case(work, "fwd", "gt", False, True, torch.bfloat16, 8, 8)
+    packed = [launch for launch in launches if launch.name == "_edge_attention_fwd_packed_kernel"]
+    assert packed and len(packed) == len(launches)  # no row of a molecule needs the row kernel
+    works = [static._work(launch) for launch in packed]
+    assert sum(w["edges"] for w in works) == work.num_edges
+    assert sum(w["edges"] for w in works) / sum(w["lanes"] for w in works) >= 0.5
+    assert {launch.constexpr_values()["SLOTS"] for launch in packed} == {1, 2, 4}
+
+
+def test_projection_backward_sums_weight_gradients_by_tile_products(modelled):
+    """bf16 features: the src backward's dW / db are per-tile tensor-core products (DW_DOT_HALF), so
+    its tile loop has no per-feature reductions across warps (few barriers) and 2+ CTAs fit per SM."""
+    row = modelled["workloads"]["proteins-600k"]["cases"]["gt bwd proj F=8"]
+    src = [m for m in _tile_kernels(row) if "src" in m["kernel"]]
+    assert src and all(m["constexprs"]["DW_DOT"] == 2 for m in src)
+    for launch in src:
+        assert launch["tile_loop"]["barriers"] <= 16 and launch["ctas_per_sm"] >= 2, launch["tile_loop"]
+        assert launch["tile_loop"]["instructions"] < 800  # 1,312 with the per-feature reductions
