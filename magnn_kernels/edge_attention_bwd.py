@@ -504,6 +504,10 @@ def edge_attention_backward(grad_node, grad_edge, grad_lse, q, k, v, e, lse, nod
 
     chunk = utils.row_split(num_edges, device, tile)
     dst_plan, src_plan = utils.row_plan(rowptr, chunk), utils.row_plan(rev_rowptr, chunk)
+    # graphs whose rows are all shorter than a tile (molecule batches): tiles cut to the longest row
+    dst_tiles = utils.short_row_tiles(tile, utils.max_degree(rowptr))
+    src_tiles = utils.short_row_tiles(tile, utils.max_degree(rev_rowptr))
+    grads.tile = src_tiles
     g_lse = grad_lse[:, 1].to(acc_dtype).contiguous() if grad_lse is not None else None  # [N, H]
     # delta_i - g_i is g_n . node_out_i - g_i unless edge_out (additive: a * msg) carries
     # gradient into the softmax; then the dst pass sums it over each row first
@@ -533,12 +537,12 @@ def edge_attention_backward(grad_node, grad_edge, grad_lse, q, k, v, e, lse, nod
         H=heads, D=head_dim, scale=1.0 / math.sqrt(head_dim), clamp_val=0.0 if clamp is None else float(clamp),
         MODE=mode_id, EBT=ebt_id, HAS_BIAS=bias is not None, BIAS_PER_HEAD=bias is not None and bias.dim() == 2,
         HAS_CLAMP=clamp is not None, HAS_GRAD_NODE=grad_node is not None, HAS_GRAD_EDGE=grad_edge is not None,
-        **drop, **tile.launch_args(),
+        **drop,
     )
 
     def dst_pass(items: dict, partial: bool, delta_mode: int, part_delta=placeholder, part_dq=placeholder):
         _edge_attention_bwd_dst_kernel[utils.grid(items["num_items"], False, device)](
-            **items, **common, rowptr_ptr=rowptr, col_ptr=col, perm_ptr=perm,
+            **items, **common, **dst_tiles.launch_args(), rowptr_ptr=rowptr, col_ptr=col, perm_ptr=perm,
             grad_lse_ptr=utils.or_placeholder(g_lse, placeholder), dq_ptr=dq,
             dbias_ptr=dbias if bias is not None else placeholder, debt_ptr=debt,
             part_delta_ptr=part_delta, part_dq_ptr=part_dq, N=num_nodes,
@@ -549,7 +553,7 @@ def edge_attention_backward(grad_node, grad_edge, grad_lse, q, k, v, e, lse, nod
         # with the projection a persistent grid: its [programs, F, H*D] dW partials stay small (SMs x 8 rows)
         launch_grid = utils.grid(items["num_items"], proj is not None, device)
         _edge_attention_bwd_src_kernel[launch_grid](
-            **items, **common, rev_rowptr_ptr=rev_rowptr, rev_col_ptr=rev_col, rev_perm_ptr=rev_perm,
+            **items, **common, **src_tiles.launch_args(), rev_rowptr_ptr=rev_rowptr, rev_col_ptr=rev_col, rev_perm_ptr=rev_perm,
             dk_ptr=dk, dv_ptr=dv, de_ptr=de if proj is None else placeholder, part_dk_ptr=part_dk,
             part_dv_ptr=part_dv, PARTIAL=partial, **grads.launch_args(launch_grid[0], placeholder),
             **grads.stages(),

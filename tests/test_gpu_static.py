@@ -180,7 +180,8 @@ def test_projection_variants_read_no_edge_by_hidden_input(modelled):
 def test_molecule_batch_packs_short_rows_into_busy_tiles():
     """The 128-molecule ZINC batch (rows of 1-4 edges): the forward packs its rows several to a
     tile (edge_attention_packed, one launch per SLOTS bucket) and at least half of the tiles' lanes
-    hold an edge (13% with one row per 16-edge tile); launches are captured, none compiled."""
+    hold an edge (13% with one row per 16-edge tile), and the backward's tiles are cut to the
+    longest row; launches are captured, none compiled."""
     import torch
 
     work = static.workload("molecules")
@@ -191,6 +192,11 @@ def test_molecule_batch_packs_short_rows_into_busy_tiles():
     assert sum(w["edges"] for w in works) == work.num_edges
     assert sum(w["edges"] for w in works) / sum(w["lanes"] for w in works) >= 0.5
     assert {launch.constexpr_values()["SLOTS"] for launch in packed} == {1, 2, 4}
+    # the backward's tiles are cut to the longest row (4 edges): >= 50% of their lanes busy too
+    launches = static.capture_case(work, "bwd", "gt", False, True, torch.bfloat16, 8, 8)
+    works = [static._work(launch) for launch in launches if "_bwd_" in launch.name]
+    assert len(works) == 2 and all(launch.constexpr_values()["BLOCK_E"] == 4 for launch in launches)
+    assert all(w["edges"] == work.num_edges and w["edges"] / w["lanes"] >= 0.5 for w in works)
 
 
 def test_projection_backward_sums_weight_gradients_by_tile_products(modelled):

@@ -129,3 +129,16 @@ def test_not_packed_when_rows_fill_tiles_or_with_the_ebt_slot():
     assert packing.packable(100, 1_600, 0, tile) and not packing.packable(100, 1_601, 0, tile)
     assert not packing.packable(100, 200, 2, tile)  # EBT slot
     assert not packing.packable(0, 0, 0, tile)
+
+
+def test_short_row_tiles_cut_to_the_longest_row():
+    """Graphs whose rows are all shorter than a tile (molecules: 1-4 edges) get tiles of the longest
+    row's power of two and the warps that fill (256 values each); others keep the tile."""
+    tile = ku.tiles(8, 8)  # 16 edges x 64 values, 4 warps
+    assert ku.short_row_tiles(tile, 16) == tile and ku.short_row_tiles(tile, 40) == tile
+    cut = ku.short_row_tiles(tile, 3)
+    assert (cut.block_e, cut.num_warps, cut.block_h, cut.block_d) == (4, 1, 8, 8)
+    assert ku.short_row_tiles(tile, 0).block_e == 1
+    assert ku.short_row_tiles(tile, 9).block_e == 16 and ku.short_row_tiles(tile, 9).num_warps == 4
+    rowptr = torch.tensor([0, 2, 2, 7, 8])
+    assert ku.max_degree(rowptr) == 5 and ku.max_degree(torch.zeros(1, dtype=torch.long)) == 0
