@@ -265,10 +265,11 @@ def projection_grads_dot(d_e, a_ptr, w_ptr, da_ptr, eid, emask, m3, HD, H, D, f_
     """`projection_grads` as matrix products (DW_DOT): one tile's d_e (fp32 [BLOCK_E, BLOCK_H, BLOCK_D])
     flattened to [BLOCK_E, HDB] and dw_acc [BLOCK_F, HDB] += a^T d_e by one `tl.dot` with fp32 sums
     (DW_DOT_IEEE: fp32 IEEE products, no tf32; DW_DOT_HALF: d_e rounded to the 16-bit feature dtype,
-    as the unfused path stores de, on tensor cores), where a^T [BLOCK_F, BLOCK_E] holds the F raw features and, with HAS_EDGE_BIAS,
-    a row of ones at f = F (BLOCK_F > F), so that row of the accumulator is db. No per-feature
-    reduction across the warps (the per-feature form's barriers and shuffles); NEED_GRAD_A: da = d_e W
-    as a second product. Needs BLOCK_E >= 16, HDB >= 16 and BLOCK_F >= 16 (tl.dot's smallest tile)."""
+    as the unfused path stores de, on tensor cores), where a^T [BLOCK_F, BLOCK_E] holds the F raw
+    features and, with HAS_EDGE_BIAS, a row of ones at f = F (BLOCK_F > F), so that row of the
+    accumulator is db. No per-feature reduction across the warps (the per-feature form's barriers
+    and shuffles); NEED_GRAD_A: da = d_e W as a second product. Needs BLOCK_E >= 16, HDB >= 16 and
+    BLOCK_F >= 16 (tl.dot's smallest tile)."""
     HDB: tl.constexpr = BLOCK_H * BLOCK_D
     d_e = tl.reshape(tl.where(m3, d_e, 0.0), [BLOCK_E, HDB])
     feat = f_idx[:, None] < EDGE_FEATURES
@@ -553,7 +554,8 @@ def edge_attention_backward(grad_node, grad_edge, grad_lse, q, k, v, e, lse, nod
         # with the projection a persistent grid: its [programs, F, H*D] dW partials stay small (SMs x 8 rows)
         launch_grid = utils.grid(items["num_items"], proj is not None, device)
         _edge_attention_bwd_src_kernel[launch_grid](
-            **items, **common, **src_tiles.launch_args(), rev_rowptr_ptr=rev_rowptr, rev_col_ptr=rev_col, rev_perm_ptr=rev_perm,
+            **items, **common, **src_tiles.launch_args(), rev_rowptr_ptr=rev_rowptr, rev_col_ptr=rev_col,
+            rev_perm_ptr=rev_perm,
             dk_ptr=dk, dv_ptr=dv, de_ptr=de if proj is None else placeholder, part_dk_ptr=part_dk,
             part_dv_ptr=part_dv, PARTIAL=partial, **grads.launch_args(launch_grid[0], placeholder),
             **grads.stages(),
