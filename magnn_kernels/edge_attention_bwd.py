@@ -41,6 +41,12 @@ from .edge_attention_common import (
 )
 
 
+# DW_DOT: how the src backward sums the in-operator projection's dW, db (and da)
+DW_DOT_OFF = tl.constexpr(0)  # per-feature reductions of each tile (`projection_grads`)
+DW_DOT_IEEE = tl.constexpr(1)  # per-tile tl.dot, fp32 operands, IEEE products (`projection_grads_dot`)
+DW_DOT_HALF = tl.constexpr(2)  # per-tile tl.dot, operands in the 16-bit feature dtype (tensor cores)
+
+
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "drop_threshold"])  # one build for every seed
 def _edge_attention_bwd_dst_kernel(
     # inputs
@@ -252,6 +258,57 @@ def projection_grads(d_e, a_ptr, w_ptr, da_ptr, eid, emask, m3, hd_off, hd_mask,
     return dw_acc, db_acc
 
 
+@triton.jit
+def projection_grads_dot(d_e, a_ptr, w_ptr, da_ptr, eid, emask, m3, HD, H, D, f_idx, dw_acc,
+                         EDGE_FEATURES: tl.constexpr, HAS_EDGE_BIAS: tl.constexpr, NEED_GRAD_A: tl.constexpr,
+                         DW_DOT: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
+    """`projection_grads` as matrix products (DW_DOT): one tile's d_e (fp32 [BLOCK_E, BLOCK_H, BLOCK_D])
+    flattened to [BLOCK_E, HDB] and dw_acc [BLOCK_F, HDB] += a^T d_e by one `tl.dot` with fp32 sums
+    (DW_DOT_IEEE: fp32 IEEE products, no tf32; DW_DOT_HALF: d_e rounded to the 16-bit feature dtype,
+    as the unfused path stores de, on tensor cores), where a^T [BLOCK_F, BLOCK_E] holds the F raw
+    features and, with HAS_EDGE_BIAS, a row of ones at f = F (BLOCK_F > F), so that row of the
+    accumulator is db. No per-feature reduction across the warps (the per-feature form's barriers
+    and shuffles); NEED_GRAD_A: da = d_e W as a second product. Needs BLOCK_E >= 16, HDB >= 16 and
+    BLOCK_F >= 16 (tl.dot's smallest tile)."""
+    HDB: tl.constexpr = BLOCK_H * BLOCK_D
+    d_e = tl.reshape(tl.where(m3, d_e, 0.0), [BLOCK_E, HDB])
+    feat = f_idx[:, None] < EDGE_FEATURES
+    a_t = tl.load(a_ptr + eid[None, :] * EDGE_FEATURES + f_idx[:, None], mask=feat & emask[None, :],
+                  other=0.0).to(tl.float32)
+    if HAS_EDGE_BIAS:
+        a_t = tl.where((f_idx[:, None] == EDGE_FEATURES) & emask[None, :], 1.0, a_t)
+    if DW_DOT == DW_DOT_HALF:
+        half = a_ptr.dtype.element_ty
+        dw_acc = tl.dot(a_t.to(half), d_e.to(half), dw_acc)
+    else:
+        dw_acc = tl.dot(a_t, d_e, dw_acc, input_precision="ieee")
+    if NEED_GRAD_A:
+        c = tl.arange(0, HDB)
+        c_off = (c // BLOCK_D) * D + c % BLOCK_D
+        c_mask = ((c // BLOCK_D) < H) & ((c % BLOCK_D) < D)
+        w = tl.load(w_ptr + f_idx[None, :] * HD + c_off[:, None], mask=(f_idx[None, :] < EDGE_FEATURES)
+                    & c_mask[:, None], other=0.0)  # W [HDB, BLOCK_F] from W^T [F, H*D]
+        da = tl.dot(d_e, w, input_precision="ieee")
+        tl.store(da_ptr + eid[:, None] * EDGE_FEATURES + f_idx[None, :], da.to(da_ptr.dtype.element_ty),
+                 mask=emask[:, None] & (f_idx[None, :] < EDGE_FEATURES))
+    return dw_acc
+
+
+@triton.jit
+def store_dot_partials(part_dw_ptr, part_db_ptr, pid, dw_acc, f_idx, HD, H, D, EDGE_FEATURES: tl.constexpr,
+                       HAS_EDGE_BIAS: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Write a program's `projection_grads_dot` accumulator: rows f < F to its part_dw row [F, H*D],
+    row F (the ones feature) to its part_db row [H*D] (HAS_EDGE_BIAS)."""
+    c = tl.arange(0, BLOCK_H * BLOCK_D)
+    c_off = (c // BLOCK_D) * D + c % BLOCK_D
+    c_mask = ((c // BLOCK_D) < H) & ((c % BLOCK_D) < D)
+    tl.store(part_dw_ptr + pid * EDGE_FEATURES * HD + f_idx[:, None] * HD + c_off[None, :], dw_acc,
+             mask=(f_idx[:, None] < EDGE_FEATURES) & c_mask[None, :])
+    if HAS_EDGE_BIAS:
+        tl.store(part_db_ptr + pid * HD + f_idx[:, None] * 0 + c_off[None, :], dw_acc,
+                 mask=(f_idx[:, None] == EDGE_FEATURES) & c_mask[None, :])
+
+
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "drop_threshold"])
 def _edge_attention_bwd_src_kernel(
     # inputs
@@ -293,7 +350,8 @@ def _edge_attention_bwd_src_kernel(
     HAS_CLAMP: tl.constexpr, DROPOUT: tl.constexpr, HAS_GRAD_NODE: tl.constexpr, HAS_GRAD_EDGE: tl.constexpr,
     PARTIAL: tl.constexpr,
     EDGE_FEATURES: tl.constexpr, HAS_EDGE_BIAS: tl.constexpr,  # in-operator projection (F; 0: e given)
-    NEED_GRAD_A: tl.constexpr, BLOCK_F: tl.constexpr,  # da wanted; next power of two >= F
+    NEED_GRAD_A: tl.constexpr, BLOCK_F: tl.constexpr,  # da wanted; next power of two >= F (DW_DOT: > F, >= 16)
+    DW_DOT: tl.constexpr,  # DW_DOT_*: dW (and db, da) per tile as matrix products (`projection_grads_dot`), or not
     HEADS: tl.constexpr, HEAD_DIM: tl.constexpr,  # H, D as compile-time values (SHAPE_*), or 0: runtime
     BLOCK_E: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
@@ -315,7 +373,10 @@ def _edge_attention_bwd_src_kernel(
     ebt_k, ebt_e, ebt_v = load_ebt_params(ebt_k_ptr, ebt_e_ptr, ebt_v_ptr, hd_off, hd_mask, EBT, BLOCK_H, BLOCK_D)
 
     f_idx = tl.arange(0, BLOCK_F)
-    dw_acc = tl.zeros([BLOCK_F, BLOCK_H, BLOCK_D], tl.float32)  # dW^T of this program's edges (EDGE_FEATURES)
+    if DW_DOT != DW_DOT_OFF:  # dW^T (and, at row F, db) of this program's edges, flat channels
+        dw_acc = tl.zeros([BLOCK_F, BLOCK_H * BLOCK_D], tl.float32)
+    else:
+        dw_acc = tl.zeros([BLOCK_F, BLOCK_H, BLOCK_D], tl.float32)  # dW^T of this program's edges (EDGE_FEATURES)
     db_acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)  # db (HAS_EDGE_BIAS)
 
     for item in range(pid, num_items, nprog):
@@ -337,7 +398,7 @@ def _edge_attention_bwd_src_kernel(
             eid_off = eid[:, None, None] * HD + hd_off[None, :, :]  # int64 (eid is): E*H*D passes 2**31
             q_t = tl.load(q_ptr + dst_off, mask=m3, other=0.0).to(tl.float32)
             e_t = edge_rows(e_ptr, w_ptr, b_ptr, eid, eid_off, emask, m3, hd_off, hd_mask, HD,
-                            EDGE_FEATURES, HAS_EDGE_BIAS, False)
+                            EDGE_FEATURES, HAS_EDGE_BIAS, DW_DOT != DW_DOT_OFF)
             max_t, log_sum_t = load_lse(lse_ptr, dst[:, None], h_idx[None, :], m2, H)
             delta_t = tl.load(delta_ptr + dst[:, None] * H + h_idx[None, :], mask=m2, other=0.0)
             g_n = tl.zeros([BLOCK_E, BLOCK_H, BLOCK_D], tl.float32)
@@ -378,7 +439,11 @@ def _edge_attention_bwd_src_kernel(
                 d_e = d_msg + d_logit[:, :, None] * scale * q_t
                 dk += tl.sum(d_logit[:, :, None] * q_t, axis=0) * scale
                 dv += tl.sum(d_msg, axis=0)
-            if EDGE_FEATURES > 0:
+            if DW_DOT != DW_DOT_OFF:
+                dw_acc = projection_grads_dot(d_e, e_ptr, w_ptr, da_ptr, eid, emask, m3, HD, H, D, f_idx, dw_acc,
+                                              EDGE_FEATURES, HAS_EDGE_BIAS, NEED_GRAD_A, DW_DOT, BLOCK_E, BLOCK_H,
+                                              BLOCK_D)
+            elif EDGE_FEATURES > 0:
                 dw_acc, db_acc = projection_grads(d_e, e_ptr, w_ptr, da_ptr, eid, emask, m3, hd_off, hd_mask, HD,
                                                   f_idx, dw_acc, db_acc, EDGE_FEATURES, HAS_EDGE_BIAS, NEED_GRAD_A)
             else:
@@ -389,7 +454,10 @@ def _edge_attention_bwd_src_kernel(
         else:
             tl.store(dk_ptr + node * HD + hd_off, dk.to(dk_ptr.dtype.element_ty), mask=hd_mask)
             tl.store(dv_ptr + node * HD + hd_off, dv.to(dv_ptr.dtype.element_ty), mask=hd_mask)
-    if EDGE_FEATURES > 0:
+    if DW_DOT != DW_DOT_OFF:
+        store_dot_partials(part_dw_ptr, part_db_ptr, pid, dw_acc, f_idx, HD, H, D, EDGE_FEATURES, HAS_EDGE_BIAS,
+                           BLOCK_H, BLOCK_D)
+    elif EDGE_FEATURES > 0:
         f_hd = (f_idx[:, None, None] * HD + hd_off[None, :, :])
         tl.store(part_dw_ptr + pid * EDGE_FEATURES * HD + f_hd, dw_acc,
                  mask=(f_idx[:, None, None] < EDGE_FEATURES) & hd_mask[None, :, :])
@@ -428,7 +496,7 @@ def edge_attention_backward(grad_node, grad_edge, grad_lse, q, k, v, e, lse, nod
     dq, dk, dv = (utils.empty(t.shape, t.dtype, device) for t in (q, k, v))
     de = utils.empty(e.shape if proj is None else (0, heads, head_dim), e.dtype, device)
     dbias = utils.empty(bias.shape, acc_dtype, device) if bias is not None else q.new_empty(0, dtype=acc_dtype)
-    grads = _ProjGrads(proj, e, need_grad_a, heads * head_dim)
+    grads = _ProjGrads(proj, e, need_grad_a, heads * head_dim, tile)
     if num_nodes == 0:  # no dst node, so no edge: the N_src sources get zero gradients
         dk, dv = (torch.zeros(t.shape, dtype=t.dtype, device=device) for t in (k, v))
         ebt_grads = tuple(torch.zeros(p.shape, dtype=acc_dtype, device=device) if has_ebt
@@ -437,6 +505,10 @@ def edge_attention_backward(grad_node, grad_edge, grad_lse, q, k, v, e, lse, nod
 
     chunk = utils.row_split(num_edges, device, tile)
     dst_plan, src_plan = utils.row_plan(rowptr, chunk), utils.row_plan(rev_rowptr, chunk)
+    # graphs whose rows are all shorter than a tile (molecule batches): tiles cut to the longest row
+    dst_tiles = utils.short_row_tiles(tile, utils.max_degree(rowptr))
+    src_tiles = utils.short_row_tiles(tile, utils.max_degree(rev_rowptr))
+    grads.tile = src_tiles
     g_lse = grad_lse[:, 1].to(acc_dtype).contiguous() if grad_lse is not None else None  # [N, H]
     # delta_i - g_i is g_n . node_out_i - g_i unless edge_out (additive: a * msg) carries
     # gradient into the softmax; then the dst pass sums it over each row first
@@ -466,12 +538,12 @@ def edge_attention_backward(grad_node, grad_edge, grad_lse, q, k, v, e, lse, nod
         H=heads, D=head_dim, scale=1.0 / math.sqrt(head_dim), clamp_val=0.0 if clamp is None else float(clamp),
         MODE=mode_id, EBT=ebt_id, HAS_BIAS=bias is not None, BIAS_PER_HEAD=bias is not None and bias.dim() == 2,
         HAS_CLAMP=clamp is not None, HAS_GRAD_NODE=grad_node is not None, HAS_GRAD_EDGE=grad_edge is not None,
-        **drop, **tile.launch_args(),
+        **drop,
     )
 
     def dst_pass(items: dict, partial: bool, delta_mode: int, part_delta=placeholder, part_dq=placeholder):
         _edge_attention_bwd_dst_kernel[utils.grid(items["num_items"], False, device)](
-            **items, **common, rowptr_ptr=rowptr, col_ptr=col, perm_ptr=perm,
+            **items, **common, **dst_tiles.launch_args(), rowptr_ptr=rowptr, col_ptr=col, perm_ptr=perm,
             grad_lse_ptr=utils.or_placeholder(g_lse, placeholder), dq_ptr=dq,
             dbias_ptr=dbias if bias is not None else placeholder, debt_ptr=debt,
             part_delta_ptr=part_delta, part_dq_ptr=part_dq, N=num_nodes,
@@ -482,9 +554,11 @@ def edge_attention_backward(grad_node, grad_edge, grad_lse, q, k, v, e, lse, nod
         # with the projection a persistent grid: its [programs, F, H*D] dW partials stay small (SMs x 8 rows)
         launch_grid = utils.grid(items["num_items"], proj is not None, device)
         _edge_attention_bwd_src_kernel[launch_grid](
-            **items, **common, rev_rowptr_ptr=rev_rowptr, rev_col_ptr=rev_col, rev_perm_ptr=rev_perm,
+            **items, **common, **src_tiles.launch_args(), rev_rowptr_ptr=rev_rowptr, rev_col_ptr=rev_col,
+            rev_perm_ptr=rev_perm,
             dk_ptr=dk, dv_ptr=dv, de_ptr=de if proj is None else placeholder, part_dk_ptr=part_dk,
             part_dv_ptr=part_dv, PARTIAL=partial, **grads.launch_args(launch_grid[0], placeholder),
+            **grads.stages(),
         )
 
     with utils.device_ctx(device):
@@ -513,13 +587,25 @@ def edge_attention_backward(grad_node, grad_edge, grad_lse, q, k, v, e, lse, nod
     return grads.result(BackwardResult(dq, dk, dv, de, dbias, *ebt_grads))
 
 
+# dW, db (and da) of the in-operator projection as per-tile matrix products (`projection_grads_dot`)
+# where the tile allows tl.dot (>= 16 edges and >= 16 channels); a module global so tests can turn it off
+PROJECTION_DOT = True
+
+
+def dw_dot(tile, features: int) -> bool:
+    """Whether the src backward sums the projection's gradients with `projection_grads_dot`."""
+    return bool(PROJECTION_DOT and tile is not None and tile.block_e >= 16 and tile.block_h * tile.block_d >= 16
+                and features < 32)
+
+
 class _ProjGrads:
     """The in-operator projection's gradient buffers of one backward (inactive without proj): da
     [E, F] (written by the src kernel when need_grad_a), and per src launch a [programs, F, H*D]
     / [programs, H*D] buffer of partial dW^T / db, one row per program, summed in a fixed order."""
 
-    def __init__(self, proj, a, need_grad_a: bool, channels: int):
-        self.proj, self.need_grad_a, self.channels = proj, need_grad_a, channels
+    def __init__(self, proj, a, need_grad_a: bool, channels: int, tile=None):
+        self.proj, self.need_grad_a, self.channels, self.tile = proj, need_grad_a, channels, tile
+        self.a_dtype = a.dtype
         self.parts: list = []
         if proj is not None:
             features = proj[0].shape[0]
@@ -529,13 +615,27 @@ class _ProjGrads:
         """The src kernel's projection arguments for a launch of `programs` programs."""
         if self.proj is None:
             return dict(da_ptr=placeholder, part_dw_ptr=placeholder, part_db_ptr=placeholder,
-                        NEED_GRAD_A=False, BLOCK_F=1)
+                        NEED_GRAD_A=False, BLOCK_F=1, DW_DOT=DW_DOT_OFF.value)
         w_t, b = self.proj
         part_dw = utils.empty((programs, w_t.shape[0], self.channels), torch.float32, w_t.device)
         part_db = utils.empty((programs, self.channels), torch.float32, w_t.device) if b is not None else placeholder
         self.parts.append((part_dw, part_db))
+        features = w_t.shape[0]
+        dot = dw_dot(self.tile, features)
+        block_f = max(16, triton.next_power_of_2(features + 1)) if dot else triton.next_power_of_2(features)
+        kind = DW_DOT_OFF
+        if dot:  # Triton's interpreter multiplies bfloat16 tl.dot operands wrongly: fp32 products there
+            half = self.a_dtype in (torch.float16, torch.bfloat16) and not (
+                utils.INTERPRETED and self.a_dtype == torch.bfloat16)
+            kind = DW_DOT_HALF if half else DW_DOT_IEEE
         return dict(da_ptr=self.da if self.need_grad_a else placeholder, part_dw_ptr=part_dw, part_db_ptr=part_db,
-                    NEED_GRAD_A=self.need_grad_a, BLOCK_F=triton.next_power_of_2(w_t.shape[0]))
+                    NEED_GRAD_A=self.need_grad_a, BLOCK_F=block_f, DW_DOT=kind.value)
+
+    def stages(self) -> dict:
+        """num_stages of the src launch: one with `projection_grads_dot` (a loop holding a tl.dot is
+        otherwise software-pipelined, its edge loads turned into cp.async copies through shared
+        memory), else Triton's default."""
+        return dict(num_stages=1) if self.proj is not None and dw_dot(self.tile, self.proj[0].shape[0]) else {}
 
     def result(self, plain: BackwardResult):
         """`plain` itself without a projection, else the `ProjBackwardResult` (de dropped)."""

@@ -35,6 +35,7 @@ import triton.language as tl
 from magnn.core.binning import num_bins
 from magnn.core.contract import ForwardResult
 
+from . import edge_attention_packed as packing
 from . import utils
 from .edge_attention_common import (
     EBT_SLOT, EBTS, MODE_ADDITIVE, MODE_GT, MODES,
@@ -310,7 +311,11 @@ def edge_attention_forward(q, k, v, e, rowptr, col, perm, bias, ebt_k, ebt_e, eb
     if num_nodes == 0:
         return result()
 
-    plan = utils.row_plan(rowptr, utils.row_split(num_edges, device, tile))
+    chunk = utils.row_split(num_edges, device, tile)
+    packed = None  # short rows several to a tile (molecule batches): edge_attention_packed
+    if packing.packable(num_nodes, num_edges, ebt_id, tile):
+        packed = packing.packed_plan(rowptr, chunk, tile.block_e)
+    plan = packed.rest if packed is not None else utils.row_plan(rowptr, chunk)
     placeholder = lse  # stands in for every absent pointer
     part_m = part_l = part_acc = placeholder
     if plan.num_chunks:
@@ -344,6 +349,8 @@ def edge_attention_forward(q, k, v, e, rowptr, col, perm, bias, ebt_k, ebt_e, eb
                                               kwargs)](**kwargs)
 
     with utils.device_ctx(device):
+        if packed is not None:
+            packing.launch_packed(packed, common, tile, stats, device)
         if plan.num_whole:
             launch(plan.whole_items(), partial=False, lse_given=False, message_pass=edge_pass)
         if plan.num_chunks:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import torch
@@ -79,6 +79,23 @@ def tiles(heads: int, head_dim: int) -> Tiles:
     specialised = head_dim in SHAPE_HEAD_DIMS and heads in SHAPE_HEADS
     return Tiles(block_e, block_h, block_d, 8 if block_e * per_edge >= 4096 else 4,
                  heads if specialised else 0, head_dim if specialised else 0)
+
+
+def short_row_tiles(tile: Tiles, longest: int) -> Tiles:
+    """`tile` with BLOCK_E cut to the longest row (a power of two) when every row is shorter than a
+    tile, and as many warps as the smaller tile fills (256 values per warp, as `tiles`): a molecule batch's
+    rows of 1-4 edges then fill half their tile's lanes or more, not an eighth."""
+    if longest >= tile.block_e:
+        return tile
+    block_e = triton.next_power_of_2(max(longest, 1))
+    warps = max(1, min(tile.num_warps, block_e * tile.block_h * tile.block_d // 256))
+    return replace(tile, block_e=block_e, num_warps=warps)
+
+
+def max_degree(rowptr: torch.Tensor) -> int:
+    """The longest row of a CSR (one device sync, cached per CSR tensor like its row plan)."""
+    return cached_plan(rowptr, "max_degree",
+                       lambda: int((rowptr[1:] - rowptr[:-1]).max()) if rowptr.numel() > 1 else 0)
 
 
 def sm_count(device: torch.device) -> int:
@@ -236,8 +253,8 @@ def _forget_plans(key: int) -> None:
     _PLANS_BY_CSR.pop(key, None)
 
 
-def row_plan(rowptr: torch.Tensor, chunk: int) -> RowPlan:
-    """The work items of a CSR, cached per CSR tensor for as long as it lives: building one syncs
+def cached_plan(rowptr: torch.Tensor, key, build):
+    """build(), cached per CSR tensor and key for as long as the tensor lives: building a plan syncs
     with the device, so a graph seen before (its cached rowptr) never plans, or syncs, again,
     however many graphs came between. In-place edits bump the tensor's version, part of the key."""
     entry = _PLANS_BY_CSR.get(id(rowptr))
@@ -245,14 +262,19 @@ def row_plan(rowptr: torch.Tensor, chunk: int) -> RowPlan:
         try:
             entry = (weakref.ref(rowptr), {})
         except TypeError:  # not weak-referenceable: no caching
-            return _build_plan(rowptr, chunk)
+            return build()
         _PLANS_BY_CSR[id(rowptr)] = entry
         weakref.finalize(rowptr, _forget_plans, id(rowptr))
     plans = entry[1]
-    key = (rowptr._version, chunk)
+    key = (rowptr._version, key)
     if key not in plans:
-        plans[key] = _build_plan(rowptr, chunk)
+        plans[key] = build()
     return plans[key]
+
+
+def row_plan(rowptr: torch.Tensor, chunk: int) -> RowPlan:
+    """The work items of a CSR (cached per CSR tensor: `cached_plan`)."""
+    return cached_plan(rowptr, chunk, lambda: _build_plan(rowptr, chunk))
 
 
 # ---------------------------------------------------------------------------

@@ -434,6 +434,13 @@ def _work(launch: Launch) -> dict:
     kw = launch.kwargs
     cx = launch.constexpr_values()
     block_e = cx.get("BLOCK_E")
+    if "pack_nodes_ptr" in kw:  # short rows packed ROWS x SLOTS to a tile: one tile per group
+        nodes = kw["pack_nodes_ptr"]
+        nodes = nodes[nodes >= 0]
+        edges = int((kw["rowptr_ptr"][nodes + 1] - kw["rowptr_ptr"][nodes]).sum())
+        groups = int(kw["num_groups"])
+        lanes = groups * cx["ROWS"] * cx["SLOTS"]
+        return dict(items=groups, tiles=groups, edges=edges, lanes=lanes, lanes_busy=edges / max(lanes, 1))
     if "item_node_ptr" in kw and block_e:
         items = int(kw["num_items"])
         if cx.get("PARTIAL"):
@@ -444,11 +451,12 @@ def _work(launch: Launch) -> dict:
             length = rowptr[nodes + 1] - rowptr[nodes]
         tiles = int(((length + block_e - 1) // block_e).sum())
         edges = int(length.sum())
-        return dict(items=items, tiles=tiles, edges=edges, lanes_busy=edges / max(tiles * block_e, 1))
+        return dict(items=items, tiles=tiles, edges=edges, lanes=tiles * block_e,
+                    lanes_busy=edges / max(tiles * block_e, 1))
     # merge / segment-sum kernels: one program per split row, a loop over its chunks
     seg = kw.get("seg_ptr_ptr")
     chunks = int(seg[-1]) if seg is not None and seg.device.type == "cpu" and seg.numel() else 0
-    return dict(items=int(launch.grid[0]), tiles=chunks, edges=0, lanes_busy=None)
+    return dict(items=int(launch.grid[0]), tiles=chunks, edges=0, lanes=0, lanes_busy=None)
 
 
 def access_bytes(op: str) -> int:
@@ -541,10 +549,13 @@ def model(workloads: list[str], dtype: str = "bf16", heads: int = 8, head_dim: i
             streamed = nbytes - min_edge + sum(m["edge_stream_bytes"] for m in modelled)
             stream_ms = streamed / hw["hbm_bytes_per_s"] * 1e3
             estimate = max(issue_ms, stream_ms, roofline_ms)
+            # the share of tile lanes that hold an edge, over every launch that walks edge tiles
+            tiled = [m for m in modelled if m["lanes"]]
+            lanes_busy = (sum(m["edges"] for m in tiled) / sum(m["lanes"] for m in tiled)) if tiled else None
             rows[case] = dict(direction=direction, mode=mode, stats=stats, need_edge_out=need_edge_out,
                               edge_features=features,
                               launches=modelled, issue_ms=issue_ms, min_bytes=nbytes, roofline_ms=roofline_ms,
-                              streamed_bytes=streamed, stream_ms=stream_ms, estimate_ms=estimate,
+                              streamed_bytes=streamed, stream_ms=stream_ms, estimate_ms=estimate, lanes_busy=lanes_busy,
                               roofline_share_at_best=roofline_ms / estimate)
         out["workloads"][name] = dict(num_nodes=work.num_nodes, num_edges=work.num_edges, note=work.note,
                                       cases=rows)
@@ -569,7 +580,7 @@ def table(result: dict) -> str:
             edge = loop["edge_access"]
             ldg = ",".join(f"{k}x{v}" for k, v in sorted(edge["loads"].items())) or "-"
             stg = ",".join(f"{k}x{v}" for k, v in sorted(edge["stores"].items())) or "-"
-            busy = "-" if main["lanes_busy"] is None else f"{main['lanes_busy']:.0%}"
+            busy = "-" if row.get("lanes_busy") is None else f"{row['lanes_busy']:.0%}"
             lines.append(
                 f"| {wname} | {case} | {main['kernel'].strip('_')} | {main['regs']} | {main['spill_bytes']} "
                 f"| {main['shared_bytes']} | {main['occupancy']:.0%} | {loop['instructions']} | {ldg} / {stg} "
@@ -585,7 +596,7 @@ def summary(result: dict) -> dict:
                                 text=True, timeout=10).stdout.strip() or None
     except Exception:  # noqa: BLE001
         commit = None
-    keep = ("issue_ms", "stream_ms", "roofline_ms", "estimate_ms", "min_bytes")
+    keep = ("issue_ms", "stream_ms", "roofline_ms", "estimate_ms", "min_bytes", "lanes_busy")
     return dict(schema=SCHEMA, label=result["label"], commit=commit, triton=result["triton"],
                 constants=result["constants"], dtype=result["dtype"], heads=result["heads"],
                 head_dim=result["head_dim"],

@@ -616,12 +616,13 @@ from triton.compiler import ASTSource
 import magnn_kernels.edge_attention_bwd as bwd
 import magnn_kernels.edge_attention_common as common
 import magnn_kernels.edge_attention_fwd as fwd
+import magnn_kernels.edge_attention_packed as packed
 import magnn_kernels.utils as ku
 
 assert not ku.INTERPRETED
 INDEX = {"rowptr_ptr", "col_ptr", "perm_ptr", "rev_rowptr_ptr", "rev_col_ptr", "rev_perm_ptr", "item_node_ptr",
          "item_start_ptr", "item_end_ptr", "seg_node_ptr", "seg_ptr_ptr", "hist_abs_ptr", "hist_ratio_ptr",
-         "nan_count_ptr"}
+         "nan_count_ptr", "pack_nodes_ptr"}
 DATA = {"q_ptr", "k_ptr", "v_ptr", "e_ptr", "node_out_ptr", "edge_out_ptr", "grad_node_ptr", "grad_edge_ptr",
         "dq_ptr", "dk_ptr", "dv_ptr", "de_ptr", "da_ptr", "out_ptr"}
 
@@ -684,7 +685,23 @@ for i, (mode, ebt, partial, drop) in enumerate([(GT, EDGE, False, True), (ADD, S
     compile_for_sm90(bwd._edge_attention_bwd_src_kernel, dict(
         MODE=mode, EBT=ebt, HAS_BIAS=True, BIAS_PER_HEAD=True, HAS_CLAMP=True, DROPOUT=drop, HAS_GRAD_NODE=True,
         HAS_GRAD_EDGE=partial, PARTIAL=partial, **TILES[i % 2], **(PROJ if i < 2 else NO_PROJ),
-        NEED_GRAD_A=i == 0, BLOCK_F=8 if i < 2 else 1))
+        NEED_GRAD_A=i == 0, BLOCK_F=16 if i == 0 else 8 if i == 1 else 1,
+        DW_DOT=bwd.DW_DOT_HALF.value if i == 0 else bwd.DW_DOT_OFF.value))
+# dW as per-tile products with fp32 operands (fp32 features)
+compile_for_sm90(bwd._edge_attention_bwd_src_kernel, dict(
+    MODE=ADD, EBT=NONE, HAS_BIAS=False, BIAS_PER_HEAD=False, HAS_CLAMP=False, DROPOUT=False, HAS_GRAD_NODE=True,
+    HAS_GRAD_EDGE=False, PARTIAL=False, **TILES[1], **PROJ, NEED_GRAD_A=True, BLOCK_F=16,
+    DW_DOT=bwd.DW_DOT_IEEE.value), data="fp32")
+# short rows packed ROWS x SLOTS to a tile (molecule batches)
+for i, (mode, ebt, stats, drop, store, rows) in enumerate([(GT, EDGE, 1, 1, 1, 16), (ADD, NONE, 0, 0, 1, 8),
+                                                           (ADD, EDGE, 1, 0, 0, 4), (GT, NONE, 0, 0, 0, 2)]):
+    tile = dict(TILES[i % 2])
+    tile.pop("BLOCK_E")
+    compile_for_sm90(packed._edge_attention_fwd_packed_kernel, dict(
+        MODE=mode, EBT=ebt, HAS_BIAS=True, BIAS_PER_HEAD=mode == ADD, HAS_CLAMP=True, DROPOUT=bool(drop),
+        STORE_EDGE=bool(store), STATS=bool(stats), MBITS=7, WINDOW=2048 if stats else 1,
+        RATIO_BASE=ku.hist_layout(7)[1], LOW_BIT=16, ROWS=rows, SLOTS=16 // rows, **tile,
+        **(PROJ if i == 1 else NO_PROJ)))
 compile_for_sm90(fwd._edge_attention_fwd_merge_kernel, dict(WITH_ACC=True, BLOCK_H=8, BLOCK_D=8))
 compile_for_sm90(common._segment_sum_kernel, dict(BLOCK_R=64))
 print("compiled")
