@@ -7,6 +7,13 @@ import torch
 # variable must be set before triton JIT-decorates any kernel.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+    # Decorate the kernels now, in interpreter mode: a module that compiles for sm_90 in this
+    # process (tests/test_gpu_static.py imports benchmarks/gpu/static.py, which pops the variable)
+    # must not be the first to import them, whatever order pytest runs the files in.
+    try:
+        import magnn_kernels  # noqa: F401
+    except ImportError:  # triton not installed: the triton tests skip themselves
+        pass
 
 
 def pytest_collection_modifyitems(config, items):
