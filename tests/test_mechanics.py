@@ -1,0 +1,134 @@
+"""magnn.analysis's mechanics: the MA intervention (zero vs mean), int8 quantisation sensitivity, MA onset."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch_geometric.data import Batch, Data
+
+from magnn import models
+from magnn.analysis import intervention
+from magnn.core.errors import UserError
+from magnn.data import DatasetInfo
+
+pytestmark = [pytest.mark.filterwarnings("ignore:magnn. the cpu backend:RuntimeWarning"),
+              pytest.mark.usefixtures("one_thread")]
+
+ZINC = DatasetInfo("zinc", "graph_regression", 1, "zinc_atom", "zinc_bond")
+SMALL = dict(num_layers=2, hidden=16, heads=4, pe=None, backend="torch")
+CHANNEL = 5  # the planted bias channel (head 1, channel 1 of D = 4)
+
+
+def _graphs(count: int = 12, seed: int = 0) -> list[Data]:
+    generator = torch.Generator().manual_seed(seed)
+    graphs = []
+    for _ in range(count):
+        n = int(torch.randint(3, 8, (1,), generator=generator))
+        ring = torch.arange(n)
+        src, dst = torch.cat([ring, (ring + 1) % n]), torch.cat([(ring + 1) % n, ring])
+        edge_index = torch.stack([src, dst])
+        data = Data(x=torch.randint(0, 28, (n, 1), generator=generator), edge_index=edge_index,
+                    edge_attr=torch.randint(1, 4, (edge_index.shape[1], 1), generator=generator), num_nodes=n)
+        data.edge_type = data.edge_attr.reshape(-1) - 1
+        data.y = torch.zeros(1, 1)
+        graphs.append(data)
+    return graphs
+
+
+def _with_bias(linear: nn.Linear, value: float) -> nn.Linear:
+    """A copy of `linear` with a bias; channel CHANNEL's output is the constant `value`."""
+    planted = nn.Linear(linear.in_features, linear.out_features, bias=True)
+    with torch.no_grad():
+        planted.weight.copy_(linear.weight)
+        planted.weight[CHANNEL] = 0.0
+        planted.bias.zero_()
+        planted.bias[CHANNEL] = value
+    return planted
+
+
+def planted_model(strength: float = 100.0):
+    """A small GraphTransformer whose first layer's score w_ij has a constant channel of
+    10 * 10 * strength / sqrt(D) on every edge: a massive activation that is a pure bias."""
+    torch.manual_seed(0)
+    model = models.build_model("gt", ZINC, **SMALL).eval()
+    layer = model.layers[0].attention
+    layer.lin_q, layer.lin_k = _with_bias(layer.lin_q, 10.0), _with_bias(layer.lin_k, 10.0)
+    layer.lin_e = _with_bias(layer.lin_e, strength)
+    return model
+
+
+def _own_targets(model, graphs):
+    """The graphs with y = the clean model's own prediction: a loss of 0 unedited."""
+    with torch.no_grad():
+        out = model(Batch.from_data_list(graphs))
+    for index, data in enumerate(graphs):
+        data.y = out[index:index + 1].clone()
+    return graphs
+
+
+def mse(out, y):
+    return ((out - y) ** 2).mean()
+
+
+def test_planted_bias_channel_zeroing_hurts_and_mean_does_not():
+    model = planted_model()
+    graphs = _own_targets(model, _graphs())
+    result = intervention.run(model, graphs, mse, threshold=1000.0, batch_size=5, progress=False)
+    first, second = result.layers
+    assert first["name"] == "layers.0.attention"
+    assert first["channels"] == {CHANNEL: first["edges"]}  # every edge, the planted channel only
+    assert first["ma_edges"] == first["edges"] > 0
+    assert result.loss_clean == pytest.approx(0.0, abs=1e-12)
+    spread = float(torch.cat([g.y for g in graphs]).var())  # the predictions' own variance
+    assert first["delta_zero"] > 0.01 * spread  # zeroing the bias moves the predictions
+    assert abs(first["delta_mean"]) < 1e-6 * first["delta_zero"]  # its mean keeps them
+    assert second["ma_entries"] == 0 and second["delta_zero"] == 0.0 and second["delta_mean"] == 0.0
+    assert result.all_layers["delta_zero"] > 0.01 * spread
+    assert not model.layers[0].attention._forward_hooks  # hooks removed
+
+
+def test_zero_edit_equals_removing_the_channel_from_the_score():
+    """The hook's edit (logit shift through the bias, edge_out replaced) is the model whose planted
+    channel of w_ij is 0: the same model with e's channel constant 0 instead of 100."""
+    model, reference = planted_model(), planted_model()
+    with torch.no_grad():
+        reference.layers[0].attention.lin_e.bias[CHANNEL] = 0.0
+    batch = Batch.from_data_list(_graphs())
+    layers = {"layers.0.attention": model.layers[0].attention}
+    with intervention._hooks(layers, lambda name: intervention._Edit(1000.0, None)) as hooks, torch.no_grad():
+        edited = model(batch)
+    assert hooks["layers.0.attention"].edited == batch.edge_index.shape[1]
+    with torch.no_grad():
+        expected = reference(batch)
+    torch.testing.assert_close(edited, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_no_massive_entries_changes_nothing():
+    torch.manual_seed(1)
+    model = models.build_model("gt", ZINC, **SMALL).eval()
+    graphs = _own_targets(model, _graphs())
+    result = intervention.run(model, graphs, mse, threshold=1e30, progress=False)
+    assert all(row["ma_entries"] == 0 and row["delta_zero"] == 0.0 for row in result.layers)
+
+
+@pytest.mark.parametrize("name", ["graphit", "san"])
+def test_every_magnn_model_is_editable(name):
+    torch.manual_seed(2)
+    model = models.build_model(name, ZINC, **SMALL).eval()
+    transform = models.transforms_for(name, ZINC, **SMALL)
+    graphs = [transform(g) if transform is not None else g for g in _graphs(6)]
+    graphs = _own_targets(model, graphs)
+    result = intervention.run(model, graphs, mse, threshold=2.0, progress=False)  # a low threshold: entries to edit
+    assert len(result.layers) == 2
+    assert sum(row["ma_entries"] for row in result.layers) > 0
+    assert all(math.isfinite(row["loss_zero"]) and math.isfinite(row["loss_mean"]) for row in result.layers)
+
+
+def test_additive_layers_are_refused():
+    from magnn.layers import FusedEdgeAttention
+
+    model = nn.Sequential(FusedEdgeAttention(8, 2, 4, 8, mode="additive", backend="torch"))
+    with pytest.raises(UserError, match="additive"):
+        intervention.attention_layers(model)
