@@ -9,7 +9,7 @@ from torch import nn
 from torch_geometric.data import Batch, Data
 
 from magnn import models
-from magnn.analysis import intervention
+from magnn.analysis import intervention, quantise
 from magnn.core.errors import UserError
 from magnn.data import DatasetInfo
 
@@ -132,3 +132,35 @@ def test_additive_layers_are_refused():
     model = nn.Sequential(FusedEdgeAttention(8, 2, 4, 8, mode="additive", backend="torch"))
     with pytest.raises(UserError, match="additive"):
         intervention.attention_layers(model)
+
+
+# -- int8 sensitivity -------------------------------------------------------------------------
+
+def test_fake_quantise_is_per_tensor_absmax_int8():
+    x = torch.tensor([-2.0, 0.01, 1.0, 127.0])
+    q = quantise.fake_quantise(x)
+    assert q.tolist() == [-2.0, 0.0, 1.0, 127.0]  # scale 1: the small entry is lost to the outlier
+    assert torch.equal(quantise.fake_quantise(torch.zeros(3)), torch.zeros(3))
+    values = torch.randn(1000, generator=torch.Generator().manual_seed(0))
+    assert (quantise.fake_quantise(values) - values).abs().max() <= values.abs().max() / 127 / 2 + 1e-7
+    assert quantise.fake_quantise(values).unique().numel() <= 255
+
+
+def test_quantisation_sensitivity_grows_with_an_outlier_channel():
+    """A planted channel of e 1e4 times the others coarsens e's per-tensor int8 grid far beyond a typical
+    entry, and the first layer's output error grows far above that of the same model without it."""
+    plain = planted_model(strength=1.0)  # q, k channels of 10: moderate outliers
+    strong = planted_model(strength=1e4)
+    graphs = _own_targets(strong, _graphs())
+    results = {label: quantise.run(model, graphs, mse, batch_size=5, progress=False)
+               for label, model in (("plain", plain), ("strong", strong))}
+    first = {label: result["layers"][0] for label, result in results.items()}
+    assert set(first["strong"]["inputs"]) == {"q", "k", "v", "e"}
+    assert first["strong"]["inputs"]["e"]["step_over_median"] > 100 * first["plain"]["inputs"]["e"]["step_over_median"]
+    assert first["strong"]["output_rel_error"] > 5 * first["plain"]["output_rel_error"]
+    for result in results.values():
+        assert result["loss_clean"] >= 0 and all(math.isfinite(row["loss"]) for row in result["layers"])
+        assert math.isfinite(result["all_layers"]["delta_loss"])
+        assert all(0 <= row["output_rel_error"] < 1 for row in result["layers"])
+    assert not any(module._forward_hooks for module in strong.modules())  # hooks removed
+
