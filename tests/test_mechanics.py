@@ -9,7 +9,7 @@ from torch import nn
 from torch_geometric.data import Batch, Data
 
 from magnn import models
-from magnn.analysis import intervention, quantise
+from magnn.analysis import intervention, onset, quantise
 from magnn.core.errors import UserError
 from magnn.data import DatasetInfo
 
@@ -164,3 +164,24 @@ def test_quantisation_sensitivity_grows_with_an_outlier_channel():
         assert all(0 <= row["output_rel_error"] < 1 for row in result["layers"])
     assert not any(module._forward_hooks for module in strong.modules())  # hooks removed
 
+
+
+# -- onset --------------------------------------------------------------------------------------
+
+def _metrics(ratios: list, lrs: list) -> dict:
+    return {"history": [{"epoch": i, "lr": lr} for i, lr in enumerate(lrs)],
+            "ma_over_epochs": {"probe": "p", "layers": ["a", "b"], "epochs": list(range(1, len(ratios) + 1)),
+                               "max_ratio_edge": ratios, "median_abs": [[1.0, 1.0]] * len(ratios)}}
+
+
+def test_onset_epochs_against_the_own_base_and_the_threshold():
+    ratios = [[5.0, 50.0], [40.0, None], [60.0, 400.0], [2000.0, 600.0]]
+    metrics = _metrics(ratios, [1e-3, 5e-4, 2.5e-4, 1e-4])
+    result = onset.onset(metrics, base={"a": 5.0}, factor=10.0, threshold=1000.0)
+    a, b = result["layers"]
+    assert (a["base"], a["base_source"], a["onset_growth"], a["onset_threshold"]) == (5.0, "untrained model", 3, 4)
+    assert (a["lr_at_onset_growth"], a["lr_at_onset_threshold"]) == (5e-4, 2.5e-4)  # set after epochs 2 and 3
+    assert (b["base"], b["base_source"], b["onset_growth"], b["onset_threshold"]) == (50.0, "epoch 1", 4, None)  # 600 > 10 x 50
+    assert b["peak"] == 600.0 and b["final"] == 600.0
+    assert result["lr_after_epoch"] == [1e-3, 5e-4, 2.5e-4, 1e-4]
+    assert onset.onset({"history": []}) is None
