@@ -185,3 +185,19 @@ def test_onset_epochs_against_the_own_base_and_the_threshold():
     assert b["peak"] == 600.0 and b["final"] == 600.0
     assert result["lr_after_epoch"] == [1e-3, 5e-4, 2.5e-4, 1e-4]
     assert onset.onset({"history": []}) is None
+
+
+def test_figures_are_written(tmp_path):
+    from magnn.analysis import mechanics_figures as figures
+
+    model = planted_model()
+    graphs = _own_targets(model, _graphs(4))
+    result = intervention.run(model, graphs, mse, progress=False).to_dict()
+    sensitivity = quantise.run(model, graphs, mse, progress=False)
+    metrics = _metrics([[5.0, 50.0], [60.0, 600.0]], [1e-3, 1e-3])
+    paths = [figures.plot_intervention({"trained": result}, tmp_path / "i.png"),
+             figures.plot_quantisation({"trained": sensitivity}, tmp_path / "q.png"),
+             figures.plot_onset({"no_ebt": metrics["ma_over_epochs"]}, {"no_ebt": onset.onset(metrics)},
+                                tmp_path / "o.png"),
+             figures.plot_intervention({}, tmp_path / "empty.png")]
+    assert all(path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for path in paths)
