@@ -80,6 +80,7 @@ def test_planted_bias_channel_zeroing_hurts_and_mean_does_not():
     assert first["name"] == "layers.0.attention"
     assert first["channels"] == {CHANNEL: first["edges"]}  # every edge, the planted channel only
     assert first["ma_edges"] == first["edges"] > 0
+    assert first["max_ratio"] > 1000.0 > second["max_ratio"] > 0
     assert result.loss_clean == pytest.approx(0.0, abs=1e-12)
     spread = float(torch.cat([g.y for g in graphs]).var())  # the predictions' own variance
     assert first["delta_zero"] > 0.01 * spread  # zeroing the bias moves the predictions
@@ -201,3 +202,32 @@ def test_figures_are_written(tmp_path):
                                 tmp_path / "o.png"),
              figures.plot_intervention({}, tmp_path / "empty.png")]
     assert all(path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for path in paths)
+
+
+# -- the study's mechanics stage --------------------------------------------------------------------
+
+def test_study_reports_the_mechanics(tmp_path):
+    import json
+
+    from magnn.study import StudyConfig, run_study
+
+    out = tmp_path / "study"
+    config = StudyConfig.from_options(dataset="zinc", model="gt", quick=True, epochs=2, max_graphs=8, attack_steps=0,
+                                      backend="torch", overrides={"num_layers": 2, "hidden": 8, "heads": 2},
+                                      out=str(out), threshold=5.0)  # a low threshold: entries to edit
+    report = run_study(config)
+    mechanics = report["mechanics"]
+    assert mechanics["mitigation"] == {"no_ebt": "none", "ebt_edge": "edge"}
+    for tag in ("no_ebt", "ebt_edge"):
+        edited = mechanics["intervention"][tag]
+        assert [row["name"] for row in edited["layers"]] == ["layers.0.attention", "layers.1.attention"]
+        assert edited["graphs"] == mechanics["graphs"] > 0 and edited["threshold"] == 5.0
+        assert sum(row["ma_entries"] for row in edited["layers"]) > 0
+        assert len(mechanics["quantisation"][tag]["layers"]) == 2
+        onsets = mechanics["onset"][tag]
+        assert onsets["epochs"] == [1, 2] and all(row["base_source"] == "untrained model" for row in onsets["layers"])
+    for name in ("intervention", "quantisation", "ma_onset"):
+        assert (out / report["figures"][name]).is_file()
+    text = (out / "report.md").read_text()
+    assert "## Mechanics" in text and "MA intervention, no_ebt" in text and "int8 sensitivity, ebt_edge" in text
+    assert json.loads((out / "report.json").read_text())["mechanics"]["graphs"] == mechanics["graphs"]

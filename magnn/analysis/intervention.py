@@ -36,14 +36,18 @@ MODES = ("zero", "mean")
 TINY = torch.finfo(torch.float32).tiny  # a zero median's stand-in (SPEC §4)
 
 
-def massive_mask(edge_out: torch.Tensor, threshold: float) -> torch.Tensor:
-    """bool [R, C]: the entries whose per-edge ratio |a_ec| / med_e exceeds `threshold`, med_e the
-    lower median of |a_e| over the C channels (torch.median's convention, SPEC §4)."""
+def _ratios(edge_out: torch.Tensor) -> torch.Tensor:
+    """float [R, C]: |a_ec| / med_e, med_e the lower median of |a_e| over the C channels (torch.median's
+    convention; a zero median replaced by the smallest normal float32, SPEC §4)."""
     magnitude = edge_out.detach().abs().float()
     if magnitude.shape[0] == 0:
-        return torch.zeros(magnitude.shape, dtype=torch.bool, device=magnitude.device)
-    median = magnitude.median(dim=1, keepdim=True).values.clamp_min(TINY)
-    return magnitude / median > threshold
+        return magnitude
+    return magnitude / magnitude.median(dim=1, keepdim=True).values.clamp_min(TINY)
+
+
+def massive_mask(edge_out: torch.Tensor, threshold: float) -> torch.Tensor:
+    """bool [R, C]: the entries whose per-edge ratio |a_ec| / med_e exceeds `threshold` (SPEC §4)."""
+    return _ratios(edge_out) > threshold
 
 
 def attention_layers(model: torch.nn.Module) -> dict:
@@ -76,11 +80,14 @@ class _Measure:
         self.total: Optional[torch.Tensor] = None
         self.count: Optional[torch.Tensor] = None
         self.edges = self.ma_edges = self.unreached = 0
+        self.max_ratio = 0.0  # the largest |a_ec| / med_e of the real edges: how far from the threshold
 
     def __call__(self, module, args, kwargs, output):
         edge_out = output[1]
         rows = _edge_rows(args, kwargs)
         mask = massive_mask(edge_out, self.threshold)
+        if rows:
+            self.max_ratio = max(self.max_ratio, float(_ratios(edge_out[:rows]).max()))
         real, values = mask[:rows], edge_out[:rows].detach().double()
         if self.total is None:
             self.total = torch.zeros(edge_out.shape[1], dtype=torch.float64)
@@ -207,7 +214,7 @@ def run(model: torch.nn.Module, graphs, loss_fn: Callable, *, threshold: float =
     for name, measure in measured.items():
         count = measure.count if measure.count is not None else torch.zeros(0, dtype=torch.long)
         row = {"name": name, "edges": measure.edges, "ma_edges": measure.ma_edges, "ma_entries": int(count.sum()),
-               "unreached_entries": measure.unreached,
+               "unreached_entries": measure.unreached, "max_ratio": measure.max_ratio,
                "channels": {int(c): int(count[c]) for c in torch.nonzero(count).reshape(-1).tolist()}}
         for mode in MODES:
             row[f"loss_{mode}"] = losses[name, mode]

@@ -77,9 +77,10 @@ def _per_detection_figures(data: StudyData, detections: dict, out: Path, title: 
 
 
 def report_stage(data: StudyData, task: GraphTask, trained: Trained, detections: dict, ablation: dict,
-                 attack: dict, figures: dict, out: Path) -> dict:
+                 attack: dict, figures: dict, out: Path, mechanics: dict | None = None) -> dict:
     """report.json (every number, and the config that re-runs the study) and report.md."""
     from ..analysis.detect import tap_kinds
+    from .mechanics import mechanics_markdown
     from .report import finding_details, findings, markdown, report_json
 
     config, metrics = data.config, trained.metrics
@@ -104,11 +105,13 @@ def report_stage(data: StudyData, task: GraphTask, trained: Trained, detections:
         "figures": {name: str(Path(path).name) for name, path in figures.items()},
     }
     report.update(task.extra_report(data, trained.configs["no_ebt"], detections))
+    if mechanics is not None:
+        report["mechanics"] = mechanics
     report["findings_detail"] = finding_details(report, variants)
     report["findings"] = findings(report, variants)
     report["config"] = config.to_dict()
     write_atomically(out / "report.json", report_json(report))
-    write_atomically(out / "report.md", markdown(report, variants))
+    write_atomically(out / "report.md", "\n".join([markdown(report, variants), *mechanics_markdown(mechanics)]))
     return report
 
 

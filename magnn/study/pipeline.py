@@ -26,6 +26,7 @@ from pathlib import Path
 
 from ..core.errors import UserError, output_folder
 from .config import StudyConfig
+from .mechanics import mechanics_figures, mechanics_key, mechanics_stage
 from .outputs import figures_stage, report_stage
 from .stages import (
     StageRecord,
@@ -68,7 +69,9 @@ def run_study(config: StudyConfig) -> dict:
     ablation = ablate_stage(data, task, trained, detections, keys.ablate, record, out)
     attack = attack_stage(data, task, trained, keys.attack, record, out)
     figures = figures_stage(data, task, trained, detections, ablation, out)
-    report = report_stage(data, task, trained, detections, ablation, attack, figures, out)
+    mechanics = mechanics_stage(data, task, trained, mechanics_key(config, data.profile, keys), record, out)
+    figures.update(mechanics_figures(data, trained, mechanics, out))
+    report = report_stage(data, task, trained, detections, ablation, attack, figures, out, mechanics)
     record.mark("report", keys.report)
     return report
 

@@ -66,6 +66,10 @@ class GraphTask:
     def attack_inputs(self, data: StudyData) -> list:
         return subset(data.splits["val"], data.profile["attack_graphs"])
 
+    def mechanics_inputs(self, data: StudyData):
+        """The test graphs the MA intervention and the int8 sensitivity run on (magnn.study.mechanics)."""
+        return subset(data.splits["test"], data.profile.get("mechanics_graphs"))
+
     def extra_figures(self, data: StudyData, detections: dict, out, title: str) -> dict:
         return {}
 
@@ -117,6 +121,10 @@ class NodeTask(GraphTask):
         generator = torch.Generator().manual_seed(config.train.seed)
         return [subgraph(graph, seed.view(1), sample_edges(topology, seed.view(1), config.train.fanouts, generator))
                 for seed in seeds]
+
+    def mechanics_inputs(self, data: StudyData):
+        """None: the intervention and the int8 sensitivity are for batches of small graphs."""
+        return None
 
     def extra_figures(self, data: StudyData, detections: dict, out, title: str) -> dict:
         from ..analysis.figures import plot_sorted_ratios
