@@ -231,3 +231,16 @@ def test_study_reports_the_mechanics(tmp_path):
     text = (out / "report.md").read_text()
     assert "## Mechanics" in text and "MA intervention, no_ebt" in text and "int8 sensitivity, ebt_edge" in text
     assert json.loads((out / "report.json").read_text())["mechanics"]["graphs"] == mechanics["graphs"]
+
+
+def test_the_loss_defaults_to_the_models_training_loss():
+    """Without loss_fn a magnn model's own task loss is used (ZINC: L1); a model that does not say
+    its task is refused with what to pass."""
+    model = planted_model()
+    graphs = _graphs(4)
+    default = intervention.run(model, graphs, progress=False)
+    l1 = intervention.run(model, graphs, lambda out, y: (out - y).abs().mean(), progress=False)
+    assert default.loss_clean == pytest.approx(l1.loss_clean) and default.loss_clean > 0
+    assert quantise.run(model, graphs, progress=False)["loss_clean"] == pytest.approx(l1.loss_clean)
+    with pytest.raises(UserError, match="loss_fn"):
+        intervention.task_loss(nn.Linear(2, 2), None)

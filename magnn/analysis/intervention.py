@@ -30,7 +30,8 @@ import torch
 from ..core.constants import MA_THRESHOLD
 from ..core.errors import UserError
 
-__all__ = ["MODES", "massive_mask", "attention_layers", "run", "InterventionResult", "batches_of", "mean_loss"]
+__all__ = ["MODES", "massive_mask", "attention_layers", "run", "InterventionResult", "batches_of", "mean_loss",
+           "task_loss"]
 
 MODES = ("zero", "mean")
 TINY = torch.finfo(torch.float32).tiny  # a zero median's stand-in (SPEC §4)
@@ -158,6 +159,19 @@ def batches_of(graphs, batch_size: int, device) -> list:
     return [batch.to(device) for batch in loader]
 
 
+def task_loss(model: torch.nn.Module, loss_fn: Optional[Callable]) -> Callable:
+    """`loss_fn`, or for a magnn model (which knows its dataset: `model.info`) its training loss."""
+    if loss_fn is not None:
+        return loss_fn
+    info = getattr(model, "info", None)
+    if info is None:
+        raise UserError(f"{type(model).__name__} does not say its task (no .info): pass loss_fn=, "
+                        "e.g. magnn.train.loss_function('graph_regression')")
+    from ..train import loss_function
+
+    return loss_function(info.task)
+
+
 @torch.no_grad()
 def mean_loss(model, batches: list, loss_fn: Callable) -> float:
     """The task loss over every batch, weighted by graphs (the attack's convention)."""
@@ -184,17 +198,17 @@ class InterventionResult:
                 "layers": self.layers, "all_layers": self.all_layers}
 
 
-def run(model: torch.nn.Module, graphs, loss_fn: Callable, *, threshold: float = MA_THRESHOLD, batch_size: int = 64,
+def run(model: torch.nn.Module, graphs, loss_fn: Optional[Callable] = None, *, threshold: float = MA_THRESHOLD, batch_size: int = 64,
         device="cpu", progress: bool = True) -> InterventionResult:
     """Sun et al.'s intervention on `model` over `graphs` (PyG Data or a DataLoader; a test split):
     the clean loss, then per attention layer (and all at once) the loss with its massive entries
-    set to zero and to their channel mean (module docstring). loss_fn(output, y) -> scalar, e.g.
-    `magnn.train.loss_function(task)`. The model runs in eval mode and is restored after."""
+    set to zero and to their channel mean (module docstring). loss_fn(output, y) -> scalar (default: a
+    magnn model's training loss, `task_loss`). The model runs in eval mode and is restored after."""
     from tqdm import tqdm
 
     from ..core.progress import progress_enabled
 
-    layers = attention_layers(model)
+    layers, loss_fn = attention_layers(model), task_loss(model, loss_fn)
     was_training = model.training
     model.eval().to(device)
     batches = batches_of(graphs, batch_size, device)

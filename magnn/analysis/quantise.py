@@ -17,11 +17,11 @@ and the task loss; then every layer quantised at once. The EBT parameters k', e'
 from __future__ import annotations
 
 import contextlib
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
-from .intervention import attention_layers, batches_of
+from .intervention import attention_layers, batches_of, task_loss
 
 __all__ = ["INPUTS", "fake_quantise", "run"]
 
@@ -107,15 +107,16 @@ def _loss(model, batch, loss_fn) -> float:
 
 
 @torch.no_grad()
-def run(model: torch.nn.Module, graphs, loss_fn: Callable, *, batch_size: int = 64, device="cpu",
+def run(model: torch.nn.Module, graphs, loss_fn: Optional[Callable] = None, *, batch_size: int = 64, device="cpu",
         progress: bool = True) -> dict:
     """int8 sensitivity of `model` over `graphs` (PyG Data or a DataLoader): per attention layer
-    quantised alone, and all at once (module docstring). Returns report.json's "quantisation" entry."""
+    quantised alone, and all at once (module docstring); loss_fn as `intervention.run`'s. Returns
+    report.json's "quantisation" entry."""
     from tqdm import tqdm
 
     from ..core.progress import progress_enabled
 
-    layers = attention_layers(model)
+    layers, loss_fn = attention_layers(model), task_loss(model, loss_fn)
     was_training = model.training
     model.eval().to(device)
     batches = batches_of(graphs, batch_size, device)
