@@ -244,3 +244,13 @@ def test_the_loss_defaults_to_the_models_training_loss():
     assert quantise.run(model, graphs, progress=False)["loss_clean"] == pytest.approx(l1.loss_clean)
     with pytest.raises(UserError, match="loss_fn"):
         intervention.task_loss(nn.Linear(2, 2), None)
+
+
+def test_mitigation_names_follow_the_training_config():
+    from types import SimpleNamespace
+
+    from magnn.study.mechanics import mitigation_of
+
+    assert mitigation_of(SimpleNamespace(ebt=None)) == "none"
+    assert mitigation_of(SimpleNamespace(ebt="slot")) == "slot"
+    assert mitigation_of(SimpleNamespace(ebt=None, mitigation="gate")) == "gate"  # a config that names it

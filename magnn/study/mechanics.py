@@ -19,13 +19,14 @@ import json
 import logging
 from pathlib import Path
 
+from ..core.errors import UserError
 from .report import format_number
 from .stages import StageRecord, StudyKeys, Trained, _base, _keep, stage_key
 from .task import GraphTask, StudyData
 
 log = logging.getLogger("magnn.study.mechanics")
 
-__all__ = ["mechanics_key", "mechanics_stage", "mechanics_figures", "mechanics_markdown"]
+__all__ = ["mechanics_key", "mechanics_stage", "mechanics_figures", "mechanics_markdown", "mitigation_of"]
 
 
 def mechanics_key(config, profile: dict, keys: StudyKeys) -> str:
@@ -49,7 +50,7 @@ def mechanics_stage(data: StudyData, task: GraphTask, trained: Trained, key: str
     inputs = task.mechanics_inputs(data)
     loss_fn = loss_function(data.info.task)
     result = {"split": "test", "graphs": len(inputs) if inputs is not None else None,
-              "mitigation": {tag: c.ebt or "none" for tag, c in trained.configs.items()},
+              "mitigation": {tag: mitigation_of(c) for tag, c in trained.configs.items()},
               "onset": {}, "intervention": {}, "quantisation": {}}
     if inputs is None:
         result["not_run"] = "intervention and quantisation: molecule datasets only (a node-level study skips them)"
@@ -59,12 +60,22 @@ def mechanics_stage(data: StudyData, task: GraphTask, trained: Trained, key: str
         if inputs is None or not len(inputs):
             continue
         log.info(f"== mechanics: {tag}, MA intervention and int8 sensitivity on {len(inputs)} test graphs")
-        result["intervention"][tag] = intervention.run(model, inputs, loss_fn, threshold=config.threshold,
-                                                       device=config.train.device).to_dict()
-        result["quantisation"][tag] = quantise.run(model, inputs, loss_fn, device=config.train.device)
+        try:
+            result["intervention"][tag] = intervention.run(model, inputs, loss_fn, threshold=config.threshold,
+                                                           device=config.train.device).to_dict()
+            result["quantisation"][tag] = quantise.run(model, inputs, loss_fn, device=config.train.device)
+        except UserError as error:  # a model the analyses cannot edit: the rest of the study stands
+            log.warning(f"mechanics: {tag} not analysed: {error}")
+            result.setdefault("not_run_models", {})[tag] = str(error)
     _keep(path, result)
     record.mark("mechanics", key)
     return result
+
+
+def mitigation_of(train_config) -> str:
+    """The mitigation a training run used: its `mitigation` setting where the config has one, else
+    its EBT variant, else "none"."""
+    return getattr(train_config, "mitigation", None) or train_config.ebt or "none"
 
 
 def _probe_base(data: StudyData, train_config, metrics) -> dict | None:
@@ -106,6 +117,8 @@ def mechanics_markdown(mechanics: dict | None) -> list[str]:
     lines = ["", "## Mechanics (docs/MECHANICS.md)", ""]
     if mechanics.get("not_run"):
         lines += [f"Not run: {mechanics['not_run']}.", ""]
+    for tag, reason in (mechanics.get("not_run_models") or {}).items():
+        lines += [f"Not analysed, {tag}: {reason}", ""]
     for tag, result in mechanics["intervention"].items():
         lines += [f"MA intervention, {tag}: massive entries (r_ec > {format_number(result['threshold'])}) set to "
                   f"zero / to their channel mean; clean test loss {format_number(result['loss_clean'])} on "
