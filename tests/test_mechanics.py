@@ -254,3 +254,19 @@ def test_mitigation_names_follow_the_training_config():
     assert mitigation_of(SimpleNamespace(ebt=None)) == "none"
     assert mitigation_of(SimpleNamespace(ebt="slot")) == "slot"
     assert mitigation_of(SimpleNamespace(ebt=None, mitigation="gate")) == "gate"  # a config that names it
+
+
+def test_an_edited_forward_counts_its_statistics_once():
+    from magnn.stats import collect
+
+    model, batch = planted_model(), Batch.from_data_list(_graphs(4))
+    with torch.no_grad(), collect(model) as plain:
+        model(batch)
+    layers = {"layers.0.attention": model.layers[0].attention}
+    with torch.no_grad(), intervention._hooks(layers, lambda n: intervention._Edit(1000.0, None)), \
+            collect(model) as edited:
+        model(batch)
+    first = "layers.0.attention"
+    assert edited[first].to_dict()["calls"] == plain[first].to_dict()["calls"] == 1
+    assert edited[first].to_dict()["count"] == plain[first].to_dict()["count"]
+    assert edited[first].max_ratio("edge") == plain[first].max_ratio("edge")  # the unedited call's

@@ -15,7 +15,8 @@ edit hurts: the asymmetry Sun et al. report for LLMs. The edit reaches everythin
 feeds, as if w_ij itself had been changed before the logit: the layer runs a second time with
 the logit shift sum_d delta_ij[h, d] added to its structural bias (the kernels add the bias
 before the clamp, so the logit is exactly the edited score's), and its edge_out is returned with
-the entries replaced (the edge stream of GraphTransformer reads it). Only magnn's
+the entries replaced (the edge stream of GraphTransformer reads it). Statistics collected during an
+edited forward are those of the unedited call, counted once. Only magnn's
 `FusedEdgeAttention` layers in "gt" mode can be edited this way; SAN's fake edges (its second
 call) take no structural bias, so their massive entries are counted as `unreached` and left.
 """
@@ -129,8 +130,8 @@ class _Edit:
         bias = kwargs.get("bias")
         if bias is not None:
             shift = shift + (bias.view(rows, 1) if bias.dim() == 1 else bias)
-        with module.paused_collection():
-            node_out, edited = module.forward(*args, **{**kwargs, "bias": shift.to(real.dtype)})
+        with module.paused_collection():  # statistics are the first (unedited) call's, counted once
+            node_out, edited = module.forward(*args, **{**kwargs, "bias": shift.to(real.dtype), "stats": None})
         edited = edited.clone()
         edited[:rows] = real + delta
         self.edited += int(mask.sum())
