@@ -69,12 +69,15 @@ def plot_onset(curves: dict, onsets: dict, path, *, title: str = "", threshold: 
         for index, (row, colour) in enumerate(zip(result["layers"], colours)):
             values = [np.nan if r[index] is None else r[index] for r in curves[label]["max_ratio_edge"]]
             top.plot(epochs, values, color=colour, linewidth=1.0, label=_short(row["name"]))
+            if row["base_source"] == "untrained model" and row["base"] is not None:  # epoch 0: the own base
+                top.plot([0.0, epochs[0]], [row["base"], values[0]], ":", color=colour, linewidth=0.8, marker="o",
+                         markersize=2.5)
             if row["onset_growth"] is not None:
                 top.axvline(row["onset_growth"], color=colour, linewidth=0.6, linestyle="--")
         top.axhline(threshold, color="gray", linewidth=0.8, linestyle=":")
         top.set_yscale("log")
         top.set_ylabel("max edge ratio (probe)", fontsize=8)
-        top.set_title(f"{label}: dashed = onset ({result['factor']:g}x own base)", fontsize=8)
+        top.set_title(f"{label}: epoch 0 = untrained; dashed = onset ({result['factor']:g}x own base)", fontsize=8)
         top.legend(fontsize=6, ncol=2, title="layer", title_fontsize=6)
         lrs = [np.nan if v is None else v for v in result["lr_after_epoch"]]
         bottom.step(epochs, lrs, where="post", color=_style(label)[0])
