@@ -270,3 +270,18 @@ def test_an_edited_forward_counts_its_statistics_once():
     assert edited[first].to_dict()["calls"] == plain[first].to_dict()["calls"] == 1
     assert edited[first].to_dict()["count"] == plain[first].to_dict()["count"]
     assert edited[first].max_ratio("edge") == plain[first].max_ratio("edge")  # the unedited call's
+
+
+def test_markdown_tables_and_notes():
+    from magnn.study.mechanics import mechanics_markdown
+
+    row = {"name": "l0", "max_ratio": 9.0, "ma_entries": 3, "ma_edges": 2, "edges": 5, "delta_zero": 0.1,
+           "delta_mean": 0.0, "unreached_entries": 4}
+    mechanics = {"intervention": {"no_ebt": {"threshold": 5.0, "loss_clean": 1.0, "graphs": 3, "layers": [row],
+                                             "all_layers": {"delta_zero": 0.1, "delta_mean": 0.0}}},
+                 "onset": {"no_ebt": None}, "quantisation": {}, "not_run_models": {"ebt_edge": "additive layers"}}
+    text = "\n".join(mechanics_markdown(mechanics))
+    assert "| l0 | 9 | 3 | 2 / 5 | 0.1 | 0 |" in text
+    assert "4 massive entries on SAN's fake edges were not edited" in text
+    assert "Not analysed, ebt_edge: additive layers" in text
+    assert mechanics_markdown(None) == []

@@ -129,6 +129,10 @@ def mechanics_markdown(mechanics: dict | None) -> list[str]:
                   f"{format_number(r['delta_zero'])} | {format_number(r['delta_mean'])} |" for r in result["layers"]]
         every = result["all_layers"]
         lines += [f"| all | | | | {format_number(every['delta_zero'])} | {format_number(every['delta_mean'])} |", ""]
+        unreached = sum(r.get("unreached_entries", 0) for r in result["layers"])
+        if unreached:
+            lines += [f"{unreached} massive entries on SAN's fake edges were not edited (no structural bias reaches "
+                      "them; docs/SPEC.md §11).", ""]
     for tag, result in mechanics["onset"].items():
         if not result:
             continue
