@@ -14,7 +14,7 @@ from magnn.study.stages import StageRecord, stage_key
 def _stamps(out) -> dict:
     files = {"train no_ebt": out / "no_ebt" / "best.pt", "train ebt_edge": out / "ebt_edge" / "best.pt",
              "ablate": out / "stages" / "ablation.json", "attack": out / "stages" / "attack.json",
-             "report": out / "report.json"}
+             "mechanics": out / "stages" / "mechanics.json", "report": out / "report.json"}
     return {stage: path.stat().st_mtime_ns for stage, path in files.items()}
 
 
@@ -26,16 +26,16 @@ def test_rerun_redoes_only_the_stages_whose_settings_changed(tmp_path):
                                       out=str(out))
     report = run_study(config)
     assert set(json.loads((out / "stages.json").read_text())) == {
-        "train no_ebt", "train ebt_edge", "ablate", "attack", "report"}
+        "train no_ebt", "train ebt_edge", "ablate", "attack", "mechanics", "report"}
     first = _stamps(out)
 
     assert run_study(config) == json.loads((out / "report.json").read_text())  # all current: read back
     assert _stamps(out) == first
 
-    # the threshold feeds the ablation and the report, not the training or the attack
+    # the threshold feeds the ablation, the mechanics and the report, not the training or the attack
     changed = run_study(dataclasses.replace(config, threshold=5.0))
     now = _stamps(out)
-    assert {stage for stage in first if now[stage] != first[stage]} == {"ablate", "report"}
+    assert {stage for stage in first if now[stage] != first[stage]} == {"ablate", "mechanics", "report"}
     assert changed["threshold"] == 5.0 and changed["training"] == report["training"]
     assert changed["attack"] == report["attack"]
 
@@ -43,7 +43,8 @@ def test_rerun_redoes_only_the_stages_whose_settings_changed(tmp_path):
     assert report["analysed_model"] == {"no_ebt": "final", "ebt_edge": "final"}
     best = run_study(dataclasses.replace(config, analyse="best"))
     assert best["analysed_model"] == {"no_ebt": "best", "ebt_edge": "best"}
-    assert {stage for stage in first if _stamps(out)[stage] != now[stage]} == {"ablate", "attack", "report"}
+    assert {stage for stage in first if _stamps(out)[stage] != now[stage]} == {"ablate", "attack", "mechanics",
+                                                                               "report"}
     assert set(best["tap_kinds"]["no_ebt"].values()) == {"pre-softmax score"}  # SAN in "gt" mode
 
     # other --epochs (or --seed, --lr: every training setting keys the training): everything is redone,

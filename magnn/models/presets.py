@@ -158,12 +158,13 @@ QUICK_TRAINING = {"tox21": {"lr": 1e-3, "schedule": "cosine", "warmup_epochs": 3
 # attack_steps is the attack's epoch cap (one Adam step per validation batch per epoch); quick
 # lowers the cap and the split, never the protocol (lr 7e-4, plateau schedule, min_lr stop).
 # fit_edges: the gamma fit sees the exact ratios of each layer's first fit_edges edges (the
-# paper's code: 50,000), see magnn.analysis.detect
+# paper's code: 50,000), see magnn.analysis.detect; mechanics_graphs: the test graphs the MA intervention
+# and the int8 sensitivity run on (magnn.study.mechanics; None: the whole test split)
 STUDY_PROFILES = {
     "quick": dict(epochs=15, preset="quick", detect_graphs=300, attack_graphs=256, attack_steps=25,
-                  ablation_graphs=300, fit_edges=5_000),
+                  ablation_graphs=300, fit_edges=5_000, mechanics_graphs=100),
     "full": dict(epochs=1000, preset="paper", detect_graphs=None, attack_graphs=None, attack_steps=1000,
-                 ablation_graphs=None, fit_edges=50_000),
+                 ablation_graphs=None, fit_edges=50_000, mechanics_graphs=None),
 }
 # ogbn-proteins (one large graph): detect_graphs / attack_graphs count seed nodes (one sampled
 # subgraph each); the ablation and magnn's full-graph detection use the whole graph

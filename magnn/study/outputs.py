@@ -81,6 +81,7 @@ def report_stage(data: StudyData, task: GraphTask, trained: Trained, detections:
     """report.json (every number, and the config that re-runs the study) and report.md; `extra`: the
     other stages' report.json entries (e.g. "sinks", magnn.study.sink_profile)."""
     from ..analysis.detect import tap_kinds
+    from .mechanics import mechanics_markdown
     from .report import finding_details, findings, markdown, report_json
 
     config, metrics = data.config, trained.metrics
@@ -110,7 +111,7 @@ def report_stage(data: StudyData, task: GraphTask, trained: Trained, detections:
     report["findings"] = findings(report, variants)
     report["config"] = config.to_dict()
     write_atomically(out / "report.json", report_json(report))
-    write_atomically(out / "report.md", markdown(report, variants))
+    write_atomically(out / "report.md", "\n".join([markdown(report, variants), *mechanics_markdown(report.get("mechanics"))]))
     return report
 
 

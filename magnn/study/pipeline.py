@@ -26,6 +26,7 @@ from pathlib import Path
 
 from ..core.errors import UserError, output_folder
 from .config import StudyConfig
+from .mechanics import mechanics_figures, mechanics_key, mechanics_stage
 from .outputs import figures_stage, report_stage
 from .sink_profile import sinks_stage
 from .stages import (
@@ -71,7 +72,10 @@ def run_study(config: StudyConfig) -> dict:
     figures = figures_stage(data, task, trained, detections, ablation, out)
     sinks, sink_figures = sinks_stage(data, task, trained, out)
     figures.update(sink_figures)
-    report = report_stage(data, task, trained, detections, ablation, attack, figures, out, extra={"sinks": sinks})
+    mechanics = mechanics_stage(data, task, trained, mechanics_key(config, data.profile, keys), record, out)
+    figures.update(mechanics_figures(data, trained, mechanics, out))
+    extra = {"sinks": sinks} if mechanics is None else {"sinks": sinks, "mechanics": mechanics}
+    report = report_stage(data, task, trained, detections, ablation, attack, figures, out, extra=extra)
     record.mark("report", keys.report)
     return report
 

@@ -70,6 +70,10 @@ class GraphTask:
         """The graphs the sink profile reads (magnn.study.sink_profile): the detection's test graphs."""
         return subset(data.splits["test"], data.profile["detect_graphs"])
 
+    def mechanics_inputs(self, data: StudyData):
+        """The test graphs the MA intervention and the int8 sensitivity run on (magnn.study.mechanics)."""
+        return subset(data.splits["test"], data.profile.get("mechanics_graphs"))
+
     def extra_figures(self, data: StudyData, detections: dict, out, title: str) -> dict:
         return {}
 
@@ -127,6 +131,10 @@ class NodeTask(GraphTask):
     def sink_inputs(self, data: StudyData) -> list:
         """Nothing: one large graph's profile needs its sampled subgraphs' node numbering (not done)."""
         return []
+
+    def mechanics_inputs(self, data: StudyData):
+        """None: the intervention and the int8 sensitivity are for batches of small graphs."""
+        return None
 
     def extra_figures(self, data: StudyData, detections: dict, out, title: str) -> dict:
         from ..analysis.figures import plot_sorted_ratios
