@@ -337,6 +337,19 @@ def median_bits_16(key, kth, BLOCK_E: tl.constexpr, CHANNELS: tl.constexpr):
 
 
 @triton.jit
+def flush_tile_histograms(hist_abs_ptr, hist_ratio_ptr, nan_count_ptr, hist_abs_loc, hist_ratio_loc, base_abs,
+                          nan_total, RATIO_BASE: tl.constexpr, WINDOW: tl.constexpr):
+    """Adds a program's register histograms (tile_stats' [WINDOW] windows of |a| and r_e bins, at
+    base_abs / RATIO_BASE) and its NaN count to the call's global ones, once per program: one
+    relaxed atomic per occupied bin."""
+    w_idx = tl.arange(0, WINDOW)
+    tl.atomic_add(hist_abs_ptr + base_abs + w_idx, hist_abs_loc.to(tl.int64), mask=hist_abs_loc > 0, sem="relaxed")
+    tl.atomic_add(hist_ratio_ptr + RATIO_BASE + w_idx, hist_ratio_loc.to(tl.int64), mask=hist_ratio_loc > 0,
+                  sem="relaxed")
+    tl.atomic_add(nan_count_ptr, tl.sum(nan_total, axis=0), sem="relaxed")
+
+
+@triton.jit
 def tile_stats(vals, m3, emask, eid, hd_off,
                hist_abs_loc, hist_ratio_loc, base_abs, nan_total,
                hist_abs_ptr, hist_ratio_ptr, row_ratio_ptr, row_max_ptr, row_argc_ptr,

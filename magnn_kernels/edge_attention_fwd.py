@@ -39,8 +39,8 @@ from . import edge_attention_packed as packing
 from . import utils
 from .edge_attention_common import (
     EBT_SLOT, EBTS, MODE_ADDITIVE, MODE_GT, MODES,
-    dropout_scale, dst_tile, head_lanes, load_ebt_params, load_lse, query_terms, store_lse, tile_stats,
-    work_item,
+    dropout_scale, dst_tile, flush_tile_histograms, head_lanes, load_ebt_params, load_lse, query_terms, store_lse,
+    tile_stats, work_item,
 )
 
 
@@ -198,12 +198,8 @@ def _edge_attention_fwd_kernel(
                         MBITS, WINDOW, RATIO_BASE, LOW_BIT, BLOCK_E, BLOCK_H, BLOCK_D)
 
     if STATS:
-        w_idx = tl.arange(0, WINDOW)
-        tl.atomic_add(hist_abs_ptr + base_abs + w_idx, hist_abs_loc.to(tl.int64), mask=hist_abs_loc > 0,
-                      sem="relaxed")
-        tl.atomic_add(hist_ratio_ptr + RATIO_BASE + w_idx, hist_ratio_loc.to(tl.int64), mask=hist_ratio_loc > 0,
-                      sem="relaxed")
-        tl.atomic_add(nan_count_ptr, tl.sum(nan_total, axis=0), sem="relaxed")
+        flush_tile_histograms(hist_abs_ptr, hist_ratio_ptr, nan_count_ptr, hist_abs_loc, hist_ratio_loc, base_abs,
+                              nan_total, RATIO_BASE, WINDOW)
 
 
 @triton.jit

@@ -25,7 +25,8 @@ import triton.language as tl
 
 from . import utils
 from .edge_attention_common import (
-    EBT_EDGE, EBT_SLOT, MODE_GT, dropout_scale, edge_rows, head_lanes, load_bias, load_ebt_params, scores, tile_stats,
+    EBT_EDGE, EBT_SLOT, MODE_GT, dropout_scale, edge_rows, flush_tile_histograms, head_lanes, load_bias,
+    load_ebt_params, scores, tile_stats,
 )
 
 # rows of the graph that fill, on average, less than this share of a tile make packing worthwhile
@@ -164,12 +165,8 @@ def _edge_attention_fwd_packed_kernel(
                 MBITS, WINDOW, RATIO_BASE, LOW_BIT, BLOCK_E, BLOCK_H, BLOCK_D)
 
     if STATS:
-        w_idx = tl.arange(0, WINDOW)
-        tl.atomic_add(hist_abs_ptr + base_abs + w_idx, hist_abs_loc.to(tl.int64), mask=hist_abs_loc > 0,
-                      sem="relaxed")
-        tl.atomic_add(hist_ratio_ptr + RATIO_BASE + w_idx, hist_ratio_loc.to(tl.int64), mask=hist_ratio_loc > 0,
-                      sem="relaxed")
-        tl.atomic_add(nan_count_ptr, tl.sum(nan_total, axis=0), sem="relaxed")
+        flush_tile_histograms(hist_abs_ptr, hist_ratio_ptr, nan_count_ptr, hist_abs_loc, hist_ratio_loc, base_abs,
+                              nan_total, RATIO_BASE, WINDOW)
 
 
 # ---------------------------------------------------------------------------

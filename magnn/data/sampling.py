@@ -52,6 +52,16 @@ def sample_edges(graph: Graph, seeds: torch.Tensor, fanouts: Sequence[int], gene
     return torch.unique(torch.cat(drawn)) if drawn else seeds.new_empty(0)
 
 
+def _copy_fields(batch: Data, data: Data, nodes: torch.Tensor, edge_ids: torch.Tensor) -> None:
+    """Gives `batch` data's node fields at `nodes` and its edge fields at `edge_ids` (those data has)."""
+    for name in NODE_FIELDS:
+        if getattr(data, name, None) is not None:
+            batch[name] = data[name][nodes]
+    for name in EDGE_FIELDS:
+        if getattr(data, name, None) is not None:
+            batch[name] = data[name][edge_ids]
+
+
 def subgraph(data: Data, seeds: torch.Tensor, edge_ids: torch.Tensor) -> Data:
     """The mini-batch Data: seeds first, then the other endpoints; node and edge fields sliced."""
     endpoints = data.edge_index[:, edge_ids]
@@ -61,12 +71,7 @@ def subgraph(data: Data, seeds: torch.Tensor, edge_ids: torch.Tensor) -> Data:
     local = torch.full((data.num_nodes,), -1, dtype=torch.long, device=seeds.device)
     local[nodes] = torch.arange(nodes.numel(), device=seeds.device)
     batch = Data(edge_index=local[endpoints], num_nodes=nodes.numel())
-    for name in NODE_FIELDS:
-        if getattr(data, name, None) is not None:
-            batch[name] = data[name][nodes]
-    for name in EDGE_FIELDS:
-        if getattr(data, name, None) is not None:
-            batch[name] = data[name][edge_ids]
+    _copy_fields(batch, data, nodes, edge_ids)
     batch.num_seeds = seeds.numel()
     batch.node_ids = nodes
     return batch
@@ -140,12 +145,7 @@ def block_batch(data: Data, blocks: list) -> Data:
     edge_ids = torch.cat([edges for _, edges in blocks])
     counts = torch.tensor([0] + [edges.numel() for _, edges in blocks])
     batch = Data(edge_index=local[data.edge_index[:, edge_ids]], num_nodes=nodes.numel())
-    for name in NODE_FIELDS:
-        if getattr(data, name, None) is not None:
-            batch[name] = data[name][nodes]
-    for name in EDGE_FIELDS:
-        if getattr(data, name, None) is not None:
-            batch[name] = data[name][edge_ids]
+    _copy_fields(batch, data, nodes, edge_ids)
     batch.block_ptr = torch.cumsum(counts, 0)
     batch.block_num_dst = torch.tensor([dst.numel() for dst, _ in blocks])
     batch.num_seeds = blocks[-1][0].numel()
