@@ -56,7 +56,7 @@ def install(peaks: dict) -> None:
     _wrap(magnn.train, "prepare", peaks)
 
 
-def run_scale(scale: float, model: str, epochs: int, work: Path, peaks: dict) -> dict:
+def run_scale(scale: float, model: str, epochs: int, work: Path, peaks: dict, overrides: dict) -> dict:
     """One quick study at `scale` x the real sizes: {"edges": directed E, "stages": per stage}."""
     from magnn.data import write_ogb_proteins_raw
     from magnn.study import StudyConfig, run_study
@@ -67,7 +67,8 @@ def run_scale(scale: float, model: str, epochs: int, work: Path, peaks: dict) ->
     peaks.clear()
     start = time.perf_counter()
     run_study(StudyConfig.from_options(dataset="ogbn-proteins", model=model, quick=True, data_root=str(root),
-                                       out=str(work / f"study-{scale}"), epochs=epochs, backend="cpu"))
+                                       out=str(work / f"study-{scale}"), epochs=epochs, backend="cpu",
+                                       overrides=overrides))
     return {"scale": scale, "nodes": nodes, "edges": 2 * undirected, "study_seconds": round(time.perf_counter() - start, 1),
             "peak_gib": status_kib("VmHWM") / 2**20, "stages": dict(peaks)}
 
@@ -92,13 +93,16 @@ def main() -> None:
     parser.add_argument("--scales", type=float, nargs="+", default=(0.04, 0.08),
                         help="one run per scale; with two or more, the fit uses the smallest and the largest")
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--unfused", action="store_true",
+                        help="fused_edge_projection=False: the [E, hidden] edge embedding and projections, for comparison")
     parser.add_argument("--out", default=None, help="working folder (default: a temporary one)")
     args = parser.parse_args()
     work = Path(args.out or tempfile.mkdtemp(prefix="study-memory-"))
     peaks: dict = {}
     install(peaks)
-    runs = [run_scale(scale, args.model, args.epochs, work, peaks) for scale in sorted(args.scales)]
-    result = {"model": args.model, "epochs": args.epochs, "runs": runs}
+    overrides = {"fused_edge_projection": False} if args.unfused else {}
+    runs = [run_scale(scale, args.model, args.epochs, work, peaks, overrides) for scale in sorted(args.scales)]
+    result = {"model": args.model, "epochs": args.epochs, "overrides": overrides, "runs": runs}
     if len(runs) > 1:
         result["real_size_estimate_from_a_linear_fit"] = fit(runs)
     print(json.dumps(result, indent=1))
