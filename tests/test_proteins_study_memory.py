@@ -87,3 +87,19 @@ def test_the_probe_sees_the_unfused_edge_embedding(proteins_root, tmp_path):
     splits, info, model = _study_model(proteins_root, tmp_path, "gt", fused_edge_projection=False)
     found = _edge_wide_allocations(splits, info, model)
     assert found and all(shape[-1] * (shape[-2] if len(shape) == 3 else 1) >= model.hidden for _, shape in found)
+
+
+@pytest.mark.slow  # a whole (tiny) study
+def test_study_loads_the_graph_once_for_both_training_runs(proteins_root, tmp_path, monkeypatch):
+    """The training runs take the study's loaded graph: a second copy of ogbn-proteins' edges
+    (edge_index and edge_attr, ~3.5 GiB at full size) is not held beside the first."""
+    import magnn.train.setup as setup
+    from magnn.study import run_study
+
+    loads = []
+    inner = setup._load
+    monkeypatch.setattr(setup, "_load", lambda config: loads.append(config.ebt) or inner(config))
+    run_study(StudyConfig.from_options(dataset="ogbn-proteins", quick=True, data_root=str(proteins_root),
+                                       out=str(tmp_path / "study"), epochs=1, max_seeds=2, attack_steps=1,
+                                       backend="cpu"))
+    assert loads == [None]
