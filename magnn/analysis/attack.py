@@ -211,12 +211,16 @@ def explicit_bias_attack(
 
     The model is frozen in eval mode for the attack; its parameters' requires_grad flags and its
     train/eval mode are restored afterwards. Returns the clean, random-noise and optimised losses.
+    Edge noise goes into the [E, hidden] edge embedding, which a model with fused_edge_projection
+    never builds: such a model is attacked through its `unfused()` copy (same function).
     """
     from torch_geometric.loader import DataLoader
 
     protocol = (protocol or AttackProtocol()).validate()
     if not sigma > 0:
         raise ValueError(f"sigma must be > 0, got {sigma}")
+    if protocol.edge_noise and embedding is None and edge_embedding is None and hasattr(model, "unfused"):
+        model = model.unfused()
     was_training = model.training
     model = model.eval().to(device)
     trainable = [p for p in model.parameters() if p.requires_grad]

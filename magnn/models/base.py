@@ -7,7 +7,7 @@ attention layers, and the task head. `forward` runs them in that order.
 """
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Optional
 
 import torch
@@ -20,7 +20,7 @@ from ..core.graph import Graph
 from ..data.info import DatasetInfo
 from ..layers import FusedEdgeAttention
 from .config import ModelConfig, resolve_depth_and_pe
-from .encoders import FUSED_EDGE_NOISE, EdgeEncoder, NodeEncoder, edge_input, fuse_edge_projections
+from .encoders import FUSED_EDGE_NOISE, EdgeEncoder, NodeEncoder, edge_input, fuse_edge_projections, unfuse_edge_projections
 from .heads import build_head
 from .inputs import add_noise, graph_batch, random_signs, require
 from .positional import LaplacianPE, RandomWalkKernel
@@ -131,6 +131,22 @@ class GraphModel(nn.Module):
         """With fused_edge_projection: each layer's edge projection takes over the shared encoder."""
         if self.fused_edge_projection:
             fuse_edge_projections([layer.attention for layer in self.layers], self.edge_encoder)
+
+    def unfused(self) -> "GraphModel":
+        """This model, or with fused_edge_projection a deep copy whose layers take the [E, hidden]
+        shared edge embedding again: the same parameter values and function, for what needs that
+        embedding (edge_noise of the explicit bias attack). Build it on small inputs only: at
+        ogbn-proteins' full size the embedding alone is 20 GB."""
+        if not self.fused_edge_projection:
+            return self
+        import copy
+
+        model = copy.deepcopy(self)
+        unfuse_edge_projections([layer.attention for layer in model.layers])
+        model.fused_edge_projection = False
+        model.config = replace(model.config, fused_edge_projection=False)
+        model.edge_input = edge_input(model.edge_encoder, fused=False)
+        return model
 
     @property
     def positional_encoding(self) -> Optional[nn.Module]:

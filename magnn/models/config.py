@@ -115,7 +115,8 @@ class GraphTransformerConfig(ModelConfig):
     def check(self, owner: str, pe_choices: tuple, info: DatasetInfo) -> None:
         if self.fused_edge_projection and self.edge_stream:
             raise ArgumentError("fused_edge_projection=True needs edge_stream=False (every layer then takes the "
-                             "same raw edge features)")
+                             "same raw edge features), or pass fused_edge_projection=False (the ogbn-proteins paper "
+                             "preset turns it on)")
         super().check(owner, pe_choices, info)
 
 
@@ -138,7 +139,8 @@ class _EdgeEncodedConfig(ModelConfig):
         self.check_paper_code_mitigation(info)
         if self.fused_edge_projection and (self.layer_edge_encoders or info.edge_features != "proteins"):
             raise ArgumentError("fused_edge_projection=True needs one shared Linear edge encoder "
-                             "(edge_features='proteins' and layer_edge_encoders=False)")
+                             "(edge_features='proteins' and layer_edge_encoders=False), or pass "
+                             "fused_edge_projection=False (the ogbn-proteins paper preset turns it on)")
 
     def check_paper_code_mitigation(self, info: DatasetInfo) -> None:
         """ebt_compat="gnn-mas" reproduces the paper's code, which has no sink or gate."""
@@ -170,7 +172,8 @@ class GraphiTConfig(_EdgeEncodedConfig):
     def check(self, owner: str, pe_choices: tuple, info: DatasetInfo) -> None:
         super().check(owner, pe_choices, info)
         if self.fused_edge_projection and self.pe == "rw":
-            raise ArgumentError("fused_edge_projection=True attends over the real edges only: use pe=None")
+            raise ArgumentError("fused_edge_projection=True attends over the real edges only: use pe=None "
+                             "or fused_edge_projection=False (the ogbn-proteins paper preset turns it on)")
         check_ebt_compat(self.ebt_compat, self.ebt)
 
 
@@ -201,7 +204,8 @@ class SANConfig(_EdgeEncodedConfig):
             raise ArgumentError("fake_samples and max_fake_nodes must be >= 1")
         super().check(owner, pe_choices, info)
         if self.fused_edge_projection and self.full_graph:
-            raise ArgumentError("fused_edge_projection=True attends over the real edges only: use full_graph=False")
+            raise ArgumentError("fused_edge_projection=True attends over the real edges only: use "
+                             "full_graph=False or fused_edge_projection=False (the ogbn-proteins paper preset turns it on)")
         check_ebt_compat(self.ebt_compat, self.ebt)
         if self.paper_code(info.edge_features) and self.full_graph:
             raise ArgumentError("ebt_compat='gnn-mas' reproduces the paper's sparse protocol: use full_graph=False")

@@ -36,7 +36,7 @@ from ..data.info import DatasetInfo
 from .inputs import add_noise
 
 __all__ = ["NodeEncoder", "EdgeEncoder", "ComposedEdgeProjection", "fuse_edge_projections", "NODE_FEATURES", "EDGE_FEATURES",
-           "PROTEINS_NODE_INPUTS", "EdgeInput", "SharedEdgeInput", "PerLayerEdgeInput", "FusedEdgeInput", "edge_input",
+           "unfuse_edge_projections", "PROTEINS_NODE_INPUTS", "EdgeInput", "SharedEdgeInput", "PerLayerEdgeInput", "FusedEdgeInput", "edge_input",
            "FUSED_EDGE_NOISE"]
 
 NODE_FEATURES = ("ogb_atom", "zinc_atom", "proteins")
@@ -174,6 +174,19 @@ def fuse_edge_projections(attentions, edge_encoder: "EdgeEncoder") -> None:
     for attention in attentions:
         attention.lin_e = ComposedEdgeProjection(attention.lin_e, edge_encoder.features)
         attention.edge_dim = PROTEINS_FEATURES
+
+
+def unfuse_edge_projections(attentions) -> None:
+    """The inverse of `fuse_edge_projections`: each layer's ComposedEdgeProjection becomes a plain
+    Linear(h, h) holding the same weight and bias Parameters (shared, not copied), so the layers
+    take the [E, h] shared embedding again."""
+    for attention in attentions:
+        composed = attention.lin_e
+        if isinstance(composed, ComposedEdgeProjection):
+            own = nn.Linear(composed.weight.shape[1], composed.out_features, bias=composed.bias is not None,
+                            device=composed.weight.device, dtype=composed.weight.dtype)
+            own.weight, own.bias = composed.weight, composed.bias
+            attention.lin_e, attention.edge_dim = own, composed.weight.shape[1]
 
 
 FUSED_EDGE_NOISE = "edge_noise needs the edge embedding, which fused_edge_projection=True never builds"

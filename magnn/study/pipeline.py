@@ -65,7 +65,8 @@ def run_study(config: StudyConfig) -> dict:
         return json.loads((out / "report.json").read_text())
     splits, info, _ = prepare(plans["no_ebt"][0])  # the data once, for every model below
     data, task = StudyData(config, config.profile(), info, splits), task_for(config.dataset)
-    trained = train_stage(plans, info, keys, record, config.analyse)
+    # one large graph: the runs train on the study's copy rather than loading their own
+    trained = train_stage(plans, info, keys, record, config.analyse, splits if task.node_level else None)
     detections = detect_stage(data, task, trained, out)
     ablation = ablate_stage(data, task, trained, detections, keys.ablate, record, out)
     attack = attack_stage(data, task, trained, keys.attack, record, out)

@@ -99,9 +99,11 @@ class Trained:
     analysed: dict = None  # per tag: "final" (last.pt), "best" (best.pt) or "given checkpoint <path>"
 
 
-def train_stage(plans: dict, info, keys: StudyKeys, record: StageRecord, analyse: str = "final") -> Trained:
+def train_stage(plans: dict, info, keys: StudyKeys, record: StageRecord, analyse: str = "final",
+                splits=None) -> Trained:
     """Train each run (or load its given checkpoint, or reuse a current run) and load the analysed
-    model: the final epoch's (last.pt, as the paper's code analyses) or the best-validation one (best.pt)."""
+    model: the final epoch's (last.pt, as the paper's code analyses) or the best-validation one (best.pt).
+    splits: the study's loaded splits, which the runs train on instead of loading their own copy."""
     from ..train import load_checkpoint
 
     models, metrics, analysed = {}, {}, {}
@@ -117,13 +119,13 @@ def train_stage(plans: dict, info, keys: StudyKeys, record: StageRecord, analyse
             log.info(f"== training {train_config.model} on {train_config.dataset} ({tag})"
                      + (": settings changed since the run in the folder, retraining" if (folder / kept).exists()
                         and not given else ""))
-        models[tag], metrics[tag] = _trained(train_config, checkpoint, info, kept)
+        models[tag], metrics[tag] = _trained(train_config, checkpoint, info, kept, splits)
         analysed[tag] = f"given checkpoint {checkpoint.path}" if given else analyse
         record.mark(stage, keys.train[tag])
     return Trained(models, metrics, {tag: plan[0] for tag, plan in plans.items()}, analysed)
 
 
-def _trained(config, checkpoint, info, kept: str = "last.pt"):
+def _trained(config, checkpoint, info, kept: str = "last.pt", splits=None):
     """(model, metrics): loaded from the checkpoint, or trained here and `kept` (last.pt / best.pt) loaded."""
     from ..train import build, load_checkpoint, train
 
@@ -135,7 +137,8 @@ def _trained(config, checkpoint, info, kept: str = "last.pt"):
             log.warning(f"cannot read {path}; the report leaves this model's training metrics out")
             metrics = None
     else:
-        metrics = train(config, overwrite=True)  # the stage key changed: the study replaces its own stale run
+        data = None if splits is None else (splits, info)
+        metrics = train(config, overwrite=True, data=data)  # the stage key changed: the study replaces its own stale run
         checkpoint = load_checkpoint(Path(config.out) / kept, option="--out")
     model = build(config, info)
     checkpoint.restore_model(model)

@@ -29,7 +29,7 @@ from .config import TrainConfig
 from .settings import training_settings
 from .epoch import EpochResult, NonFiniteLoss, loss_function, metric_name, run_epoch
 from .rng import seed_everything
-from .setup import make_scheduler, prepare
+from .setup import build, make_scheduler, prepare
 
 log = logging.getLogger("magnn.train")
 
@@ -39,7 +39,11 @@ class Trainer:
     nothing left to train, it re-evaluates). A fresh run into a folder holding a run is refused
     unless `overwrite`; `trust` opts in to unpickling older checkpoints (load_checkpoint)."""
 
-    def __init__(self, config: TrainConfig, resume: bool = False, *, overwrite: bool = False, trust=None):
+    def __init__(self, config: TrainConfig, resume: bool = False, *, overwrite: bool = False, trust=None,
+                 data=None):
+        """data: (splits, info) as `prepare(config)` gives them, loaded by the caller (the study's
+        ogbn-proteins graph is loaded once, not again per run: a second copy is ~4 GB at full
+        size); None loads them here."""
         config.validate()
         self.config, self.trust = config, trust
         self.out = Path(config.out)
@@ -53,7 +57,7 @@ class Trainer:
             for stale in remove_stale_temps(self.out):
                 log.info(f"removed {stale}, left by a run killed while writing")
         seed_everything(config.seed)
-        self.splits, self.info, model = prepare(config)
+        self.splits, self.info, model = prepare(config) if data is None else (*data, build(config, data[1]))
         if self.checkpoint is not None:
             check_resume_settings(self.checkpoint, config, self.info)
         self._set_up_model(model)
@@ -250,7 +254,7 @@ class Trainer:
                              json.dumps(json_safe(result), indent=2, default=str, allow_nan=False))
 
 
-def train(config: TrainConfig, resume: bool = False, *, overwrite: bool = False, trust=None) -> dict:
+def train(config: TrainConfig, resume: bool = False, *, overwrite: bool = False, trust=None, data=None) -> dict:
     """Train per `config` (`magnn train`); returns (and writes) the metrics dictionary.
 
     resume=True (--resume) continues from config.out/last.pt; when it has trained
@@ -258,9 +262,10 @@ def train(config: TrainConfig, resume: bool = False, *, overwrite: bool = False,
     A fresh run into a folder holding metrics.json, best.pt or last.pt raises
     UserError unless overwrite=True (--overwrite). trust=True (--trust-checkpoint)
     loads checkpoints that need full unpickling (older magnn): only files you trust.
+    data=(splits, info), already loaded by `prepare(config)`, saves loading them again.
 
     Raises UserError for bad settings, bad checkpoints and a --resume whose
     settings differ from its checkpoint's; RunFailed (after writing
     metrics.json with the history so far) when the loss stops being finite.
     """
-    return Trainer(config, resume=resume, overwrite=overwrite, trust=trust).fit()
+    return Trainer(config, resume=resume, overwrite=overwrite, trust=trust, data=data).fit()
