@@ -18,6 +18,20 @@ The protocol of the paper's code (SPEC §10), which `explicit_bias_attack` follo
 - `gain = loss_optimised / loss_random - 1`, loss_optimised being the mean loss
   over the split with the final noise.
 
+The loss is the task loss over the predictions the split labels: every graph of a
+batch of graphs; on one large graph (batches of neighbour-sampled subgraphs,
+`num_seeds` set: magnn.data.sampling), the seed nodes only, weighted by seeds.
+The other nodes of a sampled subgraph are neighbours whose own neighbourhoods were
+cut off (the last hop's have no incoming edge), not nodes of the split.
+
+A model whose output does not depend on its input embeddings at this sigma (e.g. a
+briefly trained one: in eval mode its BatchNorm layers still hold their initial
+running statistics, and without residual connections each layer shrinks what
+varies between nodes) leaves the loss unchanged under the random noise; the
+gain is then rounding, not a measurement. The result says so: `measurable` is
+False when the random noise moves the mean loss by at most `MEASURABLE_EFFECT`
+(relative), and `note` says why.
+
 magnn's models take the noise through `forward(data, node_noise=, edge_noise=)`
 (GraphiT and SAN add the same edge noise to every layer's edge embedding);
 any other model gets it through forward hooks on its node / edge embedding
@@ -26,13 +40,22 @@ modules (`embedding=`, `edge_embedding=`; found by name when not given).
 from __future__ import annotations
 
 import inspect
+import logging
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional
 
 import torch
 from torch import nn
 
-__all__ = ["AttackProtocol", "AttackResult", "explicit_bias_attack", "scaled_noise", "find_embedding"]
+__all__ = ["AttackProtocol", "AttackResult", "explicit_bias_attack", "scaled_noise", "find_embedding",
+           "MEASURABLE_EFFECT"]
+
+log = logging.getLogger("magnn.analysis.attack")
+
+# the least relative change of the mean loss under the random noise that makes a gain a measurement:
+# ~10 float32 roundings of the loss (2**-23 ~ 1.2e-7 each); below it the clean, random and optimised
+# losses agree to the last few bits and the gain is rounding
+MEASURABLE_EFFECT = 1e-6
 
 
 @dataclass
@@ -76,11 +99,32 @@ class AttackResult:
     def gain(self) -> float:
         return self.loss_optimised / self.loss_random - 1.0
 
+    @property
+    def noise_effect(self) -> float:
+        """|loss_random - loss_clean| / |loss_clean|: how far the random noise moved the loss."""
+        return abs(self.loss_random - self.loss_clean) / max(abs(self.loss_clean), 1e-30)
+
+    @property
+    def measurable(self) -> bool:
+        """Whether the random noise moved the loss by more than MEASURABLE_EFFECT (else the gain is rounding)."""
+        return self.noise_effect > MEASURABLE_EFFECT
+
+    @property
+    def note(self) -> Optional[str]:
+        """Why the gain is not a measurement, or None when it is."""
+        if self.measurable:
+            return None
+        return (f"not measurable: the random noise of std {self.sigma:g} moved the loss by {self.noise_effect:.1e} "
+                f"(relative, at most {MEASURABLE_EFFECT:g}), so the model's output does not depend on its input "
+                "embeddings at this sigma and the gain is rounding (a briefly trained model in eval mode, whose "
+                "BatchNorm still holds its initial running statistics, is such a model: train longer)")
+
     def to_dict(self) -> dict:
         return {"sigma": self.sigma, "loss_clean": self.loss_clean, "loss_random": self.loss_random,
                 "loss_optimised": self.loss_optimised, "gain": self.gain, "gain_percent": 100 * self.gain,
                 "epochs": self.epochs, "steps": self.epochs, "stop_reason": self.stop_reason,
-                "final_lr": self.final_lr, "lr_reductions": self.lr_reductions, "protocol": self.protocol}
+                "final_lr": self.final_lr, "lr_reductions": self.lr_reductions, "protocol": self.protocol,
+                "noise_effect": self.noise_effect, "measurable": self.measurable, "note": self.note}
 
 
 def scaled_noise(raw: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -241,8 +285,11 @@ def explicit_bias_attack(
         for parameter in trainable:
             parameter.requires_grad_(True)
         model.train(was_training)
-    return AttackResult(sigma, clean, loss_random, loss_optimised, len(run["epoch_losses"]), run["stop_reason"],
-                        run["final_lr"], run["reductions"], run["epoch_losses"], protocol.to_dict())
+    result = AttackResult(sigma, clean, loss_random, loss_optimised, len(run["epoch_losses"]), run["stop_reason"],
+                          run["final_lr"], run["reductions"], run["epoch_losses"], protocol.to_dict())
+    if not result.measurable:
+        log.warning(f"explicit bias attack of {type(model).__name__}, sigma {sigma:g}: {result.note}")
+    return result
 
 
 def _random_noise(injector, batches, width_of, protocol: AttackProtocol, generator, device) -> list:
@@ -255,14 +302,27 @@ def _random_noise(injector, batches, width_of, protocol: AttackProtocol, generat
              for s in injector.shapes(b, width_of, protocol.edge_noise, False)] for b in batches]
 
 
+def _scored_loss(loss_fn, prediction, batch):
+    """(the batch's loss, its weight): over every graph of a batch of graphs; over the seed rows only
+    of a batch of sampled subgraphs (`num_seeds`), weighted by seeds (module docstring)."""
+    from ..data.sampling import seed_rows
+
+    rows = seed_rows(batch)
+    if rows is None:
+        return loss_fn(prediction, batch.y), batch.num_graphs
+    rows = rows.to(prediction.device)
+    return loss_fn(prediction[rows], batch.y[rows]), rows.numel()
+
+
 def _mean_loss(injector, loss_fn, batches, noises) -> float:
-    """The loss over every batch with its noise (None: clean), weighted by graphs, without gradients."""
-    total, graphs_seen = 0.0, 0
+    """The loss over every batch with its noise (None: clean), weighted by graphs (seeds), without gradients."""
+    total, seen = 0.0, 0
     with torch.no_grad():
         for batch, noise in zip(batches, noises):
-            total += float(loss_fn(injector(batch, noise), batch.y)) * batch.num_graphs
-            graphs_seen += batch.num_graphs
-    return total / max(graphs_seen, 1)
+            loss, weight = _scored_loss(loss_fn, injector(batch, noise), batch)
+            total += float(loss) * weight
+            seen += weight
+    return total / max(seen, 1)
 
 
 def _optimise(injector, loss_fn, batches, random_noise, protocol: AttackProtocol, *, desc: str, progress: bool):
@@ -298,12 +358,12 @@ def _optimise(injector, loss_fn, batches, random_noise, protocol: AttackProtocol
 
 def _ascend_epoch(injector, loss_fn, batches, optimised, optimiser) -> float:
     """One epoch of the attack: an Adam step per validation batch up the loss; the epoch's mean loss."""
-    total, graphs_seen = 0.0, 0
+    total, seen = 0.0, 0
     for batch, noise in zip(batches, optimised):
         optimiser.zero_grad(set_to_none=True)
-        loss = loss_fn(injector(batch, noise), batch.y)
+        loss, weight = _scored_loss(loss_fn, injector(batch, noise), batch)
         (-loss).backward()  # ascend the loss
         optimiser.step()
-        total += float(loss.detach()) * batch.num_graphs
-        graphs_seen += batch.num_graphs
-    return total / max(graphs_seen, 1)
+        total += float(loss.detach()) * weight
+        seen += weight
+    return total / max(seen, 1)

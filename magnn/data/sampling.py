@@ -77,6 +77,28 @@ def subgraph(data: Data, seeds: torch.Tensor, edge_ids: torch.Tensor) -> Data:
     return batch
 
 
+def seed_rows(batch: Data):
+    """The row indices of the seed nodes of a mini-batch from `subgraph` (its first `num_seeds` rows),
+    or of a PyG-collated list of them (each subgraph's first `num_seeds` rows of its slice, `ptr`);
+    None when `batch` carries no `num_seeds` (a batch of whole graphs). The seeds are the nodes a
+    loss reads: the others are sampled neighbours, whose own neighbourhoods were cut off."""
+    num_seeds = getattr(batch, "num_seeds", None)
+    if num_seeds is None:
+        return None
+    counts = torch.as_tensor(num_seeds, dtype=torch.long).reshape(-1).cpu()
+    ptr = getattr(batch, "ptr", None)
+    if ptr is None:
+        if counts.numel() != 1:
+            raise ValueError(f"num_seeds has {counts.numel()} entries but the batch has no ptr to place them")
+        starts = torch.zeros(1, dtype=torch.long)
+    else:
+        starts = torch.as_tensor(ptr, dtype=torch.long).cpu()[:-1]
+        if starts.numel() != counts.numel():
+            raise ValueError(f"num_seeds has {counts.numel()} entries for {starts.numel()} collated subgraphs")
+    offsets = torch.arange(int(counts.sum())) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+    return torch.repeat_interleave(starts, counts) + offsets
+
+
 def neighbor_batches(data: Data, seed_nodes: torch.Tensor, *, fanouts: Sequence[int] = (5, 10, 15),
                      batch_size: int = 512, seed: int = 0, shuffle: bool = True) -> Iterator[Data]:
     """Mini-batches over `seed_nodes` (shuffled with `seed` when asked)."""

@@ -184,8 +184,13 @@ def _attack_finding(report, ebt_tag: str):
         return None
     gain = {tag: {round(r["sigma"], 4): r["gain_percent"] for r in rows} for tag, rows in attack.items()}
     g0, g1 = gain["no_ebt"].get(0.1), gain[ebt_tag].get(0.1)
+    unmeasured = [tag for tag in ("no_ebt", ebt_tag) for r in attack[tag]
+                  if round(r["sigma"], 4) == 0.1 and r.get("measurable") is False]
     if g0 is None or g1 is None:
         verdict = "NOT TESTABLE (no sigma 0.1 run)"
+    elif unmeasured:
+        verdict = (f"NOT TESTABLE (the random noise left the loss of {' and '.join(unmeasured)} unchanged: "
+                   "the gain is rounding, not a measurement)")
     elif abs(g0 - g1) < 0.05 * max(abs(g0), 1e-9):
         verdict = "INCONCLUSIVE (within 5% of each other)"
     else:

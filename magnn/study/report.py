@@ -285,15 +285,22 @@ def table2_lines(report, variants, ebt_tag: str) -> list[str]:
              "", "| sigma | ours: no EBT | ours: " + ebt_tag + " | EBT - no EBT (points) | paper: no EBT | paper: EBT |",
              "|---|---|---|---|---|---|"]
     rows = {tag: {round(r["sigma"], 4): r["gain_percent"] for r in report["attack"][tag]} for tag in variants}
+    unmeasured = {(tag, round(r["sigma"], 4)): " (not measurable)" for tag in variants for r in report["attack"][tag]
+                  if r.get("measurable") is False}
     differences = []
     for sigma in sorted({round(r["sigma"], 4) for tag in variants for r in report["attack"][tag]}):
         p = PAPER_TABLE2.get(sigma, (None, None)) if same else (None, None)
         no, ebt = rows["no_ebt"].get(sigma), rows[ebt_tag].get(sigma)
         diff = ebt - no if no is not None and ebt is not None else None
         differences.append(f"{diff:+.2f} at sigma {sigma:g}" if diff is not None else f"- at sigma {sigma:g}")
-        lines.append(f"| {sigma:g} | {_fmt(no)} | {_fmt(ebt)} | {_fmt(diff)} | {_fmt(p[0])} | {_fmt(p[1])} |")
+        cells = [_fmt(no) + unmeasured.get(("no_ebt", sigma), ""), _fmt(ebt) + unmeasured.get((ebt_tag, sigma), "")]
+        lines.append(f"| {sigma:g} | {cells[0]} | {cells[1]} | {_fmt(diff)} | {_fmt(p[0])} | {_fmt(p[1])} |")
     lines += ["", f"EBT minus no EBT, gain in percentage points: {'; '.join(differences)} (negative: EBT lowered the "
               "gain, as the paper's Table 2 reports for GT on TOX21)."]
+    notes = [r["note"] for tag in variants for r in report["attack"][tag] if r.get("measurable") is False]
+    if notes:
+        lines.append(f"(not measurable): {len(notes)} of these runs left the loss unchanged under the random noise; "
+                     f"their gain is rounding, not a measurement. The first: {notes[0]}.")
     if not same:
         lines.append(f"The paper's Table 2 attacks GT on TOX21 only (BCE loss, its 10-layer hidden-444 model); it has "
                      f"no attack for {model.upper()} on {dataset}, so its columns are empty here: a different dataset, "

@@ -29,6 +29,9 @@ from .task import Detection, GraphTask, StudyData
 log = logging.getLogger("magnn.study.stages")
 
 SIGMAS = (0.01, 0.0316, 0.1)  # the attack's noise levels (SPEC §7)
+# what an attack result holds (node-level: the seeds' loss; every result: measurable / noise_effect / note);
+# part of the attack's key, so that a recorded attack.json of another form is redone, not reused
+ATTACK_FORM = "seed-loss+measurable"
 RECORD = "stages.json"
 ANALYSED_FILES = {"final": "last.pt", "best": "best.pt"}  # --analyse: the checkpoint each choice loads
 
@@ -72,8 +75,8 @@ class StudyKeys:
         train = {tag: stage_key("train", given[tag] or asdict(run_configs[tag])) for tag in run_configs}
         ablate = stage_key("ablate", train["no_ebt"], config.analyse, config.ablation_fraction, config.threshold,
                            profile["ablation_graphs"], config.train.seed)
-        attack = stage_key("attack", train, config.analyse, SIGMAS, profile["attack_steps"], profile["attack_graphs"],
-                           config.attack_node_only, config.attack_shared_noise, config.train.seed,
+        attack = stage_key("attack", ATTACK_FORM, train, config.analyse, SIGMAS, profile["attack_steps"],
+                           profile["attack_graphs"], config.attack_node_only, config.attack_shared_noise, config.train.seed,
                            config.train.fanouts)
         report = stage_key("report", train, ablate, attack, config.to_dict(), profile)
         return cls(train, ablate, attack, report)
