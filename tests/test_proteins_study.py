@@ -44,6 +44,8 @@ def test_study_end_to_end_on_generated_proteins(tmp_path):
     assert saved["architecture"]["name"] == "paper" and saved["training_mode"]["sampled"] is False
     assert "per-layer blocks, fan-outs [5, 10, 15, 1]" in saved["detection_forms"]["detection"]  # the paper's form
     assert set(saved["attack"]) == {"no_ebt", "ebt_edge"} and saved["ablation"]["with"]
+    runs = [run for rows in saved["attack"].values() for run in rows]  # each says whether its gain was measured
+    assert all(isinstance(run["measurable"], bool) and run["noise_effect"] >= 0 for run in runs)
     markdown = (out / "report.md").read_text()
     assert "two forms side by side" in markdown and "**paper**" in markdown
     for name in ("sorted_max_ratios.png", "sorted_node_max_ratios.png", "edge_ratios.png", "ablation.png"):
