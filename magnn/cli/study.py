@@ -66,8 +66,9 @@ def add_study(commands) -> None:
     parser.add_argument("--compare-mitigations", action="store_true",
                         help="train each mitigation (none, ebt-edge, ebt-slot, sink, gate) on the same data and "
                              "seeds (with --seeds N) into OUT/seed_<s>/<tag>, each against its own untrained base; "
-                             "OUT/compare.md / .json / .png: MA growth, sink mass, test loss, attack gain with "
-                             "intervals (magnn.study.compare)")
+                             "OUT/compare.md / .json / .png: MA growth, sink mass, test loss, attack gain and what "
+                             "the MAs do (intervention, int8, onset: the mechanics stage) with intervals "
+                             "(magnn.study.compare)")
     add_variants(parser)
     add_trust_options(parser)
     parser.set_defaults(func=cmd_study, recorded=study_defaults)
