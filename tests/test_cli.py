@@ -56,7 +56,8 @@ def test_config_file_settings_are_defaults_that_options_change(tmp_path):
 def test_study_config_file_gives_back_the_recorded_config(tmp_path):
     recorded = StudyConfig.from_options(dataset="ogbn-proteins", model="graphit", quick=True, epochs=3,
                                         architecture="magnn", ebt_compat="gnn-mas", threshold=50.0,
-                                        fig4_base="no_ebt", out=str(tmp_path / "study"), fanouts=(2, 3))
+                                        fig4_base="no_ebt", out=str(tmp_path / "study"), fanouts=(2, 3),
+                                        mechanics_threshold=300.0)
     path = tmp_path / "report.json"
     path.write_text(json.dumps({"findings": [], "config": json.loads(json.dumps(recorded.to_dict()))}))
     from magnn.cli.common import with_recorded_defaults
@@ -169,6 +170,8 @@ def test_validate_checks_without_touching_the_disk(tmp_path):
                            (TrainConfig(backend="gpu", out=str(tmp_path / "t")), "--backend 'gpu'"),
                            (StudyConfig.from_options(ebt=None, out=str(tmp_path / "s")), "--ebt None is not one of edge, slot"),
                            (StudyConfig.from_options(attack_steps=-1, out=str(tmp_path / "s")), "--attack-steps"),
+                           (StudyConfig.from_options(mechanics_threshold=-1.0, out=str(tmp_path / "s")),
+                            "--mechanics-threshold"),
                            (DetectConfig(ckpt="x.pt", split="valid"), "--split 'valid' is not one of train, val, test"),
                            (DetectConfig(ckpt="x.pt", threshold=0.0), "--threshold")):
         with pytest.raises(UserError, match=re.escape(option)):

@@ -21,14 +21,22 @@ def _peak_q(detection: dict) -> float:
 
 @pytest.fixture(scope="module")
 def comparison(tmp_path_factory):
-    from magnn.study import StudyConfig
     from magnn.study.compare import run_comparison
 
     out = tmp_path_factory.mktemp("compare") / "out"
-    config = StudyConfig.from_options(dataset="zinc", model="gt", quick=True, epochs=1, max_graphs=8, attack_steps=1,
-                                      backend="torch", overrides={"num_layers": 1, "hidden": 8, "heads": 2},
-                                      out=str(out), seeds=2, data_root=str(out.parent / "data"))
+    config = _config(out, mechanics_threshold=MECHANICS_THRESHOLD)
     return out, run_comparison(config)
+
+
+MECHANICS_THRESHOLD = 3.0  # low: the 1-epoch models' entries above it are edited (the detection keeps 1000)
+
+
+def _config(out: Path, **options):
+    from magnn.study import StudyConfig
+
+    return StudyConfig.from_options(dataset="zinc", model="gt", quick=True, epochs=1, max_graphs=8, attack_steps=1,
+                                    backend="torch", overrides={"num_layers": 1, "hidden": 8, "heads": 2},
+                                    out=str(out), seeds=2, data_root=str(out.parent / "data"), **options)
 
 
 @pytest.mark.slow
@@ -75,8 +83,12 @@ def test_comparison_numbers_and_intervals(comparison):
             assert value["n"] == 2 and value["mean"] == pytest.approx(sum(seeds) / 2)
             assert value["low"] <= value["mean"] <= value["high"] or math.isclose(value["low"], value["high"])
     table = [line for line in (out / "compare.md").read_text().splitlines() if line.startswith("| ")]
-    assert len(table) == 1 + 5 and [line.split(" | ")[0][2:] for line in table[1:]] == list(MITIGATIONS)
-    assert (out / summary["figures"]["compare"]).is_file()
+    assert len(table) == 2 * (1 + 5)  # growth, sinks, loss, attack; then the mechanics
+    for first in (1, 7):
+        assert [line.split(" | ")[0][2:] for line in table[first:first + 5]] == list(MITIGATIONS)
+    assert "MA entries edited" in table[6] and "int8 loss change" in table[6]
+    for name in ("compare", "mechanics"):
+        assert (out / summary["figures"][name]).is_file()
     doc = (Path(__file__).resolve().parents[1] / "docs" / "REPORT.md").read_text()
     documented = set(re.findall(r"`([a-z_0-9.]+)`", doc))
     for key in list(summary) + list(summary["rows"][0]):  # compare.json's keys, each in docs/REPORT.md
@@ -90,4 +102,138 @@ def test_compare_mitigations_refuses_a_mitigation_or_the_grid(capsys, tmp_path):
                         *extra)
         line = error_line(err, "study", code)
         assert "--compare-mitigations" in line and says in line, line
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_comparison_measures_what_the_mas_do(comparison):
+    """Each mitigation's mechanics numbers are the mechanics stage's (kept per seed beside the other stages),
+    the intervention at --mechanics-threshold, the detection at --threshold."""
+    out, summary = comparison
+    assert (summary["threshold"], summary["intervention_threshold"]) == (1000.0, MECHANICS_THRESHOLD)
+    for seed in summary["seeds"]:
+        folder, key = out / f"seed_{seed}", str(seed)
+        assert "mechanics" in json.loads((folder / "stages.json").read_text())
+        mechanics = json.loads((folder / "stages" / "mechanics.json").read_text())
+        assert mechanics["intervention_threshold"] == MECHANICS_THRESHOLD
+        for row in summary["rows"]:
+            tag = row["tag"]
+            edit, int8 = mechanics["intervention"][tag], mechanics["quantisation"][tag]
+            assert edit["threshold"] == MECHANICS_THRESHOLD
+            every = edit["all_layers"]
+            assert row["ma_entries_edited"]["per_seed"][key] == every["edited_zero"] > 0
+            assert row["zero_loss_change"]["per_seed"][key] == pytest.approx(every["loss_zero"] - edit["loss_clean"])
+            assert row["mean_loss_change"]["per_seed"][key] == pytest.approx(every["loss_mean"] - edit["loss_clean"])
+            assert row["max_r_ec"]["per_seed"][key] == pytest.approx(max(r["max_ratio"] for r in edit["layers"]))
+            assert row["max_r_ec"]["per_seed"][key] > MECHANICS_THRESHOLD
+            assert row["int8_loss_change"]["per_seed"][key] == pytest.approx(int8["all_layers"]["loss"]
+                                                                             - int8["loss_clean"])
+            worst = max(int8["layers"], key=lambda r: r["delta_loss"])
+            assert row["int8_worst_layer_loss_change"]["per_seed"][key] == pytest.approx(worst["delta_loss"])
+            assert row["int8_worst_layer"][key] == worst["name"]
+            onset = [r["onset_growth"] for r in mechanics["onset"][tag]["layers"] if r["onset_growth"] is not None]
+            assert row["onset_growth_epoch"]["per_seed"][key] == (min(onset) if onset else None)
+            # the test loss the mechanics start from is the trained model's on the same test graphs
+            metrics = json.loads((folder / tag / "metrics.json").read_text())
+            assert edit["loss_clean"] == pytest.approx(metrics["test_final"]["loss"], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_a_comparison_without_mechanics_is_reused_and_completed(comparison):
+    """A seed folder whose comparison ran before the mechanics stage existed (no "mechanics" in
+    stages.json): a re-run reuses its trained models and attack and adds the mechanics, same numbers."""
+    import dataclasses
+
+    from magnn.study.compare import measure_seed
+
+    out, summary = comparison
+    folder = out / "seed_41"
+    record = json.loads((folder / "stages.json").read_text())
+    mechanics = json.loads((folder / "stages" / "mechanics.json").read_text())
+    del record["mechanics"]
+    (folder / "stages.json").write_text(json.dumps(record))
+    (folder / "stages" / "mechanics.json").unlink()
+    kept = [folder / tag / name for tag in TAGS for name in ("last.pt", "metrics.json")] + [
+        folder / "stages" / "attack.json"]
+    before = {path: path.stat().st_mtime_ns for path in kept}
+    config = _config(out, mechanics_threshold=MECHANICS_THRESHOLD)
+    one = dataclasses.replace(config, seeds=1, out=str(folder), train=dataclasses.replace(config.train, seed=41))
+    numbers = measure_seed(one)
+    assert {path: path.stat().st_mtime_ns for path in kept} == before  # nothing retrained, no new attack
+    assert json.loads((folder / "stages.json").read_text()) == dict(record, mechanics=mechanics_key_of(one))
+    again = json.loads((folder / "stages" / "mechanics.json").read_text())
+    for tag in TAGS:
+        assert again["intervention"][tag]["all_layers"] == pytest.approx(mechanics["intervention"][tag]["all_layers"])
+    for row in summary["rows"]:
+        assert numbers[row["mitigation"]]["zero_loss_change"] == pytest.approx(row["zero_loss_change"]["per_seed"]["41"])
+
+
+def mechanics_key_of(config) -> str:
+    from magnn.study.compare import seed_plans
+    from magnn.study.mechanics import mechanics_key
+
+    _, keys = seed_plans(config, Path(config.out))
+    return mechanics_key(config, config.profile(), keys)
+
+
+def test_mechanics_numbers_say_why_nothing_was_edited():
+    """A model with no entry above the intervention's threshold: the loss changes are None with a note,
+    not the 0.0 of an edit that did nothing."""
+    from magnn.study.compare_mechanics import mechanics_numbers
+
+    layer = {"name": "layers.0.attention", "ma_entries": 0, "max_ratio": 987.5}
+    mechanics = {"intervention": {"no_ebt": {"threshold": 1000.0, "loss_clean": 1.0, "layers": [layer],
+                                             "all_layers": {"delta_zero": 0.0, "delta_mean": 0.0, "edited_zero": 0,
+                                                            "edited_mean": 0}}},
+                 "quantisation": {"no_ebt": {"loss_clean": 1.0, "all_layers": {"delta_loss": 0.25},
+                                             "layers": [{"name": "layers.0.attention", "delta_loss": 0.125}]}},
+                 "onset": {"no_ebt": {"factor": 10.0, "epochs": [1, 2], "layers": [
+                     {"onset_growth": None, "onset_threshold": None}]}}}
+    row = mechanics_numbers(mechanics, "no_ebt")
+    assert row["zero_loss_change"] is None and row["mean_loss_change"] is None and row["ma_entries_edited"] == 0
+    assert row["max_r_ec"] == 987.5 and row["int8_loss_change"] == 0.25 and row["int8_worst_layer_loss_change"] == 0.125
+    assert row["onset_growth_epoch"] is None
+    assert any("no entry above the threshold 1000" in note and "987.5" in note for note in row["notes"])
+    assert any("onset" in note for note in row["notes"])
+    not_run = mechanics_numbers({"intervention": {}, "quantisation": {}, "onset": {}, "not_run_models":
+                                 {"sink": "cannot edit"}}, "sink")
+    assert not_run["int8_loss_change"] is None and any("cannot edit" in note for note in not_run["notes"])
+
+
+def test_mechanics_threshold_leaves_the_train_and_attack_keys_alone(tmp_path):
+    """--mechanics-threshold (and its default) enters the mechanics stage's key only: a comparison run
+    before it existed is reused, trained models and attack included, and only the mechanics are added."""
+    import dataclasses
+
+    from magnn.study.compare import seed_plans
+    from magnn.study.mechanics import mechanics_key
+
+    keys, mech = {}, {}
+    for name, threshold in (("default", None), ("detection's", 1000.0), ("lower", 5.0)):
+        config = dataclasses.replace(_config(tmp_path / "out", mechanics_threshold=threshold), seeds=1)
+        plans, keys[name] = seed_plans(config, tmp_path / "out")
+        mech[name] = mechanics_key(config, config.profile(), keys[name])
+    for name in ("detection's", "lower"):
+        assert (keys[name].train, keys[name].attack, keys[name].ablate) == \
+            (keys["default"].train, keys["default"].attack, keys["default"].ablate)
+    assert keys["default"].report != keys["lower"].report  # report.json records the setting
+    assert mech["default"] == mech["detection's"] != mech["lower"]
+    plain = dataclasses.replace(_config(tmp_path / "out"), seeds=1)
+    settings = plain.to_dict()
+    assert settings.pop("mechanics_threshold") is None and plain.key_settings() == settings
+
+
+def test_mechanics_threshold_option(capsys, tmp_path):
+    from magnn.cli import build_parser
+    from magnn.cli.study import study_config
+
+    args = build_parser().parse_args(["study", "--dataset", "zinc", "--model", "gt", "--mechanics-threshold", "50",
+                                      "--threshold", "800", "--out", str(tmp_path / "o")])
+    config = study_config(args)
+    assert (config.threshold, config.mechanics_threshold, config.intervention_threshold) == (800.0, 50.0, 50.0)
+    default = study_config(build_parser().parse_args(["study", "--dataset", "zinc", "--out", str(tmp_path / "o")]))
+    assert default.mechanics_threshold is None and default.intervention_threshold == default.threshold
+    code, err = run(capsys, "study", "--dataset", "zinc", "--model", "gt", "--quick", "--mechanics-threshold", "0",
+                    "--out", tmp_path / "o")
+    assert code != 0 and "--mechanics-threshold" in err
     assert not (tmp_path / "o").exists()

@@ -87,6 +87,10 @@ def test_planted_bias_channel_zeroing_hurts_and_mean_does_not():
     assert abs(first["delta_mean"]) < 1e-6 * first["delta_zero"]  # its mean keeps them
     assert second["ma_entries"] == 0 and second["delta_zero"] == 0.0 and second["delta_mean"] == 0.0
     assert result.all_layers["delta_zero"] > 0.01 * spread
+    # the entries each edit changed: the planted channel of every edge, in the first layer only
+    assert first["edited_zero"] == first["edited_mean"] == first["ma_entries"] == first["edges"]
+    assert second["edited_zero"] == second["edited_mean"] == 0
+    assert result.all_layers["edited_zero"] == result.all_layers["edited_mean"] == first["edges"]
     assert not model.layers[0].attention._forward_hooks  # hooks removed
 
 
@@ -112,6 +116,8 @@ def test_no_massive_entries_changes_nothing():
     graphs = _own_targets(model, _graphs())
     result = intervention.run(model, graphs, mse, threshold=1e30, progress=False)
     assert all(row["ma_entries"] == 0 and row["delta_zero"] == 0.0 for row in result.layers)
+    assert all(row["edited_zero"] == row["edited_mean"] == 0 for row in result.layers)
+    assert result.all_layers["edited_zero"] == result.all_layers["edited_mean"] == 0
 
 
 @pytest.mark.parametrize("name", ["graphit", "san"])

@@ -39,6 +39,16 @@ def test_rerun_redoes_only_the_stages_whose_settings_changed(tmp_path):
     assert changed["threshold"] == 5.0 and changed["training"] == report["training"]
     assert changed["attack"] == report["attack"]
 
+    # --mechanics-threshold feeds the intervention (mechanics) and the report only; the detection keeps --threshold
+    edited = run_study(dataclasses.replace(config, threshold=5.0, mechanics_threshold=2.0))
+    after = _stamps(out)
+    assert {stage for stage in first if after[stage] != now[stage]} == {"mechanics", "report"}
+    assert edited["mechanics"]["intervention_threshold"] == 2.0 and edited["threshold"] == 5.0
+    assert {result["threshold"] for result in edited["mechanics"]["intervention"].values()} == {2.0}
+    assert changed["mechanics"]["intervention_threshold"] == 5.0  # default: the detection's
+    assert edited["detection"] == changed["detection"] and edited["ablation"] == changed["ablation"]
+    now = after
+
     # --analyse best: the same training, the best-validation checkpoint analysed (ablation, attack, report redone)
     assert report["analysed_model"] == {"no_ebt": "final", "ebt_edge": "final"}
     best = run_study(dataclasses.replace(config, analyse="best"))

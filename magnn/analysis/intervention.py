@@ -15,8 +15,10 @@ edit hurts: the asymmetry Sun et al. report for LLMs. The edit reaches everythin
 feeds, as if w_ij itself had been changed before the logit: the layer runs a second time with
 the logit shift sum_d delta_ij[h, d] added to its structural bias (the kernels add the bias
 before the clamp, so the logit is exactly the edited score's), and its edge_out is returned with
-the entries replaced (the edge stream of GraphTransformer reads it). Statistics collected during an
-edited forward are those of the unedited call, counted once. Only magnn's
+the entries replaced (the edge stream of GraphTransformer reads it). `edited_<mode>` counts the
+entries each edit changed, summed over the split's batches (all layers at once: a layer's massive
+entries are found on its input as edited upstream). Statistics collected during an edited forward
+are those of the unedited call, counted once. Only magnn's
 `FusedEdgeAttention` layers in "gt" mode can be edited this way; SAN's fake edges (its second
 call) take no structural bias, so their massive entries are counted as `unreached` and left.
 """
@@ -217,12 +219,13 @@ def run(model: torch.nn.Module, graphs, loss_fn: Optional[Callable] = None, *, t
         with _hooks(layers, lambda name: _Measure(threshold)) as measured:
             clean = mean_loss(model, batches, loss_fn)
         runs = [(name, mode) for name in [*layers, None] for mode in MODES]
-        losses = {}
+        losses, edited = {}, {}
         for name, mode in tqdm(runs, desc="MA intervention", disable=not progress_enabled(progress), leave=False):
             chosen = layers if name is None else {name: layers[name]}
             targets = (lambda n: None) if mode == "zero" else (lambda n: measured[n].means())
-            with _hooks(chosen, lambda n: _Edit(threshold, targets(n))):
+            with _hooks(chosen, lambda n: _Edit(threshold, targets(n))) as edits:
                 losses[name, mode] = mean_loss(model, batches, loss_fn)
+            edited[name, mode] = sum(edit.edited for edit in edits.values())
     finally:
         model.train(was_training)
     result = InterventionResult(float(threshold), sum(b.num_graphs for b in batches), clean)
@@ -234,8 +237,10 @@ def run(model: torch.nn.Module, graphs, loss_fn: Optional[Callable] = None, *, t
         for mode in MODES:
             row[f"loss_{mode}"] = losses[name, mode]
             row[f"delta_{mode}"] = losses[name, mode] - clean
+            row[f"edited_{mode}"] = edited[name, mode]
         result.layers.append(row)
     for mode in MODES:
         result.all_layers[f"loss_{mode}"] = losses[None, mode]
         result.all_layers[f"delta_{mode}"] = losses[None, mode] - clean
+        result.all_layers[f"edited_{mode}"] = edited[None, mode]
     return result

@@ -39,6 +39,9 @@ def add_study(commands) -> None:
                         help="meaningless edges added, per real edge (> 0)")
     parser.add_argument("--xavier-base", action="store_true", help="base model Xavier-initialised (the paper's text)")
     parser.add_argument("--threshold", type=positive_float, default=default("threshold"))
+    parser.add_argument("--mechanics-threshold", type=positive_float, default=default("mechanics_threshold"),
+                        help="the r_ec above which the mechanics stage's MA intervention sets entries to zero / to "
+                             "their mean (default: --threshold); detection, growth and onset keep --threshold")
     parser.add_argument("--attack-steps", type=nonnegative_int, default=default("attack_steps"),
                         help="the attack's epoch cap, one Adam step per validation batch per epoch (default: the "
                              "profile's; 0: random noise only); the protocol (lr 7e-4, plateau halving, stop at lr < 1e-6) "
@@ -63,8 +66,9 @@ def add_study(commands) -> None:
     parser.add_argument("--compare-mitigations", action="store_true",
                         help="train each mitigation (none, ebt-edge, ebt-slot, sink, gate) on the same data and "
                              "seeds (with --seeds N) into OUT/seed_<s>/<tag>, each against its own untrained base; "
-                             "OUT/compare.md / .json / .png: MA growth, sink mass, test loss, attack gain with "
-                             "intervals (magnn.study.compare)")
+                             "OUT/compare.md / .json / .png: MA growth, sink mass, test loss, attack gain and what "
+                             "the MAs do (intervention, int8, onset: the mechanics stage) with intervals "
+                             "(magnn.study.compare)")
     add_variants(parser)
     add_trust_options(parser)
     parser.set_defaults(func=cmd_study, recorded=study_defaults)

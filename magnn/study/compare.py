@@ -13,11 +13,17 @@ numbers). Per mitigation and seed:
 - sink_mass (and entropy): the mean over layers, nodes and heads of the share of attention taken by
   the EBT slot or the sink (magnn.study.sink_profile; 0 for none, ebt-edge and gate);
 - task_loss: the analysed model's test loss (--analyse final: the final epoch's);
-- attack_gain: the Explicit Bias Attack's gain at sigma 0.1 on validation graphs.
+- attack_gain: the Explicit Bias Attack's gain at sigma 0.1 on validation graphs;
+- what the MAs do, from the study's mechanics stage run on the seed's five models (keyed in the
+  same stages.json, kept in OUT/seed_<s>/stages/mechanics.json): the MA entries Sun et al.'s
+  intervention edits (above --mechanics-threshold, default --threshold) and the test-loss change
+  when they are set to zero / to their mean, the int8 test-loss change, the earliest layer's MA
+  onset epoch (magnn.study.compare_mechanics).
 
 OUT/compare.json holds, per mitigation, each number's mean and Student-t 95 % interval over seeds
-with the per-seed values (magnn.study.seeds.interval); OUT/compare.md the table; OUT/compare.png
-the figure (magnn.analysis.mitigations). Schema: docs/REPORT.md.
+with the per-seed values (magnn.study.seeds.interval); OUT/compare.md two tables (growth, sinks,
+loss, attack; then the mechanics); OUT/compare.png and compare_mechanics.png the figures
+(magnn.analysis.mitigations). Schema: docs/REPORT.md.
 """
 from __future__ import annotations
 
@@ -28,7 +34,9 @@ from pathlib import Path
 from ..core.errors import UserError, output_folder
 from ..core.files import write_atomically
 from ..core.mitigation import MITIGATIONS
+from .compare_mechanics import MECHANICS_NUMBERS, mechanics_numbers, mechanics_table
 from .findings import STATISTIC, model_growth
+from .mechanics import mechanics_key, mechanics_stage
 from .seeds import interval
 from .sink_profile import model_sink_mass, sink_profile
 from .stages import StageRecord, StudyKeys, attack_stage, detect_stage, train_stage
@@ -36,18 +44,18 @@ from .task import StudyData, task_for
 
 log = logging.getLogger("magnn.study.compare")
 
-__all__ = ["run_comparison", "TAGS", "NUMBERS", "ATTACK_SIGMA"]
+__all__ = ["run_comparison", "seed_plans", "TAGS", "NUMBERS", "ATTACK_SIGMA"]
 
 TAGS = {"none": "no_ebt", "ebt-edge": "ebt_edge", "ebt-slot": "ebt_slot", "sink": "sink", "gate": "gate"}
 ATTACK_SIGMA = 0.1  # the attack finding's noise level
 NUMBERS = ("growth", "growth_low", "growth_high", f"base_{STATISTIC}", f"trained_{STATISTIC}", "sink_mass",
-           "entropy", "task_loss", "attack_gain")
+           "entropy", "task_loss", "attack_gain") + MECHANICS_NUMBERS
 
 
 def run_comparison(config) -> dict:
     """Trains and measures every mitigation per seed (config.seeds of them) and writes OUT/compare.json,
     compare.md and compare.png; returns what compare.json holds."""
-    from ..analysis.mitigations import plot_mitigation_comparison
+    from ..analysis.mitigations import MECHANICS_PANELS, plot_mitigation_comparison
     from .report import report_json
 
     config.validate()
@@ -62,12 +70,15 @@ def run_comparison(config) -> dict:
         log.info(f"== mitigation comparison: seed {seed} ({offset + 1}/{config.seeds})")
         measures[seed] = measure_seed(one)
     rows = tabulate(measures)
-    figure = plot_mitigation_comparison(rows, out / "compare.png",
-                                        title=f"{config.model.upper()} on {config.dataset}: mitigations "
-                                              f"over {config.seeds} seed(s)")
+    title = f"{config.model.upper()} on {config.dataset}: mitigations over {config.seeds} seed(s)"
+    figures = {"compare": plot_mitigation_comparison(rows, out / "compare.png", title=title),
+               "mechanics": plot_mitigation_comparison(rows, out / "compare_mechanics.png", panels=MECHANICS_PANELS,
+                                                       title=f"{title}: what the MAs do")}
     summary = {"dataset": config.dataset, "model": config.model, "profile": config.profile_name,
-               "seeds": list(measures), "statistic": STATISTIC, "attack_sigma": ATTACK_SIGMA, "rows": rows,
-               "figures": {"compare": Path(figure).name}, "config": config.to_dict()}
+               "seeds": list(measures), "statistic": STATISTIC, "attack_sigma": ATTACK_SIGMA,
+               "threshold": config.threshold, "intervention_threshold": config.intervention_threshold,
+               "mechanics_graphs": config.profile().get("mechanics_graphs"), "rows": rows,
+               "figures": {name: Path(figure).name for name, figure in figures.items()}, "config": config.to_dict()}
     write_atomically(out / "compare.json", report_json(summary))
     write_atomically(out / "compare.md", markdown(summary))
     return summary
@@ -83,6 +94,14 @@ def run_config(config, mitigation: str, out: str):
     return train
 
 
+def seed_plans(config, out: Path) -> tuple[dict, StudyKeys]:
+    """One seed's training plans ({tag: (TrainConfig, None)}, each run in out/<tag>) and stage keys."""
+    plans = {TAGS[m]: (run_config(config, m, str(out / TAGS[m])), None) for m in MITIGATIONS}
+    keys = StudyKeys.of(config, config.profile(), {tag: plan[0] for tag, plan in plans.items()},
+                        {tag: None for tag in plans})
+    return plans, keys
+
+
 def measure_seed(config) -> dict:
     """One seed: every mitigation trained (or reused) and measured; {mitigation: numbers}, also written
     to OUT/measures.json beside the detections they come from."""
@@ -91,15 +110,14 @@ def measure_seed(config) -> dict:
     from .report import report_json
 
     out = output_folder(config.out, "--out")
-    plans = {TAGS[m]: (run_config(config, m, str(out / TAGS[m])), None) for m in MITIGATIONS}
-    keys = StudyKeys.of(config, config.profile(), {tag: plan[0] for tag, plan in plans.items()},
-                        {tag: None for tag in plans})
+    plans, keys = seed_plans(config, out)
     record = StageRecord(out)
     splits, info, _ = prepare(plans["no_ebt"][0])
     data, task = StudyData(config, config.profile(), info, splits), task_for(config.dataset)
     trained = train_stage(plans, info, keys, record, config.analyse)
     detections = detect_stage(data, task, trained, out)
     attack = attack_stage(data, task, trained, keys.attack, record, out)
+    mechanics = mechanics_stage(data, task, trained, mechanics_key(config, data.profile, keys), record, out)
     report = {"detection": {label: d.report.to_dict() for label, d in detections.items()},
               "tap_kinds": {tag: tap_kinds(model) for tag, model in trained.models.items()}}
     graphs = task.sink_inputs(data)
@@ -110,6 +128,7 @@ def measure_seed(config) -> dict:
                                desc=f"sink profile: trained {tag}") if graphs else {}
         numbers[mitigation] = _numbers(report, tag, profile, trained.metrics[tag], attack["attack"].get(tag),
                                        config.analyse)
+        numbers[mitigation].update(mechanics_numbers(mechanics, tag))
     write_atomically(out / "measures.json", report_json({"numbers": numbers, **report}))
     return numbers
 
@@ -138,6 +157,8 @@ def tabulate(measures: dict) -> list:
             row[key] = dict(interval(list(values.values())), per_seed=values)
         row["growth_bootstrap"] = {str(s): [measures[s][mitigation].get("growth_low"),
                                             measures[s][mitigation].get("growth_high")] for s in seeds}
+        row["int8_worst_layer"] = {str(s): measures[s][mitigation].get("int8_worst_layer") for s in seeds}
+        row["notes"] = {str(s): measures[s][mitigation].get("notes") or [] for s in seeds}
         rows.append(row)
     return rows
 
@@ -170,5 +191,5 @@ def markdown(summary: dict) -> str:
             _cell(row[key]) for key in (f"base_{STATISTIC}", f"trained_{STATISTIC}", "sink_mass", "task_loss",
                                         "attack_gain")]
         lines.append(f"| {row['mitigation']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + mechanics_table(summary, _fmt)) + "\n"
 

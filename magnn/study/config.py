@@ -20,6 +20,7 @@ from ..train import TrainConfig
 from ..train.validation import check_study_config, check_variant_choices
 
 VARIANT_OPTIONS = ("architecture", "ebt_compat", "mitigation")
+KEYED_BY_THEIR_STAGE = {"mechanics_threshold": None}  # setting -> its default (StudyConfig.key_settings)
 
 
 def _template() -> TrainConfig:
@@ -48,6 +49,7 @@ class StudyConfig:
     abs_threshold: float = 100.0  # the absolute MA criterion beside the ratio: max |a| above it (the LLM definition)
     analyse: str = "final"  # the analysed model: "final" (the last epoch's, as the paper's code) or "best" (validation)
     fig4_base: str = "own"  # Fig. 4's base band: "own" (the EBT model's base) or "no_ebt" (the no-EBT base)
+    mechanics_threshold: float | None = None  # the MA intervention's threshold (None: `threshold`); detection keeps `threshold`
 
     @property
     def profile_name(self) -> str:
@@ -60,6 +62,12 @@ class StudyConfig:
     @property
     def model(self) -> str:
         return self.train.model
+
+    @property
+    def intervention_threshold(self) -> float:
+        """The r_ec above which the mechanics stage's intervention edits an entry: --mechanics-threshold,
+        else the detection's --threshold."""
+        return self.threshold if self.mechanics_threshold is None else self.mechanics_threshold
 
     def profile(self) -> dict:
         """The profile's settings for this study, --attack-steps applied."""
@@ -84,6 +92,13 @@ class StudyConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def key_settings(self) -> dict:
+        """to_dict() as the report's stage key reads it: the settings that only one later stage reads
+        (KEYED_BY_THEIR_STAGE) left out at their default, so that a study finished without them
+        stays current; their own stage keys them."""
+        return {name: value for name, value in self.to_dict().items()
+                if not (name in KEYED_BY_THEIR_STAGE and value == KEYED_BY_THEIR_STAGE[name])}
 
     @classmethod
     def from_dict(cls, raw: dict) -> StudyConfig:

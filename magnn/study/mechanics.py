@@ -3,7 +3,9 @@
 Per trained model (tag: no_ebt, ebt_<variant>, i.e. the mitigation it was trained with):
 
 - intervention: Sun et al.'s edit, per layer and all at once, massive entries set to zero and to
-  their channel mean, the test loss after each (magnn.analysis.intervention);
+  their channel mean, the test loss after each (magnn.analysis.intervention); massive here means
+  r_ec above the intervention's threshold (--mechanics-threshold, default the detection's
+  --threshold: a model whose largest r_ec is just under the detection threshold has nothing to edit);
 - onset: per layer the epoch whose probe ratio first exceeds 10x the untrained model's on the same
   probe, and the threshold, beside the lr schedule (magnn.analysis.onset, from metrics.json);
 - quantisation: int8 (per-tensor absmax) attention inputs per layer and all at once
@@ -30,9 +32,13 @@ __all__ = ["mechanics_key", "mechanics_stage", "mechanics_figures", "mechanics_m
 
 
 def mechanics_key(config, profile: dict, keys: StudyKeys) -> str:
-    """The stage's key: the trained models, the analysed checkpoint, the threshold, the graphs, the seed."""
-    return stage_key("mechanics", keys.train, config.analyse, config.threshold, profile.get("mechanics_graphs"),
-                     config.train.seed, config.xavier_base)
+    """The stage's key: the trained models, the analysed checkpoint, the thresholds (the intervention's
+    only where it differs from the detection's), the graphs, the seed."""
+    parts = [keys.train, config.analyse, config.threshold, profile.get("mechanics_graphs"), config.train.seed,
+             config.xavier_base]
+    if config.intervention_threshold != config.threshold:
+        parts.append({"intervention_threshold": config.intervention_threshold})
+    return stage_key("mechanics", *parts)
 
 
 def mechanics_stage(data: StudyData, task: GraphTask, trained: Trained, key: str, record: StageRecord,
@@ -50,6 +56,7 @@ def mechanics_stage(data: StudyData, task: GraphTask, trained: Trained, key: str
     inputs = task.mechanics_inputs(data)
     loss_fn = loss_function(data.info.task)
     result = {"split": "test", "graphs": len(inputs) if inputs is not None else None,
+              "intervention_threshold": config.intervention_threshold,
               "mitigation": {tag: mitigation_of(c) for tag, c in trained.configs.items()},
               "onset": {}, "intervention": {}, "quantisation": {}}
     if inputs is None:
@@ -61,8 +68,8 @@ def mechanics_stage(data: StudyData, task: GraphTask, trained: Trained, key: str
             continue
         log.info(f"== mechanics: {tag}, MA intervention and int8 sensitivity on {len(inputs)} test graphs")
         try:
-            result["intervention"][tag] = intervention.run(model, inputs, loss_fn, threshold=config.threshold,
-                                                           device=config.train.device).to_dict()
+            result["intervention"][tag] = intervention.run(model, inputs, loss_fn, device=config.train.device,
+                                                           threshold=config.intervention_threshold).to_dict()
             result["quantisation"][tag] = quantise.run(model, inputs, loss_fn, device=config.train.device)
         except UserError as error:  # a model the analyses cannot edit: the rest of the study stands
             log.warning(f"mechanics: {tag} not analysed: {error}")

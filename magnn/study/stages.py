@@ -78,7 +78,7 @@ class StudyKeys:
         attack = stage_key("attack", ATTACK_FORM, train, config.analyse, SIGMAS, profile["attack_steps"],
                            profile["attack_graphs"], config.attack_node_only, config.attack_shared_noise, config.train.seed,
                            config.train.fanouts)
-        report = stage_key("report", train, ablate, attack, config.to_dict(), profile)
+        report = stage_key("report", train, ablate, attack, config.key_settings(), profile)
         return cls(train, ablate, attack, report)
 
 

@@ -103,6 +103,7 @@ def check_study_config(config) -> None:
     check_choice(config.ebt, STUDY_EBTS, "--ebt")
     check_positive(config.ablation_fraction, "--ablation-fraction")
     check_positive(config.threshold, "--threshold")
+    check_positive(config.mechanics_threshold, "--mechanics-threshold")
     check_positive(config.attack_steps, "--attack-steps", integer=True, allow_zero=True)
     check_positive(config.max_seeds, "--max-seeds", integer=True)
     check_choice(config.fig4_base, FIG4_BASES, "--fig4-base")
