@@ -237,3 +237,15 @@ def test_mechanics_threshold_option(capsys, tmp_path):
                     "--out", tmp_path / "o")
     assert code != 0 and "--mechanics-threshold" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_an_unmeasurable_attack_gain_is_no_value_not_zero():
+    """A run whose random noise left the loss unchanged reports gain 0 by rounding: the table shows none."""
+    from magnn.study.compare import ATTACK_SIGMA, attack_gain_at
+
+    runs = [{"sigma": 0.01, "gain": 0.5, "measurable": True}, {"sigma": ATTACK_SIGMA, "gain": 0.0, "measurable": False}]
+    assert attack_gain_at(runs, ATTACK_SIGMA) is None
+    runs[1].update(gain=0.08, measurable=True)
+    assert attack_gain_at(runs, ATTACK_SIGMA) == 0.08 and attack_gain_at(runs, 0.01) == 0.5
+    assert attack_gain_at([{"sigma": ATTACK_SIGMA, "gain": 0.02}], ATTACK_SIGMA) == 0.02  # recorded before the flag
+    assert attack_gain_at(None, ATTACK_SIGMA) is None and attack_gain_at(runs, 1.0) is None

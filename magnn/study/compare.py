@@ -138,11 +138,19 @@ def _numbers(report: dict, tag: str, profile: dict, metrics, attack_runs, analys
     growth, _ = model_growth(report, tag)
     sinks = model_sink_mass(profile) if profile else {"mean_sink_mass": None, "mean_entropy": None}
     test = (metrics or {}).get("test_final" if analyse == "final" else "test") or {}
-    gains = [run["gain"] for run in attack_runs or [] if abs(run["sigma"] - ATTACK_SIGMA) < 1e-12]
     row = {key: growth[key] for key in NUMBERS if key in growth}
     row.update(sink_mass=sinks["mean_sink_mass"], entropy=sinks["mean_entropy"], task_loss=test.get("loss"),
-               attack_gain=gains[0] if gains else None)
+               attack_gain=attack_gain_at(attack_runs, ATTACK_SIGMA))
     return row
+
+
+def attack_gain_at(attack_runs, sigma: float):
+    """The gain of the attack run at `sigma`; None without one, and None where the run's random noise left
+    the loss unchanged (`measurable` False: its gain is rounding, magnn.analysis.attack)."""
+    for run in attack_runs or []:
+        if abs(run["sigma"] - sigma) < 1e-12:
+            return run["gain"] if run.get("measurable", True) else None
+    return None
 
 
 def tabulate(measures: dict) -> list:
