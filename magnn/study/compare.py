@@ -44,7 +44,7 @@ from .task import StudyData, task_for
 
 log = logging.getLogger("magnn.study.compare")
 
-__all__ = ["run_comparison", "seed_plans", "TAGS", "NUMBERS", "ATTACK_SIGMA"]
+__all__ = ["run_comparison", "seed_plans", "attack_gain_at", "TAGS", "NUMBERS", "ATTACK_SIGMA"]
 
 TAGS = {"none": "no_ebt", "ebt-edge": "ebt_edge", "ebt-slot": "ebt_slot", "sink": "sink", "gate": "gate"}
 ATTACK_SIGMA = 0.1  # the attack finding's noise level
