@@ -731,6 +731,9 @@ struct Grads {
   acc_t* de_b;
   acc_t* dv_b;
   acc_t* dsink = nullptr;  // [H], null without a sink
+  // with a gate (pb.gate): the saved (gated) node_out [N, H, D] and dgate [N, H], written per row
+  const scalar_t* node_out = nullptr;
+  acc_t* dgate = nullptr;
 };
 
 // One in-edge's share of the dst-side sums, flat over the C channels (dl_c,
@@ -770,6 +773,25 @@ inline void additive_dst_edge(int64_t C, acc_t scale, const acc_t* __restrict__ 
   }
 }
 
+// With a gate: node_out = s U (s = sigmoid(gate)) for the softmax's output U, so the row's gradient
+// grad_out [C] becomes U's, s grad_out, in place, and dgate = (1 - s) grad_out . node_out (node_out
+// is saved gated, so no division by s).
+template <typename scalar_t, typename acc_t>
+inline void gate_row(const Problem<scalar_t, acc_t>& pb, const Grads<scalar_t, acc_t>& g, int64_t node,
+                     acc_t* __restrict__ grad_out) {
+  const int64_t D = pb.head_dim, H = pb.heads;
+  const scalar_t* __restrict__ out = g.node_out + node * pb.channels;
+  for (int64_t h = 0; h < H; ++h) {
+    const acc_t factor = pb.gate[node * H + h];
+    acc_t dot = 0;
+    for (int64_t d = 0; d < D; ++d) {
+      dot += grad_out[h * D + d] * static_cast<acc_t>(out[h * D + d]);
+      grad_out[h * D + d] *= factor;
+    }
+    g.dgate[node * H + h] = (acc_t(1) - factor) * dot;
+  }
+}
+
 // dst-side pass over the CSR: dq, dbias, EBT parameter gradients; leaves a
 // and dl of every edge in g.edge_grad.
 template <typename scalar_t, typename acc_t>
@@ -801,10 +823,13 @@ void edge_attention_bwd_dst_kernel(const Problem<scalar_t, acc_t>& pb, const Gra
         scalar_t* dq_row = g.dq + node * C;
         if (p1 == p0 && pb.ebt != Ebt::kSlot && !pb.sink) {  // no softmax at all: output is constant 0
           for (int64_t c = 0; c < C; ++c) dq_row[c] = static_cast<scalar_t>(0);
+          if (g.dgate)
+            for (int64_t h = 0; h < H; ++h) g.dgate[node * H + h] = acc_t(0);
           continue;
         }
         load_query(pb, node, query.data(), beta.data(), shift.data());
         for (int64_t c = 0; c < C; ++c) grad_out[c] = static_cast<acc_t>(g.grad_node[node * g.grad_node_stride + c]);
+        if (pb.gate) gate_row(pb, g, node, grad_out.data());
         const acc_t* node_lse = g.lse + node * 2 * H;
         std::fill(delta.begin(), delta.end(), acc_t(0));
         std::fill(attention_sum.begin(), attention_sum.end(), acc_t(0));
@@ -980,9 +1005,9 @@ void edge_attention_bwd_dst_kernel(const Problem<scalar_t, acc_t>& pb, const Gra
 // One out-edge j -> i: its share of dk_j, dv_j (flat over channels; dk scaled
 // later) and its de row: gt de = (grad_edge + dl) q_i k_j / sqrt(D); additive
 // de = dL/dee = dl q_i / sqrt(D) + a (grad_node_i + grad_edge).
-template <Mode kMode, bool kHasGradEdge, typename scalar_t, typename acc_t>
+template <Mode kMode, bool kHasGradEdge, typename scalar_t, typename acc_t, typename grad_t>
 inline void src_edge(int64_t C, acc_t scale, const acc_t* __restrict__ key, const scalar_t* __restrict__ query,
-                     const scalar_t* __restrict__ grad_out, const acc_t* __restrict__ feat,
+                     const grad_t* __restrict__ grad_out, const acc_t* __restrict__ feat,
                      const scalar_t* __restrict__ grad_row, const acc_t* __restrict__ dl_c,
                      const acc_t* __restrict__ a_c, acc_t* __restrict__ dk_acc, acc_t* __restrict__ dv_acc,
                      acc_t* __restrict__ de_row) {
@@ -1021,6 +1046,7 @@ void edge_attention_bwd_src_kernel(const Problem<scalar_t, acc_t>& pb, const Gra
   run_blocks(num_blocks, [&](auto& claim) {
     std::vector<acc_t> dk_acc(C), dv_acc(C), dl_c(C), a_c(C), key(C), feat(C), de_row(C);
     std::vector<acc_t> raw(pb.projected ? F : 0);
+    std::vector<acc_t> gated(pb.gate ? C : 0);  // with a gate: sigmoid(gate_dst) grad_node_dst
     for (int64_t block = claim(); block >= 0; block = claim()) {
       acc_t* dw_t = pb.projected ? proj_partial.data() + block * (F + 1) * C : nullptr;  // [F, C] then db [C]
       acc_t* db = pb.projected ? dw_t + F * C : nullptr;
@@ -1052,20 +1078,31 @@ void edge_attention_bwd_src_kernel(const Problem<scalar_t, acc_t>& pb, const Gra
           const scalar_t* grad_out = g.grad_node + dst * g.grad_node_stride;
           const scalar_t* grad_row = g.grad_edge ? g.grad_edge + edge * g.grad_edge_stride : nullptr;
           if (gt) load_feat(pb, edge, feat.data());  // additive's de does not read e
-          if (gt) {
-            if (grad_row)
-              src_edge<Mode::kGt, true>(C, pb.scale, key.data(), query, grad_out, feat.data(), grad_row, dl_c.data(),
-                                        a_c.data(), dk_acc.data(), dv_acc.data(), de_row.data());
-            else
-              src_edge<Mode::kGt, false>(C, pb.scale, key.data(), query, grad_out, feat.data(), grad_row,
-                                         dl_c.data(), a_c.data(), dk_acc.data(), dv_acc.data(), de_row.data());
+          auto gather = [&](const auto* go) {
+            if (gt) {
+              if (grad_row)
+                src_edge<Mode::kGt, true>(C, pb.scale, key.data(), query, go, feat.data(), grad_row, dl_c.data(),
+                                          a_c.data(), dk_acc.data(), dv_acc.data(), de_row.data());
+              else
+                src_edge<Mode::kGt, false>(C, pb.scale, key.data(), query, go, feat.data(), grad_row, dl_c.data(),
+                                           a_c.data(), dk_acc.data(), dv_acc.data(), de_row.data());
+            } else {
+              if (grad_row)
+                src_edge<Mode::kAdditive, true>(C, pb.scale, key.data(), query, go, feat.data(), grad_row,
+                                                dl_c.data(), a_c.data(), dk_acc.data(), dv_acc.data(), de_row.data());
+              else
+                src_edge<Mode::kAdditive, false>(C, pb.scale, key.data(), query, go, feat.data(), grad_row,
+                                                 dl_c.data(), a_c.data(), dk_acc.data(), dv_acc.data(), de_row.data());
+            }
+          };
+          if (pb.gate) {  // the message terms see the gradient of the ungated output
+            for (int64_t h = 0; h < H; ++h) {
+              const acc_t factor = pb.gate[dst * H + h];
+              for (int64_t d = 0; d < D; ++d) gated[h * D + d] = static_cast<acc_t>(grad_out[h * D + d]) * factor;
+            }
+            gather(gated.data());
           } else {
-            if (grad_row)
-              src_edge<Mode::kAdditive, true>(C, pb.scale, key.data(), query, grad_out, feat.data(), grad_row,
-                                              dl_c.data(), a_c.data(), dk_acc.data(), dv_acc.data(), de_row.data());
-            else
-              src_edge<Mode::kAdditive, false>(C, pb.scale, key.data(), query, grad_out, feat.data(), grad_row,
-                                               dl_c.data(), a_c.data(), dk_acc.data(), dv_acc.data(), de_row.data());
+            gather(grad_out);
           }
           if (!pb.projected) {
             scalar_t* out = g.de + edge * C;
@@ -1456,18 +1493,7 @@ std::vector<Tensor> edge_attention_bwd_impl(
   }
   Tensor grad_node_c, grad_edge_c;
   int64_t grad_node_stride = s.heads * s.head_dim, grad_edge_stride = s.heads * s.head_dim;
-  const bool has_grad_node = grad_node.has_value() && grad_node->defined();
-  Tensor dgate = at::empty({0}, q.options().dtype(acc_type));
-  if (has_grad_node && s.gate_factor.defined()) {
-    TORCH_CHECK(grad_node->sizes() == q.sizes(), "magnn_cpu: grad_node must be [N, H, D]");
-    // node_out = sigmoid(g) U with U the softmax's output: U's gradient sigmoid(g) grad_node is
-    // what every edge term sees (rounded to the input dtype, as the unfused gate's backward does),
-    // and dL/dg = (1 - sigmoid(g)) grad_node . node_out (node_out saved gated)
-    const Tensor grad_acc = grad_node->to(acc_type);
-    const Tensor factor = s.gate_factor.unsqueeze(-1);
-    grad_node_c = grad_acc.mul(factor).to(q.scalar_type()).contiguous();
-    dgate = s.gate_factor.neg().add(1).mul(grad_acc.mul(node_out.to(acc_type)).sum(-1));
-  } else if (has_grad_node) {
+  if (grad_node.has_value() && grad_node->defined()) {
     TORCH_CHECK(grad_node->sizes() == q.sizes(), "magnn_cpu: grad_node must be [N, H, D]");
     grad_node_c = grad_rows(*grad_node, q.scalar_type(), &grad_node_stride);
   } else {
@@ -1496,7 +1522,14 @@ std::vector<Tensor> edge_attention_bwd_impl(
   Tensor dv_b = at::empty_like(dk_b);
   Tensor edge_grad = empty_huge({s.num_edges, 2, s.heads}, param_options);
   Tensor dsink = at::empty({s.sink.defined() ? s.heads : 0}, param_options);
-  if (s.gate_factor.defined() && !has_grad_node) dgate = at::zeros({s.num_nodes, s.heads}, param_options);
+  const bool gated = s.gate_factor.defined();
+  Tensor dgate = gated ? at::empty({s.num_nodes, s.heads}, param_options) : at::empty({0}, param_options);
+  // the gate's gradient reads the saved (gated) node_out, row by row in the dst pass
+  Tensor node_out_c;
+  if (gated) {
+    TORCH_CHECK(node_out.scalar_type() == q.scalar_type(), "magnn_cpu: node_out must have q's dtype");
+    node_out_c = node_out.contiguous();
+  }
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "edge_attention_bwd", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -1524,6 +1557,8 @@ std::vector<Tensor> edge_attention_bwd_impl(
     g.de_b = with_ebt ? de_b.data_ptr<acc_t>() : nullptr;
     g.dv_b = with_ebt ? dv_b.data_ptr<acc_t>() : nullptr;
     g.dsink = s.sink.defined() ? dsink.data_ptr<acc_t>() : nullptr;
+    g.node_out = gated ? node_out_c.data_ptr<scalar_t>() : nullptr;
+    g.dgate = gated ? dgate.data_ptr<acc_t>() : nullptr;
     edge_attention_bwd_dst_kernel<scalar_t, acc_t>(pb, g);
     edge_attention_bwd_src_kernel<scalar_t, acc_t>(pb, g);
   });
