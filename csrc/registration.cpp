@@ -24,8 +24,8 @@ TORCH_LIBRARY(magnn_cpu, m) {
   m.def(
       "edge_attention_fwd(Tensor q, Tensor k, Tensor v, Tensor e, Tensor rowptr, Tensor col, Tensor perm, "
       "Tensor? rev_rowptr, Tensor? rev_col, Tensor? rev_perm, Tensor? bias, Tensor? ebt_k, Tensor? ebt_e, "
-      "Tensor? ebt_v, Tensor? sink, Tensor? gate, str mode, str ebt, float? clamp, float dropout, int seed, int mantissa_bits, "
-      "bool need_edge_out=True) -> (Tensor, "
+      "Tensor? ebt_v, Tensor? sink, Tensor? gate, str mode, str ebt, float? clamp, float dropout, int seed, "
+      "int mantissa_bits, bool need_edge_out=True) -> (Tensor, "
       "Tensor, Tensor, Tensor, "
       "Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   // Backward from lse: gradients of q, k, v, e (input dtype) and of bias,
@@ -35,9 +35,9 @@ TORCH_LIBRARY(magnn_cpu, m) {
   m.def(
       "edge_attention_bwd(Tensor? grad_node, Tensor? grad_edge, Tensor? grad_lse, Tensor q, Tensor k, Tensor v, "
       "Tensor e, Tensor lse, Tensor node_out, Tensor rowptr, Tensor col, Tensor perm, Tensor rev_rowptr, "
-      "Tensor rev_col, Tensor rev_perm, Tensor? bias, Tensor? ebt_k, Tensor? ebt_e, Tensor? ebt_v, Tensor? sink, Tensor? gate, str mode, "
-      "str ebt, float? clamp, float dropout, int seed) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, "
-      "Tensor, Tensor, Tensor)");
+      "Tensor rev_col, Tensor rev_perm, Tensor? bias, Tensor? ebt_k, Tensor? ebt_e, Tensor? ebt_v, Tensor? sink, "
+      "Tensor? gate, str mode, str ebt, float? clamp, float dropout, int seed) -> (Tensor, Tensor, Tensor, Tensor, "
+      "Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   // The in-operator edge projection (contract.PROJ_FORWARD_ARGS / PROJ_BACKWARD_ARGS): the same ops with
   // e replaced by the raw edge features a [E, F] (q's dtype), the weight w_e [H*D, F] and the optional
   // bias b_e [H*D] (any float dtype; used in the accumulation dtype): e_ij = w_e a_ij + b_e is formed
@@ -48,17 +48,17 @@ TORCH_LIBRARY(magnn_cpu, m) {
       "edge_attention_proj_fwd(Tensor q, Tensor k, Tensor v, Tensor a, Tensor w_e, Tensor? b_e, Tensor rowptr, "
       "Tensor col, Tensor perm, "
       "Tensor? rev_rowptr, Tensor? rev_col, Tensor? rev_perm, Tensor? bias, Tensor? ebt_k, Tensor? ebt_e, "
-      "Tensor? ebt_v, Tensor? sink, Tensor? gate, str mode, str ebt, float? clamp, float dropout, int seed, int mantissa_bits, "
-      "bool need_edge_out=True) -> (Tensor, "
+      "Tensor? ebt_v, Tensor? sink, Tensor? gate, str mode, str ebt, float? clamp, float dropout, int seed, "
+      "int mantissa_bits, bool need_edge_out=True) -> (Tensor, "
       "Tensor, Tensor, Tensor, "
       "Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def(
       "edge_attention_proj_bwd(Tensor? grad_node, Tensor? grad_edge, Tensor? grad_lse, Tensor q, Tensor k, "
       "Tensor v, Tensor a, Tensor w_e, Tensor? b_e, Tensor lse, Tensor node_out, Tensor rowptr, Tensor col, "
       "Tensor perm, Tensor rev_rowptr, "
-      "Tensor rev_col, Tensor rev_perm, Tensor? bias, Tensor? ebt_k, Tensor? ebt_e, Tensor? ebt_v, Tensor? sink, Tensor? gate, str mode, "
-      "str ebt, float? clamp, float dropout, int seed, bool need_grad_a) -> (Tensor, Tensor, Tensor, Tensor, "
-      "Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+      "Tensor rev_col, Tensor rev_perm, Tensor? bias, Tensor? ebt_k, Tensor? ebt_e, Tensor? ebt_v, Tensor? sink, "
+      "Tensor? gate, str mode, str ebt, float? clamp, float dropout, int seed, bool need_grad_a) -> (Tensor, Tensor, "
+      "Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   // Statistics of a materialised tap rows [R, C] (not part of the compiled-op
   // contract; CPU only): the RawStats fields hist_abs, hist_ratio, row_ratio,
   // row_max_abs, nan_count, max_abs, argmax, as magnn.core.binning.reduce_rows.
