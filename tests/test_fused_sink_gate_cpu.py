@@ -282,3 +282,12 @@ def test_dsink_is_the_same_for_any_thread_count():
         torch.set_num_threads(before)
     for other in grads[1:]:
         assert all(torch.equal(a, b) for a, b in zip(grads[0], other))
+
+
+def test_a_plus_inf_sink_is_refused_by_the_op():
+    """A +inf sink would take every row's whole softmax and leave no finite lse: refused, naming the fix."""
+    _, graph, q, k, v, e, sink, gate = _op_inputs(31)
+    sink[1] = math.inf
+    with pytest.raises(RuntimeError, match=r"\+inf .*clamp"):
+        torch.ops.magnn_cpu.edge_attention_fwd(q, k, v, e, graph.rowptr, graph.col, graph.perm, None, None, None,
+                                               None, None, None, None, sink, gate, "gt", "none", None, 0.0, 0, -1)
