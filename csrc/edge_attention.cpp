@@ -215,6 +215,10 @@ struct Problem {
   const acc_t* k_b = nullptr;
   const acc_t* e_b = nullptr;
   const acc_t* v_b = nullptr;
+  // the learned sink logit c_h [H] (null: none) and the gate's factor sigmoid(g_ih) [N_dst, H]
+  // (null: none), both in acc_t (SPEC §3, "Sink and gate")
+  const acc_t* sink = nullptr;
+  const acc_t* gate = nullptr;
   // in-operator edge projection (the *_proj ops): e_ij = W a_ij + b from the raw edge features
   // a [E, F] (input dtype) and W^T [F, C], b [C] (accumulation dtype); e is null then
   bool projected = false;
@@ -500,6 +504,33 @@ inline acc_t attention_of(acc_t logit, const acc_t* node_lse, int64_t heads, int
   return std::exp((logit - node_lse[h]) - node_lse[heads + h]);
 }
 
+// The online softmax's state before any edge when there is a sink: its term exp(c_h) with value 0,
+// i.e. row max c_h, sum 1, accumulator 0 (left to the caller). A -inf sink is no term at all.
+template <typename scalar_t, typename acc_t>
+inline void start_from_sink(const Problem<scalar_t, acc_t>& pb, acc_t* run_max, acc_t* run_sum) {
+  const acc_t neg_inf = -std::numeric_limits<acc_t>::infinity();
+  for (int64_t h = 0; h < pb.heads; ++h) {
+    const bool none = pb.sink[h] == neg_inf;
+    run_max[h] = none ? neg_inf : pb.sink[h];
+    run_sum[h] = none ? acc_t(0) : acc_t(1);
+  }
+}
+
+// One (clamped) logit with message msg [D] folded into a head's online softmax state, as the
+// edge loop below does (without dropout): what the EBT slot goes through after a sink.
+template <typename acc_t>
+inline void fold_term(acc_t logit, const acc_t* msg, int64_t D, acc_t& run_max, acc_t& run_sum, acc_t* acc) {
+  if (logit > run_max) {
+    const acc_t correction = std::exp(run_max - logit);
+    run_sum *= correction;
+    for (int64_t d = 0; d < D; ++d) acc[d] *= correction;
+    run_max = logit;
+  }
+  const acc_t weight = logit == -std::numeric_limits<acc_t>::infinity() ? acc_t(0) : std::exp(logit - run_max);
+  run_sum += weight;
+  for (int64_t d = 0; d < D; ++d) acc[d] += weight * msg[d];
+}
+
 // Pass over the dst-sorted CSR: online softmax per (node, head) -> node_out,
 // lse. gt reads the raw logits of pass 1; additive computes them here and
 // leaves the clamped ones in `logit_buffer` (caller's order) for pass 3.
@@ -522,15 +553,24 @@ void softmax_fwd_kernel(const Problem<scalar_t, acc_t>& pb, scalar_t* node_out, 
       for (int64_t node = bounds[block]; node < bounds[block + 1]; ++node) {
         const int64_t p0 = pb.rowptr[node], p1 = pb.rowptr[node + 1];
         load_query(pb, node, query.data(), beta.data(), shift.data());
-        std::fill(run_max.begin(), run_max.end(), neg_inf);
-        std::fill(run_sum.begin(), run_sum.end(), acc_t(0));
         std::fill(acc.begin(), acc.end(), acc_t(0));
-        if (pb.ebt == Ebt::kSlot) {
-          slot_logits(pb, query.data(), slot_raw.data());
-          for (int64_t h = 0; h < H; ++h) {
-            run_max[h] = pb.clip(slot_raw[h]);
-            run_sum[h] = 1;
-            for (int64_t d = 0; d < D; ++d) acc[h * D + d] = slot_msg[h * D + d];
+        if (pb.sink) {
+          start_from_sink(pb, run_max.data(), run_sum.data());
+          if (pb.ebt == Ebt::kSlot) {
+            slot_logits(pb, query.data(), slot_raw.data());
+            for (int64_t h = 0; h < H; ++h)
+              fold_term(pb.clip(slot_raw[h]), slot_msg.data() + h * D, D, run_max[h], run_sum[h], acc.data() + h * D);
+          }
+        } else {
+          std::fill(run_max.begin(), run_max.end(), neg_inf);
+          std::fill(run_sum.begin(), run_sum.end(), acc_t(0));
+          if (pb.ebt == Ebt::kSlot) {
+            slot_logits(pb, query.data(), slot_raw.data());
+            for (int64_t h = 0; h < H; ++h) {
+              run_max[h] = pb.clip(slot_raw[h]);
+              run_sum[h] = 1;
+              for (int64_t d = 0; d < D; ++d) acc[h * D + d] = slot_msg[h * D + d];
+            }
           }
         }
         for (int64_t p = p0; p < p1; ++p) {
@@ -574,15 +614,20 @@ void softmax_fwd_kernel(const Problem<scalar_t, acc_t>& pb, scalar_t* node_out, 
           }
         }
 
-        // nothing to attend to (neither edges nor slot, or every logit -inf): exactly 0,
+        // nothing to attend to (neither edges nor slot nor sink, or every logit -inf): exactly 0,
         // and lse (+inf, 0) makes every attention 0 in the later passes; NaN logits
-        // still propagate (a NaN sum is not 0)
+        // still propagate (a NaN sum is not 0). A gate scales the row as it is stored.
         scalar_t* out = node_out + node * C;
         acc_t* node_lse = lse + node * 2 * H;
         for (int64_t h = 0; h < H; ++h) {
           if (run_sum[h] != acc_t(0)) {
             const acc_t inv = acc_t(1) / run_sum[h];
-            for (int64_t d = 0; d < D; ++d) out[h * D + d] = static_cast<scalar_t>(acc[h * D + d] * inv);
+            if (pb.gate) {
+              const acc_t gain = pb.gate[node * H + h];
+              for (int64_t d = 0; d < D; ++d) out[h * D + d] = static_cast<scalar_t>(acc[h * D + d] * inv * gain);
+            } else {
+              for (int64_t d = 0; d < D; ++d) out[h * D + d] = static_cast<scalar_t>(acc[h * D + d] * inv);
+            }
             node_lse[h] = run_max[h];
             node_lse[H + h] = std::log(run_sum[h]);
           } else {
@@ -685,6 +730,10 @@ struct Grads {
   acc_t* dk_b;   // EBT parameter gradients, null without EBT
   acc_t* de_b;
   acc_t* dv_b;
+  acc_t* dsink = nullptr;  // [H], null without a sink
+  // with a gate (pb.gate): the saved (gated) node_out [N, H, D] and dgate [N, H], written per row
+  const scalar_t* node_out = nullptr;
+  acc_t* dgate = nullptr;
 };
 
 // One in-edge's share of the dst-side sums, flat over the C channels (dl_c,
@@ -724,6 +773,25 @@ inline void additive_dst_edge(int64_t C, acc_t scale, const acc_t* __restrict__ 
   }
 }
 
+// With a gate: node_out = s U (s = sigmoid(gate)) for the softmax's output U, so the row's gradient
+// grad_out [C] becomes U's, s grad_out, in place, and dgate = (1 - s) grad_out . node_out (node_out
+// is saved gated, so no division by s).
+template <typename scalar_t, typename acc_t>
+inline void gate_row(const Problem<scalar_t, acc_t>& pb, const Grads<scalar_t, acc_t>& g, int64_t node,
+                     acc_t* __restrict__ grad_out) {
+  const int64_t D = pb.head_dim, H = pb.heads;
+  const scalar_t* __restrict__ out = g.node_out + node * pb.channels;
+  for (int64_t h = 0; h < H; ++h) {
+    const acc_t factor = pb.gate[node * H + h];
+    acc_t dot = 0;
+    for (int64_t d = 0; d < D; ++d) {
+      dot += grad_out[h * D + d] * static_cast<acc_t>(out[h * D + d]);
+      grad_out[h * D + d] *= factor;
+    }
+    g.dgate[node * H + h] = (acc_t(1) - factor) * dot;
+  }
+}
+
 // dst-side pass over the CSR: dq, dbias, EBT parameter gradients; leaves a
 // and dl of every edge in g.edge_grad.
 template <typename scalar_t, typename acc_t>
@@ -735,8 +803,9 @@ void edge_attention_bwd_dst_kernel(const Problem<scalar_t, acc_t>& pb, const Gra
   const bool with_ebt = pb.ebt != Ebt::kNone;
   const bool gt = pb.mode == Mode::kGt;
   const int64_t row_bytes = C * static_cast<int64_t>(sizeof(scalar_t));
-  // per block: dk', de', dv' partial sums, added in block order afterwards
+  // per block: dk', de', dv' partial sums, and the sink's dsink [H], added in block order afterwards
   std::vector<acc_t> ebt_partial(with_ebt ? num_blocks * 3 * C : 0, acc_t(0));
+  std::vector<acc_t> sink_partial(pb.sink ? num_blocks * H : 0, acc_t(0));
 
   run_blocks(num_blocks, [&](auto& claim) {
     std::vector<acc_t> query(C), shift(C), term(C), msg(2 * C), grad_out(C), dq_acc(C), dshift(C), dv_b_edges(C),
@@ -752,12 +821,15 @@ void edge_attention_bwd_dst_kernel(const Problem<scalar_t, acc_t>& pb, const Gra
       for (int64_t node = bounds[block]; node < bounds[block + 1]; ++node) {
         const int64_t p0 = pb.rowptr[node], p1 = pb.rowptr[node + 1];
         scalar_t* dq_row = g.dq + node * C;
-        if (p1 == p0 && pb.ebt != Ebt::kSlot) {  // no softmax at all: output is constant 0
+        if (p1 == p0 && pb.ebt != Ebt::kSlot && !pb.sink) {  // no softmax at all: output is constant 0
           for (int64_t c = 0; c < C; ++c) dq_row[c] = static_cast<scalar_t>(0);
+          if (g.dgate)
+            for (int64_t h = 0; h < H; ++h) g.dgate[node * H + h] = acc_t(0);
           continue;
         }
         load_query(pb, node, query.data(), beta.data(), shift.data());
         for (int64_t c = 0; c < C; ++c) grad_out[c] = static_cast<acc_t>(g.grad_node[node * g.grad_node_stride + c]);
+        if (pb.gate) gate_row(pb, g, node, grad_out.data());
         const acc_t* node_lse = g.lse + node * 2 * H;
         std::fill(delta.begin(), delta.end(), acc_t(0));
         std::fill(attention_sum.begin(), attention_sum.end(), acc_t(0));
@@ -814,6 +886,12 @@ void edge_attention_bwd_dst_kernel(const Problem<scalar_t, acc_t>& pb, const Gra
         // the log-sum-exp's own gradient: d lse / d l_j = a_j (the slot's included)
         if (g.grad_lse)
           for (int64_t h = 0; h < H; ++h) delta[h] -= g.grad_lse[(node * 2 + 1) * H + h];
+        // the sink's logit c_h is one more softmax term with value 0: dL/dc_h = w (grad_lse - delta)
+        // with w = exp(c_h - lse) its weight, i.e. -w times the row term as it stands here
+        if (pb.sink) {
+          acc_t* part = sink_partial.data() + block * H;
+          for (int64_t h = 0; h < H; ++h) part[h] -= attention_of(pb.sink[h], node_lse, H, h) * delta[h];
+        }
 
         // sweep 2: logit gradients, then what they feed at the dst side
         std::fill(dq_acc.begin(), dq_acc.end(), acc_t(0));
@@ -906,6 +984,11 @@ void edge_attention_bwd_dst_kernel(const Problem<scalar_t, acc_t>& pb, const Gra
     }
   });
 
+  if (pb.sink) {
+    for (int64_t h = 0; h < H; ++h) g.dsink[h] = acc_t(0);
+    for (int64_t block = 0; block < num_blocks; ++block)
+      for (int64_t h = 0; h < H; ++h) g.dsink[h] += sink_partial[block * H + h];
+  }
   if (with_ebt) {
     for (int64_t c = 0; c < C; ++c) g.dk_b[c] = g.de_b[c] = g.dv_b[c] = acc_t(0);
     for (int64_t block = 0; block < num_blocks; ++block) {
@@ -922,9 +1005,9 @@ void edge_attention_bwd_dst_kernel(const Problem<scalar_t, acc_t>& pb, const Gra
 // One out-edge j -> i: its share of dk_j, dv_j (flat over channels; dk scaled
 // later) and its de row: gt de = (grad_edge + dl) q_i k_j / sqrt(D); additive
 // de = dL/dee = dl q_i / sqrt(D) + a (grad_node_i + grad_edge).
-template <Mode kMode, bool kHasGradEdge, typename scalar_t, typename acc_t>
+template <Mode kMode, bool kHasGradEdge, typename scalar_t, typename acc_t, typename grad_t>
 inline void src_edge(int64_t C, acc_t scale, const acc_t* __restrict__ key, const scalar_t* __restrict__ query,
-                     const scalar_t* __restrict__ grad_out, const acc_t* __restrict__ feat,
+                     const grad_t* __restrict__ grad_out, const acc_t* __restrict__ feat,
                      const scalar_t* __restrict__ grad_row, const acc_t* __restrict__ dl_c,
                      const acc_t* __restrict__ a_c, acc_t* __restrict__ dk_acc, acc_t* __restrict__ dv_acc,
                      acc_t* __restrict__ de_row) {
@@ -963,6 +1046,7 @@ void edge_attention_bwd_src_kernel(const Problem<scalar_t, acc_t>& pb, const Gra
   run_blocks(num_blocks, [&](auto& claim) {
     std::vector<acc_t> dk_acc(C), dv_acc(C), dl_c(C), a_c(C), key(C), feat(C), de_row(C);
     std::vector<acc_t> raw(pb.projected ? F : 0);
+    std::vector<acc_t> gated(pb.gate ? C : 0);  // with a gate: sigmoid(gate_dst) grad_node_dst
     for (int64_t block = claim(); block >= 0; block = claim()) {
       acc_t* dw_t = pb.projected ? proj_partial.data() + block * (F + 1) * C : nullptr;  // [F, C] then db [C]
       acc_t* db = pb.projected ? dw_t + F * C : nullptr;
@@ -994,20 +1078,31 @@ void edge_attention_bwd_src_kernel(const Problem<scalar_t, acc_t>& pb, const Gra
           const scalar_t* grad_out = g.grad_node + dst * g.grad_node_stride;
           const scalar_t* grad_row = g.grad_edge ? g.grad_edge + edge * g.grad_edge_stride : nullptr;
           if (gt) load_feat(pb, edge, feat.data());  // additive's de does not read e
-          if (gt) {
-            if (grad_row)
-              src_edge<Mode::kGt, true>(C, pb.scale, key.data(), query, grad_out, feat.data(), grad_row, dl_c.data(),
-                                        a_c.data(), dk_acc.data(), dv_acc.data(), de_row.data());
-            else
-              src_edge<Mode::kGt, false>(C, pb.scale, key.data(), query, grad_out, feat.data(), grad_row,
-                                         dl_c.data(), a_c.data(), dk_acc.data(), dv_acc.data(), de_row.data());
+          auto gather = [&](const auto* go) {
+            if (gt) {
+              if (grad_row)
+                src_edge<Mode::kGt, true>(C, pb.scale, key.data(), query, go, feat.data(), grad_row, dl_c.data(),
+                                          a_c.data(), dk_acc.data(), dv_acc.data(), de_row.data());
+              else
+                src_edge<Mode::kGt, false>(C, pb.scale, key.data(), query, go, feat.data(), grad_row, dl_c.data(),
+                                           a_c.data(), dk_acc.data(), dv_acc.data(), de_row.data());
+            } else {
+              if (grad_row)
+                src_edge<Mode::kAdditive, true>(C, pb.scale, key.data(), query, go, feat.data(), grad_row,
+                                                dl_c.data(), a_c.data(), dk_acc.data(), dv_acc.data(), de_row.data());
+              else
+                src_edge<Mode::kAdditive, false>(C, pb.scale, key.data(), query, go, feat.data(), grad_row,
+                                                 dl_c.data(), a_c.data(), dk_acc.data(), dv_acc.data(), de_row.data());
+            }
+          };
+          if (pb.gate) {  // the message terms see the gradient of the ungated output
+            for (int64_t h = 0; h < H; ++h) {
+              const acc_t factor = pb.gate[dst * H + h];
+              for (int64_t d = 0; d < D; ++d) gated[h * D + d] = static_cast<acc_t>(grad_out[h * D + d]) * factor;
+            }
+            gather(gated.data());
           } else {
-            if (grad_row)
-              src_edge<Mode::kAdditive, true>(C, pb.scale, key.data(), query, grad_out, feat.data(), grad_row,
-                                              dl_c.data(), a_c.data(), dk_acc.data(), dv_acc.data(), de_row.data());
-            else
-              src_edge<Mode::kAdditive, false>(C, pb.scale, key.data(), query, grad_out, feat.data(), grad_row,
-                                               dl_c.data(), a_c.data(), dk_acc.data(), dv_acc.data(), de_row.data());
+            gather(grad_out);
           }
           if (!pb.projected) {
             scalar_t* out = g.de + edge * C;
@@ -1066,9 +1161,16 @@ void check_index(const Tensor& t, const char* name, int64_t length) {
   TORCH_CHECK(t.size(0) == length, "magnn_cpu: ", name, " has ", t.size(0), " entries, expected ", length);
 }
 
+struct Setup;
+void prepare_sink_and_gate(Setup& s, const std::optional<Tensor>& sink, const std::optional<Tensor>& gate,
+                           at::ScalarType acc_type);
+
 // The common checks; fills the fields of Problem that don't depend on the dtype.
 struct Setup {
   Tensor q, k, v, e, bias, k_b, e_b, v_b;
+  // the sink logit [H] and the gate's factor sigmoid(gate) [N_dst, H] in the accumulation dtype
+  // (undefined when absent)
+  Tensor sink, gate_factor;
   // in-operator projection (the *_proj ops): e is then the raw features a [E, F]; w_t = W^T [F, C]
   // and b_proj [C] (undefined without a bias) in the accumulation dtype
   bool projected = false;
@@ -1085,7 +1187,8 @@ struct Setup {
 Setup prepare(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& e, const Tensor& rowptr,
               const Tensor& col, const Tensor& perm, const std::optional<Tensor>& bias,
               const std::optional<Tensor>& ebt_k, const std::optional<Tensor>& ebt_e,
-              const std::optional<Tensor>& ebt_v, c10::string_view mode, c10::string_view ebt,
+              const std::optional<Tensor>& ebt_v, const std::optional<Tensor>& sink,
+              const std::optional<Tensor>& gate, c10::string_view mode, c10::string_view ebt,
               std::optional<double> clamp, double dropout, int64_t seed,
               const Tensor* proj_w = nullptr, const std::optional<Tensor>* proj_b = nullptr) {
   Setup s;
@@ -1147,12 +1250,39 @@ Setup prepare(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& e
     s.e_b = ebt_e->to(acc_type).contiguous();
     s.v_b = ebt_v->to(acc_type).contiguous();
   }
+  prepare_sink_and_gate(s, sink, gate, acc_type);
   s.clamp = clamp;
   TORCH_CHECK(!clamp.has_value() || *clamp > 0, "magnn_cpu: clamp must be positive");
   TORCH_CHECK(dropout >= 0.0 && dropout < 1.0, "magnn_cpu: dropout must be in [0, 1), got ", dropout);
   s.dropout = dropout;
   s.seed = seed;
   return s;
+}
+
+// The sink [H] and the gate [N_dst, H] (SPEC §3, "Sink and gate"), checked and kept in the
+// accumulation dtype; the gate as its factor sigmoid(gate), which the forward's store and the
+// backward's gradients use. A +inf sink would take every row's whole softmax and leave lse
+// without a finite value: refused (a clamp bounds it).
+void prepare_sink_and_gate(Setup& s, const std::optional<Tensor>& sink, const std::optional<Tensor>& gate,
+                           at::ScalarType acc_type) {
+  if (sink.has_value()) {
+    TORCH_CHECK(sink->dim() == 1 && sink->size(0) == s.heads && sink->device().is_cpu() && sink->is_floating_point(),
+                "magnn_cpu: sink must be a floating-point CPU vector [H] = [", s.heads, "]");
+    s.sink = sink->to(acc_type).contiguous();
+    AT_DISPATCH_FLOATING_TYPES(acc_type, "sink_check", [&] {
+      const scalar_t* c = s.sink.data_ptr<scalar_t>();
+      for (int64_t h = 0; h < s.heads; ++h)
+        TORCH_CHECK(!(c[h] == std::numeric_limits<scalar_t>::infinity()),
+                    "magnn_cpu: the sink logit of head ", h, " is +inf (it would take all attention); pass a "
+                    "finite sink or a clamp, which clips it");
+    });
+  }
+  if (gate.has_value()) {
+    TORCH_CHECK(gate->dim() == 2 && gate->size(0) == s.num_nodes && gate->size(1) == s.heads &&
+                    gate->device().is_cpu() && gate->is_floating_point(),
+                "magnn_cpu: gate must be a floating-point CPU tensor [N_dst, H] = [", s.num_nodes, ", ", s.heads, "]");
+    s.gate_factor = gate->to(acc_type).sigmoid().contiguous();
+  }
 }
 
 template <typename scalar_t, typename acc_t>
@@ -1182,6 +1312,8 @@ Problem<scalar_t, acc_t> make_problem(const Setup& s, const Tensor& rowptr, cons
     pb.e_b = s.e_b.data_ptr<acc_t>();
     pb.v_b = s.v_b.data_ptr<acc_t>();
   }
+  pb.sink = s.sink.defined() ? s.sink.data_ptr<acc_t>() : nullptr;
+  pb.gate = s.gate_factor.defined() ? s.gate_factor.data_ptr<acc_t>() : nullptr;
   pb.num_nodes = s.num_nodes;
   pb.num_src_nodes = s.num_src_nodes;
   pb.num_edges = s.num_edges;
@@ -1215,11 +1347,11 @@ ForwardTuple edge_attention_fwd_impl(
     const std::optional<Tensor>* proj_b, const Tensor& rowptr, const Tensor& col,
     const Tensor& perm, const std::optional<Tensor>& rev_rowptr, const std::optional<Tensor>& rev_col,
     const std::optional<Tensor>& rev_perm, const std::optional<Tensor>& bias, const std::optional<Tensor>& ebt_k,
-    const std::optional<Tensor>& ebt_e, const std::optional<Tensor>& ebt_v, c10::string_view mode,
-    c10::string_view ebt, std::optional<double> clamp, double dropout, int64_t seed, int64_t mantissa_bits,
-    bool need_edge_out) {
-  const Setup s = prepare(q, k, v, e, rowptr, col, perm, bias, ebt_k, ebt_e, ebt_v, mode, ebt, clamp, dropout, seed,
-                          proj_w, proj_b);
+    const std::optional<Tensor>& ebt_e, const std::optional<Tensor>& ebt_v, const std::optional<Tensor>& sink,
+    const std::optional<Tensor>& gate, c10::string_view mode, c10::string_view ebt, std::optional<double> clamp,
+    double dropout, int64_t seed, int64_t mantissa_bits, bool need_edge_out) {
+  const Setup s = prepare(q, k, v, e, rowptr, col, perm, bias, ebt_k, ebt_e, ebt_v, sink, gate, mode, ebt, clamp,
+                          dropout, seed, proj_w, proj_b);
   // the reverse CSR only travels with the forward for the backward; checked when given
   TORCH_CHECK(rev_rowptr.has_value() == rev_col.has_value() && rev_col.has_value() == rev_perm.has_value(),
               "magnn_cpu: pass all of rev_rowptr, rev_col, rev_perm or none of them");
@@ -1285,11 +1417,11 @@ ForwardTuple edge_attention_fwd(
     const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& e, const Tensor& rowptr, const Tensor& col,
     const Tensor& perm, const std::optional<Tensor>& rev_rowptr, const std::optional<Tensor>& rev_col,
     const std::optional<Tensor>& rev_perm, const std::optional<Tensor>& bias, const std::optional<Tensor>& ebt_k,
-    const std::optional<Tensor>& ebt_e, const std::optional<Tensor>& ebt_v, c10::string_view mode,
-    c10::string_view ebt, std::optional<double> clamp, double dropout, int64_t seed, int64_t mantissa_bits,
-    bool need_edge_out) {
+    const std::optional<Tensor>& ebt_e, const std::optional<Tensor>& ebt_v, const std::optional<Tensor>& sink,
+    const std::optional<Tensor>& gate, c10::string_view mode, c10::string_view ebt, std::optional<double> clamp,
+    double dropout, int64_t seed, int64_t mantissa_bits, bool need_edge_out) {
   return edge_attention_fwd_impl(q, k, v, e, nullptr, nullptr, rowptr, col, perm, rev_rowptr, rev_col, rev_perm,
-                                 bias, ebt_k, ebt_e, ebt_v, mode, ebt, clamp, dropout, seed, mantissa_bits,
+                                 bias, ebt_k, ebt_e, ebt_v, sink, gate, mode, ebt, clamp, dropout, seed, mantissa_bits,
                                  need_edge_out);
 }
 
@@ -1300,11 +1432,11 @@ ForwardTuple edge_attention_proj_fwd(
     const std::optional<Tensor>& b_e, const Tensor& rowptr, const Tensor& col,
     const Tensor& perm, const std::optional<Tensor>& rev_rowptr, const std::optional<Tensor>& rev_col,
     const std::optional<Tensor>& rev_perm, const std::optional<Tensor>& bias, const std::optional<Tensor>& ebt_k,
-    const std::optional<Tensor>& ebt_e, const std::optional<Tensor>& ebt_v, c10::string_view mode,
-    c10::string_view ebt, std::optional<double> clamp, double dropout, int64_t seed, int64_t mantissa_bits,
-    bool need_edge_out) {
+    const std::optional<Tensor>& ebt_e, const std::optional<Tensor>& ebt_v, const std::optional<Tensor>& sink,
+    const std::optional<Tensor>& gate, c10::string_view mode, c10::string_view ebt, std::optional<double> clamp,
+    double dropout, int64_t seed, int64_t mantissa_bits, bool need_edge_out) {
   return edge_attention_fwd_impl(q, k, v, a, &w_e, &b_e, rowptr, col, perm, rev_rowptr, rev_col, rev_perm,
-                                 bias, ebt_k, ebt_e, ebt_v, mode, ebt, clamp, dropout, seed, mantissa_bits,
+                                 bias, ebt_k, ebt_e, ebt_v, sink, gate, mode, ebt, clamp, dropout, seed, mantissa_bits,
                                  need_edge_out);
 }
 
@@ -1329,8 +1461,9 @@ Tensor grad_rows(const Tensor& grad, at::ScalarType dtype, int64_t* row_stride) 
   return grad.to(dtype).contiguous();
 }
 
-// Both backward ops; with the projection: (dq, dk, dv, da, dW, db, dbias, EBT grads), where da
-// is [0, F] unless need_grad_a and db is empty without a projection bias.
+// Both backward ops; with the projection: (dq, dk, dv, da, dW, db, dbias, EBT grads, dsink, dgate), where
+// da is [0, F] unless need_grad_a and db is empty without a projection bias; dsink / dgate are empty
+// without a sink / gate.
 std::vector<Tensor> edge_attention_bwd_impl(
     const std::optional<Tensor>& grad_node, const std::optional<Tensor>& grad_edge,
     const std::optional<Tensor>& grad_lse, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& e,
@@ -1338,9 +1471,10 @@ std::vector<Tensor> edge_attention_bwd_impl(
     const Tensor& lse, const Tensor& node_out, const Tensor& rowptr, const Tensor& col, const Tensor& perm,
     const Tensor& rev_rowptr, const Tensor& rev_col, const Tensor& rev_perm, const std::optional<Tensor>& bias,
     const std::optional<Tensor>& ebt_k, const std::optional<Tensor>& ebt_e, const std::optional<Tensor>& ebt_v,
-    c10::string_view mode, c10::string_view ebt, std::optional<double> clamp, double dropout, int64_t seed) {
-  const Setup s = prepare(q, k, v, e, rowptr, col, perm, bias, ebt_k, ebt_e, ebt_v, mode, ebt, clamp, dropout, seed,
-                          proj_w, proj_b);
+    const std::optional<Tensor>& sink, const std::optional<Tensor>& gate, c10::string_view mode,
+    c10::string_view ebt, std::optional<double> clamp, double dropout, int64_t seed) {
+  const Setup s = prepare(q, k, v, e, rowptr, col, perm, bias, ebt_k, ebt_e, ebt_v, sink, gate, mode, ebt, clamp,
+                          dropout, seed, proj_w, proj_b);
   check_index(rev_rowptr, "rev_rowptr", s.num_src_nodes + 1);
   check_index(rev_col, "rev_col", s.num_edges);
   check_index(rev_perm, "rev_perm", s.num_edges);
@@ -1350,7 +1484,7 @@ std::vector<Tensor> edge_attention_bwd_impl(
               "magnn_cpu: lse must be [N, 2, H] (row max, log sum) in the accumulation dtype");
   const Tensor lse_c = lse.contiguous();
   // node_out is part of the contract (a backend may derive delta from it); this one recomputes delta from
-  // the edges, which also covers the additive mode's edge_out gradient
+  // the edges, which also covers the additive mode's edge_out gradient, and reads it for the gate's gradient
   TORCH_CHECK(node_out.sizes() == q.sizes(), "magnn_cpu: node_out must be [N, H, D]");
   Tensor grad_lse_c;
   if (grad_lse.has_value() && grad_lse->defined()) {
@@ -1387,6 +1521,15 @@ std::vector<Tensor> edge_attention_bwd_impl(
   Tensor de_b = at::empty_like(dk_b);
   Tensor dv_b = at::empty_like(dk_b);
   Tensor edge_grad = empty_huge({s.num_edges, 2, s.heads}, param_options);
+  Tensor dsink = at::empty({s.sink.defined() ? s.heads : 0}, param_options);
+  const bool gated = s.gate_factor.defined();
+  Tensor dgate = gated ? at::empty({s.num_nodes, s.heads}, param_options) : at::empty({0}, param_options);
+  // the gate's gradient reads the saved (gated) node_out, row by row in the dst pass
+  Tensor node_out_c;
+  if (gated) {
+    TORCH_CHECK(node_out.scalar_type() == q.scalar_type(), "magnn_cpu: node_out must have q's dtype");
+    node_out_c = node_out.contiguous();
+  }
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, q.scalar_type(), "edge_attention_bwd", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -1413,39 +1556,44 @@ std::vector<Tensor> edge_attention_bwd_impl(
     g.dk_b = with_ebt ? dk_b.data_ptr<acc_t>() : nullptr;
     g.de_b = with_ebt ? de_b.data_ptr<acc_t>() : nullptr;
     g.dv_b = with_ebt ? dv_b.data_ptr<acc_t>() : nullptr;
+    g.dsink = s.sink.defined() ? dsink.data_ptr<acc_t>() : nullptr;
+    g.node_out = gated ? node_out_c.data_ptr<scalar_t>() : nullptr;
+    g.dgate = gated ? dgate.data_ptr<acc_t>() : nullptr;
     edge_attention_bwd_dst_kernel<scalar_t, acc_t>(pb, g);
     edge_attention_bwd_src_kernel<scalar_t, acc_t>(pb, g);
   });
-  if (s.projected) return {dq, dk, dv, da, dw, db, dbias, dk_b, de_b, dv_b};
-  return {dq, dk, dv, de, dbias, dk_b, de_b, dv_b};
+  if (s.projected) return {dq, dk, dv, da, dw, db, dbias, dk_b, de_b, dv_b, dsink, dgate};
+  return {dq, dk, dv, de, dbias, dk_b, de_b, dv_b, dsink, dgate};
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> edge_attention_bwd(
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> edge_attention_bwd(
     const std::optional<Tensor>& grad_node, const std::optional<Tensor>& grad_edge,
     const std::optional<Tensor>& grad_lse, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& e,
     const Tensor& lse, const Tensor& node_out, const Tensor& rowptr, const Tensor& col, const Tensor& perm,
     const Tensor& rev_rowptr, const Tensor& rev_col, const Tensor& rev_perm, const std::optional<Tensor>& bias,
     const std::optional<Tensor>& ebt_k, const std::optional<Tensor>& ebt_e, const std::optional<Tensor>& ebt_v,
-    c10::string_view mode, c10::string_view ebt, std::optional<double> clamp, double dropout, int64_t seed) {
+    const std::optional<Tensor>& sink, const std::optional<Tensor>& gate, c10::string_view mode,
+    c10::string_view ebt, std::optional<double> clamp, double dropout, int64_t seed) {
   auto r = edge_attention_bwd_impl(grad_node, grad_edge, grad_lse, q, k, v, e, nullptr, nullptr, false, lse, node_out,
-                                   rowptr, col, perm, rev_rowptr, rev_col, rev_perm, bias, ebt_k, ebt_e, ebt_v, mode,
-                                   ebt, clamp, dropout, seed);
-  return {r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]};
+                                   rowptr, col, perm, rev_rowptr, rev_col, rev_perm, bias, ebt_k, ebt_e, ebt_v, sink,
+                                   gate, mode, ebt, clamp, dropout, seed);
+  return {r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9]};
 }
 
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> edge_attention_proj_bwd(
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>
+edge_attention_proj_bwd(
     const std::optional<Tensor>& grad_node, const std::optional<Tensor>& grad_edge,
     const std::optional<Tensor>& grad_lse, const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& a,
     const Tensor& w_e, const std::optional<Tensor>& b_e,
     const Tensor& lse, const Tensor& node_out, const Tensor& rowptr, const Tensor& col, const Tensor& perm,
     const Tensor& rev_rowptr, const Tensor& rev_col, const Tensor& rev_perm, const std::optional<Tensor>& bias,
     const std::optional<Tensor>& ebt_k, const std::optional<Tensor>& ebt_e, const std::optional<Tensor>& ebt_v,
-    c10::string_view mode, c10::string_view ebt, std::optional<double> clamp, double dropout, int64_t seed,
-    bool need_grad_a) {
+    const std::optional<Tensor>& sink, const std::optional<Tensor>& gate, c10::string_view mode,
+    c10::string_view ebt, std::optional<double> clamp, double dropout, int64_t seed, bool need_grad_a) {
   auto r = edge_attention_bwd_impl(grad_node, grad_edge, grad_lse, q, k, v, a, &w_e, &b_e, need_grad_a, lse,
                                    node_out, rowptr, col, perm, rev_rowptr, rev_col, rev_perm, bias, ebt_k, ebt_e,
-                                   ebt_v, mode, ebt, clamp, dropout, seed);
-  return {r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9]};
+                                   ebt_v, sink, gate, mode, ebt, clamp, dropout, seed);
+  return {r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11]};
 }
 
 // Statistics of a materialised tap rows [R, C] (any floating dtype, read as

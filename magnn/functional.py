@@ -33,6 +33,7 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from .core.binning import reduce_rows
+from .core.contract import accumulation_dtype
 from .core.dropout import SEED_BOUND
 from .core.constants import EBT_VARIANTS, MODES  # noqa: F401  (re-exported)
 from .core.errors import ArgumentError, ArgumentTypeError, BackendSettingError  # noqa: F401  (BackendSettingError importable here)
@@ -138,6 +139,17 @@ def _backend_name(name: str, device_type: str, dtype: torch.dtype) -> str:
     chosen = select_backend(name, torch.device(device_type), dtype).name
     _implementation(chosen)  # resolved here, eagerly, so the traced lookup below finds it
     return chosen
+
+
+def _fused_sink_and_gate(q, sink, gate, chosen: str, clamp) -> dict:
+    """The compiled backends' `sink` / `gate` arguments (contract.FORWARD_ARGS): the sink logit clipped
+    like every logit and both in the accumulation dtype, differentiable back to the caller's tensors;
+    {} for the reference, which applies them after its softmax (`apply_sink_and_gate`)."""
+    if chosen == "torch":
+        return {}
+    work = accumulation_dtype(q.dtype)
+    return {"sink": None if sink is None else clamped_sink(sink, None if clamp is None else float(clamp), work),
+            "gate": None if gate is None else gate.to(work)}
 
 
 def select_backend(name: str, device: torch.device, dtype: torch.dtype) -> Backend:
@@ -334,6 +346,9 @@ def edge_attention(
         check_sink_and_gate(q, sink, gate, mode, any(t.tap == "edge" for t in targets))
     chosen = _backend_name(backend, q.device.type, q.dtype)
     implementation = _implementation(chosen)
+    # the compiled backends take the sink and the gate into their kernels; the reference applies them
+    # after its softmax, with the same node-sized ops (magnn.core.mitigation)
+    fused = _fused_sink_and_gate(q, sink, gate, chosen, clamp) if epilogue else {}
     projection = {}
     if raw_features is not None:
         reason = projection_fallback_reason(chosen)
@@ -355,10 +370,10 @@ def edge_attention(
     # here when edge-tap collectors take the backend's one in-kernel reduction
     edge_bits, node_bits = _finest(targets, "edge"), _finest(targets, "node")
     kernel_tap = "node" if edge_bits is None and node_bits is not None else "edge"
-    if epilogue and kernel_tap == "node":  # the kernels' node_out is not the final one: reduced here
+    if epilogue and not fused and kernel_tap == "node":  # the reference's node_out is not the final one
         kernel_tap = "edge"
     # return_lse and dropout go to the backend only when asked for: the default call is the plain contract
-    want_lse = return_lse or return_alpha or epilogue or bool(attention_targets)
+    want_lse = return_lse or return_alpha or (epilogue and not fused) or bool(attention_targets)
     node_out, edge_out, raw, *lse = implementation(
         q, k, v, e, graph, **options,
         mantissa_bits=edge_bits if kernel_tap == "edge" else node_bits, tap=kernel_tap,
@@ -367,8 +382,9 @@ def edge_attention(
         # gt's alpha is read off edge_out (the score), so it is kept for that
         **({} if need_edge_out or (return_alpha and mode == "gt") else {"need_edge_out": False}),
         **projection,
+        **fused,
     )
-    if epilogue:
+    if epilogue and not fused:
         node_out, lse[0], scale = apply_sink_and_gate(node_out, lse[0], sink, gate, options["clamp"])
         if scale is not None and mode == "additive" and edge_out is not None:
             edge_out = (edge_out.to(scale.dtype) * scale[graph.dst].unsqueeze(-1)).to(edge_out.dtype)

@@ -448,17 +448,19 @@ def test_ops_follow_the_contract():
     assert len(bwd._schema.returns) == len(contract.BackwardResult._fields)
     graph, q, k, v, e, bias, params = opcheck_inputs()
     result = cpu_backend.edge_attention_fwd(q, k, v, e, graph.rowptr, graph.col, graph.perm, None, None, None,
-                                            bias, *params, "additive", "edge", None, 0.0, 0, 7)
+                                            bias, *params, None, None, "additive", "edge", None, 0.0, 0, 7)
     assert isinstance(result, contract.ForwardResult)
     assert result.lse.shape == (7, 2, 2) and result.hist_abs.shape == (magnn.core.binning.num_bins(7),)
     assert result.row_ratio.shape == (20,) and result.argmax.dtype == torch.int64
     with pytest.raises(RuntimeError, match="unknown ebt"):
         cpu_backend.edge_attention_fwd(q, k, v, e, graph.rowptr, graph.col, graph.perm, None, None, None,
-                                       None, None, None, None, "gt", "bogus", None, 0.0, 0, -1)
+                                       None, None, None, None, None, None, "gt", "bogus", None, 0.0,
+                                       0, -1)
     # no reverse CSR at call time: the forward runs, a backward explains what is missing
     leaf = q.clone().requires_grad_()
     outputs = torch.ops.magnn_cpu.edge_attention_fwd(leaf, k, v, e, graph.rowptr, graph.col, graph.perm,
-                                                     None, None, None, None, None, None, None, "gt", "none", None, 0.0, 0, -1)
+                                                     None, None, None, None, None, None, None, None, None, "gt", "none", None,
+                                                     0.0, 0, -1)
     with pytest.raises(RuntimeError, match="reverse CSR"):
         outputs[0].sum().backward()
 
@@ -470,16 +472,18 @@ def test_fake_impls_match_and_torch_compile_traces_the_cpu_backend():
     graph, q, k, v, e, bias, params = opcheck_inputs()
     reverse = (graph.rev_rowptr, graph.rev_col, graph.rev_perm)
     leaves = [t.clone().requires_grad_() for t in (q, k, v, e, bias, *params)]
-    fwd_args = (*leaves[:4], graph.rowptr, graph.col, graph.perm, *reverse, *leaves[4:], "gt", "slot", 2.0, 0.0, 0, 7)
+    fwd_args = (*leaves[:4], graph.rowptr, graph.col, graph.perm, *reverse, *leaves[4:], None, None, "gt", "slot", 2.0, 0.0, 0,
+                7)
     torch.library.opcheck(torch.ops.magnn_cpu.edge_attention_fwd.default, fwd_args)
     no_stats = (q, k, v, e, graph.rowptr, graph.col, graph.perm, None, None, None, None, None, None, None,
-                "additive", "none", None, 0.0, 0, -1)
+                None, None, "additive", "none", None, 0.0, 0, -1)
     torch.library.opcheck(torch.ops.magnn_cpu.edge_attention_fwd.default, no_stats,
                           test_utils=("test_schema", "test_faketensor"))
     result = cpu_backend.edge_attention_fwd(q, k, v, e, graph.rowptr, graph.col, graph.perm, *reverse,
-                                            bias, *params, "gt", "slot", 2.0, 0.0, 0, 7)
+                                            bias, *params, None, None, "gt", "slot", 2.0, 0.0, 0, 7)
     bwd_args = (torch.randn_like(q), torch.randn_like(e), torch.randn_like(result.lse), q, k, v, e, result.lse,
-                result.node_out, graph.rowptr, graph.col, graph.perm, *reverse, bias, *params, "gt", "slot", 2.0, 0.0, 0)
+                result.node_out, graph.rowptr, graph.col, graph.perm, *reverse, bias, *params, None, None, "gt", "slot", 2.0,
+                0.0, 0)
     torch.library.opcheck(torch.ops.magnn_cpu.edge_attention_bwd.default, bwd_args,
                           test_utils=("test_schema", "test_faketensor"))
 

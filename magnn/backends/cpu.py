@@ -21,7 +21,7 @@ Backend contract (see `magnn.functional`)::
 
     run_cpu_backend(q, k, v, e, graph, *, mode, clamp, bias, ebt, ebt_params,
                     mantissa_bits, tap, return_lse=False, dropout=0.0, seed=0,
-                    need_edge_out=True)
+                    need_edge_out=True, edge_proj=None, sink=None, gate=None)
         -> (node_out, edge_out | None, RawStats | None[, lse [N, H]])
 """
 from __future__ import annotations
@@ -166,23 +166,23 @@ def reduce_rows_cpu(tapped: torch.Tensor, mantissa_bits: int = 7) -> RawStats:
 
 
 def edge_attention_fwd(q, k, v, e, rowptr, col, perm, rev_rowptr, rev_col, rev_perm, bias, ebt_k, ebt_e, ebt_v,
-                       mode: str, ebt: str, clamp: Optional[float], dropout: float, seed: int,
+                       sink, gate, mode: str, ebt: str, clamp: Optional[float], dropout: float, seed: int,
                        mantissa_bits: int, need_edge_out: bool = True) -> ForwardResult:
     """`torch.ops.magnn_cpu.edge_attention_fwd` (arguments: `contract.FORWARD_ARGS`) as a `ForwardResult`."""
     return ForwardResult(*torch.ops.magnn_cpu.edge_attention_fwd(
-        q, k, v, e, rowptr, col, perm, rev_rowptr, rev_col, rev_perm, bias, ebt_k, ebt_e, ebt_v,
+        q, k, v, e, rowptr, col, perm, rev_rowptr, rev_col, rev_perm, bias, ebt_k, ebt_e, ebt_v, sink, gate,
         mode, ebt, clamp, dropout, seed, mantissa_bits, need_edge_out,
     ))
 
 
 def edge_attention_bwd(grad_node, grad_edge, grad_lse, q, k, v, e, lse, node_out, rowptr, col, perm,
-                       rev_rowptr, rev_col, rev_perm, bias, ebt_k, ebt_e, ebt_v,
+                       rev_rowptr, rev_col, rev_perm, bias, ebt_k, ebt_e, ebt_v, sink, gate,
                        mode: str, ebt: str, clamp: Optional[float], dropout: float = 0.0,
                        seed: int = 0) -> BackwardResult:
     """`torch.ops.magnn_cpu.edge_attention_bwd` (arguments: `contract.BACKWARD_ARGS`) as a `BackwardResult`."""
     return BackwardResult(*torch.ops.magnn_cpu.edge_attention_bwd(
         grad_node, grad_edge, grad_lse, q, k, v, e, lse, node_out, rowptr, col, perm, rev_rowptr, rev_col, rev_perm,
-        bias, ebt_k, ebt_e, ebt_v, mode, ebt, clamp, dropout, seed,
+        bias, ebt_k, ebt_e, ebt_v, sink, gate, mode, ebt, clamp, dropout, seed,
     ))
 
 
@@ -401,7 +401,7 @@ def unavailable_reason(device, dtype) -> Optional[str]:
 
 def run_cpu_backend(q, k, v, e, graph, *, mode, clamp, bias, ebt, ebt_params, mantissa_bits, tap,
                     return_lse: bool = False, dropout: float = 0.0, seed: int = 0, need_edge_out: bool = True,
-                    edge_proj=None):
+                    edge_proj=None, sink=None, gate=None):
     """Backend entry point: the same contract as `magnn.backends.reference.run_torch_backend`.
 
     Returns (node_out, edge_out, RawStats | None) (edge_out None with need_edge_out=False: not
@@ -409,18 +409,21 @@ def run_cpu_backend(q, k, v, e, graph, *, mode, clamp, bias, ebt, ebt_params, ma
     [N, H] log-sum-exp of each (node, head)'s softmax (-inf where nothing is attended),
     differentiable. `dropout` > 0 drops attention weights with the counter-based mask of
     (seed, edge id, head) (SPEC §3); the graph may be bipartite (k, v over its num_src_nodes).
+    `sink` [H] (the sink logit, already clipped to the clamp) and `gate` [N_dst, H] (gate logits), both
+    in the accumulation dtype, go into the kernels (SPEC §3, "Sink and gate"): node_out comes back gated,
+    lse sink-inclusive, with gradients for both.
     """
     if _library_path is None:  # checked first so torch.compile never traces the lock in _load
         _load()  # raises with the reason if the extension cannot be built
     graph.check_index_bounds()  # an unvalidated graph's indices, once: the kernels trust them
     ebt_k, ebt_e, ebt_v = ebt_params if ebt is not None else (None, None, None)
     w_e, b_e = edge_proj if edge_proj is not None else (None, None)
-    differentiable = [q, k, v, e, w_e, b_e, bias, ebt_k, ebt_e, ebt_v]
+    differentiable = [q, k, v, e, w_e, b_e, bias, ebt_k, ebt_e, ebt_v, sink, gate]
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in differentiable)
     # the reverse CSR is only built and carried when a backward can follow
     reverse = (graph.rev_rowptr, graph.rev_col, graph.rev_perm) if needs_grad else (None, None, None)
     in_kernel_stats = mantissa_bits is not None and tap == "edge"
-    options = (bias, ebt_k, ebt_e, ebt_v, mode, ebt_name(ebt), clamp, float(dropout),
+    options = (bias, ebt_k, ebt_e, ebt_v, sink, gate, mode, ebt_name(ebt), clamp, float(dropout),
                op_seed(seed) if dropout > 0 else 0, mantissa_bits if in_kernel_stats else -1, need_edge_out)
     if edge_proj is None:
         result = edge_attention_fwd(q, k, v, e, graph.rowptr, graph.col, graph.perm, *reverse, *options)

@@ -19,6 +19,11 @@ Forward ``edge_attention_fwd``::
     rev_perm       [E]?        int64, source-sorted position -> caller's edge id
     bias           [E] | [E, H]?  structural logit term
     ebt_k, ebt_e, ebt_v  [H, D]?  the Explicit Bias Term's k', e', v'
+    sink           [H]?        learned sink logit c_h (accumulation dtype, already clipped to the
+                               clamp by the caller): exp(c_h) joins every (node, head) softmax
+                               denominator with value 0 (SPEC §3, "Sink and gate")
+    gate           [N_dst, H]? gate logit g_ih (accumulation dtype): node_out_ih is multiplied by
+                               sigmoid(g_ih) as it is stored; lse and the weights ignore it
     mode           str         "gt" | "additive"
     ebt            str         "none" | "edge" | "slot"
     clamp          float?      logit bound c of clip(l, -c, c)
@@ -38,7 +43,13 @@ Backward ``edge_attention_bwd``: the arguments `BACKWARD_ARGS` (gradients of the
 three differentiable outputs, each None when unused, then the saved tensors and
 the forward's options), returning the fields of `BackwardResult`; a gradient of
 an absent optional input is an empty tensor. The backward requires the reverse
-CSR (rev_rowptr, rev_col, rev_perm are plain Tensors there).
+CSR (rev_rowptr, rev_col, rev_perm are plain Tensors there). With a gate, grad_node is
+the gradient of the gated node_out and the saved node_out is the gated one; the edge
+terms see sigmoid(g) * grad_node, and the softmax's row term is unchanged
+(delta_i = grad_node_i . node_out_i, gated on both sides). dsink_h = sum_i w_ih
+(grad_lse_i - delta_i) with w = exp(c_h - lse_i) the sink's weight and delta_i the row
+term of the softmax backward (in additive mode it includes the edge_out gradient's
+share); dgate_ih = (1 - sigmoid(g_ih)) grad_node_ih . node_out_ih.
 
 Dropout (SPEC §3): a kept weight is multiplied by 1 / (1 - p), a dropped one is 0; the
 EBT slot is never dropped; lse is the softmax state before dropout; the backward
@@ -47,8 +58,10 @@ regenerates the mask from (seed, edge id, head).
 The softmax state ``lse`` is [N_dst, 2, H] in the accumulation dtype (float64 for
 float64 inputs, else float32): per (node, head) the row max m and log(sum exp(l - m)),
 kept apart so logits of any finite size keep the exact softmax. A (node, head)
-with no attended edge (none, or all masked by -inf, and no EBT slot) has
-m = +inf, log-sum 0. Its gradient is that of the log-sum-exp m + log-sum: the
+with no attended edge (none, or all masked by -inf, and no EBT slot or sink) has
+m = +inf, log-sum 0. With a sink, lse includes its term (every row attends at least to
+the sink: m >= c_h), the weights are exp(l - lse) and sum to 1 - exp(c_h - lse), and a
+row with no edge has node_out 0. Its gradient is that of the log-sum-exp m + log-sum: the
 backward reads ``grad_lse[:, 1, :]`` only (the row max is a shift that carries
 no gradient), so callers differentiate through ``lse[:, 0].detach() + lse[:, 1]``
 (`logsumexp` below).
@@ -69,7 +82,7 @@ OP_NAMESPACES = {"cpu": "magnn_cpu", "triton": "magnn_triton"}
 FORWARD_ARGS = (
     "q", "k", "v", "e",
     "rowptr", "col", "perm", "rev_rowptr", "rev_col", "rev_perm",
-    "bias", "ebt_k", "ebt_e", "ebt_v",
+    "bias", "ebt_k", "ebt_e", "ebt_v", "sink", "gate",
     "mode", "ebt", "clamp", "dropout", "seed", "mantissa_bits", "need_edge_out",
 )
 
@@ -93,7 +106,7 @@ BACKWARD_ARGS = (
     "grad_node", "grad_edge", "grad_lse",
     "q", "k", "v", "e", "lse", "node_out",
     "rowptr", "col", "perm", "rev_rowptr", "rev_col", "rev_perm",
-    "bias", "ebt_k", "ebt_e", "ebt_v",
+    "bias", "ebt_k", "ebt_e", "ebt_v", "sink", "gate",
     "mode", "ebt", "clamp", "dropout", "seed",
 )
 
@@ -107,6 +120,8 @@ class BackwardResult(NamedTuple):
     debt_k: Tensor   # [H, D], accumulation dtype (empty without EBT)
     debt_e: Tensor
     debt_v: Tensor
+    dsink: Tensor    # [H], accumulation dtype (empty without sink)
+    dgate: Tensor    # [N, H], accumulation dtype (empty without gate)
 
 
 def ebt_name(ebt: Optional[str]) -> str:
@@ -151,7 +166,8 @@ def fake_forward(q: Tensor, num_edges: int, edge_dtype: torch.dtype, mantissa_bi
 
 
 def fake_backward(q: Tensor, k: Tensor, v: Tensor, e: Tensor, bias: Optional[Tensor],
-                  ebt_k: Optional[Tensor], ebt_e: Optional[Tensor], ebt_v: Optional[Tensor], ebt: str) -> tuple:
+                  ebt_k: Optional[Tensor], ebt_e: Optional[Tensor], ebt_v: Optional[Tensor], ebt: str,
+                  sink: Optional[Tensor] = None, gate: Optional[Tensor] = None) -> tuple:
     """The backward's outputs as empty tensors (the `register_fake` body of both backends)."""
     like = lambda t: torch.empty_like(t, memory_format=torch.contiguous_format)  # noqa: E731
     accumulation = lambda t: q.new_empty(t.shape if t is not None else (0,), dtype=accumulation_dtype(q.dtype))  # noqa: E731
@@ -162,28 +178,31 @@ def fake_backward(q: Tensor, k: Tensor, v: Tensor, e: Tensor, bias: Optional[Ten
         debt_k=accumulation(ebt_k if with_ebt else None),
         debt_e=accumulation(ebt_e if with_ebt else None),
         debt_v=accumulation(ebt_v if with_ebt else None),
+        dsink=accumulation(sink),
+        dgate=accumulation(gate),
     ))
 
 
 # -- the registrations both backends share ----------------------------------------------
 
 def _forward_fake(q, k, v, e, rowptr, col, perm, rev_rowptr, rev_col, rev_perm, bias, ebt_k, ebt_e, ebt_v,
-                  mode, ebt, clamp, dropout, seed, mantissa_bits, need_edge_out=True):
+                  sink, gate, mode, ebt, clamp, dropout, seed, mantissa_bits, need_edge_out=True):
     return fake_forward(q, e.shape[0], e.dtype, mantissa_bits, need_edge_out)
 
 
 def _backward_fake(grad_node, grad_edge, grad_lse, q, k, v, e, lse, node_out, rowptr, col, perm,
-                   rev_rowptr, rev_col, rev_perm, bias, ebt_k, ebt_e, ebt_v, mode, ebt, clamp, dropout, seed):
-    return fake_backward(q, k, v, e, bias, ebt_k, ebt_e, ebt_v, ebt)
+                   rev_rowptr, rev_col, rev_perm, bias, ebt_k, ebt_e, ebt_v, sink, gate, mode, ebt, clamp, dropout,
+                   seed):
+    return fake_backward(q, k, v, e, bias, ebt_k, ebt_e, ebt_v, ebt, sink, gate)
 
 
 def _setup_context(ctx, inputs, output):
     (q, k, v, e, rowptr, col, perm, rev_rowptr, rev_col, rev_perm,
-     bias, ebt_k, ebt_e, ebt_v, mode, ebt, clamp, dropout, seed, _mantissa_bits, *_need_edge_out) = inputs
+     bias, ebt_k, ebt_e, ebt_v, sink, gate, mode, ebt, clamp, dropout, seed, _mantissa_bits, *_need_edge_out) = inputs
     result = ForwardResult(*output)
     # the backward recomputes the scores from lse [N, 2, H]: nothing of size E x H x D is kept
     ctx.save_for_backward(q, k, v, e, result.lse, result.node_out, rowptr, col, perm, rev_rowptr, rev_col,
-                          rev_perm, bias, ebt_k, ebt_e, ebt_v)
+                          rev_perm, bias, ebt_k, ebt_e, ebt_v, sink, gate)
     ctx.mode, ctx.ebt, ctx.clamp = mode, ebt, clamp
     ctx.dropout, ctx.seed = dropout, seed  # the backward regenerates the dropout mask from these
     ctx.set_materialize_grads(False)  # an unused output's gradient stays None: no [E, H, D] zeros
@@ -242,21 +261,22 @@ def _returned_gradients(args: tuple, ctx, direct: dict, accumulated: dict) -> tu
 def _backward_formula(namespace: str):
     def formula(ctx, grad_node, grad_edge, grad_lse, *_stats_grads):
         (q, k, v, e, lse, node_out, rowptr, col, perm, rev_rowptr, rev_col, rev_perm,
-         bias, ebt_k, ebt_e, ebt_v) = ctx.saved_tensors
-        refuse_double_backward(namespace, (grad_node, grad_edge, grad_lse, q, k, v, e, bias, ebt_k, ebt_e, ebt_v))
+         bias, ebt_k, ebt_e, ebt_v, sink, gate) = ctx.saved_tensors
+        refuse_double_backward(namespace, (grad_node, grad_edge, grad_lse, q, k, v, e, bias, ebt_k, ebt_e, ebt_v,
+                                           sink, gate))
         grad_edge, flows = _incoming_gradients(f"{namespace}::edge_attention_fwd", grad_node, grad_edge, grad_lse,
                                                rev_rowptr)
         if not flows:
             return (None,) * len(FORWARD_ARGS)
         grads = BackwardResult(*getattr(torch.ops, namespace).edge_attention_bwd(
             grad_node, grad_edge, grad_lse, q, k, v, e, lse, node_out, rowptr, col, perm,
-            rev_rowptr, rev_col, rev_perm, bias, ebt_k, ebt_e, ebt_v, ctx.mode, ctx.ebt, ctx.clamp,
+            rev_rowptr, rev_col, rev_perm, bias, ebt_k, ebt_e, ebt_v, sink, gate, ctx.mode, ctx.ebt, ctx.clamp,
             ctx.dropout, ctx.seed,
         ))
         return _returned_gradients(
             FORWARD_ARGS, ctx, {"q": grads.dq, "k": grads.dk, "v": grads.dv, "e": grads.de},
             {"bias": (grads.dbias, bias), "ebt_k": (grads.debt_k, ebt_k), "ebt_e": (grads.debt_e, ebt_e),
-             "ebt_v": (grads.debt_v, ebt_v)},
+             "ebt_v": (grads.debt_v, ebt_v), "sink": (grads.dsink, sink), "gate": (grads.dgate, gate)},
         )
 
     return formula
@@ -312,16 +332,18 @@ class ProjBackwardResult(NamedTuple):
     debt_k: Tensor   # [H, D], accumulation dtype (empty without EBT)
     debt_e: Tensor
     debt_v: Tensor
+    dsink: Tensor    # [H], accumulation dtype (empty without sink)
+    dgate: Tensor    # [N, H], accumulation dtype (empty without gate)
 
 
 def _proj_forward_fake(q, k, v, a, w_e, b_e, rowptr, col, perm, rev_rowptr, rev_col, rev_perm, bias, ebt_k, ebt_e,
-                       ebt_v, mode, ebt, clamp, dropout, seed, mantissa_bits, need_edge_out=True):
+                       ebt_v, sink, gate, mode, ebt, clamp, dropout, seed, mantissa_bits, need_edge_out=True):
     return fake_forward(q, a.shape[0], q.dtype, mantissa_bits, need_edge_out)
 
 
 def _proj_backward_fake(grad_node, grad_edge, grad_lse, q, k, v, a, w_e, b_e, lse, node_out, rowptr, col, perm,
-                        rev_rowptr, rev_col, rev_perm, bias, ebt_k, ebt_e, ebt_v, mode, ebt, clamp, dropout, seed,
-                        need_grad_a):
+                        rev_rowptr, rev_col, rev_perm, bias, ebt_k, ebt_e, ebt_v, sink, gate, mode, ebt, clamp,
+                        dropout, seed, need_grad_a):
     like = lambda t: torch.empty_like(t, memory_format=torch.contiguous_format)  # noqa: E731
     acc = accumulation_dtype(q.dtype)
     accumulation = lambda t: q.new_empty(t.shape if t is not None else (0,), dtype=acc)  # noqa: E731
@@ -335,16 +357,18 @@ def _proj_backward_fake(grad_node, grad_edge, grad_lse, q, k, v, a, w_e, b_e, ls
         debt_k=accumulation(ebt_k if with_ebt else None),
         debt_e=accumulation(ebt_e if with_ebt else None),
         debt_v=accumulation(ebt_v if with_ebt else None),
+        dsink=accumulation(sink),
+        dgate=accumulation(gate),
     ))
 
 
 def _proj_setup_context(ctx, inputs, output):
     (q, k, v, a, w_e, b_e, rowptr, col, perm, rev_rowptr, rev_col, rev_perm,
-     bias, ebt_k, ebt_e, ebt_v, mode, ebt, clamp, dropout, seed, _mantissa_bits, *_need_edge_out) = inputs
+     bias, ebt_k, ebt_e, ebt_v, sink, gate, mode, ebt, clamp, dropout, seed, _mantissa_bits, *_need_edge_out) = inputs
     result = ForwardResult(*output)
     # nothing of size E x H x D is kept: the backward re-forms e from a [E, F]
     ctx.save_for_backward(q, k, v, a, w_e, b_e, result.lse, result.node_out, rowptr, col, perm, rev_rowptr, rev_col,
-                          rev_perm, bias, ebt_k, ebt_e, ebt_v)
+                          rev_perm, bias, ebt_k, ebt_e, ebt_v, sink, gate)
     ctx.mode, ctx.ebt, ctx.clamp = mode, ebt, clamp
     ctx.dropout, ctx.seed = dropout, seed
     ctx.set_materialize_grads(False)
@@ -354,9 +378,9 @@ def _proj_setup_context(ctx, inputs, output):
 def _proj_backward_formula(namespace: str):
     def formula(ctx, grad_node, grad_edge, grad_lse, *_stats_grads):
         (q, k, v, a, w_e, b_e, lse, node_out, rowptr, col, perm, rev_rowptr, rev_col, rev_perm,
-         bias, ebt_k, ebt_e, ebt_v) = ctx.saved_tensors
+         bias, ebt_k, ebt_e, ebt_v, sink, gate) = ctx.saved_tensors
         refuse_double_backward(namespace, (grad_node, grad_edge, grad_lse, q, k, v, a, w_e, b_e, bias, ebt_k, ebt_e,
-                                           ebt_v))
+                                           ebt_v, sink, gate))
         grad_edge, flows = _incoming_gradients(f"{namespace}::edge_attention_proj_fwd", grad_node, grad_edge,
                                                grad_lse, rev_rowptr)
         if not flows:
@@ -364,13 +388,14 @@ def _proj_backward_formula(namespace: str):
         need = dict(zip(PROJ_FORWARD_ARGS, ctx.needs_input_grad))
         grads = ProjBackwardResult(*getattr(torch.ops, namespace).edge_attention_proj_bwd(
             grad_node, grad_edge, grad_lse, q, k, v, a, w_e, b_e, lse, node_out, rowptr, col, perm,
-            rev_rowptr, rev_col, rev_perm, bias, ebt_k, ebt_e, ebt_v, ctx.mode, ctx.ebt, ctx.clamp,
+            rev_rowptr, rev_col, rev_perm, bias, ebt_k, ebt_e, ebt_v, sink, gate, ctx.mode, ctx.ebt, ctx.clamp,
             ctx.dropout, ctx.seed, bool(need["a"]),
         ))
         return _returned_gradients(
             PROJ_FORWARD_ARGS, ctx, {"q": grads.dq, "k": grads.dk, "v": grads.dv, "a": grads.da},
             {"w_e": (grads.dw_e, w_e), "b_e": (grads.db_e, b_e), "bias": (grads.dbias, bias),
-             "ebt_k": (grads.debt_k, ebt_k), "ebt_e": (grads.debt_e, ebt_e), "ebt_v": (grads.debt_v, ebt_v)},
+             "ebt_k": (grads.debt_k, ebt_k), "ebt_e": (grads.debt_e, ebt_e), "ebt_v": (grads.debt_v, ebt_v),
+             "sink": (grads.dsink, sink), "gate": (grads.dgate, gate)},
         )
 
     return formula

@@ -65,14 +65,15 @@ def fused_attend(query: Tensor, key: Tensor, value: Tensor, edge_index: Tensor, 
         if project_in_kernel:
             result = torch.ops.magnn_cpu.edge_attention_proj_fwd(
                 query, key, value, edge_attr.to(query.dtype), edge_weight, None, rowptr, col, perm, rev_rowptr,
-                rev_col, rev_perm, None, None, None, None, "additive", "none", None, dropout, seed, -1, False)
+                rev_col, rev_perm, None, None, None, None, None, None, "additive", "none", None, dropout, seed, -1,
+                False)
             alpha = _alpha(query, key, F.linear(edge_attr.to(query.dtype), edge_weight).view(-1, heads, channels),
                            src, dst, result[2]) if want_alpha else None
             return result[0], alpha
         edge = F.linear(edge_attr, edge_weight).view(-1, heads, channels)
     result = torch.ops.magnn_cpu.edge_attention_fwd(
-        query, key, value, edge, rowptr, col, perm, rev_rowptr, rev_col, rev_perm, None, None, None, None,
-        "additive", "none", None, dropout, seed, -1, False)
+        query, key, value, edge, rowptr, col, perm, rev_rowptr, rev_col, rev_perm, None, None, None, None, None,
+        None, "additive", "none", None, dropout, seed, -1, False)
     return result[0], _alpha(query, key, edge, src, dst, result[2]) if want_alpha else None
 
 
