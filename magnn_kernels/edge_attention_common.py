@@ -299,6 +299,25 @@ def store_lse(lse_ptr, node, h_idx, h_mask, H, m, l_sum):
 
 
 @triton.jit
+def sink_state(m, l_sum, acc, sink_c, owns):
+    """The online-softmax state (m, l_sum [BLOCK_H], acc [BLOCK_H, BLOCK_D]) with the sink's term
+    exp(c_h) folded in (value 0: acc is only rescaled), where `owns` (the item that starts the
+    row); elsewhere unchanged. From the empty state it is m = c, l_sum = 1, acc = 0."""
+    m_new = tl.maximum(m, sink_c)
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp(m - m_safe)
+    l_new = l_sum * alpha + tl.exp(sink_c - m_safe)
+    return tl.where(owns, m_new, m), tl.where(owns, l_new, l_sum), tl.where(owns, acc * alpha[:, None], acc)
+
+
+@triton.jit
+def gated(node_val, gate_ptr, node, h_idx, h_mask, H):
+    """node_val [BLOCK_H, BLOCK_D] (fp32) times sigmoid(gate[node]) per head (gate_ptr: [N, H] fp32)."""
+    gate = tl.load(gate_ptr + node * H + h_idx, mask=h_mask, other=0.0)
+    return node_val * tl.sigmoid(gate)[:, None]
+
+
+@triton.jit
 def load_lse(lse_ptr, node, h_idx, h_mask, H):
     """(row max, log sum) of one node (lse_ptr: [N, 2, H] fp32), [BLOCK_H] each, or of a
     tile of nodes (node [BLOCK_E, 1], h_idx [1, BLOCK_H], h_mask [BLOCK_E, BLOCK_H]);
