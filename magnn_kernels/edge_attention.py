@@ -47,8 +47,8 @@ BACKWARD_SCHEMA = (
     "(Tensor? grad_node, Tensor? grad_edge, Tensor? grad_lse, Tensor q, Tensor k, Tensor v, Tensor e, "
     "Tensor lse, Tensor node_out, Tensor rowptr, Tensor col, Tensor perm, Tensor rev_rowptr, Tensor rev_col, "
     "Tensor rev_perm, Tensor? bias, Tensor? ebt_k, Tensor? ebt_e, Tensor? ebt_v, Tensor? sink, Tensor? gate, "
-    "str mode, str ebt, float? clamp, float dropout, int seed) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, "
-    "Tensor, Tensor)"
+    "str mode, str ebt, float? clamp, float dropout, int seed) -> "
+    "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
 )
 
 
@@ -143,5 +143,6 @@ def edge_attention(q: Tensor, k: Tensor, v: Tensor, e: Tensor, rowptr: Tensor, c
     return ForwardResult(*edge_attention_fwd(
         q.contiguous(), k.contiguous(), v.contiguous(), e.contiguous(), rowptr, col, perm, rev_rowptr, rev_col,
         rev_perm, contiguous(bias), contiguous(ebt_k), contiguous(ebt_e), contiguous(ebt_v),
-        contiguous(sink), contiguous(gate), mode, ebt, clamp, float(dropout), op_seed(seed), mantissa_bits, bool(need_edge_out),
+        contiguous(sink), contiguous(gate), mode, ebt, clamp, float(dropout), op_seed(seed), mantissa_bits,
+        bool(need_edge_out),
     ))

@@ -122,5 +122,6 @@ def edge_attention_projected(q: Tensor, k: Tensor, v: Tensor, a: Tensor, w_e: Te
     return ForwardResult(*edge_attention_proj_fwd(
         q.contiguous(), k.contiguous(), v.contiguous(), a.contiguous(), w_e, b_e, rowptr, col, perm, rev_rowptr,
         rev_col, rev_perm, contiguous(bias), contiguous(ebt_k), contiguous(ebt_e), contiguous(ebt_v),
-        contiguous(sink), contiguous(gate), mode, ebt, clamp, float(dropout), op_seed(seed), mantissa_bits, bool(need_edge_out),
+        contiguous(sink), contiguous(gate), mode, ebt, clamp, float(dropout), op_seed(seed), mantissa_bits,
+        bool(need_edge_out),
     ))

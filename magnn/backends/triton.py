@@ -77,7 +77,8 @@ def run_triton_backend(q, k, v, e, graph, *, mode, clamp, bias, ebt, ebt_params,
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     reverse = (graph.rev_rowptr, graph.rev_col, graph.rev_perm) if needs_grad else (None, None, None)
     edge_stats = mantissa_bits is not None and tap == "edge"
-    options = dict(bias=bias, ebt_k=ebt_k, ebt_e=ebt_e, ebt_v=ebt_v, sink=sink, gate=gate, mode=mode, ebt=ebt_name(ebt), clamp=clamp,
+    options = dict(bias=bias, ebt_k=ebt_k, ebt_e=ebt_e, ebt_v=ebt_v, sink=sink, gate=gate, mode=mode,
+                   ebt=ebt_name(ebt), clamp=clamp,
                    dropout=dropout, seed=seed, mantissa_bits=mantissa_bits if edge_stats else -1,
                    need_edge_out=need_edge_out)
     if edge_proj is None:
