@@ -614,12 +614,11 @@ def _sink_and_gate_grads(sink, gate, lse, delta, node_dot):
     softmax backward minus the lse gradient, so dsink_h = -sum_i w_ih delta_ih with the sink's
     weight w = exp(c_h - lse_i) (a deterministic torch sum); dgate = (1 - sigmoid(g)) grad_node .
     node_out with node_out the gated output the forward stored."""
-    empty = delta.new_empty(0)
-    dsink = empty
+    dsink = delta.new_empty(0)  # distinct empty tensors: a custom op's outputs may not alias each other
     if sink is not None:
         weight = torch.exp((sink[None, :] - lse[:, 0]) - lse[:, 1])
         dsink = -(weight * delta).sum(0)
-    dgate = empty
+    dgate = delta.new_empty(0)
     if gate is not None:
         dgate = torch.zeros_like(gate) if node_dot is None else (1.0 - torch.sigmoid(gate)) * node_dot
     return dsink, dgate

@@ -204,13 +204,14 @@ def test_projection_ops_pass_opcheck(backend):
     graph, q, k, v, a, weight, b, logit_bias, ebt_params = _problem(6, torch.float32, bias="edge", ebt="slot")
     csr = (graph.rowptr, graph.col, graph.perm, graph.rev_rowptr, graph.rev_col, graph.rev_perm)
     for mantissa_bits, keep in ((7, True), (-1, False)):
-        args = (q, k, v, a, weight, b, *csr, logit_bias, *ebt_params, "gt", "slot", 3.0, 0.2, 99, mantissa_bits, keep)
+        args = (q, k, v, a, weight, b, *csr, logit_bias, *ebt_params, None, None, "gt", "slot", 3.0, 0.2, 99,
+                mantissa_bits, keep)
         torch.library.opcheck(fwd, args, test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
     detached = [x.detach() if torch.is_tensor(x) else x for x in args]
     result = contract.ForwardResult(*fwd(*detached))
     for need_a in (True, False):
         bwd_args = (torch.randn_like(q), None, None, *detached[:6], result.lse, result.node_out, *csr,
-                    *detached[12:16], "gt", "slot", 3.0, 0.2, 99, need_a)
+                    *detached[12:18], "gt", "slot", 3.0, 0.2, 99, need_a)
         torch.library.opcheck(bwd, bwd_args, test_utils=("test_schema", "test_faketensor"))
         grads = contract.ProjBackwardResult(*bwd(*bwd_args))
         assert grads.da.shape == ((a.shape[0] if need_a else 0), FEATS)

@@ -458,7 +458,7 @@ def test_opcheck_custom_op():
     graph = Graph(edge_index.to(DEVICE), num_nodes)
     tensors, b, params = make_inputs(gen, edge_index, num_nodes, 2, 3, bias="edge_head", ebt="slot")
     args = (*tensors, graph.rowptr, graph.col, graph.perm, graph.rev_rowptr, graph.rev_col, graph.rev_perm,
-            b, *params, "additive", "slot", 1.0, 0.25, 2**40 + 7, 7)  # with attention dropout
+            b, *params, None, None, "additive", "slot", 1.0, 0.25, 2**40 + 7, 7)  # with attention dropout
     result = torch.library.opcheck(torch.ops.magnn_triton.edge_attention_fwd.default, args)
     assert all(outcome == "SUCCESS" for outcome in result.values()), result
 
@@ -469,7 +469,7 @@ def test_opcheck_custom_op():
              for t in (out.node_out, out.edge_out, out.lse)]
     bwd_args = (*grads, *[t.detach() for t in tensors], out.lse, out.node_out, graph.rowptr, graph.col, graph.perm,
                 graph.rev_rowptr, graph.rev_col, graph.rev_perm, b.detach(), *[p.detach() for p in params],
-                "additive", "slot", 1.0, 0.25, 2**40 + 7)
+                None, None, "additive", "slot", 1.0, 0.25, 2**40 + 7)
     result = torch.library.opcheck(torch.ops.magnn_triton.edge_attention_bwd.default, bwd_args,
                                    test_utils=("test_schema", "test_faketensor"))
     assert all(outcome == "SUCCESS" for outcome in result.values()), result
