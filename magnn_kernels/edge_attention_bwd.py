@@ -17,6 +17,12 @@ went out with, d_logit_ij = a_ij (m_ij / (1 - p) dA_ij - delta_i) and
 delta_i = sum_j a'_ij dA_ij (still g_n . node_out_i - g_i), while dv, the
 message part of de (additive) and the EBT v' sum get a'_ij.
 
+Sink and gate: the weights recomputed from the saved lse already leave the sink its share;
+with a gate the kernels are given sigmoid(g) * grad_node as node_out's gradient (what the edge
+terms see), which leaves delta unchanged (delta = grad_node . node_out with the saved, gated
+node_out); dsink_h = -sum_i exp(c_h - lse_i) (delta_i - g_i) and dgate = (1 - sigmoid(g))
+grad_node . node_out are node-sized sums taken in torch after the dst pass.
+
 Two passes: the dst pass walks the dst-sorted CSR (dq, dbias, EBT sums), the
 src pass the source-sorted one (de per edge, dk and dv per source node); rows
 split into chunks write partial sums merged by `segment_sum` in chunk order.

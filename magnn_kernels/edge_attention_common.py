@@ -38,6 +38,8 @@ DELTA_GIVEN = tl.constexpr(2)  # read from delta_ptr (g_n . node_out - g, or the
 SMALLEST_NORMAL = tl.constexpr(1.1754943508222875e-38)  # 2**-126, the stats' replacement for a zero median
 
 # DROPOUT (a plain bool constexpr): attention dropout on; off, the kernels hold no trace of it
+# HAS_SINK, HAS_GATE (plain bool constexprs of the forward kernels): the learned sink logit's term
+# in every row's softmax (`sink_state`) and the gate of node_out's store (`gated`); off, likewise
 
 MODES = {"gt": MODE_GT.value, "additive": MODE_ADDITIVE.value}
 EBTS = {"none": EBT_NONE.value, "edge": EBT_EDGE.value, "slot": EBT_SLOT.value}

@@ -10,6 +10,14 @@ Softmax
   with nothing to attend to (no edges and no slot, or every logit -inf: SPEC §3)
   gets lse = (+inf, 0), so every a = exp(-inf) = 0 and its output is exactly 0.
 
+Sink and gate (constexpr HAS_SINK / HAS_GATE; off, the kernels hold no trace of them)
+  The learned sink logit c_h opens every row's online softmax as one more term of value 0
+  (m = c_h, sum 1, acc 0: `sink_state`), so lse includes it, the edge weights sum to
+  1 - exp(c_h - lse) and a row with no edge stores lse = (c_h, 0) and node_out 0; additive
+  edge_out is formed with that lse. The gate multiplies node_out by sigmoid(g) as it is stored
+  (`gated`, in the row kernel, the merge of split rows and the packed kernel); lse and the
+  weights ignore it (SPEC §3 "Sink and gate").
+
 Bipartite graphs and dropout
   q, node_out and lse have N_dst rows (the rows of the dst CSR), k and v N_src
   (indexed through col only). With DROPOUT each real edge's weight in node_out
