@@ -274,6 +274,7 @@ def test_statistics_with_a_sink_and_a_gate(kernel_path):
     assert float(result.max_abs) == float(want.max_abs)
 
 
+@pytest.mark.filterwarnings("ignore:Input #:UserWarning")  # float32 inputs: the kernels take no float64
 def test_float32_gradcheck_of_the_op_with_sink_and_gate():
     """The Triton kernels take no float64 (the reference's float64 gradcheck is in test_mitigation):
     the fused op's gradients of sink, gate, q and e against central differences in float32."""
@@ -303,3 +304,41 @@ def test_half_precision_forward(kernel_path, dtype):
     want = _run("torch", torch.float32, case, "both", **options)
     for a, b in zip(got[0], want[0]):
         torch.testing.assert_close(a.float(), b.float(), rtol=3e-2, atol=3e-2)
+
+
+def test_bipartite_gate_per_destination_node(kernel_path):
+    """k, v over N_src sources, q, the gate and the outputs over N_dst destinations (the last one
+    without an edge): the reference's values and gradients."""
+    gen = torch.Generator().manual_seed(10)
+    num_src, num_dst, num_edges = 7, 5, 16
+    edge_index = torch.stack([torch.randint(0, num_src, (num_edges,), generator=gen),
+                              torch.randint(0, num_dst - 1, (num_edges,), generator=gen)])
+    q = torch.randn(num_dst, HEADS, HEAD_DIM, generator=gen, dtype=torch.float64)
+    k, v = (torch.randn(num_src, HEADS, HEAD_DIM, generator=gen, dtype=torch.float64) for _ in range(2))
+    e = torch.randn(num_edges, HEADS, HEAD_DIM, generator=gen, dtype=torch.float64)
+    sink, gate = torch.randn(HEADS, generator=gen, dtype=torch.float64), torch.randn(num_dst, HEADS, generator=gen,
+                                                                                     dtype=torch.float64)
+    kernel_path("split")
+    results = []
+    for backend, dtype in (("triton", torch.float32), ("torch", torch.float64)):
+        leaves = [t.to(dtype).requires_grad_() for t in (q, k, v, e, sink, gate)]
+        graph = Graph(edge_index, num_dst, num_src_nodes=num_src)
+        node_out, edge_out, lse = edge_attention(*leaves[:4], graph, mode="additive", sink=leaves[4], gate=leaves[5],
+                                                 return_lse=True, backend=backend)
+        assert torch.equal(node_out[-1], torch.zeros_like(node_out[-1]))
+        loss = node_out.square().sum() + (edge_out * torch.arange(num_edges)[:, None, None]).sum() + lse.sum()
+        results.append((node_out, lse, *torch.autograd.grad(loss, leaves)))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-4)
+
+
+def test_op_refuses_sink_and_gate_of_the_wrong_shape():
+    """The kernels index sink by head and gate by (destination, head): other shapes are refused
+    before any launch, never read out of bounds."""
+    edge_index, tensors, _, _, sink, gate = _case(11)
+    graph = Graph(edge_index, NODES)
+    q, k, v, e = (t.detach().float() for t in tensors)
+    with pytest.raises(ValueError, match="sink must be"):
+        _plain_op(q, k, v, e, graph, sink=sink.float()[:1])
+    with pytest.raises(ValueError, match="gate must be"):
+        _plain_op(q, k, v, e, graph, gate=gate.float()[1:])
