@@ -342,3 +342,24 @@ def test_op_refuses_sink_and_gate_of_the_wrong_shape():
         _plain_op(q, k, v, e, graph, sink=sink.float()[:1])
     with pytest.raises(ValueError, match="gate must be"):
         _plain_op(q, k, v, e, graph, gate=gate.float()[1:])
+
+
+def test_torch_compile_traces_the_fused_sink_and_gate():
+    """torch.compile (fullgraph) through the Triton ops with sink and gate: the fake kernels and the
+    autograd formula carry the two new inputs and their gradients, the same values as eager."""
+    edge_index, tensors, _, _, sink, gate = _case(12)
+    graph = Graph(edge_index, NODES)
+    _ = (graph.rowptr, graph.col, graph.perm, graph.rev_rowptr, graph.rev_col, graph.rev_perm)  # built eagerly
+
+    def function(q, k, v, e, sink, gate):
+        node_out, edge_out = edge_attention(q, k, v, e, graph, mode="additive", clamp=2.0, sink=sink, gate=gate,
+                                            backend="triton")
+        return node_out.square().sum() + edge_out.sum()
+
+    leaves = [t.detach().float().requires_grad_() for t in (*tensors, sink, gate)]
+    eager = function(*leaves)
+    eager_grads = torch.autograd.grad(eager, leaves)
+    traced = torch.compile(function, backend="aot_eager", fullgraph=True)(*leaves)
+    torch.testing.assert_close(traced, eager)
+    for a, b in zip(torch.autograd.grad(traced, leaves), eager_grads):
+        torch.testing.assert_close(a, b)
