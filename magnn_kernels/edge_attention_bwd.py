@@ -17,6 +17,12 @@ went out with, d_logit_ij = a_ij (m_ij / (1 - p) dA_ij - delta_i) and
 delta_i = sum_j a'_ij dA_ij (still g_n . node_out_i - g_i), while dv, the
 message part of de (additive) and the EBT v' sum get a'_ij.
 
+Sink and gate: the weights recomputed from the saved lse already leave the sink its share;
+with a gate the kernels are given sigmoid(g) * grad_node as node_out's gradient (what the edge
+terms see), which leaves delta unchanged (delta = grad_node . node_out with the saved, gated
+node_out); dsink_h = -sum_i exp(c_h - lse_i) (delta_i - g_i) and dgate = (1 - sigmoid(g))
+grad_node . node_out are node-sized sums taken in torch after the dst pass.
+
 Two passes: the dst pass walks the dst-sorted CSR (dq, dbias, EBT sums), the
 src pass the source-sorted one (de per edge, dk and dv per source node); rows
 split into chunks write partial sums merged by `segment_sum` in chunk order.
@@ -473,7 +479,7 @@ def _edge_attention_bwd_src_kernel(
 def edge_attention_backward(grad_node, grad_edge, grad_lse, q, k, v, e, lse, node_out,
                             rowptr, col, perm, rev_rowptr, rev_col, rev_perm,
                             bias, ebt_k, ebt_e, ebt_v, mode: str, ebt: str, clamp, dropout: float,
-                            seed: int, proj=None, need_grad_a: bool = False):
+                            seed: int, proj=None, need_grad_a: bool = False, sink=None, gate=None):
     """Launch the backward; the gradients of absent optional inputs are empty tensors.
 
     Returns a `BackwardResult`, or with proj = (W^T [F, H*D], b [H*D] or None), both fp32 (the
@@ -484,7 +490,12 @@ def edge_attention_backward(grad_node, grad_edge, grad_lse, q, k, v, e, lse, nod
     dq, dk, dv, de come in the input dtype, dbias and the EBT gradients in float32 (the
     accumulation dtype); only grad_lse[:, 1] (the log-sum part) is read. Bipartite: the dst
     pass walks the N_dst rows of rowptr (dq), the src pass the N_src rows of rev_rowptr (dk,
-    dv); with dropout both regenerate the forward's keep mask from (seed, edge id, head)."""
+    dv); with dropout both regenerate the forward's keep mask from (seed, edge id, head).
+
+    sink [H], gate [N_dst, H] (fp32, or None): the weights recomputed from the saved lse already
+    hold the sink's share; the kernels see sigmoid(gate) * grad_node as node_out's gradient (the
+    edge terms' and, with it, delta's: delta is unchanged by the gate); dsink and dgate are reduced
+    here from the per-row delta (`_sink_and_gate_grads`)."""
     num_nodes, heads, head_dim = q.shape  # N_dst
     num_edges = e.shape[0]
     device = q.device
@@ -501,7 +512,9 @@ def edge_attention_backward(grad_node, grad_edge, grad_lse, q, k, v, e, lse, nod
         dk, dv = (torch.zeros(t.shape, dtype=t.dtype, device=device) for t in (k, v))
         ebt_grads = tuple(torch.zeros(p.shape, dtype=acc_dtype, device=device) if has_ebt
                           else q.new_empty(0, dtype=acc_dtype) for p in (ebt_k, ebt_e, ebt_v))
-        return grads.result(BackwardResult(dq, dk, dv, de, dbias, *ebt_grads))
+        dsink, dgate = (torch.zeros(t.shape, dtype=acc_dtype, device=device) if t is not None
+                        else q.new_empty(0, dtype=acc_dtype) for t in (sink, gate))
+        return grads.result(BackwardResult(dq, dk, dv, de, dbias, *ebt_grads, dsink, dgate))
 
     chunk = utils.row_split(num_edges, device, tile)
     dst_plan, src_plan = utils.row_plan(rowptr, chunk), utils.row_plan(rev_rowptr, chunk)
@@ -513,12 +526,14 @@ def edge_attention_backward(grad_node, grad_edge, grad_lse, q, k, v, e, lse, nod
     # delta_i - g_i is g_n . node_out_i - g_i unless edge_out (additive: a * msg) carries
     # gradient into the softmax; then the dst pass sums it over each row first
     delta_from_out = mode_id == MODE_GT.value or grad_edge is None
+    # with a gate, node_out is the gated output: delta = grad_node . node_out is unchanged by it
+    node_dot, grad_node = _gated_grad_node(grad_node, node_out, gate, acc_dtype)
     if not delta_from_out:
         delta = utils.empty((num_nodes, heads), acc_dtype, device)
     else:
         delta = torch.zeros((num_nodes, heads), dtype=acc_dtype, device=device)
-        if grad_node is not None:
-            delta = (grad_node.to(acc_dtype) * node_out.to(acc_dtype)).sum(-1)
+        if node_dot is not None:
+            delta = node_dot
         if g_lse is not None:
             delta = delta - g_lse
     placeholder = delta  # stands in for every absent pointer
@@ -584,7 +599,35 @@ def edge_attention_backward(grad_node, grad_edge, grad_lse, q, k, v, e, lse, nod
     if has_ebt:
         totals = debt.sum(0)  # one deterministic reduction over the per-item rows
         ebt_grads = tuple(totals[i].clone() for i in range(3))
-    return grads.result(BackwardResult(dq, dk, dv, de, dbias, *ebt_grads))
+    dsink, dgate = _sink_and_gate_grads(sink, gate, lse, delta, node_dot)
+    return grads.result(BackwardResult(dq, dk, dv, de, dbias, *ebt_grads, dsink, dgate))
+
+
+def _gated_grad_node(grad_node, node_out, gate, acc_dtype):
+    """(node_dot [N, H] = grad_node . node_out per (node, head), or None without a gradient;
+    node_out's gradient as the kernels take it: sigmoid(gate) * grad_node in fp32 with a gate,
+    else grad_node itself)."""
+    if grad_node is None:
+        return None, None
+    node_dot = (grad_node.to(acc_dtype) * node_out.to(acc_dtype)).sum(-1)
+    if gate is None:
+        return node_dot, grad_node
+    return node_dot, (grad_node.to(acc_dtype) * torch.sigmoid(gate)[..., None]).contiguous()
+
+
+def _sink_and_gate_grads(sink, gate, lse, delta, node_dot):
+    """(dsink [H], dgate [N, H]), empty where absent. delta [N, H] holds the full row term of the
+    softmax backward minus the lse gradient, so dsink_h = -sum_i w_ih delta_ih with the sink's
+    weight w = exp(c_h - lse_i) (a deterministic torch sum); dgate = (1 - sigmoid(g)) grad_node .
+    node_out with node_out the gated output the forward stored."""
+    dsink = delta.new_empty(0)  # distinct empty tensors: a custom op's outputs may not alias each other
+    if sink is not None:
+        weight = torch.exp((sink[None, :] - lse[:, 0]) - lse[:, 1])
+        dsink = -(weight * delta).sum(0)
+    dgate = delta.new_empty(0)
+    if gate is not None:
+        dgate = torch.zeros_like(gate) if node_dot is None else (1.0 - torch.sigmoid(gate)) * node_dot
+    return dsink, dgate
 
 
 # dW, db (and da) of the in-operator projection as per-tile matrix products (`projection_grads_dot`)
@@ -651,4 +694,4 @@ class _ProjGrads:
         if self.need_grad_a and not self.parts:  # no source rows were walked: no edge
             self.da.zero_()
         return ProjBackwardResult(plain.dq, plain.dk, plain.dv, self.da, dw_t.t().contiguous(), db, plain.dbias,
-                                  plain.debt_k, plain.debt_e, plain.debt_v)
+                                  plain.debt_k, plain.debt_e, plain.debt_v, plain.dsink, plain.dgate)

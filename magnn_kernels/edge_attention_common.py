@@ -38,6 +38,8 @@ DELTA_GIVEN = tl.constexpr(2)  # read from delta_ptr (g_n . node_out - g, or the
 SMALLEST_NORMAL = tl.constexpr(1.1754943508222875e-38)  # 2**-126, the stats' replacement for a zero median
 
 # DROPOUT (a plain bool constexpr): attention dropout on; off, the kernels hold no trace of it
+# HAS_SINK, HAS_GATE (plain bool constexprs of the forward kernels): the learned sink logit's term
+# in every row's softmax (`sink_state`) and the gate of node_out's store (`gated`); off, likewise
 
 MODES = {"gt": MODE_GT.value, "additive": MODE_ADDITIVE.value}
 EBTS = {"none": EBT_NONE.value, "edge": EBT_EDGE.value, "slot": EBT_SLOT.value}
@@ -296,6 +298,25 @@ def store_lse(lse_ptr, node, h_idx, h_mask, H, m, l_sum):
     tl.store(lse_ptr + node * 2 * H + h_idx, row_max, mask=h_mask)
     tl.store(lse_ptr + node * 2 * H + H + h_idx, log_sum, mask=h_mask)
     return row_max, log_sum
+
+
+@triton.jit
+def sink_state(m, l_sum, acc, sink_c, owns):
+    """The online-softmax state (m, l_sum [BLOCK_H], acc [BLOCK_H, BLOCK_D]) with the sink's term
+    exp(c_h) folded in (value 0: acc is only rescaled), where `owns` (the item that starts the
+    row); elsewhere unchanged. From the empty state it is m = c, l_sum = 1, acc = 0."""
+    m_new = tl.maximum(m, sink_c)
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    alpha = tl.exp(m - m_safe)
+    l_new = l_sum * alpha + tl.exp(sink_c - m_safe)
+    return tl.where(owns, m_new, m), tl.where(owns, l_new, l_sum), tl.where(owns, acc * alpha[:, None], acc)
+
+
+@triton.jit
+def gated(node_val, gate_ptr, node, h_idx, h_mask, H):
+    """node_val [BLOCK_H, BLOCK_D] (fp32) times sigmoid(gate[node]) per head (gate_ptr: [N, H] fp32)."""
+    gate = tl.load(gate_ptr + node * H + h_idx, mask=h_mask, other=0.0)
+    return node_val * tl.sigmoid(gate)[:, None]
 
 
 @triton.jit

@@ -10,6 +10,14 @@ Softmax
   with nothing to attend to (no edges and no slot, or every logit -inf: SPEC §3)
   gets lse = (+inf, 0), so every a = exp(-inf) = 0 and its output is exactly 0.
 
+Sink and gate (constexpr HAS_SINK / HAS_GATE; off, the kernels hold no trace of them)
+  The learned sink logit c_h opens every row's online softmax as one more term of value 0
+  (m = c_h, sum 1, acc 0: `sink_state`), so lse includes it, the edge weights sum to
+  1 - exp(c_h - lse) and a row with no edge stores lse = (c_h, 0) and node_out 0; additive
+  edge_out is formed with that lse. The gate multiplies node_out by sigmoid(g) as it is stored
+  (`gated`, in the row kernel, the merge of split rows and the packed kernel); lse and the
+  weights ignore it (SPEC §3 "Sink and gate").
+
 Bipartite graphs and dropout
   q, node_out and lse have N_dst rows (the rows of the dst CSR), k and v N_src
   (indexed through col only). With DROPOUT each real edge's weight in node_out
@@ -39,8 +47,8 @@ from . import edge_attention_packed as packing
 from . import utils
 from .edge_attention_common import (
     EBT_SLOT, EBTS, MODE_ADDITIVE, MODE_GT, MODES,
-    dropout_scale, dst_tile, flush_tile_histograms, head_lanes, load_ebt_params, load_lse, query_terms, store_lse,
-    tile_stats, work_item,
+    dropout_scale, dst_tile, flush_tile_histograms, gated, head_lanes, load_ebt_params, load_lse, query_terms,
+    sink_state, store_lse, tile_stats, work_item,
 )
 
 
@@ -57,6 +65,8 @@ def _edge_attention_fwd_kernel(
     ebt_k_ptr,  # [H, D] EBT k' (EBT != EBT_NONE)
     ebt_e_ptr,  # [H, D] EBT e'
     ebt_v_ptr,  # [H, D] EBT v'
+    sink_ptr,  # [H] fp32 sink logit c_h (HAS_SINK)
+    gate_ptr,  # [N_dst, H] fp32 gate logit (HAS_GATE)
     rowptr_ptr,  # [N_dst + 1] int64 CSR of the edges sorted by dst
     col_ptr,  # [E] int64 source of each sorted edge
     perm_ptr,  # [E] int64 sorted position -> caller's edge id
@@ -81,7 +91,7 @@ def _edge_attention_fwd_kernel(
     H, D, scale, clamp_val,
     seed_lo, seed_hi, drop_threshold, keep_scale,  # attention dropout (DROPOUT): utils.dropout_args
     MODE: tl.constexpr, EBT: tl.constexpr, HAS_BIAS: tl.constexpr, BIAS_PER_HEAD: tl.constexpr,
-    HAS_CLAMP: tl.constexpr, DROPOUT: tl.constexpr,
+    HAS_CLAMP: tl.constexpr, DROPOUT: tl.constexpr, HAS_SINK: tl.constexpr, HAS_GATE: tl.constexpr,
     PARTIAL: tl.constexpr, LSE_GIVEN: tl.constexpr, MESSAGE_PASS: tl.constexpr, STORE_EDGE: tl.constexpr,
     STATS: tl.constexpr, MBITS: tl.constexpr, WINDOW: tl.constexpr, RATIO_BASE: tl.constexpr,
     LOW_BIT: tl.constexpr,
@@ -99,6 +109,9 @@ def _edge_attention_fwd_kernel(
     bits either way. The node's EBT slot is owned by the
     chunk that starts the row. DROPOUT scales each real edge's weight in node_out
     (and additive edge_out) by keep / (1 - p); lse stays the undropped softmax's.
+    HAS_SINK opens each row's softmax with the sink's term exp(c_h) (value 0; the chunk that
+    starts the row owns it), so lse includes it; HAS_GATE multiplies node_out by sigmoid(gate)
+    as it is stored (`sink_state`, `gated`; SPEC §3 "Sink and gate").
     """
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
@@ -111,6 +124,8 @@ def _edge_attention_fwd_kernel(
     out_ty = e_ptr.dtype.element_ty  # of node_out and edge_out; edge_out_ptr is a placeholder without STORE_EDGE
 
     ebt_k, ebt_e, ebt_v = load_ebt_params(ebt_k_ptr, ebt_e_ptr, ebt_v_ptr, hd_off, hd_mask, EBT, BLOCK_H, BLOCK_D)
+    if HAS_SINK:
+        sink_c = tl.load(sink_ptr + h_idx, mask=h_mask, other=0.0)
 
     hist_abs_loc = tl.zeros([WINDOW], tl.int32)
     hist_ratio_loc = tl.zeros([WINDOW], tl.int32)
@@ -132,6 +147,8 @@ def _edge_attention_fwd_kernel(
                 m = tl.where(owns_node, slot_logit, m)
                 l_sum = tl.where(owns_node, 1.0, l_sum)
                 acc = tl.where(owns_node, slot_msg, acc)
+            if HAS_SINK:
+                m, l_sum, acc = sink_state(m, l_sum, acc, sink_c, owns_node)
             for block_start in range(start, end, BLOCK_E):
                 emask, m3, src_off, eid, eid_off, k_t, e_t, x, raw, logit = dst_tile(
                     block_start, end, e_idx, col_ptr, perm_ptr, k_ptr, e_ptr, w_ptr, b_ptr, bias_ptr, q_i, shift,
@@ -171,6 +188,8 @@ def _edge_attention_fwd_kernel(
                 l_safe = tl.where(l_sum == 0.0, 1.0, l_sum)
                 row_max, log_sum = store_lse(lse_ptr, node, h_idx, h_mask, H, m, l_sum)
                 node_val = tl.where(l_sum[:, None] == 0.0, 0.0, acc / l_safe[:, None])
+                if HAS_GATE:
+                    node_val = gated(node_val, gate_ptr, node, h_idx, h_mask, H)
                 tl.store(node_out_ptr + node * HD + hd_off, node_val.to(out_ty), mask=hd_mask)
 
         if MESSAGE_PASS:
@@ -211,10 +230,12 @@ def _edge_attention_fwd_merge_kernel(
     seg_ptr_ptr,  # [S + 1] int64 its chunks: seg_ptr[s]:seg_ptr[s + 1]
     lse_ptr,  # [N_dst, 2, H] fp32 row max, log sum
     node_out_ptr,  # [N_dst, H, D] (WITH_ACC)
+    gate_ptr,  # [N_dst, H] fp32 gate logit (HAS_GATE)
     H, D,
-    WITH_ACC: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
+    WITH_ACC: tl.constexpr, HAS_GATE: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """Merge the online-softmax partials of one split row, chunk by chunk in order."""
+    """Merge the online-softmax partials of one split row, chunk by chunk in order (the sink's
+    term is in the partials of the chunk that starts the row); HAS_GATE gates node_out's store."""
     seg = tl.program_id(0)
     node = tl.load(seg_node_ptr + seg).to(tl.int64)
     lo = tl.load(seg_ptr_ptr + seg)
@@ -240,6 +261,8 @@ def _edge_attention_fwd_merge_kernel(
     store_lse(lse_ptr, node, h_idx, h_mask, H, m, l_sum)
     if WITH_ACC:
         out = tl.where(l_sum[:, None] == 0.0, 0.0, acc / l_safe[:, None])
+        if HAS_GATE:
+            out = gated(out, gate_ptr, node, h_idx, h_mask, H)
         tl.store(node_out_ptr + node * HD + hd_off, out.to(node_out_ptr.dtype.element_ty), mask=hd_mask)
 
 
@@ -266,10 +289,12 @@ def _max_abs_and_argmax(row_max: torch.Tensor, row_argc: torch.Tensor, channels:
 
 def edge_attention_forward(q, k, v, e, rowptr, col, perm, bias, ebt_k, ebt_e, ebt_v, mode: str, ebt: str,
                            clamp, dropout: float, seed: int, mantissa_bits: int,
-                           need_edge_out: bool = True, proj=None) -> ForwardResult:
+                           need_edge_out: bool = True, proj=None, sink=None, gate=None) -> ForwardResult:
     """Launch the forward on contiguous inputs; mantissa_bits < 0: no statistics (empty stats outputs);
     need_edge_out False: edge_out is not stored (an empty [0, H, D] comes back). proj = (W^T [F, H*D],
     b [H*D] or None), both fp32 contiguous: the in-operator projection, e being the raw features a [E, F].
+    sink [H], gate [N_dst, H] (fp32 contiguous, or None): the learned sink logit and the gate logit
+    (contract.FORWARD_ARGS), each a constexpr variant of every kernel (off: the same code as without).
 
     Bipartite: q is [N_dst, H, D] (rowptr [N_dst + 1]), k and v [N_src, H, D]; every launch
     walks the N_dst rows, so N_src only bounds the indices in col."""
@@ -326,12 +351,14 @@ def edge_attention_forward(q, k, v, e, rowptr, col, perm, bias, ebt_k, ebt_e, eb
         **utils.projection_args(proj, placeholder),
         ebt_k_ptr=utils.or_placeholder(ebt_k, placeholder), ebt_e_ptr=utils.or_placeholder(ebt_e, placeholder),
         ebt_v_ptr=utils.or_placeholder(ebt_v, placeholder),
+        sink_ptr=utils.or_placeholder(sink, placeholder), gate_ptr=utils.or_placeholder(gate, placeholder),
         rowptr_ptr=rowptr, col_ptr=col, perm_ptr=perm,
         node_out_ptr=node_out, edge_out_ptr=edge_out if need_edge_out else placeholder, lse_ptr=lse,
         part_m_ptr=part_m, part_l_ptr=part_l, part_acc_ptr=part_acc, nan_count_ptr=nan_count, **stats_out,
         H=heads, D=head_dim, scale=1.0 / math.sqrt(head_dim), clamp_val=0.0 if clamp is None else float(clamp),
         MODE=mode_id, EBT=ebt_id, HAS_BIAS=bias is not None, BIAS_PER_HEAD=bias is not None and bias.dim() == 2,
-        HAS_CLAMP=clamp is not None, **drop, STORE_EDGE=bool(need_edge_out), STATS=stats,
+        HAS_CLAMP=clamp is not None, HAS_SINK=sink is not None, HAS_GATE=gate is not None, **drop,
+        STORE_EDGE=bool(need_edge_out), STATS=stats,
         MBITS=max(mantissa_bits, 0), WINDOW=window,
         RATIO_BASE=ratio_base, LOW_BIT=utils.low_bit(e.dtype), **tile.launch_args(),
     )
@@ -353,8 +380,9 @@ def edge_attention_forward(q, k, v, e, rowptr, col, perm, bias, ebt_k, ebt_e, eb
             launch(plan.chunk_items(), partial=True, lse_given=False, message_pass=False)
             _edge_attention_fwd_merge_kernel[(plan.num_split,)](
                 part_m_ptr=part_m, part_l_ptr=part_l, part_acc_ptr=part_acc, seg_node_ptr=plan.split_nodes,
-                seg_ptr_ptr=plan.split_ptr, lse_ptr=lse, node_out_ptr=node_out, H=heads, D=head_dim,
-                WITH_ACC=True, BLOCK_H=tile.block_h, BLOCK_D=tile.block_d,
+                seg_ptr_ptr=plan.split_ptr, lse_ptr=lse, node_out_ptr=node_out, gate_ptr=common["gate_ptr"],
+                H=heads, D=head_dim, WITH_ACC=True, HAS_GATE=gate is not None, BLOCK_H=tile.block_h,
+                BLOCK_D=tile.block_d,
             )
             if edge_pass:  # node_out is merged already: this launch forms the chunks' edge_out rows
                 launch(plan.chunk_items(), partial=True, lse_given=True, message_pass=True)

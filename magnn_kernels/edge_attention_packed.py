@@ -14,6 +14,8 @@ The per-edge work is the row kernel's (`scores`, `edge_rows`, `dropout_scale`, `
 the same flat [BLOCK_E, H, D] tile), so edge_out and the statistics are formed by the same code;
 q and the EBT edge terms are gathered per edge (the row's node). Not packed: the EBT slot (a
 per-node virtual edge), and graphs whose mean degree fills a tile (`packable`).
+The sink (HAS_SINK: its term joins each row's softmax) and the gate (HAS_GATE: node_out's store)
+are constexpr variants here as in the row kernel.
 """
 from __future__ import annotations
 
@@ -59,6 +61,7 @@ def per_edge(row_vals, ROWS: tl.constexpr, SLOTS: tl.constexpr, BLOCK_H: tl.cons
 @triton.jit(do_not_specialize=["seed_lo", "seed_hi", "drop_threshold"])
 def _edge_attention_fwd_packed_kernel(
     q_ptr, k_ptr, v_ptr, e_ptr, w_ptr, b_ptr, bias_ptr, ebt_k_ptr, ebt_e_ptr, ebt_v_ptr,  # as the row kernel's
+    sink_ptr, gate_ptr,  # [H] sink logit (HAS_SINK), [N_dst, H] gate logit (HAS_GATE), fp32
     rowptr_ptr,  # [N_dst + 1] int64 CSR of the edges sorted by dst
     col_ptr,  # [E] int64 source of each sorted edge
     perm_ptr,  # [E] int64 sorted position -> caller's edge id
@@ -69,7 +72,8 @@ def _edge_attention_fwd_packed_kernel(
     H, D, scale, clamp_val,
     seed_lo, seed_hi, drop_threshold, keep_scale,  # attention dropout (DROPOUT): utils.dropout_args
     MODE: tl.constexpr, EBT: tl.constexpr, HAS_BIAS: tl.constexpr, BIAS_PER_HEAD: tl.constexpr,
-    HAS_CLAMP: tl.constexpr, DROPOUT: tl.constexpr, STORE_EDGE: tl.constexpr,
+    HAS_CLAMP: tl.constexpr, DROPOUT: tl.constexpr, HAS_SINK: tl.constexpr, HAS_GATE: tl.constexpr,
+    STORE_EDGE: tl.constexpr,
     STATS: tl.constexpr, MBITS: tl.constexpr, WINDOW: tl.constexpr, RATIO_BASE: tl.constexpr,
     LOW_BIT: tl.constexpr,
     EDGE_FEATURES: tl.constexpr, HAS_EDGE_BIAS: tl.constexpr,
@@ -77,7 +81,9 @@ def _edge_attention_fwd_packed_kernel(
     ROWS: tl.constexpr, SLOTS: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """One group = ROWS whole rows of at most SLOTS edges, one tile: node_out, lse, edge_out and
-    the statistics of its edges (a persistent loop over groups, so STATS flushes once)."""
+    the statistics of its edges (a persistent loop over groups, so STATS flushes once). HAS_SINK
+    folds the sink's term into each row's softmax before lse, node_out and additive edge_out are
+    formed from it; HAS_GATE gates node_out's store (as the row kernel)."""
     pid = tl.program_id(0)
     nprog = tl.num_programs(0)
     if HEADS > 0:
@@ -90,6 +96,8 @@ def _edge_attention_fwd_packed_kernel(
     h_idx, h_mask, hd_off, hd_mask = head_lanes(H, D, BLOCK_H, BLOCK_D)
     out_ty = e_ptr.dtype.element_ty
     ebt_k, ebt_e, ebt_v = load_ebt_params(ebt_k_ptr, ebt_e_ptr, ebt_v_ptr, hd_off, hd_mask, EBT, BLOCK_H, BLOCK_D)
+    if HAS_SINK:
+        sink_c = tl.load(sink_ptr + h_idx, mask=h_mask, other=0.0)[None, :]  # [1, BLOCK_H]
 
     hist_abs_loc = tl.zeros([WINDOW], tl.int32)
     hist_ratio_loc = tl.zeros([WINDOW], tl.int32)
@@ -132,6 +140,13 @@ def _edge_attention_fwd_packed_kernel(
         if DROPOUT:
             drop = dropout_scale(eid, h_idx, seed_lo, seed_hi, drop_threshold, keep_scale)
         m, l_sum, acc = packed_softmax(logit, drop, msg, ROWS, SLOTS, BLOCK_H, BLOCK_D)
+        if HAS_SINK:  # every row, used or not (an unused one is never stored)
+            m_new = tl.maximum(m, sink_c)
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+            alpha = tl.exp(m - m_safe)
+            l_sum = l_sum * alpha + tl.exp(sink_c - m_safe)
+            acc = acc * alpha[:, :, None]
+            m = m_new
 
         node_r = tl.load(pack_nodes_ptr + group * ROWS + r_idx)
         row_used = node_r >= 0
@@ -143,6 +158,9 @@ def _edge_attention_fwd_packed_kernel(
         tl.store(lse_ptr + node_r[:, None] * 2 * H + h_idx[None, :], row_max, mask=lse_mask)
         tl.store(lse_ptr + node_r[:, None] * 2 * H + H + h_idx[None, :], log_sum, mask=lse_mask)
         node_val = tl.where(empty[:, :, None], 0.0, acc / tl.where(empty, 1.0, l_sum)[:, :, None])
+        if HAS_GATE:
+            gate = tl.load(gate_ptr + node_r[:, None] * H + h_idx[None, :], mask=lse_mask, other=0.0)
+            node_val = node_val * tl.sigmoid(gate)[:, :, None]
         tl.store(node_out_ptr + node_r[:, None, None] * HD + hd_off[None, :, :], node_val.to(out_ty),
                  mask=row_used[:, None, None] & hd_mask[None, :, :])
 

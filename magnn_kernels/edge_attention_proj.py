@@ -18,6 +18,7 @@ from magnn.core import contract
 from magnn.core.contract import OP_NAMESPACES, ForwardResult
 from magnn.core.dropout import op_seed
 
+from .edge_attention import kernel_sink_and_gate
 from .edge_attention_bwd import edge_attention_backward
 from .edge_attention_fwd import edge_attention_forward
 
@@ -28,16 +29,17 @@ NAMESPACE = OP_NAMESPACES["triton"]
 PROJ_FORWARD_SCHEMA = (
     "(Tensor q, Tensor k, Tensor v, Tensor a, Tensor w_e, Tensor? b_e, Tensor rowptr, Tensor col, Tensor perm, "
     "Tensor? rev_rowptr, Tensor? rev_col, Tensor? rev_perm, Tensor? bias, Tensor? ebt_k, Tensor? ebt_e, "
-    "Tensor? ebt_v, str mode, str ebt, float? clamp, float dropout, int seed, int mantissa_bits, "
-    "bool need_edge_out=True) -> "
+    "Tensor? ebt_v, Tensor? sink, Tensor? gate, str mode, str ebt, float? clamp, float dropout, int seed, "
+    "int mantissa_bits, bool need_edge_out=True) -> "
     "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
 )
 PROJ_BACKWARD_SCHEMA = (
     "(Tensor? grad_node, Tensor? grad_edge, Tensor? grad_lse, Tensor q, Tensor k, Tensor v, Tensor a, "
     "Tensor w_e, Tensor? b_e, Tensor lse, Tensor node_out, Tensor rowptr, Tensor col, Tensor perm, "
     "Tensor rev_rowptr, Tensor rev_col, Tensor rev_perm, Tensor? bias, Tensor? ebt_k, Tensor? ebt_e, "
-    "Tensor? ebt_v, str mode, str ebt, float? clamp, float dropout, int seed, bool need_grad_a) -> "
-    "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
+    "Tensor? ebt_v, Tensor? sink, Tensor? gate, str mode, str ebt, float? clamp, float dropout, int seed, "
+    "bool need_grad_a) -> "
+    "(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)"
 )
 
 
@@ -66,13 +68,16 @@ def edge_attention_proj_fwd(
     rowptr: Tensor, col: Tensor, perm: Tensor,
     rev_rowptr: Optional[Tensor], rev_col: Optional[Tensor], rev_perm: Optional[Tensor],
     bias: Optional[Tensor], ebt_k: Optional[Tensor], ebt_e: Optional[Tensor], ebt_v: Optional[Tensor],
+    sink: Optional[Tensor], gate: Optional[Tensor],
     mode: str, ebt: str, clamp: Optional[float], dropout: float, seed: int, mantissa_bits: int,
     need_edge_out: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The fields of `ForwardResult`, as `edge_attention_fwd` with e_ij = w_e a_ij + b_e formed in the kernels."""
     a_k, proj = kernel_projection(q, a, w_e, b_e)
+    sink, gate = kernel_sink_and_gate(q, sink, gate)
     return tuple(edge_attention_forward(q, k, v, a_k, rowptr, col, perm, bias, ebt_k, ebt_e, ebt_v,
-                                        mode, ebt, clamp, dropout, seed, mantissa_bits, need_edge_out, proj=proj))
+                                        mode, ebt, clamp, dropout, seed, mantissa_bits, need_edge_out, proj=proj,
+                                        sink=sink, gate=gate))
 
 
 @torch.library.custom_op(f"{NAMESPACE}::edge_attention_proj_bwd", mutates_args=(), schema=PROJ_BACKWARD_SCHEMA)
@@ -81,13 +86,16 @@ def edge_attention_proj_bwd(
     q: Tensor, k: Tensor, v: Tensor, a: Tensor, w_e: Tensor, b_e: Optional[Tensor], lse: Tensor, node_out: Tensor,
     rowptr: Tensor, col: Tensor, perm: Tensor, rev_rowptr: Tensor, rev_col: Tensor, rev_perm: Tensor,
     bias: Optional[Tensor], ebt_k: Optional[Tensor], ebt_e: Optional[Tensor], ebt_v: Optional[Tensor],
+    sink: Optional[Tensor], gate: Optional[Tensor],
     mode: str, ebt: str, clamp: Optional[float], dropout: float, seed: int, need_grad_a: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The fields of `ProjBackwardResult`: da only when need_grad_a (else [0, F]), dW and db in fp32."""
     a_k, proj = kernel_projection(q, a, w_e, b_e)
+    sink, gate = kernel_sink_and_gate(q, sink, gate)
     grads = edge_attention_backward(grad_node, grad_edge, grad_lse, q, k, v, a_k, lse, node_out,
                                     rowptr, col, perm, rev_rowptr, rev_col, rev_perm, bias, ebt_k, ebt_e, ebt_v,
-                                    mode, ebt, clamp, dropout, seed, proj=proj, need_grad_a=need_grad_a)
+                                    mode, ebt, clamp, dropout, seed, proj=proj, need_grad_a=need_grad_a,
+                                    sink=sink, gate=gate)
     if a.shape[1] == 0:  # the zero feature stood in for F == 0
         grads = grads._replace(da=a.new_empty((grads.da.shape[0], 0)), dw_e=grads.dw_e[:, :0].contiguous())
     return tuple(grads)
@@ -103,7 +111,8 @@ def edge_attention_projected(q: Tensor, k: Tensor, v: Tensor, a: Tensor, w_e: Te
                              bias: Optional[Tensor] = None, ebt_k: Optional[Tensor] = None,
                              ebt_e: Optional[Tensor] = None, ebt_v: Optional[Tensor] = None, mode: str = "gt",
                              ebt: str = "none", clamp: Optional[float] = None, dropout: float = 0.0, seed: int = 0,
-                             mantissa_bits: int = -1, need_edge_out: bool = True) -> ForwardResult:
+                             mantissa_bits: int = -1, need_edge_out: bool = True, sink: Optional[Tensor] = None,
+                             gate: Optional[Tensor] = None) -> ForwardResult:
     """`magnn_kernels.edge_attention.edge_attention` with the raw features a [E, F] and the projection
     w_e [H*D, F], b_e [H*D] (or None) in place of e: `magnn_triton::edge_attention_proj_fwd` on
     contiguous inputs; differentiable in every input (w_e and b_e included) given the reverse CSR."""
@@ -113,5 +122,6 @@ def edge_attention_projected(q: Tensor, k: Tensor, v: Tensor, a: Tensor, w_e: Te
     return ForwardResult(*edge_attention_proj_fwd(
         q.contiguous(), k.contiguous(), v.contiguous(), a.contiguous(), w_e, b_e, rowptr, col, perm, rev_rowptr,
         rev_col, rev_perm, contiguous(bias), contiguous(ebt_k), contiguous(ebt_e), contiguous(ebt_v),
-        mode, ebt, clamp, float(dropout), op_seed(seed), mantissa_bits, bool(need_edge_out),
+        contiguous(sink), contiguous(gate), mode, ebt, clamp, float(dropout), op_seed(seed), mantissa_bits,
+        bool(need_edge_out),
     ))

@@ -204,8 +204,8 @@ def test_projection_ops_pass_opcheck(backend):
     graph, q, k, v, a, weight, b, logit_bias, ebt_params = _problem(6, torch.float32, bias="edge", ebt="slot")
     csr = (graph.rowptr, graph.col, graph.perm, graph.rev_rowptr, graph.rev_col, graph.rev_perm)
     for mantissa_bits, keep in ((7, True), (-1, False)):
-        args = (q, k, v, a, weight, b, *csr, logit_bias, *ebt_params, None, None, "gt", "slot", 3.0, 0.2, 99, mantissa_bits,
-                keep)
+        args = (q, k, v, a, weight, b, *csr, logit_bias, *ebt_params, None, None, "gt", "slot", 3.0, 0.2, 99,
+                mantissa_bits, keep)
         torch.library.opcheck(fwd, args, test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
     detached = [x.detach() if torch.is_tensor(x) else x for x in args]
     result = contract.ForwardResult(*fwd(*detached))

@@ -81,8 +81,7 @@ def test_bipartite_dropout_ops_pass_opcheck(backend):
     assert result.node_out.shape == (num_dst, 2, 4) and result.lse.shape == (num_dst, 2, 2)
     grad_node = torch.randn(num_dst, 2, 4, generator=gen).to(device)
     bwd_args = (grad_node, None, None, q.detach(), k.detach(), v.detach(), e.detach(), result.lse, result.node_out,
-                *csr, None, None, None, None, None, None, "additive", "none", None, 0.35,
-                2**35 + 3)
+                *csr, None, None, None, None, None, None, "additive", "none", None, 0.35, 2**35 + 3)
     torch.library.opcheck(bwd, bwd_args, test_utils=("test_schema", "test_faketensor"))
     grads = contract.BackwardResult(*bwd(*bwd_args))
     assert grads.dq.shape == q.shape and grads.dk.shape == grads.dv.shape == (num_src, 2, 4)

@@ -2,11 +2,14 @@
 
     run_triton_backend(q, k, v, e, graph, *, mode, clamp, bias, ebt, ebt_params,
                        mantissa_bits, tap, return_lse=False, dropout=0.0, seed=0, need_edge_out=True,
-                       edge_proj=None)
+                       edge_proj=None, sink=None, gate=None)
         -> (node_out, edge_out | None, RawStats | None) [+ lse with return_lse]
 
 Bipartite graphs: q over graph.num_nodes destinations, k and v over graph.num_src_nodes
 sources. Attention dropout (dropout > 0) draws magnn.core.dropout's mask inside the kernels.
+sink [H] (clipped) and gate [N_dst, H] (SPEC §3 "Sink and gate") go into the kernels: the sink's
+term in every softmax (lse includes it), node_out gated as it is stored, in the row and the packed
+forward alike.
 """
 from __future__ import annotations
 
@@ -56,23 +59,26 @@ def _raw_stats(result: ForwardResult, num_edges: int, channels: int) -> RawStats
 
 def run_triton_backend(q, k, v, e, graph, *, mode, clamp, bias, ebt, ebt_params, mantissa_bits, tap,
                        return_lse: bool = False, dropout: float = 0.0, seed: int = 0, need_edge_out: bool = True,
-                       edge_proj=None):
+                       edge_proj=None, sink=None, gate=None):
     """Backend entry point: (node_out, edge_out, RawStats | None), same contract as the torch reference;
     with return_lse, also the [N_dst, H] log-sum-exp of each (node, head)'s softmax before dropout
     (-inf where nothing is attended), differentiable. need_edge_out=False: edge_out is None (not
     stored; its rows still reduced for the statistics). edge_proj = (W [H*D, F], b [H*D] or None):
     e is the raw features a [E, F] and e = W a + b is formed inside the kernels
-    (`magnn_triton::edge_attention_proj_fwd`)."""
+    (`magnn_triton::edge_attention_proj_fwd`). sink [H] (already clipped to the clamp) and gate
+    [N_dst, H], float32 and differentiable: the learned sink logit and the gate logit, applied in the
+    kernels (contract.FORWARD_ARGS)."""
     graph.check_index_bounds()  # an unvalidated graph's indices, once: the kernels do not bound-check them
     ebt_k = ebt_e = ebt_v = None
     if ebt is not None:
         ebt_k, ebt_e, ebt_v = ebt_params
     w_e, b_e = edge_proj if edge_proj is not None else (None, None)
-    tensors = [q, k, v, e, w_e, b_e, bias] + ([ebt_k, ebt_e, ebt_v] if ebt else [])
+    tensors = [q, k, v, e, w_e, b_e, bias, sink, gate] + ([ebt_k, ebt_e, ebt_v] if ebt else [])
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
     reverse = (graph.rev_rowptr, graph.rev_col, graph.rev_perm) if needs_grad else (None, None, None)
     edge_stats = mantissa_bits is not None and tap == "edge"
-    options = dict(bias=bias, ebt_k=ebt_k, ebt_e=ebt_e, ebt_v=ebt_v, mode=mode, ebt=ebt_name(ebt), clamp=clamp,
+    options = dict(bias=bias, ebt_k=ebt_k, ebt_e=ebt_e, ebt_v=ebt_v, sink=sink, gate=gate, mode=mode,
+                   ebt=ebt_name(ebt), clamp=clamp,
                    dropout=dropout, seed=seed, mantissa_bits=mantissa_bits if edge_stats else -1,
                    need_edge_out=need_edge_out)
     if edge_proj is None:

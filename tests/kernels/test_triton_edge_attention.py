@@ -458,7 +458,7 @@ def test_opcheck_custom_op():
     graph = Graph(edge_index.to(DEVICE), num_nodes)
     tensors, b, params = make_inputs(gen, edge_index, num_nodes, 2, 3, bias="edge_head", ebt="slot")
     args = (*tensors, graph.rowptr, graph.col, graph.perm, graph.rev_rowptr, graph.rev_col, graph.rev_perm,
-            b, *params, "additive", "slot", 1.0, 0.25, 2**40 + 7, 7)  # with attention dropout
+            b, *params, None, None, "additive", "slot", 1.0, 0.25, 2**40 + 7, 7)  # with attention dropout
     result = torch.library.opcheck(torch.ops.magnn_triton.edge_attention_fwd.default, args)
     assert all(outcome == "SUCCESS" for outcome in result.values()), result
 
@@ -469,7 +469,7 @@ def test_opcheck_custom_op():
              for t in (out.node_out, out.edge_out, out.lse)]
     bwd_args = (*grads, *[t.detach() for t in tensors], out.lse, out.node_out, graph.rowptr, graph.col, graph.perm,
                 graph.rev_rowptr, graph.rev_col, graph.rev_perm, b.detach(), *[p.detach() for p in params],
-                "additive", "slot", 1.0, 0.25, 2**40 + 7)
+                None, None, "additive", "slot", 1.0, 0.25, 2**40 + 7)
     result = torch.library.opcheck(torch.ops.magnn_triton.edge_attention_bwd.default, bwd_args,
                                    test_utils=("test_schema", "test_faketensor"))
     assert all(outcome == "SUCCESS" for outcome in result.values()), result
@@ -663,14 +663,15 @@ NO_PROJ = dict(EDGE_FEATURES=0, HAS_EDGE_BIAS=False)
 for i, (mode, ebt, stats, partial, lse_given, drop, store) in enumerate(FWD_VARIANTS):
     compile_for_sm90(fwd._edge_attention_fwd_kernel, dict(
         MODE=mode, EBT=ebt, HAS_BIAS=True, BIAS_PER_HEAD=mode == ADD, HAS_CLAMP=True, DROPOUT=bool(drop),
+        HAS_SINK=i in (1, 3), HAS_GATE=i in (1, 4),  # the learned sink and the gate on some variants
         PARTIAL=bool(partial), LSE_GIVEN=bool(lse_given),
         MESSAGE_PASS=mode == ADD and (stats or store) and (not partial or lse_given),
         STORE_EDGE=bool(store), STATS=bool(stats),
         MBITS=7, WINDOW=2048 if stats else 1, RATIO_BASE=ku.hist_layout(7)[1], LOW_BIT=16, **TILES[i % 2],
         **(PROJ if i in (0, 1, 3) else NO_PROJ)))
 compile_for_sm90(fwd._edge_attention_fwd_kernel, dict(
-    MODE=GT, EBT=NONE, HAS_BIAS=False, BIAS_PER_HEAD=False, HAS_CLAMP=False, DROPOUT=False, PARTIAL=False,
-    LSE_GIVEN=False, MESSAGE_PASS=False, STORE_EDGE=True, STATS=True, MBITS=7, WINDOW=2048,
+    MODE=GT, EBT=NONE, HAS_BIAS=False, BIAS_PER_HEAD=False, HAS_CLAMP=False, DROPOUT=False, HAS_SINK=False,
+    HAS_GATE=False, PARTIAL=False, LSE_GIVEN=False, MESSAGE_PASS=False, STORE_EDGE=True, STATS=True, MBITS=7, WINDOW=2048,
     RATIO_BASE=ku.hist_layout(7)[1], LOW_BIT=16, HEADS=4, HEAD_DIM=64, BLOCK_E=4, BLOCK_H=4, BLOCK_D=64, **PROJ))
 for i, (mode, ebt, partial, delta, grad_lse, drop) in enumerate([(GT, EDGE, False, common.DELTA_GIVEN, True, True),
                                                   (ADD, SLOT, False, common.DELTA_ROW, True, True),
@@ -699,10 +700,12 @@ for i, (mode, ebt, stats, drop, store, rows) in enumerate([(GT, EDGE, 1, 1, 1, 1
     tile.pop("BLOCK_E")
     compile_for_sm90(packed._edge_attention_fwd_packed_kernel, dict(
         MODE=mode, EBT=ebt, HAS_BIAS=True, BIAS_PER_HEAD=mode == ADD, HAS_CLAMP=True, DROPOUT=bool(drop),
+        HAS_SINK=i in (0, 2), HAS_GATE=i in (0, 1),
         STORE_EDGE=bool(store), STATS=bool(stats), MBITS=7, WINDOW=2048 if stats else 1,
         RATIO_BASE=ku.hist_layout(7)[1], LOW_BIT=16, ROWS=rows, SLOTS=16 // rows, **tile,
         **(PROJ if i == 1 else NO_PROJ)))
-compile_for_sm90(fwd._edge_attention_fwd_merge_kernel, dict(WITH_ACC=True, BLOCK_H=8, BLOCK_D=8))
+for gate in (False, True):
+    compile_for_sm90(fwd._edge_attention_fwd_merge_kernel, dict(WITH_ACC=True, HAS_GATE=gate, BLOCK_H=8, BLOCK_D=8))
 compile_for_sm90(common._segment_sum_kernel, dict(BLOCK_R=64))
 print("compiled")
 """
