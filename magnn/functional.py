@@ -343,7 +343,7 @@ def edge_attention(
     targets = tuple(t for t in targets if not isinstance(t, AttentionStats))
     epilogue = sink is not None or gate is not None
     if epilogue:
-        check_sink_and_gate(q, sink, gate, mode, any(t.tap == "edge" for t in targets))
+        check_sink_and_gate(q, sink, gate)
     chosen = _backend_name(backend, q.device.type, q.dtype)
     implementation = _implementation(chosen)
     # the compiled backends take the sink and the gate into their kernels; the reference applies them
@@ -372,15 +372,18 @@ def edge_attention(
     kernel_tap = "node" if edge_bits is None and node_bits is not None else "edge"
     if epilogue and not fused and kernel_tap == "node":  # the reference's node_out is not the final one
         kernel_tap = "edge"
+    # the reference rescales additive edge_out (the message) by the sink's share after its softmax: that
+    # tap is reduced here, from the final edge_out (the compiled kernels reduce it as they write it)
+    late_edge_tap = bool(epilogue and not fused and sink is not None and mode == "additive" and edge_bits is not None)
     # return_lse and dropout go to the backend only when asked for: the default call is the plain contract
     want_lse = return_lse or return_alpha or (epilogue and not fused) or bool(attention_targets)
     node_out, edge_out, raw, *lse = implementation(
         q, k, v, e, graph, **options,
-        mantissa_bits=edge_bits if kernel_tap == "edge" else node_bits, tap=kernel_tap,
+        mantissa_bits=None if late_edge_tap else edge_bits if kernel_tap == "edge" else node_bits, tap=kernel_tap,
         **({"return_lse": True} if want_lse else {}),
         **({"dropout": dropout, "seed": int(seed)} if dropout > 0 else {}),
         # gt's alpha is read off edge_out (the score), so it is kept for that
-        **({} if need_edge_out or (return_alpha and mode == "gt") else {"need_edge_out": False}),
+        **({} if need_edge_out or late_edge_tap or (return_alpha and mode == "gt") else {"need_edge_out": False}),
         **projection,
         **fused,
     )
@@ -388,6 +391,8 @@ def edge_attention(
         node_out, lse[0], scale = apply_sink_and_gate(node_out, lse[0], sink, gate, options["clamp"])
         if scale is not None and mode == "additive" and edge_out is not None:
             edge_out = (edge_out.to(scale.dtype) * scale[graph.dst].unsqueeze(-1)).to(edge_out.dtype)
+        if late_edge_tap:
+            raw = reduce_rows(edge_out.detach().reshape(edge_out.shape[0], q.shape[1] * q.shape[2]), edge_bits)
     if targets:
         raws = {kernel_tap: raw}
         if kernel_tap == "edge" and node_bits is not None:

@@ -233,8 +233,6 @@ def test_torch_compile_traces_sink_and_gate():
 
 
 def test_bad_sink_and_gate_are_refused():
-    from magnn import EdgeStats
-
     edge_index, (q, k, v, e), _, _, sink, gate = _case(15)
     with pytest.raises(ArgumentError, match="sink must have shape"):
         edge_attention(q, k, v, e, edge_index, sink=sink[:1], backend="torch")
@@ -242,10 +240,6 @@ def test_bad_sink_and_gate_are_refused():
         edge_attention(q, k, v, e, edge_index, gate=gate[1:], backend="torch")
     with pytest.raises(ArgumentTypeError, match="sink must be a floating-point tensor"):
         edge_attention(q, k, v, e, edge_index, sink=[0.0, 1.0], backend="torch")
-    stats = EdgeStats()
-    with pytest.raises(ArgumentError, match="additive"):
-        edge_attention(q, k, v, e, edge_index, mode="additive", sink=sink, stats=stats, backend="torch")
-    assert stats.calls == 0
 
 
 # -- layers and models: mitigation="sink" / "gate" ------------------------------------------------
@@ -429,3 +423,28 @@ def test_bipartite_graphs_take_a_gate_per_destination_node():
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
     with pytest.raises(ArgumentError, match="gate must have shape"):
         edge_attention(q, k, v, e, edge_index, gate=torch.zeros(num_src, HEADS, dtype=torch.float64), backend="torch")
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpu", "triton"])
+@pytest.mark.parametrize("need_edge_out", [True, False])
+def test_additive_edge_tap_reduces_the_sink_inclusive_message(backend, need_edge_out):
+    """mode="additive" with a sink: the edge-tap statistics are those of the message with the
+    sink-inclusive weight, the edge_out the call returns (the kernels reduce it as they write it, the
+    reference after its epilogue rescales it), whether or not the caller keeps edge_out."""
+    from magnn import EdgeStats
+    from magnn.stats import reduce_rows
+
+    require_backend(backend, torch.device("cpu"))
+    edge_index, tensors, _, _, sink, gate = _case(17, torch.float32)
+    _, message = edge_attention(*tensors, edge_index, mode="additive", sink=sink, gate=gate, backend="torch")
+    stats = EdgeStats(keep_edge_ratio=True)
+    _, edge_out = edge_attention(*tensors, edge_index, mode="additive", sink=sink, gate=gate, stats=stats,
+                                 backend=backend, need_edge_out=need_edge_out)
+    assert (edge_out is None) == (not need_edge_out) and stats.calls == 1
+    if edge_out is not None:
+        torch.testing.assert_close(edge_out, message, rtol=1e-5, atol=1e-6)
+    own = reduce_rows(message.detach().reshape(message.shape[0], HEADS * HEAD_DIM))
+    torch.testing.assert_close(stats.edge_ratio, own.row_ratio, rtol=1e-4, atol=0.0)
+    assert abs(stats.max_abs - float(own.max_abs)) <= 1e-5 * float(own.max_abs)
+    if backend == "torch":  # the reference reduces the very tensor it returns: the same bins, bit for bit
+        assert torch.equal(stats.hist_abs.counts, own.hist_abs.cpu())

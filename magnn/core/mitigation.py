@@ -1,9 +1,12 @@
 """The learned sink logit and the attention gate of `edge_attention` (SPEC §3, "Sink and gate").
 
-Both are per-(node, head) scales of node_out that every backend gets from the same
-few node-sized torch ops on its differentiable log-sum-exp, so each backend's existing
-lse backward carries the sink's gradient (grad_lse_i += dL/dz_i * o_i * s(1 - s)) and no
-[E, ...] tensor is formed:
+Both are per-(node, head) scales of node_out. The compiled backends (cpu, triton) apply them
+inside their kernels (the sink's term opens each row's online softmax; the gate multiplies
+node_out as it is stored; magnn.core.contract). The pure-PyTorch reference applies the same
+math here, after its softmax, as a few node-sized torch ops on its differentiable
+log-sum-exp (`apply_sink_and_gate`), so its lse backward carries the sink's gradient
+(grad_lse_i += dL/dz_i * o_i * s(1 - s)) and no [E, ...] tensor is formed; it is the oracle
+the kernels are tested against:
 
 - sink [H]: one extra term exp(sink_h) in every softmax denominator, with value 0
   (gpt-oss's attention sinks). With lse_i the log-sum-exp of node i's own logits
@@ -33,10 +36,9 @@ def check_mitigation(mitigation) -> None:
         raise ArgumentError(f"unknown mitigation {mitigation!r}; choose one of {', '.join(map(repr, MITIGATIONS))}")
 
 
-def check_sink_and_gate(q, sink, gate, mode: str, additive_edge_stats: bool) -> None:
+def check_sink_and_gate(q, sink, gate) -> None:
     """Raises unless sink is None or a float tensor [H] and gate None or a float tensor [N_dst, H],
-    both on q's device; additive mode refuses edge-tap statistics with a sink (its edge_out, the
-    message, is rescaled after the kernels reduced it)."""
+    both on q's device."""
     heads = q.shape[1]
     for name, value, shape in (("sink", sink, (heads,)), ("gate", gate, (q.shape[0], heads))):
         if value is None:
@@ -48,10 +50,6 @@ def check_sink_and_gate(q, sink, gate, mode: str, additive_edge_stats: bool) -> 
                                 f"got {list(value.shape)}")
         if value.device != q.device:
             raise ArgumentError(f"{name} must be on q's device {q.device}, got {value.device}")
-    if sink is not None and mode == "additive" and additive_edge_stats:
-        raise ArgumentError("edge-tap statistics of mode='additive' with sink= are not supported (the message "
-                            "a_ij (v_j + e_ij) is rescaled by the sink after the kernels reduce it): "
-                            "collect tap='node', or use mode='gt'")
 
 
 def clamped_sink(sink: torch.Tensor, clamp: Optional[float], dtype: torch.dtype) -> torch.Tensor:
