@@ -448,3 +448,21 @@ def test_additive_edge_tap_reduces_the_sink_inclusive_message(backend, need_edge
     assert abs(stats.max_abs - float(own.max_abs)) <= 1e-5 * float(own.max_abs)
     if backend == "torch":  # the reference reduces the very tensor it returns: the same bins, bit for bit
         assert torch.equal(stats.hist_abs.counts, own.hist_abs.cpu())
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpu", "triton"])
+def test_infinite_sinks_without_a_clamp(backend):
+    """clamp=None: a +inf sink logit takes all the attention (node_out 0, lse the dtype's largest finite
+    value, finite gradients), a -inf one is no term (the plain softmax) - the same on every backend."""
+    require_backend(backend, torch.device("cpu"))
+    edge_index, tensors, _, _, _, _ = _case(18, torch.float32)
+    plain, _, plain_lse = edge_attention(*tensors, edge_index, return_lse=True, backend="torch")
+    sink = torch.tensor([math.inf, -math.inf] + [0.5] * (HEADS - 2), requires_grad=True)
+    inputs = [t.detach().requires_grad_() for t in tensors]
+    node_out, _, lse = edge_attention(*inputs, edge_index, sink=sink, return_lse=True, backend=backend)
+    assert torch.equal(node_out[:, 0], torch.zeros_like(node_out[:, 0]))
+    assert torch.all(lse[:, 0] == torch.finfo(torch.float32).max)
+    torch.testing.assert_close(node_out[:, 1], plain[:, 1], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(lse[:, 1], plain_lse[:, 1], rtol=1e-5, atol=1e-6)
+    (node_out.sum() + lse[:, 1:].sum()).backward()
+    assert all(torch.isfinite(t.grad).all() for t in inputs) and torch.isfinite(sink.grad[2:]).all()

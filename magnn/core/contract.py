@@ -21,7 +21,9 @@ Forward ``edge_attention_fwd``::
     ebt_k, ebt_e, ebt_v  [H, D]?  the Explicit Bias Term's k', e', v'
     sink           [H]?        learned sink logit c_h (accumulation dtype, already clipped to the
                                clamp by the caller): exp(c_h) joins every (node, head) softmax
-                               denominator with value 0 (SPEC §3, "Sink and gate")
+                               denominator with value 0 (SPEC §3, "Sink and gate"); finite or
+                               -inf (no term): callers take +inf at the dtype's largest finite
+                               value (magnn.core.mitigation.clamped_sink); the cpu op refuses it
     gate           [N_dst, H]? gate logit g_ih (accumulation dtype): node_out_ih is multiplied by
                                sigmoid(g_ih) as it is stored; lse and the weights ignore it
     mode           str         "gt" | "additive"

@@ -53,15 +53,36 @@ def check_sink_and_gate(q, sink, gate) -> None:
 
 
 def clamped_sink(sink: torch.Tensor, clamp: Optional[float], dtype: torch.dtype) -> torch.Tensor:
-    """The sink logit [H] in `dtype`, clipped to [-clamp, clamp] like every other logit."""
+    """The sink logit [H] in `dtype`, clipped to [-clamp, clamp] like every other logit; without a
+    clamp, a +inf logit is taken at `dtype`'s largest finite value (the sink then takes all the
+    attention: node_out 0, a huge but finite lse, the same on every backend; -inf is no term)."""
     sink = sink.to(dtype)
-    return sink if clamp is None else sink.clamp(-clamp, clamp)
+    if clamp is not None:
+        return sink.clamp(-clamp, clamp)
+    return torch.nan_to_num(sink, nan=float("nan"), posinf=torch.finfo(dtype).max, neginf=float("-inf"))
+
+
+def _neither(lse: torch.Tensor, sink: torch.Tensor) -> torch.Tensor:
+    """[N, H] bool: no edge attended (lse -inf) and no sink term (sink -inf), where the formulas below
+    would meet -inf - -inf; there they give what an empty softmax gives, and a zero gradient."""
+    return torch.isneginf(lse) & torch.isneginf(sink).expand_as(lse)
 
 
 def sink_scale(lse: torch.Tensor, sink: torch.Tensor) -> torch.Tensor:
     """[N, H]: sigmoid(lse_i - sink_h), the share of node i's softmax that its own logits keep
-    (0 where lse is -inf: nothing attended, and no NaN in value or gradient)."""
-    return torch.sigmoid(lse - sink)
+    (0 where lse is -inf: nothing attended; 1 where the sink is -inf, no term; no NaN in value or
+    gradient)."""
+    neither = _neither(lse, sink)
+    scale = torch.sigmoid(torch.where(neither, torch.zeros_like(lse), lse - sink))
+    return torch.where(neither, torch.ones_like(scale), scale)
+
+
+def _lse_with_sink(lse: torch.Tensor, sink: torch.Tensor) -> torch.Tensor:
+    """[N, H]: logaddexp(lse_i, sink_h), -inf where neither term exists (no NaN in the gradient)."""
+    neither = _neither(lse, sink)
+    zero = torch.zeros_like(lse)
+    total = torch.logaddexp(torch.where(neither, zero, lse), torch.where(neither, zero, sink.expand_as(lse)))
+    return torch.where(neither, lse, total)
 
 
 def apply_sink_and_gate(node_out, lse, sink, gate, clamp):
@@ -74,7 +95,7 @@ def apply_sink_and_gate(node_out, lse, sink, gate, clamp):
         sink = clamped_sink(sink, clamp, work)
         scale = sink_scale(lse, sink)
         factor = scale
-        lse = torch.logaddexp(lse, sink.expand_as(lse))
+        lse = _lse_with_sink(lse, sink)
     if gate is not None:
         gate_factor = torch.sigmoid(gate.to(work))
         factor = gate_factor if factor is None else factor * gate_factor
