@@ -62,8 +62,10 @@ def test_comparison_tabulates_each_mitigation_against_its_own_base(comparison):
             metrics = json.loads((folder / tag / "metrics.json").read_text())
             assert (metrics["config"]["seed"], metrics["config"]["max_graphs"]) == (seed, 8)
             assert row["task_loss"]["per_seed"][key] == pytest.approx(metrics["test_final"]["loss"])
-            gain = [run["gain"] for run in attack[tag] if run["sigma"] == 0.1]
-            assert row["attack_gain"]["per_seed"][key] == pytest.approx(gain[0])
+            run = next(run for run in attack[tag] if run["sigma"] == 0.1)
+            # a gain is a measurement only where the random noise moved the loss (magnn.analysis.attack)
+            expected = run["gain"] if run["measurable"] else None
+            assert row["attack_gain"]["per_seed"][key] == (pytest.approx(expected) if run["measurable"] else None)
         bases = {row["tag"]: row["base_q99.9"]["per_seed"][str(seed)] for row in rows}
         assert bases["ebt_edge"] != bases["no_ebt"]  # EBT's N(0, 1) bias: a base of its own
 
@@ -79,9 +81,14 @@ def test_comparison_numbers_and_intervals(comparison):
     for row in summary["rows"]:
         for key in ("growth", "sink_mass", "task_loss", "attack_gain"):
             value = row[key]
-            seeds = list(value["per_seed"].values())
-            assert value["n"] == 2 and value["mean"] == pytest.approx(sum(seeds) / 2)
-            assert value["low"] <= value["mean"] <= value["high"] or math.isclose(value["low"], value["high"])
+            seeds = [v for v in value["per_seed"].values() if v is not None]
+            assert value["n"] == len(seeds) and (key == "attack_gain" or len(seeds) == 2)
+            if key == "growth":  # a ratio: geometric mean, interval on the log scale, above 0
+                assert value["scale"] == "log" and value["mean"] == pytest.approx(math.sqrt(seeds[0] * seeds[1]))
+                assert 0 < value["low"] <= value["mean"] <= value["high"]
+            elif len(seeds) == 2:
+                assert value["mean"] == pytest.approx(sum(seeds) / 2)
+                assert value["low"] <= value["mean"] <= value["high"] or math.isclose(value["low"], value["high"])
     table = [line for line in (out / "compare.md").read_text().splitlines() if line.startswith("| ")]
     assert len(table) == 2 * (1 + 5)  # growth, sinks, loss, attack; then the mechanics
     for first in (1, 7):
@@ -249,3 +256,18 @@ def test_an_unmeasurable_attack_gain_is_no_value_not_zero():
     assert attack_gain_at(runs, ATTACK_SIGMA) == 0.08 and attack_gain_at(runs, 0.01) == 0.5
     assert attack_gain_at([{"sigma": ATTACK_SIGMA, "gain": 0.02}], ATTACK_SIGMA) == 0.02  # recorded before the flag
     assert attack_gain_at(None, ATTACK_SIGMA) is None and attack_gain_at(runs, 1.0) is None
+
+
+def test_ratio_intervals_are_taken_on_the_log_scale():
+    """Ratios over seeds: geometric mean, an interval on the log scale that stays above 0 where the
+    symmetric one would not; non-positive and missing values are left out."""
+    from magnn.study.seeds import interval, log_interval
+
+    values = [2.0, 40.0, 8.0]
+    plain, logged = interval(values), log_interval(values + [None, 0.0, float("nan")])
+    assert plain["low"] < 0 < logged["low"] and logged["n"] == 3 and logged["scale"] == "log"
+    assert logged["mean"] == pytest.approx((2.0 * 40.0 * 8.0) ** (1 / 3))
+    logs = interval([math.log(v) for v in values])
+    assert (math.log(logged["low"]), math.log(logged["high"])) == (pytest.approx(logs["low"]), pytest.approx(logs["high"]))
+    assert log_interval([5.0])["n"] == 1 and math.isnan(log_interval([5.0])["low"])
+    assert log_interval([])["n"] == 0

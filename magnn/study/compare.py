@@ -37,7 +37,7 @@ from ..core.mitigation import MITIGATIONS
 from .compare_mechanics import MECHANICS_NUMBERS, mechanics_numbers, mechanics_table
 from .findings import STATISTIC, model_growth
 from .mechanics import mechanics_key, mechanics_stage
-from .seeds import interval
+from .seeds import interval, log_interval
 from .sink_profile import model_sink_mass, sink_profile
 from .stages import StageRecord, StudyKeys, attack_stage, detect_stage, train_stage
 from .task import StudyData, task_for
@@ -50,6 +50,8 @@ TAGS = {"none": "no_ebt", "ebt-edge": "ebt_edge", "ebt-slot": "ebt_slot", "sink"
 ATTACK_SIGMA = 0.1  # the attack finding's noise level
 NUMBERS = ("growth", "growth_low", "growth_high", f"base_{STATISTIC}", f"trained_{STATISTIC}", "sink_mass",
            "entropy", "task_loss", "attack_gain") + MECHANICS_NUMBERS
+# ratios (positive, multiplicative): summarised over seeds on the log scale (magnn.study.seeds.log_interval)
+RATIO_NUMBERS = ("growth", "growth_low", "growth_high", f"base_{STATISTIC}", f"trained_{STATISTIC}", "max_r_ec")
 
 
 def run_comparison(config) -> dict:
@@ -155,14 +157,16 @@ def attack_gain_at(attack_runs, sigma: float):
 
 def tabulate(measures: dict) -> list:
     """{seed: {mitigation: numbers}} -> one row per mitigation: per number its mean and 95 % interval
-    over seeds with the per-seed values, and the per-seed bootstrap interval of the growth."""
+    over seeds with the per-seed values (ratios, RATIO_NUMBERS: the geometric mean and the interval on
+    the log scale), and the per-seed bootstrap interval of the growth."""
     seeds = list(measures)
     rows = []
     for mitigation in MITIGATIONS:
         row = {"mitigation": mitigation, "tag": TAGS[mitigation]}
         for key in NUMBERS:
             values = {str(s): measures[s][mitigation].get(key) for s in seeds}
-            row[key] = dict(interval(list(values.values())), per_seed=values)
+            summary = log_interval if key in RATIO_NUMBERS else interval
+            row[key] = dict(summary(list(values.values())), per_seed=values)
         row["growth_bootstrap"] = {str(s): [measures[s][mitigation].get("growth_low"),
                                             measures[s][mitigation].get("growth_high")] for s in seeds}
         row["int8_worst_layer"] = {str(s): measures[s][mitigation].get("int8_worst_layer") for s in seeds}
@@ -186,7 +190,8 @@ def _cell(value: dict, bootstrap=None) -> str:
 
 def markdown(summary: dict) -> str:
     seeds = summary["seeds"]
-    how = (f"mean [95 % Student-t interval over the {len(seeds)} seeds]" if len(seeds) > 1
+    how = (f"mean [95 % Student-t interval over the {len(seeds)} seeds]; growth, q99.9 and largest r_ec (ratios): "
+           "geometric mean [the interval on the log scale]" if len(seeds) > 1
            else "one seed: growth [bootstrap interval over test graphs], the rest single values")
     lines = [f"# Mitigations compared: {summary['model'].upper()} on {summary['dataset']} "
              f"({summary['profile']} profile, seeds {', '.join(map(str, seeds))})", "",

@@ -100,7 +100,8 @@ def mechanics_table(summary: dict, fmt) -> list[str]:
              f"entries with r_ec > {format_number(summary['intervention_threshold'])} (--mechanics-threshold) set to "
              "zero / to their channel mean, every layer at once; int8: attention inputs fake-quantised (per-tensor "
              f"absmax); onset: the earliest layer's, on the training probe (threshold "
-             f"{format_number(summary['threshold'])}). Cells: mean [95 % interval] over the seeds that have the number.",
+             f"{format_number(summary['threshold'])}). Cells: mean [95 % interval] over the seeds that have the "
+             "number (largest r_ec: geometric mean, log-scale interval).",
              "", "| mitigation | " + " | ".join(label for _, label, _ in COLUMNS) + " |",
              "|---|" + "---|" * len(COLUMNS)]
     for row in summary["rows"]:

@@ -13,7 +13,7 @@ import math
 import os
 from pathlib import Path
 
-__all__ = ["run_seeds", "aggregate", "interval"]
+__all__ = ["run_seeds", "aggregate", "interval", "log_interval"]
 
 
 def run_seeds(config, run_study) -> dict:
@@ -48,6 +48,17 @@ def interval(values: list) -> dict:
     sd = math.sqrt(sum((v - mean) ** 2 for v in finite) / (len(finite) - 1))
     half = stats.t.ppf(0.975, len(finite) - 1) * sd / math.sqrt(len(finite))
     return {"mean": mean, "low": mean - half, "high": mean + half, "n": len(finite)}
+
+
+def log_interval(values: list) -> dict:
+    """For ratios (positive, multiplicative): the geometric mean and the Student-t 95 % interval on the
+    log scale, mapped back (always positive; a symmetric interval on a ratio can reach below 0). Values
+    that are not finite and positive are left out; "scale": "log" says which interval this is."""
+    positive = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)
+                and math.isfinite(v) and v > 0]
+    logs = interval([math.log(v) for v in positive])
+    back = {key: math.exp(logs[key]) if math.isfinite(logs[key]) else logs[key] for key in ("mean", "low", "high")}
+    return {**back, "n": logs["n"], "scale": "log"}
 
 
 def _summarise(rows: dict) -> dict:
