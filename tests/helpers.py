@@ -59,6 +59,29 @@ def random_inputs(num_nodes, edge_index, heads, head_dim, *, dtype=torch.float64
     return q, k, v, e, bias_tensor, ebt_params
 
 
+def sink_gate_case(seed, dtype=torch.float64, *, ebt=None, bias=None, scale=1.0, nodes=12, edges=30, heads=2,
+                   head_dim=4, isolated=2):
+    """A graph with isolated nodes, self loops and duplicate edges, and its inputs for a sink / gate test:
+    (edge_index, [q, k, v, e], bias, ebt_params, sink [H], gate [N, H]), sink and gate requiring grad."""
+    gen = torch.Generator().manual_seed(seed)
+    edge_index = random_graph(nodes, edges, generator=gen, isolated=isolated, self_loops=2, duplicates=3)
+    q, k, v, e, b, params = random_inputs(nodes, edge_index, heads, head_dim, dtype=dtype, generator=gen,
+                                          bias=bias, ebt=ebt, scale=scale)
+    sink = (torch.randn(heads, generator=gen, dtype=torch.float64) * 2).to(dtype).requires_grad_()
+    gate = torch.randn(nodes, heads, generator=gen, dtype=torch.float64).to(dtype).requires_grad_()
+    return edge_index, [q, k, v, e], b, params, sink, gate
+
+
+def assert_compiles_like_eager(function, leaves) -> None:
+    """torch.compile(function, fullgraph=True) gives eager's value and gradients with respect to `leaves`."""
+    eager = function(*leaves)
+    eager_grads = torch.autograd.grad(eager, leaves)
+    traced = torch.compile(function, backend="aot_eager", fullgraph=True)(*leaves)
+    torch.testing.assert_close(traced, eager)
+    for got, want in zip(torch.autograd.grad(traced, leaves), eager_grads):
+        torch.testing.assert_close(got, want)
+
+
 def dense_edge_attention(q, k, v, e, edge_index, *, mode="gt", clamp=None, bias=None, ebt=None, ebt_params=None):
     """Per-node loop straight from SPEC §3, in float64: the tests' independent oracle."""
     num_nodes, heads, head_dim = q.shape

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from helpers import random_graph, random_inputs, require_backend
+from helpers import random_graph, random_inputs, require_backend, sink_gate_case
 from magnn import EdgeStats, Graph
 from magnn.core import contract
 from magnn.core.binning import reduce_rows
@@ -26,15 +26,10 @@ def _cpu_backend():
     require_backend("cpu", torch.device("cpu"))
 
 
-def _case(seed, dtype=torch.float64, *, ebt=None, bias=None, scale=1.0, nodes=NODES, edges=30):
+def _case(seed, dtype=torch.float64, **options):
     """Graph with isolated nodes, self loops and duplicate edges; inputs, sink [H], gate [N, H]."""
-    gen = torch.Generator().manual_seed(seed)
-    edge_index = random_graph(nodes, edges, generator=gen, isolated=ISOLATED, self_loops=2, duplicates=3)
-    q, k, v, e, b, params = random_inputs(nodes, edge_index, HEADS, HEAD_DIM, dtype=dtype, generator=gen,
-                                          bias=bias, ebt=ebt, scale=scale)
-    sink = (torch.randn(HEADS, generator=gen, dtype=torch.float64) * 2).to(dtype).requires_grad_()
-    gate = torch.randn(nodes, HEADS, generator=gen, dtype=torch.float64).to(dtype).requires_grad_()
-    return edge_index, [q, k, v, e], b, params, sink, gate
+    return sink_gate_case(seed, dtype, heads=HEADS, head_dim=HEAD_DIM, nodes=options.pop("nodes", NODES),
+                          isolated=ISOLATED, **options)
 
 
 def _fresh(t, dtype=None):

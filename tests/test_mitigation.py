@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from helpers import random_graph, random_inputs, require_backend
+from helpers import assert_compiles_like_eager, require_backend, sink_gate_case
 from magnn import Graph
 from magnn.core.errors import ArgumentError, ArgumentTypeError
 from magnn.functional import edge_attention, merge_attention
@@ -18,14 +18,9 @@ HEADS, HEAD_DIM, NODES = 2, 4, 12
 ISOLATED = 2
 
 
-def _case(seed, dtype=torch.float64, *, ebt=None, bias=None, scale=1.0, nodes=NODES, edges=30):
-    gen = torch.Generator().manual_seed(seed)
-    edge_index = random_graph(nodes, edges, generator=gen, isolated=ISOLATED, self_loops=2, duplicates=3)
-    q, k, v, e, b, params = random_inputs(nodes, edge_index, HEADS, HEAD_DIM, dtype=dtype, generator=gen,
-                                          bias=bias, ebt=ebt, scale=scale)
-    sink = (torch.randn(HEADS, generator=gen, dtype=torch.float64) * 2).to(dtype).requires_grad_()
-    gate = torch.randn(nodes, HEADS, generator=gen, dtype=torch.float64).to(dtype).requires_grad_()
-    return edge_index, (q, k, v, e), b, params, sink, gate
+def _case(seed, dtype=torch.float64, **options):
+    return sink_gate_case(seed, dtype, heads=HEADS, head_dim=HEAD_DIM, nodes=options.pop("nodes", NODES),
+                          isolated=ISOLATED, **options)
 
 
 def dense_oracle(q, k, v, e, edge_index, *, mode, clamp, bias, sink, gate):
@@ -223,13 +218,7 @@ def test_torch_compile_traces_sink_and_gate():
         node_out, edge_out = edge_attention(q, k, v, e, graph, clamp=2.0, sink=sink, gate=gate, backend="cpu")
         return node_out.square().sum() + edge_out.sum()
 
-    leaves = [t.detach().requires_grad_() for t in (*tensors, sink, gate)]
-    eager = function(*leaves)
-    eager_grads = torch.autograd.grad(eager, leaves)
-    traced = torch.compile(function, backend="aot_eager", fullgraph=True)(*leaves)
-    torch.testing.assert_close(traced, eager)
-    for a, b in zip(torch.autograd.grad(traced, leaves), eager_grads):
-        torch.testing.assert_close(a, b)
+    assert_compiles_like_eager(function, [t.detach().requires_grad_() for t in (*tensors, sink, gate)])
 
 
 def test_bad_sink_and_gate_are_refused():
