@@ -305,8 +305,9 @@ def edge_attention(
         "additive" mode it is the message with the sink-inclusive weight (SPEC §3).
       gate: a per-(node, head) gate logit [N_dst, H] (gated attention, Qiu et al. 2025):
         node_out_i,h is multiplied by sigmoid(gate_i,h); lse, alpha and edge_out are unchanged.
-        Both are node-sized epilogues on the backend's log-sum-exp: the same on every backend,
-        with gradients for sink, gate and through lse's backward.
+        cpu and triton apply both inside their kernels (the sink's term opens each row's
+        softmax, the gate multiplies node_out as it is stored); the torch reference applies the
+        same math after its softmax. Gradients for sink and gate on every backend.
       backend: "auto", "torch", "cpu" or "triton".
 
     Returns (node_out [N_dst, H, D], edge_out [E, H, D] or None) in the caller's edge order;
