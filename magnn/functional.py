@@ -38,7 +38,7 @@ from .core.dropout import SEED_BOUND
 from .core.constants import EBT_VARIANTS, MODES  # noqa: F401  (re-exported)
 from .core.errors import ArgumentError, ArgumentTypeError, BackendSettingError  # noqa: F401  (BackendSettingError importable here)
 from .core.graph import Graph, as_graph
-from .core.mitigation import apply_sink_and_gate, check_sink_and_gate, clamped_sink
+from .core.mitigation import apply_sink_and_gate, check_sink_and_gate, clamped_sink, sink_share
 from .core.validation import (  # noqa: F401  (check_clamp, check_dropout, FLOAT_DTYPES re-exported)
     FLOAT_DTYPES, check_attention_inputs, check_clamp, check_dropout, check_edge_types, check_seed_argument,
 )
@@ -443,7 +443,7 @@ def attention_summary(q, k, edge_rows, graph: Graph, lse, edge_out, *, sink=None
             slot = (q_w * (k_slot * e_slot if mode == "gt" else k_slot + e_slot)).sum(-1) / math.sqrt(head_dim)
             mass = mass + torch.exp((slot if clamp is None else slot.clamp(-clamp, clamp)) - safe)
         if sink is not None:
-            mass = mass + torch.exp(clamped_sink(sink.detach(), clamp, lse.dtype) - safe)
+            mass = mass + sink_share(safe, sink.detach(), clamp)
         mass = torch.where(attended, mass, torch.full_like(mass, math.nan))
         dst = graph.dst
         chunks = [slice(start, start + SUMMARY_CHUNK_EDGES) for start in range(0, graph.num_edges, SUMMARY_CHUNK_EDGES)]
