@@ -72,7 +72,9 @@ def test_tile_loops_are_the_innermost_loops_that_load():
     assert mix["edge_access"]["loads"] == {"LDG.E.128": 1}
 
 
-_MODEL_SCRIPT = r"""
+# the subprocess scripts' prelude: benchmarks/gpu/static.py (argv[2]) loaded as `static`, the repo (argv[1])
+# on the path
+_LOAD_STATIC = r"""
 import json, sys
 sys.path.insert(0, sys.argv[1])
 import importlib.util
@@ -80,6 +82,9 @@ spec = importlib.util.spec_from_file_location("static", sys.argv[2])
 static = importlib.util.module_from_spec(spec)
 sys.modules["static"] = static
 spec.loader.exec_module(static)
+"""
+
+_MODEL_SCRIPT = _LOAD_STATIC + r"""
 cases = [c for c in static.CASES if c[0] in ("gt fwd", "gt fwd +stats", "additive fwd no edge_out", "gt bwd",
                                              "gt fwd proj F=8", "gt bwd proj F=8")]
 print(json.dumps(static.model(["proteins-600k"], "bf16", 8, 8, cases)))
@@ -177,15 +182,8 @@ def test_projection_variants_read_no_edge_by_hidden_input(modelled):
     assert fwd["min_bytes"] < cases["gt fwd"]["min_bytes"] and bwd["min_bytes"] < cases["gt bwd"]["min_bytes"]
 
 
-_MOLECULE_SCRIPT = r"""
-import json, sys
-sys.path.insert(0, sys.argv[1])
-import importlib.util
+_MOLECULE_SCRIPT = _LOAD_STATIC + r"""
 import torch
-spec = importlib.util.spec_from_file_location("static", sys.argv[2])
-static = importlib.util.module_from_spec(spec)
-sys.modules["static"] = static
-spec.loader.exec_module(static)
 work = static.workload("molecules")
 out = {"num_edges": work.num_edges}
 for direction in ("fwd", "bwd"):
